@@ -1,0 +1,29 @@
+# `make test` on a fresh clone: creates .venv, installs the package with its test extras, runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= ../shared/data/tfds
+PYTEST_ARGS ?=
+
+.PHONY: install test test-slow train clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+# The main job: the paper's CIFAR-10 ResNet-20 recipe on the shared data (override any field with ARGS=...).
+train: install
+	$(PY) -m resnet_jax.main --config=configs/cifar20.py --workdir=runs/cifar20 --config.data_dir=$(DATA_DIR) $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info
