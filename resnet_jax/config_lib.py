@@ -13,13 +13,13 @@ def base_training_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # Data.
   c.dataset = "cifar10"            # 'cifar10', 'imagenet2012' or 'fake' (random data of the right shapes)
-  c.data_dir = None                # tfds data dir; None -> $TFDS_DATA_DIR, then tfds's default (~/tensorflow_datasets)
+  c.data_dir = ml_collections.config_dict.placeholder(str)               # tfds data dir; None -> $TFDS_DATA_DIR, then tfds's default (~/tensorflow_datasets)
   c.train_split = "train"          # the paper's 45k/5k split: train[:45000] and eval_split=train[45000:]
   c.eval_split = "test"
   c.normalization = "pixel_mean"   # 'pixel_mean' (the paper: subtract the per-pixel mean image) or 'channel'
   c.image_size = 32
   c.input_backend = "tfdata"       # 'tfdata' (tf.data on the host) or 'device' (data set held on the devices)
-  c.data_file = None               # .npz for input_backend='device' without tfds (e.g. cifar10_jpeg_bytes.npz)
+  c.data_file = ml_collections.config_dict.placeholder(str)              # .npz for input_backend='device' without tfds (e.g. cifar10_jpeg_bytes.npz)
   c.fake_train_size = 1024         # examples in the 'fake' data set
   c.fake_eval_size = 300
   # Optimisation (SGD with momentum; weight decay added to the gradient, as L2 in the loss).
@@ -27,7 +27,10 @@ def base_training_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1000
   c.num_train_steps = 64_000
   c.learning_rate = 0.1
-  c.lr_boundaries = [32_000, 48_000]   # iterations at which lr is multiplied by lr_decay_factor
+  # Where lr is multiplied by lr_decay_factor: fractions of num_train_steps (values < 1) or iterations (>= 1).
+  # The paper's 32k and 48k of 64k iterations are 0.5 and 0.75; fractions keep the shape of the schedule when
+  # a run is shortened with --config.num_train_steps=N.
+  c.lr_boundaries = (0.5, 0.75)
   c.lr_decay_factor = 0.1
   c.warmup_steps = 0               # constant warm-up lr for this many steps (ResNet-110: 400 at 0.01)
   c.warmup_learning_rate = 0.01
@@ -82,7 +85,7 @@ def imagenet(depth: int, residual: bool = True, shortcut: str | None = None) -> 
   steps_per_epoch = 1_281_167 // c.batch_size
   c.num_train_steps = 120 * steps_per_epoch
   c.learning_rate = 0.1 * c.batch_size / 256   # linear scaling rule for other batch sizes
-  c.lr_boundaries = [30 * steps_per_epoch, 60 * steps_per_epoch, 90 * steps_per_epoch]
+  c.lr_boundaries = (0.25, 0.5, 0.75)         # epochs 30, 60 and 90 of 120
   c.log_every_steps = 100
   c.eval_every_steps = 5 * steps_per_epoch
   c.checkpoint_every_steps = 2_000

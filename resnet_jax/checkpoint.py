@@ -1,0 +1,140 @@
+"""Orbax CheckpointManager wrapper: async saves, automatic resume, checks that a checkpoint fits the run.
+
+A checkpoint is a directory `checkpoints/<step>/` holding two items: `state` (the TrainState arrays) and `meta`
+(JSON: the config that wrote it). Orbax writes into a temporary directory and renames it only once every file is
+complete, so a process killed mid-save never leaves a directory that a restart takes as a finished checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointMismatchError(ValueError):
+  """The workdir's checkpoint was written by a different model or config."""
+
+
+class CheckpointUnreadableError(RuntimeError):
+  """No checkpoint in the workdir can be read."""
+
+
+def _flat(tree, prefix=""):
+  out = {}
+  if isinstance(tree, dict):
+    for k, v in tree.items():
+      out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+  else:
+    out[prefix] = tree
+  return out
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+  """['model.depth: checkpoint 56, this run 20', ...] for the fields that differ."""
+  a, b = _flat(saved, prefix), _flat(current, prefix)
+  return [f"{k}: checkpoint {a.get(k)!r}, this run {b.get(k)!r}" for k in sorted(set(a) | set(b))
+          if a.get(k) != b.get(k)]
+
+
+def _key(p):
+  for attr in ("key", "name", "idx"):
+    if hasattr(p, attr):
+      return str(getattr(p, attr))
+  return str(p)
+
+
+def _shape_tree(tree):
+  """{'params/stage1_block1/conv1/kernel': shape, ...} for the model's arrays (params and BN statistics)."""
+  get = (lambda t, k: t[k]) if isinstance(tree, dict) else getattr
+  out = {}
+  for part in ("params", "batch_stats"):
+    for path, x in jax.tree_util.tree_flatten_with_path(get(tree, part))[0]:
+      out[part + "/" + "/".join(_key(p) for p in path)] = tuple(x.shape)
+  return out
+
+
+class Checkpointer:
+  def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state, meta: dict, *, force: bool = False) -> bool:
+    return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                           meta=ocp.args.JsonSave(meta)), force=force)
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+  def read_meta(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def restore_latest(self, abstract_state, meta: dict):
+    """(state, step) from the newest readable checkpoint, or (None, 0) when there is none.
+
+    A checkpoint of another model is refused with the differing config fields named. An unreadable newest
+    checkpoint is reported in one line and the next older one is tried; unreadable ones are left on disk.
+    """
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    if not steps:
+      return None, 0
+    failures = []
+    for step in steps:
+      path = os.path.join(self.directory, str(step))
+      try:
+        saved = self.read_meta(step)
+      except Exception as e:  # noqa: BLE001 - any failure to read means "unreadable"
+        failures.append(f"step {step}: meta unreadable ({type(e).__name__}: {str(e)[:200]})")
+        logging.warning("checkpoint %s is unreadable (%s); trying an older one", path, failures[-1])
+        continue
+      diffs = config_differences(saved.get("model", {}), meta.get("model", {}), "model")
+      expected = _shape_tree(abstract_state)
+      try:
+        found = self.manager.item_metadata(step)["state"]
+        found = _shape_tree(getattr(found, "tree", found))
+      except Exception:  # noqa: BLE001
+        found = None
+      if found is not None and found != expected:
+        bad = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
+        raise CheckpointMismatchError(
+            f"the checkpoint in {path} belongs to a different model: "
+            + ("; ".join(diffs) if diffs else "config fields agree")
+            + f"; first differing array: {bad[0]} (checkpoint {found.get(bad[0])}, this run "
+            f"{expected.get(bad[0])}). Use a new --workdir for this config, or rerun with the checkpoint's "
+            f"config.")
+      if diffs:
+        logging.warning("resuming from %s although model config fields differ: %s", path, "; ".join(diffs))
+      try:
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
+      except Exception as e:  # noqa: BLE001
+        if diffs:  # a structure the config explains is a different model, not damage
+          raise CheckpointMismatchError(
+              f"the checkpoint in {path} belongs to a different model: {'; '.join(diffs)}. Use a new "
+              f"--workdir for this config, or rerun with the checkpoint's config.") from None
+        failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        logging.warning("checkpoint %s is unreadable (%s); falling back to an older one (the unreadable "
+                        "one is left on disk)", path, failures[-1])
+        continue
+      return restored, step
+    raise CheckpointUnreadableError(
+        f"none of the checkpoints in {self.directory} can be read: " + "; ".join(failures)
+        + ". Move them aside to start from scratch; nothing was deleted.")
+
+
+def meta_for(config) -> dict:
+  """What a checkpoint records about the run that wrote it."""
+  return json.loads(config.to_json_best_effort())

@@ -1,0 +1,154 @@
+"""ImageNet evaluation under the paper's protocols: single crop, 10-crop, fully-convolutional multi-scale.
+
+    python -m resnet_jax.evaluate --config=configs/imagenet_resnet18.py --workdir=runs/imagenet_resnet18 \
+        --protocol=10crop [--json] [--config.data_dir=...]
+
+Loads the variables of the workdir's latest checkpoint (train.load_variables_for_eval), runs the model (train=False)
+over every validation image exactly once, averages the softmax over each image's views (1, 10, or 2 flips x 5
+scales) and reports top-1 / top-5 error (fractions; printed as percentages) and the number of images counted.
+
+The views of an image come from resnet_jax.imagenet_input.eval_dataset; see its docstring for the crops and for the
+number of compilations each protocol needs (1, 1, and at most 25 with the default multi-scale settings).
+"""
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from resnet_jax import imagenet_input
+
+
+def _forward_fn(model):
+  def forward(variables, images):
+    """Summed softmax over each element's views: images [b, (V,) H, W, 3] -> [b, classes] float32."""
+    if images.ndim == 4:
+      images = images[:, None]
+    b, v = images.shape[:2]
+    logits = model.apply(variables, images.reshape((b * v,) + images.shape[2:]), train=False)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return probs.reshape(b, v, -1).sum(axis=1)
+  return jax.jit(forward)
+
+
+def _local_sharding(batch_size):
+  """Splits the batch over this process's devices when it divides evenly; else one device does all of it."""
+  devices = jax.local_devices()
+  if len(devices) > 1 and batch_size % len(devices) == 0:
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+    return (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")),
+            jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  single = jax.sharding.SingleDeviceSharding(devices[0])
+  return single, single
+
+
+def _sum_over_processes(values: np.ndarray) -> np.ndarray:
+  if jax.process_count() == 1:
+    return values
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(values)).sum(axis=0)
+
+
+def evaluate_protocol(model, variables, config, protocol: str = "single", *, eval_fn_cache: dict | None = None,
+                      builder=None, process_index: int | None = None, process_count: int | None = None) -> dict:
+  """Top-1 / top-5 error of `model` with `variables` ({'params', 'batch_stats'}) on config.eval_split.
+
+  `eval_fn_cache`: a dict kept by the caller (e.g. the training loop) so that repeated evaluations reuse the jitted
+  forward pass and its compilations. Returns dict(top1_error, top5_error, count, protocol, views_per_image,
+  input_shapes) where count is the number of validation images counted, over all processes, and input_shapes the
+  number of distinct batch shapes (each compiles once).
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  global_batch = int(config.eval_batch_size)
+  if global_batch % process_count:
+    raise ValueError(f"eval_batch_size {global_batch} is not divisible by the {process_count} processes")
+  local_batch = global_batch // process_count
+  builder = builder or imagenet_input.load_builder(config, process_count=process_count)
+  n_local = imagenet_input.split_size(builder, config.get("eval_split", "validation"),
+                                      process_index=process_index, process_count=process_count)
+  ds = imagenet_input.eval_dataset(config, protocol=protocol, process_index=process_index,
+                                   process_count=process_count, local_batch_size=local_batch, builder=builder)
+
+  cache = {} if eval_fn_cache is None else eval_fn_cache
+  cached = cache.get("forward")
+  if cached is None or cached[0] is not model:
+    cached = cache["forward"] = (model, _forward_fn(model))
+  forward = cached[1]
+  variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
+
+  num_classes = None
+  prob_sums = labels = None
+  views_seen = np.zeros(n_local, np.int64)
+  shapes = set()
+  placed_vars = {}
+  for batch in ds.as_numpy_iterator():
+    images = batch["image"]
+    data_sharding, replicated = _local_sharding(images.shape[0])
+    key = str(replicated)
+    if key not in placed_vars:
+      placed_vars[key] = jax.device_put(variables, replicated)
+    shapes.add(images.shape)
+    probs = np.asarray(forward(placed_vars[key], jax.device_put(images, data_sharding)))
+    if prob_sums is None:
+      num_classes = probs.shape[-1]
+      prob_sums = np.zeros((n_local, num_classes), np.float32)
+      labels = np.full(n_local, -1, np.int64)
+    real = batch["mask"].astype(bool)
+    idx = batch["index"][real]
+    n_views = 1 if images.ndim == 4 else images.shape[1]
+    np.add.at(prob_sums, idx, probs[real])
+    np.add.at(views_seen, idx, n_views)
+    labels[idx] = batch["label"][real]
+
+  sizes = imagenet_input._get(config, "multiscale_sizes")
+  expected_views = 2 * len(sizes) if protocol == "multiscale" else imagenet_input.VIEWS_PER_IMAGE[protocol]
+  if n_local and (views_seen != expected_views).any():
+    bad = np.flatnonzero(views_seen != expected_views)
+    raise RuntimeError(f"{protocol}: {bad.size} of {n_local} images did not get exactly {expected_views} views "
+                       f"(e.g. image {bad[0]} got {views_seen[bad[0]]}); the eval input pipeline is inconsistent")
+  if n_local:
+    top5 = np.argsort(-prob_sums, axis=1)[:, :5]
+    correct1 = int((top5[:, 0] == labels).sum())
+    correct5 = int((top5 == labels[:, None]).any(axis=1).sum())
+  else:
+    correct1 = correct5 = 0
+  correct1, correct5, count = (int(x) for x in _sum_over_processes(np.array([correct1, correct5, n_local])))
+  return {"protocol": protocol, "top1_error": 1.0 - correct1 / max(count, 1),
+          "top5_error": 1.0 - correct5 / max(count, 1), "count": count, "views_per_image": expected_views,
+          "input_shapes": len(shapes)}
+
+
+def format_result(r: dict) -> str:
+  return (f"{r['protocol']}: top-1 error {100 * r['top1_error']:.2f}%, top-5 error {100 * r['top5_error']:.2f}% "
+          f"on {r['count']} images ({r['views_per_image']} views each, {r['input_shapes']} input shapes)")
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/imagenet_*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training directory whose latest checkpoint is evaluated.")
+_PROTOCOL = flags.DEFINE_enum("protocol", "single", list(imagenet_input.PROTOCOLS), "Evaluation protocol.")
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a line of text.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None or _WORKDIR.value is None:
+    raise app.UsageError("--config and --workdir are required, e.g. --config=configs/imagenet_resnet18.py "
+                         "--workdir=runs/imagenet_resnet18")
+  config = _CONFIG.value
+  from resnet_jax import models, train  # train imports the whole training stack: only the CLI needs it
+  variables = train.load_variables_for_eval(config, _WORKDIR.value)
+  model = models.create_model(config.model, half_precision=config.get("half_precision", False))
+  logging.info("evaluating %s with protocol %s", _WORKDIR.value, _PROTOCOL.value)
+  result = evaluate_protocol(model, variables, config, _PROTOCOL.value)
+  result["workdir"] = _WORKDIR.value
+  print(json.dumps(result) if _JSON.value else format_result(result))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,106 @@
+"""Devices, meshes and multi-host set-up, kept apart from the pure train and eval steps.
+
+Two ways to run the same step on many devices:
+* 'jit' (default): one `jax.jit` over a Mesh with a 'data' axis; the state is replicated, the batch is sharded
+  along its leading axis, and XLA inserts the collectives. Synchronised BN falls out of computing batch
+  statistics over the global (sharded) batch; per-device BN runs the forward pass under `jax.shard_map`.
+* 'pmap': `jax.pmap` over the local devices with axis name 'data'; the state carries a leading device axis.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = "data"
+
+
+class BatchSizeError(ValueError):
+  """A batch size that cannot be split evenly over the devices or processes."""
+
+
+def maybe_initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
+  """Calls jax.distributed.initialize() when the run has several processes.
+
+  Explicit flags win; otherwise JAX's own cluster detection covers Cloud TPU pods and SLURM (srun). A single
+  process with no cluster around it is left alone.
+  """
+  if coordinator_address or (num_processes or 0) > 1:
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)
+  elif _in_cluster():
+    jax.distributed.initialize()
+  else:
+    return False
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+  return True
+
+
+def _in_cluster() -> bool:
+  if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_NODELIST" in os.environ:
+    return True
+  return bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",")) or bool(
+      os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))
+
+
+def check_batch(batch_size: int, field: str = "batch_size") -> list[str]:
+  """Problems (empty if none) splitting a global batch over processes and devices, with numbers that work."""
+  n_dev, n_proc, n_local = jax.device_count(), jax.process_count(), jax.local_device_count()
+  problems = []
+  if batch_size % n_dev:
+    lo = max(n_dev, batch_size // n_dev * n_dev)
+    problems.append(f"{field}={batch_size} is not divisible by the {n_dev} devices; use a multiple of "
+                    f"{n_dev}, e.g. {lo} or {lo + n_dev}")
+  elif (batch_size // n_proc) % n_local:
+    problems.append(f"{field}={batch_size} gives {batch_size // n_proc} examples per process, which the "
+                    f"{n_local} local devices cannot share evenly; use a multiple of {n_dev}")
+  return problems
+
+
+def make_mesh() -> Mesh:
+  return Mesh(np.asarray(jax.devices()), (AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(AXIS))
+
+
+def put_replicated(tree, mesh: Mesh):
+  """Host values (identical on every process) -> global arrays replicated over the mesh."""
+  sharding = replicated(mesh)
+
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+  return jax.tree.map(put, tree)
+
+
+def put_batch(local_batch: dict, mesh: Mesh) -> dict:
+  """Process-local slices of a global batch -> global arrays sharded along the data axis."""
+  sharding = data_sharded(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+# pmap helpers -------------------------------------------------------------------------------------------------
+
+def pmap_replicate(tree):
+  return jax.device_put_replicated(tree, jax.local_devices())
+
+
+def pmap_unreplicate(tree):
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x[0])), tree)
+
+
+def pmap_split(local_batch: dict) -> dict:
+  """[local_batch, ...] -> [local_devices, local_batch / local_devices, ...], placed on the devices."""
+  n = jax.local_device_count()
+  return jax.tree.map(lambda x: np.asarray(x).reshape((n, -1) + np.shape(x)[1:]), local_batch)

@@ -1,0 +1,521 @@
+"""TrainState, the pure train and eval steps, and the training loop.
+
+`train_step(state, batch, rng) -> (state, metrics)` knows nothing about devices; `make_steps` wraps it in
+`jax.jit` over a device mesh (the default) or in `jax.pmap`. `train_and_evaluate(config, workdir)` is what
+`python -m resnet_jax.main` runs: it resumes from the workdir's newest checkpoint, trains, evaluates, writes
+metrics (TensorBoard, console, metrics.jsonl) and results.json.
+"""
+
+
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import flax
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from clu import metric_writers, metrics, periodic_actions
+from jax.sharding import PartitionSpec as P
+
+from resnet_jax import checkpoint as ckpt_lib
+from resnet_jax import config_lib, input_pipeline, models, parallel
+
+
+class NonFiniteError(FloatingPointError):
+  """The loss or the gradient norm became NaN or Inf."""
+
+
+class ConfigError(ValueError):
+  """One or more config fields are invalid; the message lists each with its fix."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+@flax.struct.dataclass
+class TrainMetrics(metrics.Collection):
+  loss: metrics.Average.from_output("loss")
+  error: metrics.Average.from_output("error")
+  grad_norm: metrics.Average.from_output("grad_norm")
+
+
+@flax.struct.dataclass
+class EvalMetrics(metrics.Collection):
+  loss: metrics.Average.from_output("loss")
+  error: metrics.Average.from_output("error")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Optimiser.
+
+def lr_boundaries(config) -> list[int]:
+  """config.lr_boundaries as iterations; values below 1 are fractions of num_train_steps."""
+  return [max(1, int(round(b * config.num_train_steps))) if b < 1 else int(b) for b in config.lr_boundaries]
+
+
+def make_schedule(config) -> optax.Schedule:
+  """Piecewise-constant lr: optional constant warm-up, then lr divided at each boundary (section 4.2)."""
+  scales = {}
+  init = config.learning_rate
+  if config.warmup_steps:
+    init = config.warmup_learning_rate
+    scales[int(config.warmup_steps)] = config.learning_rate / config.warmup_learning_rate
+  for b in lr_boundaries(config):
+    scales[b] = scales.get(b, 1.0) * config.lr_decay_factor
+  return optax.piecewise_constant_schedule(init, scales)
+
+
+def weight_decay_mask(params, config):
+  if config.weight_decay_bn_and_bias:
+    return jax.tree.map(lambda _: True, params)
+  return flax.traverse_util.path_aware_map(lambda path, _: path[-1] == "kernel", params)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """SGD with momentum; weight decay added to the gradient (L2 in the loss), as the paper's Caffe/Torch runs."""
+  return optax.chain(
+      optax.add_decayed_weights(config.weight_decay, mask=functools.partial(weight_decay_mask, config=config)),
+      optax.sgd(make_schedule(config), momentum=config.momentum, nesterov=config.nesterov))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pure steps.
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def init_state(model, tx, config, rng) -> TrainState:
+  x = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+  variables = jax.jit(functools.partial(model.init, train=False))(rng, x)
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+
+
+def train_step(state: TrainState, batch, rng, *, model, tx, schedule, skip_nonfinite: bool,
+               forward=None, axis_name: str | None = None):
+  """One SGD step on a batch. Returns (new_state, metrics).
+
+  `forward(params, batch_stats, images) -> (logits, new_batch_stats)` defaults to the model's training-mode
+  apply; the parallel layer swaps in a per-device-BN forward. Under pmap, `axis_name` averages gradients,
+  metrics and BN statistics over devices. The update is applied only when the loss and the gradient norm are
+  finite, so a NaN never reaches the parameters; the metrics say whether it happened.
+  """
+  del rng  # No stochastic layers in these nets; kept for the step signature (fold in state.step if needed).
+  if forward is None:
+    def forward(params, batch_stats, images):
+      logits, upd = model.apply({"params": params, "batch_stats": batch_stats}, images, train=True,
+                                mutable=["batch_stats"])
+      return logits, upd["batch_stats"]
+
+  def loss_fn(params):
+    logits, new_stats = forward(params, state.batch_stats, batch["image"])
+    loss = cross_entropy(logits, batch["label"]).mean()
+    return loss, (logits, new_stats)
+
+  (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  error = jnp.mean(jnp.argmax(logits, -1) != batch["label"]).astype(jnp.float32)
+  if axis_name is not None:
+    grads, loss, error, new_stats = jax.lax.pmean((grads, loss, error, new_stats), axis_name)
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
+                         batch_stats=keep(new_stats, state.batch_stats), opt_state=keep(opt_state, state.opt_state))
+  m = TrainMetrics.single_from_model_output(loss=jnp.where(finite, loss, 0.0),
+                                            error=jnp.where(finite, error, 0.0),
+                                            grad_norm=jnp.where(finite, grad_norm, 0.0))
+  step_info = {"loss": loss, "nonfinite": (~finite).astype(jnp.int32), "learning_rate": schedule(state.step)}
+  return new_state, (m, step_info)
+
+
+def eval_step(state: TrainState, batch, *, model, axis_name: str | None = None):
+  logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False)
+  loss = cross_entropy(logits, batch["label"])
+  error = (jnp.argmax(logits, -1) != batch["label"]).astype(jnp.float32)
+  m = EvalMetrics.single_from_model_output(loss=loss, error=error, mask=batch["mask"])
+  if axis_name is not None:
+    m = jax.tree.map(lambda x: jax.lax.psum(x, axis_name), m)
+  return m
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parallel wrappers.
+
+class Steps:
+  """The compiled train and eval steps for one parallelism mode, with host <-> device conversions."""
+
+  def __init__(self, config, model_factory, tx, schedule):
+    self.mode = config.parallelism
+    self.mesh = parallel.make_mesh()
+    kw = dict(tx=tx, schedule=schedule, skip_nonfinite=config.skip_nonfinite)
+    n_dev = jax.device_count()
+    if self.mode == "jit":
+      model = model_factory(None)
+      self.model = model
+      forward = None
+      if not config.bn_sync and n_dev > 1:
+        forward = _per_device_bn_forward(model, self.mesh)
+      step = functools.partial(train_step, model=model, forward=forward, **kw)
+      rep, data = parallel.replicated(self.mesh), parallel.data_sharded(self.mesh)
+      self._train = jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=0)
+      self._eval = jax.jit(functools.partial(eval_step, model=model), in_shardings=(rep, data),
+                           out_shardings=rep)
+    elif self.mode == "pmap":
+      model = model_factory(parallel.AXIS if config.bn_sync else None)
+      self.model = model
+      step = functools.partial(train_step, model=model, axis_name=parallel.AXIS, **kw)
+      self._train = jax.pmap(step, axis_name=parallel.AXIS, in_axes=(0, 0, None), donate_argnums=0)
+      self._eval = jax.pmap(functools.partial(eval_step, model=model, axis_name=parallel.AXIS),
+                            axis_name=parallel.AXIS)
+    else:
+      raise ValueError(f"unknown parallelism {self.mode!r}: valid values are ['jit', 'pmap']")
+
+  # State placement.
+  def to_device(self, host_state):
+    if self.mode == "jit":
+      return parallel.put_replicated(host_state, self.mesh)
+    return parallel.pmap_replicate(host_state)
+
+  def to_global(self, state):
+    """The state as globally replicated jax.Arrays (what checkpoints store, in either mode)."""
+    if self.mode == "jit":
+      return state
+    return parallel.put_replicated(parallel.pmap_unreplicate(state), self.mesh)
+
+  def from_global(self, state):
+    if self.mode == "jit":
+      return state
+    return parallel.pmap_replicate(jax.device_get(state))
+
+  def abstract_global(self, host_state):
+    rep = parallel.replicated(self.mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=rep),
+                        host_state)
+
+  # Steps.
+  def train(self, state, local_batch, rng):
+    if self.mode == "jit":
+      state, (m, info) = self._train(state, parallel.put_batch(local_batch, self.mesh), rng)
+      return state, m, info
+    state, (m, info) = self._train(state, parallel.pmap_split(local_batch), rng)
+    return state, jax.tree.map(lambda x: x[0], m), jax.tree.map(lambda x: x[0], info)
+
+  def eval(self, state, local_batch):
+    if self.mode == "jit":
+      return self._eval(state, parallel.put_batch(local_batch, self.mesh))
+    return jax.tree.map(lambda x: x[0], self._eval(state, parallel.pmap_split(local_batch)))
+
+
+def _per_device_bn_forward(model, mesh):
+  """Forward pass in which each device normalises with its own sub-batch's statistics (bn_sync=False).
+
+  The gradient is taken outside this shard_map, so JAX sums the per-device contributions to the replicated
+  parameters' gradients itself; the running statistics are averaged so they stay identical on all devices.
+  """
+  def local(params, batch_stats, images):
+    logits, upd = model.apply({"params": params, "batch_stats": batch_stats}, images, train=True,
+                              mutable=["batch_stats"])
+    return logits, jax.lax.pmean(upd["batch_stats"], parallel.AXIS)
+
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(parallel.AXIS)),
+                       out_specs=(P(parallel.AXIS), P()))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config validation.
+
+def validate_config(config) -> None:
+  """Checks every field a run needs before any compilation or data loading; lists every problem found."""
+  problems = []
+
+  def check(cond, msg):
+    if not cond:
+      problems.append(msg)
+
+  def positive_int(field):
+    v = config.get(field)
+    ok = isinstance(v, int) and not isinstance(v, bool) and v > 0
+    check(ok, f"{field}={v!r}: must be a positive integer")
+    return ok
+
+  for f in ("batch_size", "eval_batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
+            "checkpoint_every_steps", "keep_checkpoints"):
+    positive_int(f)
+  check(isinstance(config.learning_rate, (int, float)) and config.learning_rate > 0,
+        f"learning_rate={config.learning_rate!r}: must be a positive number")
+  check(0 <= config.momentum < 1, f"momentum={config.momentum!r}: must be in [0, 1)")
+  check(config.weight_decay >= 0, f"weight_decay={config.weight_decay!r}: must be >= 0")
+  check(config.parallelism in ("jit", "pmap"), f"parallelism={config.parallelism!r}: use 'jit' or 'pmap'")
+  check(config.normalization in ("pixel_mean", "channel"),
+        f"normalization={config.normalization!r}: use 'pixel_mean' or 'channel'")
+  check(config.get("input_backend", "tfdata") in ("tfdata", "device"),
+        f"input_backend={config.get('input_backend')!r}: use 'tfdata' or 'device'")
+  if isinstance(config.num_train_steps, int) and config.num_train_steps > 0:
+    bounds = lr_boundaries(config)
+    check(all(0 < b <= config.num_train_steps for b in bounds) and bounds == sorted(bounds),
+          f"lr_boundaries={list(config.lr_boundaries)} -> steps {bounds}: must increase and lie inside the run "
+          f"(0, num_train_steps={config.num_train_steps}]; give fractions such as [0.5, 0.75] to scale with "
+          f"num_train_steps")
+    check(0 <= config.warmup_steps < config.num_train_steps,
+          f"warmup_steps={config.warmup_steps}: must be in [0, num_train_steps={config.num_train_steps})")
+  if config.warmup_steps:
+    check(config.warmup_learning_rate > 0, f"warmup_learning_rate={config.warmup_learning_rate}: must be > 0")
+  for field in ("batch_size", "eval_batch_size"):
+    if isinstance(config.get(field), int) and config.get(field) > 0:
+      problems.extend(parallel.check_batch(config.get(field), field))
+  if config.parallelism == "pmap" and jax.process_count() > 1 and config.get("input_backend") == "device":
+    problems.append("input_backend='device' supports parallelism='jit' only; set --config.parallelism=jit")
+  try:
+    models.create_model(config.model)
+  except (ValueError, AttributeError, KeyError) as e:
+    problems.append(f"model: {e}")
+  if problems:
+    raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writers.
+
+class JsonlWriter(metric_writers.MetricWriter):
+  """metrics.jsonl: one JSON object per logged step (process 0 only)."""
+
+  def __init__(self, path: str):
+    self.path = path
+
+  def write_scalars(self, step, scalars):
+    row = {"step": int(step)}
+    row.update({k: float(v) for k, v in scalars.items()})
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+
+  def write_summaries(self, step, values, metadata=None): pass
+  def write_images(self, step, images): pass
+  def write_videos(self, step, videos): pass
+  def write_audios(self, step, audios, *, sample_rate): pass
+  def write_texts(self, step, texts): pass
+  def write_histograms(self, step, arrays, num_buckets=None): pass
+  def write_hparams(self, hparams): pass
+  def flush(self): pass
+  def close(self): pass
+
+
+def truncate_jsonl(path: str, last_step: int) -> None:
+  """Drops rows after `last_step` (written after the checkpoint a resumed run restarts from)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(rows)
+  os.replace(tmp, path)
+
+
+def read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def make_writer(workdir: str):
+  is_chief = jax.process_index() == 0
+  writers = [metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=False)]
+  if is_chief:
+    writers.append(JsonlWriter(os.path.join(workdir, "metrics.jsonl")))
+  return metric_writers.MultiWriter(writers)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop.
+
+def _host_state(model, tx, config) -> TrainState:
+  return jax.device_get(init_state(model, tx, config, jax.random.key(config.seed)))
+
+
+def _fmt_eta(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def evaluate(steps: Steps, state, data, norm, config) -> dict:
+  total = None
+  for batch in input_pipeline.eval_batches(data, norm, global_batch=config.eval_batch_size,
+                                           process_index=jax.process_index(),
+                                           process_count=jax.process_count()):
+    m = steps.eval(state, batch)
+    total = m if total is None else total.merge(m)
+  out = total.compute()
+  count = int(jax.device_get(total.loss.count))
+  return {"eval_loss": float(out["loss"]), "eval_error": float(out["error"]),
+          "eval_accuracy": 1.0 - float(out["error"]), "eval_count": count}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from workdir/checkpoints if present) and evaluates; returns results.json's content."""
+  t_start = time.time()
+  validate_config(config)
+  workdir = os.path.abspath(workdir)
+  is_chief = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if not os.access(workdir, os.W_OK):
+    raise PermissionError(f"workdir {workdir} is not writable; choose another --workdir")
+
+  train_data = input_pipeline.load_split(config, "train")
+  eval_data = input_pipeline.load_split(config, "eval")
+  if config.batch_size > len(train_data):
+    raise ConfigError(f"invalid config:\n  - batch_size={config.batch_size} exceeds the {len(train_data)} "
+                      f"training examples of {config.train_split!r}")
+  norm = input_pipeline.normalizer(config, train_data)
+  input_pipeline.log_data_summary(config, train_data, eval_data)
+
+  schedule = make_schedule(config)
+  tx = make_optimizer(config)
+  factory = lambda axis: models.create_model(config.model, half_precision=config.half_precision,
+                                             bn_axis_name=axis)
+  steps = Steps(config, factory, tx, schedule)
+  host_state = _host_state(steps.model, tx, config)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
+  meta = ckpt_lib.meta_for(config)
+  restored, start_step = checkpointer.restore_latest(steps.abstract_global(host_state), meta)
+  if restored is not None:
+    state = steps.from_global(restored)
+    logging.info("resumed from %s/checkpoints/%d", workdir, start_step)
+  else:
+    state = steps.to_device(host_state)
+  del host_state, restored
+  jsonl = os.path.join(workdir, "metrics.jsonl")
+  if is_chief:
+    truncate_jsonl(jsonl, start_step)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  writer = make_writer(workdir)
+  if start_step == 0:
+    writer.write_hparams({k: v for k, v in _flat_config(config).items() if isinstance(v, (int, float, str, bool))})
+  train_iter = input_pipeline.train_iterator(config, train_data, norm, start_step=start_step,
+                                             process_index=jax.process_index(),
+                                             process_count=jax.process_count())
+  progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
+                                             every_steps=config.log_every_steps)
+  rng = jax.random.key(config.seed)
+  window, infos = None, []
+  last_finite = {}
+  t_window, steps_in_window = time.time(), 0
+  eval_results = {}
+  total_skipped = 0
+  step = start_step
+  for step in range(start_step + 1, config.num_train_steps + 1):
+    batch = next(train_iter)
+    state, m, info = steps.train(state, batch, rng)
+    window = m if window is None else window.merge(m)
+    infos.append(info)
+    steps_in_window += 1
+    progress(step)
+    is_last = step == config.num_train_steps
+    scalars = {}
+    if step % config.log_every_steps == 0 or is_last:
+      host_infos = jax.device_get(infos)
+      first = step - len(host_infos) + 1
+      bad = [first + i for i, x in enumerate(host_infos) if x["nonfinite"]]
+      total_skipped += len(bad)
+      if bad and not config.skip_nonfinite:
+        newest = checkpointer.all_steps()
+        raise NonFiniteError(
+            f"non-finite loss or gradient at step {bad[0]} (loss {host_infos[bad[0] - first]['loss']}); the "
+            f"update was not applied. Last finite metrics: {last_finite or 'none yet'}. Newest good checkpoint: "
+            + (f"{workdir}/checkpoints/{newest[-1]}" if newest else "none") + ". Lower the learning rate, or "
+            "set --config.skip_nonfinite=True to skip such updates.")
+      elapsed = time.time() - t_window
+      computed = window.compute()
+      scalars = {"train_loss": float(computed["loss"]), "train_error": float(computed["error"]),
+                 "grad_norm": float(computed["grad_norm"]),
+                 "learning_rate": float(host_infos[-1]["learning_rate"]),
+                 "images_per_sec": steps_in_window * config.batch_size / max(elapsed, 1e-9)}
+      if config.skip_nonfinite:
+        scalars["skipped_nonfinite"] = float(total_skipped)
+      last_finite = {k: round(v, 6) for k, v in scalars.items()} | {"step": step}
+      remaining = (config.num_train_steps - step) * elapsed / max(steps_in_window, 1)
+      logging.info("step %d/%d  loss %.4f  train error %.4f  lr %.4g  %.0f img/s  ETA %s", step,
+                   config.num_train_steps, scalars["train_loss"], scalars["train_error"],
+                   scalars["learning_rate"], scalars["images_per_sec"], _fmt_eta(remaining))
+      window, infos, steps_in_window = None, [], 0
+    if step % config.eval_every_steps == 0 or is_last:
+      eval_results = evaluate(steps, state, eval_data, norm, config)
+      scalars.update(eval_results)
+      logging.info("step %d  eval error %.4f  loss %.4f  (%d examples)", step, eval_results["eval_error"],
+                   eval_results["eval_loss"], eval_results["eval_count"])
+    if scalars:
+      writer.write_scalars(step, scalars)
+      t_window = time.time()  # exclude eval and logging from the next window's img/s
+    if step % config.checkpoint_every_steps == 0 or is_last:
+      checkpointer.save(step, steps.to_global(state), meta, force=is_last)
+  checkpointer.close()
+  writer.flush()
+  writer.close()
+
+  if not eval_results and start_step >= config.num_train_steps:  # rerun of a finished run: just report
+    eval_results = evaluate(steps, state, eval_data, norm, config)
+  rows = [r for r in read_jsonl(jsonl) if "eval_error" in r] if is_chief else []
+  best = min(rows, key=lambda r: r["eval_error"]) if rows else {}
+  results = {
+      "final_eval_error": eval_results.get("eval_error"),
+      "final_eval_accuracy": eval_results.get("eval_accuracy"),
+      "final_eval_loss": eval_results.get("eval_loss"),
+      "eval_count": eval_results.get("eval_count"),
+      "best_eval_error": best.get("eval_error"),
+      "best_eval_step": best.get("step"),
+      "steps": int(step),
+      "resumed_from_step": int(start_step),
+      "wall_time_sec": time.time() - t_start,
+      "devices": jax.device_count(),
+      "processes": jax.process_count(),
+      "config": json.loads(config.to_json_best_effort()),
+  }
+  if config.skip_nonfinite:
+    results["skipped_nonfinite_this_run"] = total_skipped
+  if is_chief:
+    tmp = os.path.join(workdir, "results.json.tmp")
+    with open(tmp, "w") as f:
+      json.dump(results, f, indent=2)
+    os.replace(tmp, os.path.join(workdir, "results.json"))
+  return results
+
+
+def _flat_config(config) -> dict:
+  return ckpt_lib._flat(json.loads(config.to_json_best_effort()))
+
+
+def load_variables_for_eval(config, workdir: str) -> dict:
+  """{'params', 'batch_stats'} of the newest readable checkpoint in workdir (host arrays)."""
+  tx = make_optimizer(config)
+  model = models.create_model(config.model, half_precision=config.half_precision)
+  host_state = _host_state(model, tx, config)
+  mesh = parallel.make_mesh()
+  rep = parallel.replicated(mesh)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=rep),
+                          host_state)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"))
+  state, step = checkpointer.restore_latest(abstract, ckpt_lib.meta_for(config))
+  checkpointer.close()
+  if state is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first with "
+                            f"python -m resnet_jax.main --config=... --workdir={workdir}")
+  logging.info("evaluating %s/checkpoints/%d", workdir, step)
+  return {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}

@@ -1,0 +1,50 @@
+"""Shared fixtures: paths, the real CIFAR-10 location, and a runner for the command-line tools."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+TFDS_DIR = SHARED_DATA / "tfds"
+
+
+def pytest_configure(config):
+  # Subprocesses share one persistent XLA compilation cache, so the many small CLI runs of the suite compile
+  # each distinct step once (it does not change any result: the cache stores the same executables).
+  cache = REPO / ".pytest_cache" / "jax_compilation_cache"
+  cache.mkdir(parents=True, exist_ok=True)
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache))
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def tfds_dir():
+  if not (TFDS_DIR / "cifar10").is_dir():
+    pytest.fail(f"real CIFAR-10 is expected in {TFDS_DIR} (see ../shared/data/README.md)")
+  return str(TFDS_DIR)
+
+
+def run_cli(module, *args, env=None, check=True, timeout=900):
+  """Runs `python -m module args...` from the repository root; returns the CompletedProcess."""
+  full_env = dict(os.environ)
+  full_env.update(env or {})
+  proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, capture_output=True,
+                        text=True, env=full_env, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"{module} {' '.join(map(str, args))} exited {proc.returncode}:\n"
+                         f"{proc.stderr[-6000:]}")
+  return proc
+
+
+def read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+SMALL = ["--config.dataset=fake", "--config.batch_size=32", "--config.eval_batch_size=64",
+         "--config.fake_train_size=256", "--config.fake_eval_size=100"]
