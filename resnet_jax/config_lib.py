@@ -34,6 +34,8 @@ def base_training_config() -> ml_collections.ConfigDict:
   c.lr_decay_factor = 0.1
   c.warmup_steps = 0               # constant warm-up lr for this many steps (ResNet-110: 400 at 0.01)
   c.warmup_learning_rate = 0.01
+  c.warmup_mode = "constant"       # 'constant' at warmup_learning_rate, or 'linear' from it to learning_rate
+  c.lr_schedule = "step"           # 'step' (divide at lr_boundaries) or 'cosine'
   c.momentum = 0.9
   c.nesterov = False
   c.weight_decay = 1e-4
@@ -73,8 +75,17 @@ def cifar(depth: int, residual: bool = True, shortcut: str = "A") -> ml_collecti
   return c
 
 
+IMAGENET_TRAIN_SIZE = 1_281_167
+
+
 def imagenet(depth: int, residual: bool = True, shortcut: str | None = None) -> ml_collections.ConfigDict:
-  """ImageNet recipe of section 3.4: batch 256, lr 0.1 /10 at epochs 30/60/90 of 120, wd 1e-4."""
+  """ImageNet recipe of section 3.4: batch 256, lr 0.1 /10 at epochs 30/60/90 of 120, wd 1e-4.
+
+  `learning_rate` is given per `lr_reference_batch_size` (256) images and the run length in `num_epochs`;
+  `resolve()` turns them into the lr and step count of the actual batch, so `--config.batch_size=1024` gives
+  lr 0.4 (the linear scaling rule of Goyal et al.) and the same 120 epochs in fewer steps. An explicit
+  `--config.num_train_steps=N` wins over `num_epochs`.
+  """
   c = base_training_config()
   c.dataset = "imagenet2012"
   c.train_split = "train"
@@ -82,13 +93,31 @@ def imagenet(depth: int, residual: bool = True, shortcut: str | None = None) -> 
   c.image_size = 224
   c.batch_size = 256
   c.eval_batch_size = 250
-  steps_per_epoch = 1_281_167 // c.batch_size
-  c.num_train_steps = 120 * steps_per_epoch
-  c.learning_rate = 0.1 * c.batch_size / 256   # linear scaling rule for other batch sizes
-  c.lr_boundaries = (0.25, 0.5, 0.75)         # epochs 30, 60 and 90 of 120
+  c.train_size = IMAGENET_TRAIN_SIZE
+  c.num_epochs = 120.0
+  c.num_train_steps = ml_collections.config_dict.placeholder(int)  # None: num_epochs of train_size
+  c.learning_rate = 0.1
+  c.lr_reference_batch_size = 256   # lr = learning_rate * batch_size / 256 (linear scaling rule)
+  c.lr_boundaries = (0.25, 0.5, 0.75)  # epochs 30, 60 and 90 of 120
+  c.warmup_epochs = 0.0             # e.g. 5 epochs of linear warm-up for large batches
+  c.warmup_mode = "linear"
+  c.warmup_learning_rate = 0.0
   c.log_every_steps = 100
-  c.eval_every_steps = 5 * steps_per_epoch
+  c.eval_every_steps = 5 * IMAGENET_TRAIN_SIZE // 256
   c.checkpoint_every_steps = 2_000
+  # Input (resnet_jax/imagenet_input.py).
+  c.augmentation = "paper"          # 'paper' (scale 256-480, crop, flip, PCA colour) or 'inception'
+  c.scale_range = (256, 480)        # shorter side, uniform ('paper')
+  c.pca_std = 0.1                   # AlexNet-style colour augmentation ('paper'); 0 turns it off
+  c.crop_area_range = (0.08, 1.0)   # 'inception'
+  c.crop_aspect_range = (3 / 4, 4 / 3)
+  c.eval_resize = 256               # 'single' and '10crop': shorter side before the 224 crops
+  c.eval_protocol = "single"        # protocol used for evaluations during training
+  c.multiscale_sizes = (224, 256, 384, 480, 640)
+  c.multiscale_aspects = (1.0, 4 / 3, 3 / 2)
+  c.shuffle_buffer_size = ml_collections.config_dict.placeholder(int)  # None: 16 x local batch
+  c.manual_dir = ml_collections.config_dict.placeholder(str)           # None: <data_dir>/downloads/manual
+  c.normalization = "pixel_mean"    # ImageNet: per-channel mean subtraction (see imagenet_input.py)
   c.model.family = "imagenet"
   c.model.depth = depth
   c.model.residual = residual
@@ -100,4 +129,33 @@ def imagenet(depth: int, residual: bool = True, shortcut: str | None = None) -> 
   c.model.bn_epsilon = 1e-5
   c.model.scan = False
   c.model.remat = False
+  return c
+
+
+def imagenet_flax_like(depth: int = 50) -> ml_collections.ConfigDict:
+  """The recipe of flax's examples/imagenet, for comparison with it: v1.5 bottlenecks, inception crop,
+  5 warm-up epochs then cosine decay over 100 epochs, lr 0.1 per 256 images."""
+  c = imagenet(depth)
+  c.model.stride_placement = "v1.5"
+  c.augmentation = "inception"
+  c.num_epochs = 100
+  c.lr_schedule = "cosine"
+  c.warmup_epochs = 5.0
+  return c
+
+
+def resolve(config) -> ml_collections.ConfigDict:
+  """A copy with epoch-based and batch-relative fields turned into steps and an absolute learning rate."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  with c.unlocked():
+    epochs_to_steps = lambda e: int(e * c.train_size // c.batch_size)
+    if c.get("num_train_steps") is None and c.get("num_epochs"):
+      c.num_train_steps = epochs_to_steps(c.num_epochs)
+    if c.get("warmup_epochs"):
+      c.warmup_steps = epochs_to_steps(c.warmup_epochs)
+      c.warmup_epochs = 0.0
+    if c.get("lr_reference_batch_size"):
+      c.learning_rate = c.learning_rate * c.batch_size / c.lr_reference_batch_size
+      c.warmup_learning_rate = c.warmup_learning_rate * c.batch_size / c.lr_reference_batch_size
+      c.lr_reference_batch_size = 0
   return c

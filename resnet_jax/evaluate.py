@@ -1,4 +1,4 @@
-"""ImageNet evaluation under the paper's protocols: single crop, 10-crop, fully-convolutional multi-scale.
+r"""ImageNet evaluation under the paper's protocols: single crop, 10-crop, fully-convolutional multi-scale.
 
     python -m resnet_jax.evaluate --config=configs/imagenet_resnet18.py --workdir=runs/imagenet_resnet18 \
         --protocol=10crop [--json] [--config.data_dir=...]
@@ -105,7 +105,7 @@ def evaluate_protocol(model, variables, config, protocol: str = "single", *, eva
     np.add.at(views_seen, idx, n_views)
     labels[idx] = batch["label"][real]
 
-  sizes = imagenet_input._get(config, "multiscale_sizes")
+  sizes = imagenet_input.setting(config, "multiscale_sizes")
   expected_views = 2 * len(sizes) if protocol == "multiscale" else imagenet_input.VIEWS_PER_IMAGE[protocol]
   if n_local and (views_seen != expected_views).any():
     bad = np.flatnonzero(views_seen != expected_views)
@@ -128,27 +128,39 @@ def format_result(r: dict) -> str:
           f"on {r['count']} images ({r['views_per_image']} views each, {r['input_shapes']} input shapes)")
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/imagenet_*.py).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training directory whose latest checkpoint is evaluated.")
-_PROTOCOL = flags.DEFINE_enum("protocol", "single", list(imagenet_input.PROTOCOLS), "Evaluation protocol.")
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a line of text.")
+_FLAGS: dict = {}
+
+
+def define_flags():
+  """Defines the CLI's flags. Only the program does this: importing the library must not, because absl flags are
+  global and other modules (summary.py, main.py) define --config too."""
+  if _FLAGS:
+    return
+  _FLAGS["config"] = config_flags.DEFINE_config_file("config", None, "Config file (configs/imagenet_*.py).",
+                                                     lock_config=True)
+  _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Training directory whose latest checkpoint is evaluated.")
+  _FLAGS["protocol"] = flags.DEFINE_enum("protocol", "single", list(imagenet_input.PROTOCOLS), "Evaluation protocol.")
+  _FLAGS["json"] = flags.DEFINE_bool("json", False, "Print one JSON object instead of a line of text.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _CONFIG.value is None or _WORKDIR.value is None:
+  config, workdir, protocol = (_FLAGS[k].value for k in ("config", "workdir", "protocol"))
+  if config is None or workdir is None:
     raise app.UsageError("--config and --workdir are required, e.g. --config=configs/imagenet_resnet18.py "
                          "--workdir=runs/imagenet_resnet18")
-  config = _CONFIG.value
-  from resnet_jax import models, train  # train imports the whole training stack: only the CLI needs it
-  variables = train.load_variables_for_eval(config, _WORKDIR.value)
-  model = models.create_model(config.model, half_precision=config.get("half_precision", False))
-  logging.info("evaluating %s with protocol %s", _WORKDIR.value, _PROTOCOL.value)
-  result = evaluate_protocol(model, variables, config, _PROTOCOL.value)
-  result["workdir"] = _WORKDIR.value
-  print(json.dumps(result) if _JSON.value else format_result(result))
+  from resnet_jax import cli, models, train  # train imports the whole training stack: only the CLI needs it
+  cli.quiet_library_logs()
+  with cli.user_errors():
+    variables = train.load_variables_for_eval(config, workdir)
+    model = models.create_model(config.model, half_precision=config.get("half_precision", False))
+    logging.info("evaluating %s with protocol %s", workdir, protocol)
+    result = evaluate_protocol(model, variables, config, protocol)
+  result["workdir"] = workdir
+  print(json.dumps(result) if _FLAGS["json"].value else format_result(result))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -47,6 +47,9 @@ Evaluation (`eval_dataset`), protocol:
                 single-crop batch), the last batch of each shape padded.
 Every validation image is read exactly once across processes; padded elements have mask 0 (real ones 1), and
 'index' numbers the images of a process's shard 0..n-1 so that views of one image can be averaged (evaluate.py).
+On the 346 real images of imagenet-sample, all 5 shapes per scale occur; the crop removes on average 5% of the
+longer side (median 0.1%, 90th percentile 20%); multiscale_aspects=(1, 5/4, 4/3, 3/2) lowers that to 3.7% (90th
+percentile 11%) for 35 compilations instead of 25.
 Compilations of a forward pass with fixed batch size: 'single' 1, '10crop' 1, 'multiscale' at most
 len(multiscale_sizes) * (2 * len(multiscale_aspects) - 1) = 25 with the defaults (a square shape, and a landscape
 and a portrait shape per other aspect, per scale). For 'single' and '10crop' every process yields the same
@@ -57,7 +60,6 @@ Throughput (decode + augment, img/s per core) on the sample JPEGs of ../shared/d
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -100,7 +102,8 @@ DEFAULTS = dict(
 )
 
 
-def _get(config, name):
+def setting(config, name):
+  """config.<name>, or its default from DEFAULTS where the config lacks the field."""
   return config.get(name, DEFAULTS[name])
 
 
@@ -159,7 +162,7 @@ def load_builder(config, *, process_count: int = 1) -> tfds.core.DatasetBuilder:
       raise ValueError(f"{builder.data_dir} is stored as {builder.info.file_format.value}; this pipeline reads "
                        "tfrecord files (tfds's default): prepare it again without --file_format")
     return builder
-  manual_dir = check_manual_download(config.get("data_dir"), _get(config, "manual_dir"))
+  manual_dir = check_manual_download(config.get("data_dir"), setting(config, "manual_dir"))
   if process_count > 1:
     raise ImageNetNotFoundError(
         f"ImageNet 2012 is not prepared in {builder.data_dir}; prepare it once, before a multi-process run, with "
@@ -416,7 +419,7 @@ def _validate_train(config, local_batch_size, start_step, process_index, process
   if local_batch_size <= 0 or start_step < 0 or not 0 <= process_index < process_count:
     raise ValueError(f"bad train_dataset arguments: local_batch_size={local_batch_size}, start_step={start_step}, "
                      f"process_index={process_index}, process_count={process_count}")
-  aug = _get(config, "augmentation")
+  aug = setting(config, "augmentation")
   if aug not in AUGMENTATIONS:
     raise ValueError(f"unknown config.augmentation {aug!r}: valid values are {list(AUGMENTATIONS)}")
   normalize(tf.zeros([1, 1, 3]), config.get("normalization", "pixel_mean"))  # validates the mode
@@ -433,7 +436,7 @@ def train_records(config, *, start_step: int = 0, process_index: int = 0, proces
                                                        process_index, process_count)
   if n_local == 0:
     raise ValueError(f"process {process_index} of {process_count} has no training examples")
-  buffer = _get(config, "shuffle_buffer_size") or 16 * local_batch_size
+  buffer = setting(config, "shuffle_buffer_size") or 16 * local_batch_size
   buffer = int(min(buffer, n_local))
   cycle = min(16, len(filenames))
   base_seed = tf.constant([int(config.get("seed", 0)), process_index], tf.int64)
@@ -471,9 +474,10 @@ def train_dataset(config, *, start_step: int = 0, process_index: int = 0, proces
   _validate_train(config, local_batch_size, start_step, process_index, process_count)
   ds = train_records(config, start_step=start_step, process_index=process_index, process_count=process_count,
                      local_batch_size=local_batch_size, builder=builder)
-  kwargs = dict(augmentation=_get(config, "augmentation"), image_size=int(config.get("image_size", 224)),
-                scale_range=tuple(_get(config, "scale_range")), pca_std=float(_get(config, "pca_std")),
-                area_range=tuple(_get(config, "crop_area_range")), aspect_range=tuple(_get(config, "crop_aspect_range")))
+  kwargs = dict(augmentation=setting(config, "augmentation"), image_size=int(config.get("image_size", 224)),
+                scale_range=tuple(setting(config, "scale_range")), pca_std=float(setting(config, "pca_std")),
+                area_range=tuple(setting(config, "crop_area_range")),
+                aspect_range=tuple(setting(config, "crop_aspect_range")))
   mode = config.get("normalization", "pixel_mean")
   seed = int(config.get("seed", 0))
 
@@ -494,10 +498,10 @@ def multiscale_batch_size(local_batch_size: int, image_size: int, hw: tuple[int,
 
 def multiscale_shapes(config, local_batch_size: int) -> list[tuple[int, int, int]]:
   """Every (h, w, batch size) the multiscale protocol can produce: at most one compilation each."""
-  aspects = tuple(_get(config, "multiscale_aspects"))
+  aspects = tuple(setting(config, "multiscale_aspects"))
   image_size = int(config.get("image_size", 224))
   out = []
-  for size in _get(config, "multiscale_sizes"):
+  for size in setting(config, "multiscale_sizes"):
     for key in range(2 * len(aspects)):
       idx, portrait = divmod(key, 2)
       if idx == 0 and portrait:
@@ -534,7 +538,7 @@ def eval_dataset(config, *, protocol: str = "single", process_index: int = 0, pr
   split = config.get("eval_split", "validation")
   filenames, skips, takes, n_local = _file_instructions(builder, split, process_index, process_count)
   image_size = int(config.get("image_size", 224))
-  resize_to = int(_get(config, "eval_resize"))
+  resize_to = int(setting(config, "eval_resize"))
   if resize_to < image_size:
     raise ValueError(f"eval_resize {resize_to} is smaller than image_size {image_size}")
   mode = config.get("normalization", "pixel_mean")
@@ -569,8 +573,8 @@ def eval_dataset(config, *, protocol: str = "single", process_index: int = 0, pr
 
 
 def _multiscale(ds, config, local_batch_size, mode):
-  sizes = [int(s) for s in _get(config, "multiscale_sizes")]
-  aspects = tuple(float(a) for a in _get(config, "multiscale_aspects"))
+  sizes = [int(s) for s in setting(config, "multiscale_sizes")]
+  aspects = tuple(float(a) for a in setting(config, "multiscale_aspects"))
   if not aspects or abs(aspects[0] - 1.0) > 1e-6 or list(aspects) != sorted(aspects):
     raise ValueError(f"multiscale_aspects {aspects} must be increasing and start at 1.0")
   image_size = int(config.get("image_size", 224))

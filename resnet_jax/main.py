@@ -21,6 +21,8 @@ def main(argv):
   from resnet_jax import cli, parallel, train  # after flag parsing: keeps --help fast
   cli.quiet_library_logs()
   parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if parallel.process_index() > 0:  # only process 0 logs progress; the others report warnings and errors
+    logging.set_verbosity(logging.WARNING)
   with cli.user_errors():
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

@@ -47,6 +47,10 @@ def _in_cluster() -> bool:
       os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))
 
 
+def process_index() -> int:
+  return jax.process_index()
+
+
 def check_batch(batch_size: int, field: str = "batch_size") -> list[str]:
   """Problems (empty if none) splitting a global batch over processes and devices, with numbers that work."""
   n_dev, n_proc, n_local = jax.device_count(), jax.process_count(), jax.local_device_count()
@@ -61,8 +65,8 @@ def check_batch(batch_size: int, field: str = "batch_size") -> list[str]:
   return problems
 
 
-def make_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()), (AXIS,))
+def make_mesh(devices=None) -> Mesh:
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), (AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -93,7 +97,9 @@ def put_batch(local_batch: dict, mesh: Mesh) -> dict:
 # pmap helpers -------------------------------------------------------------------------------------------------
 
 def pmap_replicate(tree):
-  return jax.device_put_replicated(tree, jax.local_devices())
+  """Host values -> [local_devices, ...] arrays; the first pmapped call places them (outputs stay there)."""
+  n = jax.local_device_count()
+  return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)).copy(), tree)
 
 
 def pmap_unreplicate(tree):

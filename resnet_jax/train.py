@@ -66,15 +66,23 @@ def lr_boundaries(config) -> list[int]:
 
 
 def make_schedule(config) -> optax.Schedule:
-  """Piecewise-constant lr: optional constant warm-up, then lr divided at each boundary (section 4.2)."""
-  scales = {}
-  init = config.learning_rate
-  if config.warmup_steps:
-    init = config.warmup_learning_rate
-    scales[int(config.warmup_steps)] = config.learning_rate / config.warmup_learning_rate
-  for b in lr_boundaries(config):
-    scales[b] = scales.get(b, 1.0) * config.lr_decay_factor
-  return optax.piecewise_constant_schedule(init, scales)
+  """Optional warm-up (constant, as the paper's ResNet-110, or linear), then step decay or cosine decay."""
+  lr, n, w = config.learning_rate, config.num_train_steps, int(config.warmup_steps)
+  if config.get("lr_schedule", "step") == "cosine":
+    main = optax.cosine_decay_schedule(lr, max(1, n - w))
+  else:
+    scales = {}
+    for b in lr_boundaries(config):
+      if b > w:
+        scales[b - w] = scales.get(b - w, 1.0) * config.lr_decay_factor
+    main = optax.piecewise_constant_schedule(lr, scales)
+  if not w:
+    return main
+  if config.get("warmup_mode", "constant") == "constant":
+    warm = optax.constant_schedule(config.warmup_learning_rate)
+  else:
+    warm = optax.linear_schedule(config.warmup_learning_rate, lr, w)
+  return optax.join_schedules([warm, main], [w])
 
 
 def weight_decay_mask(params, config):
@@ -160,11 +168,11 @@ def eval_step(state: TrainState, batch, *, model, axis_name: str | None = None):
 class Steps:
   """The compiled train and eval steps for one parallelism mode, with host <-> device conversions."""
 
-  def __init__(self, config, model_factory, tx, schedule):
+  def __init__(self, config, model_factory, tx, schedule, devices=None):
     self.mode = config.parallelism
-    self.mesh = parallel.make_mesh()
+    self.mesh = parallel.make_mesh(devices)
     kw = dict(tx=tx, schedule=schedule, skip_nonfinite=config.skip_nonfinite)
-    n_dev = jax.device_count()
+    n_dev = self.mesh.size
     if self.mode == "jit":
       model = model_factory(None)
       self.model = model
@@ -354,11 +362,51 @@ def _fmt_eta(seconds: float) -> str:
   return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def evaluate(steps: Steps, state, data, norm, config) -> dict:
+class Data:
+  """The run's training iterator and evaluation batches, whatever the data set."""
+
+  def __init__(self, config):
+    self.config = config
+    pi, pc = jax.process_index(), jax.process_count()
+    if config.dataset == "imagenet2012":
+      from resnet_jax import imagenet_input  # needs tfds; imported only for ImageNet runs
+      self._imagenet = imagenet_input
+      imagenet_input.load_builder(config, process_count=pc)  # clear error now if the data is missing
+      self.train_size = None
+      logging.info("data: imagenet2012 %r, eval %r (%s protocol)", config.train_split, config.eval_split,
+                   config.get("eval_protocol", "single"))
+      return
+    self._imagenet = None
+    self.train = input_pipeline.load_split(config, "train")
+    self.eval = input_pipeline.load_split(config, "eval")
+    self.train_size = len(self.train)
+    self.norm = input_pipeline.normalizer(config, self.train)
+    input_pipeline.log_data_summary(config, self.train, self.eval)
+
+  def train_iterator(self, start_step: int):
+    pi, pc = jax.process_index(), jax.process_count()
+    if self._imagenet:
+      ds = self._imagenet.train_dataset(self.config, start_step=start_step, process_index=pi, process_count=pc,
+                                        local_batch_size=self.config.batch_size // pc)
+      return ds.as_numpy_iterator()
+    return input_pipeline.train_iterator(self.config, self.train, self.norm, start_step=start_step,
+                                         process_index=pi, process_count=pc)
+
+  def eval_batches(self):
+    pi, pc = jax.process_index(), jax.process_count()
+    if self._imagenet:
+      ds = self._imagenet.eval_dataset(self.config, protocol="single", process_index=pi, process_count=pc,
+                                       local_batch_size=self.config.eval_batch_size // pc)
+      for batch in ds.as_numpy_iterator():
+        yield {k: batch[k] for k in ("image", "label", "mask")}
+      return
+    yield from input_pipeline.eval_batches(self.eval, self.norm, global_batch=self.config.eval_batch_size,
+                                           process_index=pi, process_count=pc)
+
+
+def evaluate(steps: Steps, state, data: Data) -> dict:
   total = None
-  for batch in input_pipeline.eval_batches(data, norm, global_batch=config.eval_batch_size,
-                                           process_index=jax.process_index(),
-                                           process_count=jax.process_count()):
+  for batch in data.eval_batches():
     m = steps.eval(state, batch)
     total = m if total is None else total.merge(m)
   out = total.compute()
@@ -370,6 +418,7 @@ def evaluate(steps: Steps, state, data, norm, config) -> dict:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming from workdir/checkpoints if present) and evaluates; returns results.json's content."""
   t_start = time.time()
+  config = config_lib.resolve(config)
   validate_config(config)
   workdir = os.path.abspath(workdir)
   is_chief = jax.process_index() == 0
@@ -377,13 +426,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not os.access(workdir, os.W_OK):
     raise PermissionError(f"workdir {workdir} is not writable; choose another --workdir")
 
-  train_data = input_pipeline.load_split(config, "train")
-  eval_data = input_pipeline.load_split(config, "eval")
-  if config.batch_size > len(train_data):
-    raise ConfigError(f"invalid config:\n  - batch_size={config.batch_size} exceeds the {len(train_data)} "
+  data = Data(config)
+  if data.train_size is not None and config.batch_size > data.train_size:
+    raise ConfigError(f"invalid config:\n  - batch_size={config.batch_size} exceeds the {data.train_size} "
                       f"training examples of {config.train_split!r}")
-  norm = input_pipeline.normalizer(config, train_data)
-  input_pipeline.log_data_summary(config, train_data, eval_data)
 
   schedule = make_schedule(config)
   tx = make_optimizer(config)
@@ -409,9 +455,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = make_writer(workdir)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flat_config(config).items() if isinstance(v, (int, float, str, bool))})
-  train_iter = input_pipeline.train_iterator(config, train_data, norm, start_step=start_step,
-                                             process_index=jax.process_index(),
-                                             process_count=jax.process_count())
+  train_iter = data.train_iterator(start_step)
   progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
                                              every_steps=config.log_every_steps)
   rng = jax.random.key(config.seed)
@@ -457,7 +501,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    scalars["learning_rate"], scalars["images_per_sec"], _fmt_eta(remaining))
       window, infos, steps_in_window = None, [], 0
     if step % config.eval_every_steps == 0 or is_last:
-      eval_results = evaluate(steps, state, eval_data, norm, config)
+      eval_results = evaluate(steps, state, data)
       scalars.update(eval_results)
       logging.info("step %d  eval error %.4f  loss %.4f  (%d examples)", step, eval_results["eval_error"],
                    eval_results["eval_loss"], eval_results["eval_count"])
@@ -471,7 +515,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer.close()
 
   if not eval_results and start_step >= config.num_train_steps:  # rerun of a finished run: just report
-    eval_results = evaluate(steps, state, eval_data, norm, config)
+    eval_results = evaluate(steps, state, data)
   rows = [r for r in read_jsonl(jsonl) if "eval_error" in r] if is_chief else []
   best = min(rows, key=lambda r: r["eval_error"]) if rows else {}
   results = {
@@ -504,6 +548,7 @@ def _flat_config(config) -> dict:
 
 def load_variables_for_eval(config, workdir: str) -> dict:
   """{'params', 'batch_stats'} of the newest readable checkpoint in workdir (host arrays)."""
+  config = config_lib.resolve(config)
   tx = make_optimizer(config)
   model = models.create_model(config.model, half_precision=config.half_precision)
   host_state = _host_state(model, tx, config)
