@@ -28,7 +28,7 @@ def quiet_library_logs():
 def user_errors():
   """Errors a user can fix are printed as one message, not a stack trace."""
   from resnet_jax import checkpoint, input_pipeline, train
-  expected = (train.ConfigError, input_pipeline.DataNotFoundError, checkpoint.CheckpointMismatchError,
+  expected = (train.ConfigError, input_pipeline.DataNotFoundError, input_pipeline.MissingDependencyError, checkpoint.CheckpointMismatchError,
               checkpoint.CheckpointUnreadableError, PermissionError, FileNotFoundError, ValueError)
   try:
     yield

@@ -26,6 +26,22 @@ CIFAR_DATASETS = ("cifar10", "cifar100")
 PAD = 4
 
 
+class MissingDependencyError(RuntimeError):
+  """An optional dependency (TensorFlow, tfds) that this configuration needs is not installed."""
+
+
+def require_tensorflow(what: str):
+  """Imports TensorFlow (and tfds) or says which backend to use instead."""
+  try:
+    import tensorflow as tf  # noqa: F401
+    import tensorflow_datasets as tfds  # noqa: F401
+  except ImportError as e:
+    raise MissingDependencyError(
+        f"{what} needs TensorFlow and tensorflow-datasets ({e}). Install them (pip install tensorflow-cpu "
+        f"tensorflow-datasets), or train without them: --config.input_backend=device "
+        f"--config.data_file=../shared/data/cifar10_jpeg_bytes.npz (or --config.dataset=fake)") from None
+
+
 class DataNotFoundError(RuntimeError):
   """The data set is not where the config says; the message says where we looked and how to get it."""
 
@@ -58,6 +74,7 @@ def _load_tfds_split(name: str, split: str, data_dir: str | None) -> ArrayData:
   """
   import hashlib
   import glob
+  require_tensorflow(f"reading {name!r} with tfds")
   import tensorflow_datasets as tfds  # imported here: only the tfds path needs TensorFlow
   cache_root = _cache_dir()
   cache_file = None
@@ -190,6 +207,7 @@ def pad_crop_flip(images, offsets, flips):
 def train_dataset(config, data: ArrayData, norm: Normalizer, *, start_step: int, process_index: int,
                   process_count: int):
   """tf.data.Dataset of this process's slices of global batches start_step, start_step + 1, ..."""
+  require_tensorflow("input_backend='tfdata'")
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")  # keep TensorFlow off the accelerators JAX uses
   global_batch = config.batch_size

@@ -21,11 +21,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from clu import metric_writers, metrics, periodic_actions
+from clu import metrics
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax import checkpoint as ckpt_lib
-from resnet_jax import config_lib, input_pipeline, models, parallel
+from resnet_jax import config_lib, input_pipeline, models, parallel, writers
 
 
 class NonFiniteError(FloatingPointError):
@@ -219,7 +219,9 @@ class Steps:
   # Steps.
   def train(self, state, local_batch, rng):
     if self.mode == "jit":
-      state, (m, info) = self._train(state, parallel.put_batch(local_batch, self.mesh), rng)
+      if not isinstance(local_batch["image"], jax.Array):  # host batch -> global sharded arrays
+        local_batch = parallel.put_batch(local_batch, self.mesh)
+      state, (m, info) = self._train(state, local_batch, rng)
       return state, m, info
     state, (m, info) = self._train(state, parallel.pmap_split(local_batch), rng)
     return state, jax.tree.map(lambda x: x[0], m), jax.tree.map(lambda x: x[0], info)
@@ -274,6 +276,9 @@ def validate_config(config) -> None:
         f"normalization={config.normalization!r}: use 'pixel_mean' or 'channel'")
   check(config.get("input_backend", "tfdata") in ("tfdata", "device"),
         f"input_backend={config.get('input_backend')!r}: use 'tfdata' or 'device'")
+  check(config.get("input_backend", "tfdata") == "tfdata" or config.dataset in ("cifar10", "cifar100", "fake"),
+        f"input_backend='device' holds small data sets (cifar10, fake) in device memory, not "
+        f"{config.dataset!r}; use input_backend='tfdata'")
   if isinstance(config.num_train_steps, int) and config.num_train_steps > 0:
     bounds = lr_boundaries(config)
     check(all(0 < b <= config.num_train_steps for b in bounds) and bounds == sorted(bounds),
@@ -287,7 +292,7 @@ def validate_config(config) -> None:
   for field in ("batch_size", "eval_batch_size"):
     if isinstance(config.get(field), int) and config.get(field) > 0:
       problems.extend(parallel.check_batch(config.get(field), field))
-  if config.parallelism == "pmap" and jax.process_count() > 1 and config.get("input_backend") == "device":
+  if config.parallelism == "pmap" and config.get("input_backend") == "device":
     problems.append("input_backend='device' supports parallelism='jit' only; set --config.parallelism=jit")
   try:
     models.create_model(config.model)
@@ -299,29 +304,6 @@ def validate_config(config) -> None:
 
 # ----------------------------------------------------------------------------------------------------------
 # Writers.
-
-class JsonlWriter(metric_writers.MetricWriter):
-  """metrics.jsonl: one JSON object per logged step (process 0 only)."""
-
-  def __init__(self, path: str):
-    self.path = path
-
-  def write_scalars(self, step, scalars):
-    row = {"step": int(step)}
-    row.update({k: float(v) for k, v in scalars.items()})
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
-
-  def write_summaries(self, step, values, metadata=None): pass
-  def write_images(self, step, images): pass
-  def write_videos(self, step, videos): pass
-  def write_audios(self, step, audios, *, sample_rate): pass
-  def write_texts(self, step, texts): pass
-  def write_histograms(self, step, arrays, num_buckets=None): pass
-  def write_hparams(self, hparams): pass
-  def flush(self): pass
-  def close(self): pass
-
 
 def truncate_jsonl(path: str, last_step: int) -> None:
   """Drops rows after `last_step` (written after the checkpoint a resumed run restarts from)."""
@@ -342,16 +324,18 @@ def read_jsonl(path: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def make_writer(workdir: str):
-  is_chief = jax.process_index() == 0
-  writers = [metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=False)]
-  if is_chief:
-    writers.append(JsonlWriter(os.path.join(workdir, "metrics.jsonl")))
-  return metric_writers.MultiWriter(writers)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The loop.
+
+def _progress_action(config):
+  """clu's ReportProgress (work-unit notes with steps/s and ETA) where clu's TF-backed module imports."""
+  try:
+    from clu import periodic_actions
+  except ImportError:
+    return lambda step: None
+  return periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
+                                         every_steps=config.log_every_steps)
+
 
 def _host_state(model, tx, config) -> TrainState:
   return jax.device_get(init_state(model, tx, config, jax.random.key(config.seed)))
@@ -377,14 +361,29 @@ class Data:
                    config.get("eval_protocol", "single"))
       return
     self._imagenet = None
-    self.train = input_pipeline.load_split(config, "train")
-    self.eval = input_pipeline.load_split(config, "eval")
+    self.device = None
+    if config.get("input_backend", "tfdata") == "device":
+      from resnet_jax import device_input
+      self.train = device_input.load_split(config, "train")
+      self.eval = device_input.load_split(config, "eval")
+    else:
+      self.train = input_pipeline.load_split(config, "train")
+      self.eval = input_pipeline.load_split(config, "eval")
     self.train_size = len(self.train)
     self.norm = input_pipeline.normalizer(config, self.train)
     input_pipeline.log_data_summary(config, self.train, self.eval)
 
+  def attach(self, mesh):
+    """input_backend='device': place the training split on the mesh's devices."""
+    if self.config.get("input_backend", "tfdata") == "device":
+      from resnet_jax import device_input
+      self.device = device_input.DeviceData(self.config, self.train, self.norm, mesh)
+      logging.info("data: training split held on %d device(s), batches drawn inside jit", mesh.size)
+
   def train_iterator(self, start_step: int):
     pi, pc = jax.process_index(), jax.process_count()
+    if self.device is not None:
+      return None
     if self._imagenet:
       ds = self._imagenet.train_dataset(self.config, start_step=start_step, process_index=pi, process_count=pc,
                                         local_batch_size=self.config.batch_size // pc)
@@ -436,6 +435,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   factory = lambda axis: models.create_model(config.model, half_precision=config.half_precision,
                                              bn_axis_name=axis)
   steps = Steps(config, factory, tx, schedule)
+  data.attach(steps.mesh)
   host_state = _host_state(steps.model, tx, config)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
   meta = ckpt_lib.meta_for(config)
@@ -452,12 +452,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  writer = make_writer(workdir)
+  writer = writers.make_writer(workdir, is_chief)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flat_config(config).items() if isinstance(v, (int, float, str, bool))})
   train_iter = data.train_iterator(start_step)
-  progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
-                                             every_steps=config.log_every_steps)
+  progress = _progress_action(config)
   rng = jax.random.key(config.seed)
   window, infos = None, []
   last_finite = {}
@@ -466,7 +465,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   total_skipped = 0
   step = start_step
   for step in range(start_step + 1, config.num_train_steps + 1):
-    batch = next(train_iter)
+    batch = data.device.batch(state.step) if data.device is not None else next(train_iter)
     state, m, info = steps.train(state, batch, rng)
     window = m if window is None else window.merge(m)
     infos.append(info)

@@ -1,0 +1,138 @@
+"""input_backend='device': CIFAR held in accelerator memory, batches drawn and augmented inside a jitted function.
+
+On a GPU a CIFAR ResNet step takes milliseconds and a tf.data pipeline on a few host cores cannot keep up; the
+fastest CIFAR trainers keep the whole data set on the device. The training split is loaded once (from tfds, or
+from a plain .npz given by `config.data_file` so that TensorFlow is not needed), stored as uint8 and sharded
+over the mesh's data axis. Each step, every device draws its share of the batch from its own shard:
+
+* order: a fresh permutation of the shard every epoch, keyed by (seed, device, epoch);
+* augmentation: 4-pixel zero padding after normalisation, a crop offset uniform over 0..8 in each direction
+  and a horizontal flip with probability 1/2, keyed by (seed, device, step);
+* normalisation: the same per-pixel mean (or per-channel statistics) as input_backend='tfdata'.
+
+Everything is a function of (seed, step), so resumed runs stay exact. The random numbers differ from the
+tfdata backend's (JAX's PRNG instead of TensorFlow's); the distributions are the same (tests check them).
+"""
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from resnet_jax import input_pipeline, parallel
+
+PAD = input_pipeline.PAD
+_SPLIT = re.compile(r"^(train|test)(?:\[(-?\d*):(-?\d*)\])?$")
+
+
+def _decode_jpegs(buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+  from PIL import Image  # Pillow decodes these JPEGs to exactly the tfds pixels (../shared/data/README.md)
+  return np.stack([np.asarray(Image.open(io.BytesIO(buf[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
+                   for i in range(len(offsets) - 1)])
+
+
+@functools.lru_cache(maxsize=4)
+def _load_npz(path: str, which: str) -> input_pipeline.ArrayData:
+  if not os.path.exists(path):
+    raise input_pipeline.DataNotFoundError(
+        f"data_file {path} does not exist; point --config.data_file at an .npz with x_{which}/y_{which} uint8 "
+        f"arrays or {which}_jpeg/{which}_offsets/y_{which} (e.g. ../shared/data/cifar10_jpeg_bytes.npz)")
+  with np.load(path) as z:
+    if f"x_{which}" in z:
+      images = np.asarray(z[f"x_{which}"], np.uint8)
+    elif f"{which}_jpeg" in z:
+      images = _decode_jpegs(z[f"{which}_jpeg"], z[f"{which}_offsets"])
+    else:
+      raise ValueError(f"{path} holds neither x_{which} nor {which}_jpeg (it has {sorted(z.files)})")
+    labels = np.asarray(z[f"y_{which}"], np.int32)
+  return input_pipeline.ArrayData(images, labels)
+
+
+def load_split(config, which: str) -> input_pipeline.ArrayData:
+  """The train or eval split, from config.data_file when given, else as input_pipeline loads it (tfds)."""
+  if not config.get("data_file") or config.dataset == "fake":
+    return input_pipeline.load_split(config, which)
+  split = config.train_split if which == "train" else config.eval_split
+  m = _SPLIT.match(split.replace(" ", ""))
+  if not m:
+    raise ValueError(f"split {split!r} is not supported with data_file: use train, test, or a slice such as "
+                     f"train[:45000] / train[45000:]")
+  name, lo, hi = m.groups()
+  data = _load_npz(os.path.abspath(os.path.expanduser(config.data_file)), name)
+  sl = slice(int(lo) if lo else None, int(hi) if hi else None)
+  return input_pipeline.ArrayData(data.images[sl], data.labels[sl])
+
+
+class DeviceData:
+  """The training split on the devices, and a jitted `batch(step)` that draws global batch `step`."""
+
+  def __init__(self, config, data: input_pipeline.ArrayData, norm: input_pipeline.Normalizer, mesh):
+    n_dev = mesh.size
+    n = len(data) - len(data) % n_dev
+    if n != len(data):
+      logging.warning("device input: dropping the last %d of %d training examples so that the %d devices hold "
+                      "equal shards", len(data) - n, len(data), n_dev)
+    sharding = NamedSharding(mesh, P(parallel.AXIS))
+    local = {"image": data.images[:n], "label": data.labels[:n]}
+    # Every process holds the whole split in host memory and places only its devices' shards.
+    self.images = jax.make_array_from_callback(local["image"].shape, sharding, lambda i: local["image"][i])
+    self.labels = jax.make_array_from_callback(local["label"].shape, sharding, lambda i: local["label"][i])
+    self.n_local = n // n_dev
+    self.local_batch = config.batch_size // n_dev
+    if self.local_batch > self.n_local:
+      raise ValueError(f"batch_size={config.batch_size} exceeds the {n} training examples")
+    mean = jnp.asarray(norm.mean, jnp.float32)
+    std = jnp.asarray(norm.std, jnp.float32)
+    fn = functools.partial(_local_batch, seed=int(config.seed), local_batch=self.local_batch, mean=mean, std=std)
+    self._batch = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(parallel.AXIS), P(parallel.AXIS), P()),
+                                        out_specs=(P(parallel.AXIS), P(parallel.AXIS))))
+
+  def batch(self, step) -> dict:
+    """Global batch number `step` (a device scalar such as state.step, or an int), sharded over the mesh."""
+    images, labels = self._batch(self.images, self.labels, jnp.asarray(step, jnp.int32))
+    return {"image": images, "label": labels}
+
+
+def pad_crop_flip(images, offsets, flips):
+  """The same operation as input_pipeline.pad_crop_flip, in JAX: zero pad by 4, crop at offsets, flip."""
+  b, h, w, c = images.shape
+  padded = jnp.pad(images, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)))
+  crop = lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c))
+  x = jax.vmap(crop)(padded, offsets)
+  return jnp.where(flips[:, None, None, None], x[:, :, ::-1, :], x)
+
+
+def augmentation_params(key, batch: int):
+  """Crop offsets uniform over 0..8 in each direction and flips with probability 1/2."""
+  k_off, k_flip = jax.random.split(key)
+  return (jax.random.randint(k_off, (batch, 2), 0, 2 * PAD + 1),
+          jax.random.bernoulli(k_flip, 0.5, (batch,)))
+
+
+def augment(images, key):
+  offsets, flips = augmentation_params(key, images.shape[0])
+  return pad_crop_flip(images, offsets, flips), offsets, flips
+
+
+def _local_batch(images, labels, step, *, seed, local_batch, mean, std):
+  """Runs on each device (under shard_map) on its own shard of the training split."""
+  n_local = images.shape[0]
+  device = jax.lax.axis_index(parallel.AXIS)
+  key = jax.random.fold_in(jax.random.key(seed), device)
+  pos = step.astype(jnp.int64 if jax.config.jax_enable_x64 else jnp.int32) * local_batch + jnp.arange(local_batch)
+  epoch = pos // n_local
+  first = epoch[0]
+  order_key = jax.random.fold_in(key, 0)
+  perm = lambda e: jax.random.permutation(jax.random.fold_in(order_key, e), n_local)
+  # A batch spans at most two epochs of the shard.
+  idx = jnp.where(epoch == first, perm(first)[pos % n_local], perm(first + 1)[pos % n_local])
+  x = (images[idx].astype(jnp.float32) / 255.0 - mean) / std
+  x, _, _ = augment(x, jax.random.fold_in(jax.random.fold_in(key, 1), step))
+  return x, labels[idx]

@@ -1,0 +1,141 @@
+"""input_backend='device': same augmentation and normalisation as tf.data, exact resume, TF-free import path."""
+import json
+import os
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO, SHARED_DATA, SMALL, read_jsonl, run_cli
+from resnet_jax import config_lib, device_input, input_pipeline, parallel
+
+MAIN = "resnet_jax.main"
+
+
+def _coord_images(n=16, size=32):
+  """Images whose pixels encode (example, row, column), so any crop or flip can be checked exactly."""
+  r, c = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+  return np.stack([np.stack([r, c, np.full_like(r, i)], -1) for i in range(n)]).astype(np.float32) + 1.0
+
+
+def test_crop_and_flip_identical_to_tfdata():
+  import tensorflow as tf
+  x = _coord_images()
+  rng = np.random.default_rng(0)
+  offsets = rng.integers(0, 9, (16, 2)).astype(np.int32)
+  flips = rng.random(16) < 0.5
+  ours = np.asarray(device_input.pad_crop_flip(jnp.asarray(x), jnp.asarray(offsets), jnp.asarray(flips)))
+  theirs = input_pipeline.pad_crop_flip(tf.constant(x), tf.constant(offsets), tf.constant(flips)).numpy()
+  np.testing.assert_array_equal(ours, theirs)
+  # And it is the paper's crop: pixel (i, j) of the output is pixel (i + oy - 4, j + ox - 4) of the input.
+  i = 3
+  oy, ox = offsets[i]
+  expect = np.pad(x[i], ((4, 4), (4, 4), (0, 0)))[oy:oy + 32, ox:ox + 32]
+  np.testing.assert_array_equal(ours[i], expect[:, ::-1] if flips[i] else expect)
+
+
+def test_augmentation_distributions_match():
+  """Offsets uniform over 0..8 and flip rate 1/2 for both backends (18,000 draws each; 5-sigma bounds)."""
+  import tensorflow as tf
+  n = 9000
+  dev_off, dev_flip = device_input.augmentation_params(jax.random.key(0), n)
+  tf_off, tf_flip = input_pipeline.augmentation_params(0, 7, n)
+  for off, flip in ((np.asarray(dev_off), np.asarray(dev_flip)), (tf_off.numpy(), tf_flip.numpy())):
+    counts = np.bincount(off.ravel(), minlength=9)
+    assert len(counts) == 9 and counts.min() > 0
+    expected = off.size / 9
+    assert np.abs(counts - expected).max() < 5 * np.sqrt(expected), counts
+    assert abs(flip.mean() - 0.5) < 5 * np.sqrt(0.25 / n)
+
+
+def test_mean_subtraction_identical():
+  config = config_lib.cifar(20)
+  config.dataset = "fake"
+  data = input_pipeline.load_split(config, "train")
+  norm = input_pipeline.normalizer(config, data)
+  ours = (jnp.asarray(data.images[:64]).astype(jnp.float32) / 255.0 - norm.mean) / norm.std
+  np.testing.assert_allclose(np.asarray(ours), norm(data.images[:64]), rtol=0, atol=1e-6)
+
+
+def test_device_batches_cover_each_epoch_once():
+  config = config_lib.cifar(20)
+  config.dataset, config.fake_train_size, config.batch_size = "fake", 96, 32
+  data = input_pipeline.load_split(config, "train")
+  # Make labels the example index so that the batch says which examples it drew.
+  data = input_pipeline.ArrayData(data.images, np.arange(96, dtype=np.int32))
+  dd = device_input.DeviceData(config, data, input_pipeline.normalizer(config, data), parallel.make_mesh())
+  seen = np.concatenate([np.asarray(dd.batch(s)["label"]) for s in range(3)])
+  assert sorted(seen) == list(range(96))
+  again = np.concatenate([np.asarray(dd.batch(s)["label"]) for s in range(3, 6)])
+  assert sorted(again) == list(range(96)) and not np.array_equal(seen, again)  # reshuffled every epoch
+  np.testing.assert_array_equal(np.asarray(dd.batch(4)["image"]), np.asarray(dd.batch(4)["image"]))
+
+
+def test_npz_decodes_to_the_tfds_pixels(tfds_dir):
+  config = config_lib.cifar(20)
+  config.data_file = str(SHARED_DATA / "cifar10_jpeg_bytes.npz")
+  config.data_dir = tfds_dir
+  config.eval_split = "test[:500]"
+  ours = device_input.load_split(config, "eval")
+  theirs = input_pipeline.load_split(config, "eval")
+  assert len(ours) == 500
+  # tfds shuffles examples when it writes, so compare as sets of (image, label).
+  key = lambda d: sorted(zip(map(bytes, d.images.reshape(len(d), -1)), d.labels.tolist()))
+  full = input_pipeline._load_tfds_split("cifar10", "test", tfds_dir)
+  full_keys = set(zip(map(bytes, full.images.reshape(len(full), -1)), full.labels.tolist()))
+  assert all(k in full_keys for k in key(ours))
+  del theirs
+
+
+def _args(wd, steps):
+  # 64 fake examples: 2 steps an epoch, so 12 steps fit them (the loss must fall) and cross epoch boundaries.
+  return ["--config=configs/cifar20.py", f"--workdir={wd}", *SMALL, "--config.fake_train_size=64",
+          "--config.input_backend=device",
+          f"--config.num_train_steps={steps}", "--config.log_every_steps=2", "--config.eval_every_steps=6",
+          "--config.checkpoint_every_steps=3", "--config.learning_rate=0.05", "--config.lr_decay_factor=1.0"]
+
+
+def test_device_backend_trains_and_resumes_exactly(tmp_path):
+  import orbax.checkpoint as ocp
+  run_cli(MAIN, *_args(tmp_path / "ref", 12))
+  run_cli(MAIN, *_args(tmp_path / "split", 6))  # stops at 6 (a checkpoint), then the same run goes on to 12
+  run_cli(MAIN, *_args(tmp_path / "split", 12))
+  ref, split = read_jsonl(tmp_path / "ref" / "metrics.jsonl"), read_jsonl(tmp_path / "split" / "metrics.jsonl")
+  drop = lambda rows: [{k: v for k, v in r.items() if k != "images_per_sec"} for r in rows]
+  assert drop(ref) == drop(split)
+  losses = [r["train_loss"] for r in ref if "train_loss" in r]
+  assert losses[-1] < losses[0]
+  a = ocp.StandardCheckpointer().restore(tmp_path / "ref" / "checkpoints" / "12" / "state")
+  b = ocp.StandardCheckpointer().restore(tmp_path / "split" / "checkpoints" / "12" / "state")
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_trains_without_tensorflow(tmp_path):
+  """The CLI with TensorFlow and tfds made unimportable: device backend, console + metrics.jsonl writers."""
+  block = tmp_path / "block"
+  block.mkdir()
+  # As if TensorFlow and tfds were not installed: the path finder does not find them.
+  (block / "sitecustomize.py").write_text(textwrap.dedent("""
+      import importlib.machinery, sys
+      class _NoTF(importlib.machinery.PathFinder):
+          @classmethod
+          def find_spec(cls, name, path=None, target=None):
+              if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
+                  return None
+              return super().find_spec(name, path, target)
+      sys.meta_path[:] = [_NoTF if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+  """))
+  env = {"PYTHONPATH": f"{block}{os.pathsep}{REPO}"}
+  wd = tmp_path / "w"
+  proc = run_cli(MAIN, *_args(wd, 4), env=env)
+  assert "TensorFlow is not installed" in proc.stderr
+  rows = read_jsonl(wd / "metrics.jsonl")
+  assert rows[-1]["step"] == 4 and rows[-1]["eval_count"] == 100
+  # The tfdata backend needs TensorFlow: it says so instead of failing obscurely.
+  proc = run_cli(MAIN, *_args(tmp_path / "w2", 2), "--config.input_backend=tfdata", env=env, check=False)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert "needs TensorFlow" in proc.stderr and "--config.input_backend=device" in proc.stderr
