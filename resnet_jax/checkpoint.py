@@ -22,6 +22,20 @@ class CheckpointUnreadableError(RuntimeError):
   """No checkpoint in the workdir can be read."""
 
 
+class CheckpointSaveError(OSError):
+  """A checkpoint could not be written (full disk, read-only or vanished directory)."""
+
+
+def _free_space(path: str) -> str:
+  import shutil
+  while path and not os.path.exists(path):
+    path = os.path.dirname(path)
+  try:
+    return f"{shutil.disk_usage(path).free / 2**20:,.1f} MiB free on {path}"
+  except OSError:
+    return "free space unknown"
+
+
 def _flat(tree, prefix=""):
   out = {}
   if isinstance(tree, dict):
@@ -68,16 +82,58 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
+  def _failed(self, step, e) -> CheckpointSaveError:
+    try:
+      self.manager.reload()
+      kept = self.all_steps()
+    except Exception:  # noqa: BLE001
+      kept = sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+    text = str(e)
+    import re
+    m = re.search(r"/(\d+)\.orbax-checkpoint-tmp", text)
+    step = int(m.group(1)) if m else step  # an async save's error surfaces during the next call
+    reason = next((r for r in ("No space left on device", "Permission denied", "Read-only file system",
+                               "Disk quota exceeded") if r in text), None)
+    reason = reason or f"{type(e).__name__}: {(text.splitlines() or [''])[0][:200]}"
+    return CheckpointSaveError(
+        f"saving the checkpoint of step {step} in {self.directory} failed ({reason}); "
+        f"{_free_space(self.directory)}. The checkpoints "
+        f"already there are intact ({', '.join(map(str, kept)) or 'none'}); free space or fix permissions and "
+        f"rerun the same command to resume from the newest.")
+
   def save(self, step: int, state, meta: dict, *, force: bool = False) -> bool:
-    return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                           meta=ocp.args.JsonSave(meta)), force=force)
+    """Starts an async save; errors of the previous async save surface here or in wait()."""
+    self._pending = step
+    try:
+      return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                             meta=ocp.args.JsonSave(meta)), force=force)
+    except Exception as e:  # noqa: BLE001 - orbax wraps OSErrors in several ways
+      raise self._failed(step, e) from e
 
   def wait(self):
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise self._failed(getattr(self, "_pending", None), e) from e
 
   def close(self):
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
+
+  def set_aside(self, step: int, reason: str) -> str:
+    """Renames an unreadable checkpoint so that it is neither used nor overwritten; never deletes it."""
+    src = os.path.join(self.directory, str(step))
+    dst = f"{src}.unreadable"
+    n = 1
+    while os.path.exists(dst):
+      n += 1
+      dst = f"{src}.unreadable{n}"
+    if jax.process_index() == 0:
+      os.rename(src, dst)
+    logging.warning("checkpoint %s is unreadable (%s); moved it to %s (kept for inspection) and falling back "
+                    "to an older one", src, reason, dst)
+    self.manager.reload()
+    return dst
 
   def read_meta(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -98,7 +154,7 @@ class Checkpointer:
         saved = self.read_meta(step)
       except Exception as e:  # noqa: BLE001 - any failure to read means "unreadable"
         failures.append(f"step {step}: meta unreadable ({type(e).__name__}: {str(e)[:200]})")
-        logging.warning("checkpoint %s is unreadable (%s); trying an older one", path, failures[-1])
+        self.set_aside(step, failures[-1])
         continue
       diffs = config_differences(saved.get("model", {}), meta.get("model", {}), "model")
       expected = _shape_tree(abstract_state)
@@ -125,14 +181,14 @@ class Checkpointer:
           raise CheckpointMismatchError(
               f"the checkpoint in {path} belongs to a different model: {'; '.join(diffs)}. Use a new "
               f"--workdir for this config, or rerun with the checkpoint's config.") from None
-        failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-        logging.warning("checkpoint %s is unreadable (%s); falling back to an older one (the unreadable "
-                        "one is left on disk)", path, failures[-1])
+        failures.append(f"step {step}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
+        self.set_aside(step, failures[-1])
         continue
       return restored, step
     raise CheckpointUnreadableError(
         f"none of the checkpoints in {self.directory} can be read: " + "; ".join(failures)
-        + ". Move them aside to start from scratch; nothing was deleted.")
+        + ". They were renamed to <step>.unreadable (nothing was deleted); rerun to start from scratch, or "
+        "restore a backup.")
 
 
 def meta_for(config) -> dict:

@@ -8,6 +8,7 @@ from absl import logging
 # Exit codes of the command-line tools.
 EXIT_USER_ERROR = 2     # bad config, missing data, checkpoint of another model, ...
 EXIT_NONFINITE = 3      # the loss or the gradient became NaN/Inf
+EXIT_PREEMPTED = 75     # SIGTERM/SIGINT: checkpoint saved, rerun to resume (EX_TEMPFAIL: "try again")
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -28,10 +29,15 @@ def quiet_library_logs():
 def user_errors():
   """Errors a user can fix are printed as one message, not a stack trace."""
   from resnet_jax import checkpoint, input_pipeline, train
-  expected = (train.ConfigError, input_pipeline.DataNotFoundError, input_pipeline.MissingDependencyError, checkpoint.CheckpointMismatchError,
-              checkpoint.CheckpointUnreadableError, PermissionError, FileNotFoundError, ValueError)
+  expected = (train.ConfigError, input_pipeline.DataNotFoundError, input_pipeline.MissingDependencyError,
+              input_pipeline.SplitError, checkpoint.CheckpointMismatchError, checkpoint.CheckpointUnreadableError,
+              checkpoint.CheckpointSaveError, PermissionError, FileNotFoundError)
   try:
     yield
+  except train.Preempted as e:
+    logging.warning("%s", e)
+    print(f"preempted: {e}", file=sys.stderr)
+    sys.exit(EXIT_PREEMPTED)
   except train.NonFiniteError as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

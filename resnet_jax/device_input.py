@@ -50,7 +50,7 @@ def _load_npz(path: str, which: str) -> input_pipeline.ArrayData:
     elif f"{which}_jpeg" in z:
       images = _decode_jpegs(z[f"{which}_jpeg"], z[f"{which}_offsets"])
     else:
-      raise ValueError(f"{path} holds neither x_{which} nor {which}_jpeg (it has {sorted(z.files)})")
+      raise input_pipeline.SplitError(f"{path} holds neither x_{which} nor {which}_jpeg (it has {sorted(z.files)})")
     labels = np.asarray(z[f"y_{which}"], np.int32)
   return input_pipeline.ArrayData(images, labels)
 
@@ -62,7 +62,7 @@ def load_split(config, which: str) -> input_pipeline.ArrayData:
   split = config.train_split if which == "train" else config.eval_split
   m = _SPLIT.match(split.replace(" ", ""))
   if not m:
-    raise ValueError(f"split {split!r} is not supported with data_file: use train, test, or a slice such as "
+    raise input_pipeline.SplitError(f"split {split!r} is not supported with data_file: use train, test, or a slice such as "
                      f"train[:45000] / train[45000:]")
   name, lo, hi = m.groups()
   data = _load_npz(os.path.abspath(os.path.expanduser(config.data_file)), name)

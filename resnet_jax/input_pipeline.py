@@ -42,6 +42,10 @@ def require_tensorflow(what: str):
         f"--config.data_file=../shared/data/cifar10_jpeg_bytes.npz (or --config.dataset=fake)") from None
 
 
+class SplitError(ValueError):
+  """A split string that the data set cannot provide (e.g. train[:90000] of a 50k split)."""
+
+
 class DataNotFoundError(RuntimeError):
   """The data set is not where the config says; the message says where we looked and how to get it."""
 
@@ -112,7 +116,7 @@ def _decode_tfds_split(tfds, name: str, split: str, data_dir: str | None) -> Arr
   except DataNotFoundError:
     raise
   except ValueError as e:  # bad split strings, e.g. train[:90000] on a 50k split
-    raise ValueError(f"cannot read split {split!r} of {name!r} from {where}: {e}") from None
+    raise SplitError(f"cannot read split {split!r} of {name!r} from {where}: {e}") from None
   images, labels = tfds.as_numpy(ds)
   return ArrayData(np.ascontiguousarray(images, dtype=np.uint8), np.asarray(labels, dtype=np.int32))
 

@@ -36,6 +36,52 @@ class ConfigError(ValueError):
   """One or more config fields are invalid; the message lists each with its fix."""
 
 
+class Preempted(Exception):
+  """SIGTERM/SIGINT: the run saved a checkpoint at the step it had reached and stopped; rerun to resume."""
+
+
+class StopRequest:
+  """Turns SIGTERM and SIGINT into a request to stop after the current step (a second SIGINT stops at once).
+
+  With several processes, JAX's preemption sync point (the coordination service's notice of a SIGTERM on any
+  process) makes every process stop at the same step, so that they save one checkpoint together.
+  """
+
+  def __init__(self):
+    import signal
+    self.signum = None
+    self._old = {}
+    self._multi = jax.process_count() > 1
+    sigs = (signal.SIGINT,) if self._multi else (signal.SIGTERM, signal.SIGINT)
+    for sig in sigs:
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        pass
+
+  def _handle(self, signum, frame):
+    import signal
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt("second interrupt: stopping at once (the newest checkpoint is intact)")
+    self.signum = signum
+    logging.warning("received %s: finishing this step, saving a checkpoint and exiting (press Ctrl-C again to "
+                    "stop at once)", signal.Signals(signum).name)
+
+  def requested(self, step: int) -> bool:
+    if self._multi:
+      try:
+        from jax.experimental import multihost_utils
+        return bool(multihost_utils.reached_preemption_sync_point(step))
+      except Exception:  # noqa: BLE001 - no preemption service (e.g. CPU without it): local signals only
+        return False
+    return self.signum is not None
+
+  def restore(self):
+    import signal
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array
@@ -327,6 +373,19 @@ def read_jsonl(path: str) -> list[dict]:
 # ----------------------------------------------------------------------------------------------------------
 # The loop.
 
+def _check_workdir(workdir: str) -> None:
+  """Creates the workdir and proves it writable before any compilation or data loading."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f"workdir {workdir} is not a writable directory ({e.strerror or e}); choose another "
+                          f"--workdir") from None
+
+
 def _progress_action(config):
   """clu's ReportProgress (work-unit notes with steps/s and ETA) where clu's TF-backed module imports."""
   try:
@@ -421,9 +480,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   validate_config(config)
   workdir = os.path.abspath(workdir)
   is_chief = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  if not os.access(workdir, os.W_OK):
-    raise PermissionError(f"workdir {workdir} is not writable; choose another --workdir")
+  _check_workdir(workdir)
 
   data = Data(config)
   if data.train_size is not None and config.batch_size > data.train_size:
@@ -464,54 +521,74 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_results = {}
   total_skipped = 0
   step = start_step
-  for step in range(start_step + 1, config.num_train_steps + 1):
-    batch = data.device.batch(state.step) if data.device is not None else next(train_iter)
-    state, m, info = steps.train(state, batch, rng)
-    window = m if window is None else window.merge(m)
-    infos.append(info)
-    steps_in_window += 1
-    progress(step)
-    is_last = step == config.num_train_steps
-    scalars = {}
-    if step % config.log_every_steps == 0 or is_last:
-      host_infos = jax.device_get(infos)
-      first = step - len(host_infos) + 1
-      bad = [first + i for i, x in enumerate(host_infos) if x["nonfinite"]]
-      total_skipped += len(bad)
-      if bad and not config.skip_nonfinite:
-        newest = checkpointer.all_steps()
-        raise NonFiniteError(
-            f"non-finite loss or gradient at step {bad[0]} (loss {host_infos[bad[0] - first]['loss']}); the "
-            f"update was not applied. Last finite metrics: {last_finite or 'none yet'}. Newest good checkpoint: "
-            + (f"{workdir}/checkpoints/{newest[-1]}" if newest else "none") + ". Lower the learning rate, or "
-            "set --config.skip_nonfinite=True to skip such updates.")
-      elapsed = time.time() - t_window
-      computed = window.compute()
-      scalars = {"train_loss": float(computed["loss"]), "train_error": float(computed["error"]),
-                 "grad_norm": float(computed["grad_norm"]),
-                 "learning_rate": float(host_infos[-1]["learning_rate"]),
-                 "images_per_sec": steps_in_window * config.batch_size / max(elapsed, 1e-9)}
-      if config.skip_nonfinite:
-        scalars["skipped_nonfinite"] = float(total_skipped)
-      last_finite = {k: round(v, 6) for k, v in scalars.items()} | {"step": step}
-      remaining = (config.num_train_steps - step) * elapsed / max(steps_in_window, 1)
-      logging.info("step %d/%d  loss %.4f  train error %.4f  lr %.4g  %.0f img/s  ETA %s", step,
-                   config.num_train_steps, scalars["train_loss"], scalars["train_error"],
-                   scalars["learning_rate"], scalars["images_per_sec"], _fmt_eta(remaining))
-      window, infos, steps_in_window = None, [], 0
-    if step % config.eval_every_steps == 0 or is_last:
-      eval_results = evaluate(steps, state, data)
-      scalars.update(eval_results)
-      logging.info("step %d  eval error %.4f  loss %.4f  (%d examples)", step, eval_results["eval_error"],
-                   eval_results["eval_loss"], eval_results["eval_count"])
-    if scalars:
-      writer.write_scalars(step, scalars)
-      t_window = time.time()  # exclude eval and logging from the next window's img/s
-    if step % config.checkpoint_every_steps == 0 or is_last:
-      checkpointer.save(step, steps.to_global(state), meta, force=is_last)
-  checkpointer.close()
-  writer.flush()
-  writer.close()
+  stop = StopRequest()
+  saved = set(checkpointer.all_steps())
+
+  def save(step, force=False):
+    if step not in saved:
+      checkpointer.save(step, steps.to_global(state), meta, force=force)
+      saved.add(step)
+
+  try:
+    for step in range(start_step + 1, config.num_train_steps + 1):
+      batch = data.device.batch(state.step) if data.device is not None else next(train_iter)
+      state, m, info = steps.train(state, batch, rng)
+      window = m if window is None else window.merge(m)
+      infos.append(info)
+      steps_in_window += 1
+      progress(step)
+      is_last = step == config.num_train_steps
+      scalars = {}
+      if step % config.log_every_steps == 0 or is_last:
+        host_infos = jax.device_get(infos)
+        first = step - len(host_infos) + 1
+        bad = [first + i for i, x in enumerate(host_infos) if x["nonfinite"]]
+        total_skipped += len(bad)
+        if bad and not config.skip_nonfinite:
+          newest = checkpointer.all_steps()
+          raise NonFiniteError(
+              f"non-finite loss or gradient at step {bad[0]} (loss {host_infos[bad[0] - first]['loss']}); the "
+              f"update was not applied. Last finite metrics: {last_finite or 'none yet'}. Newest good checkpoint: "
+              + (f"{workdir}/checkpoints/{newest[-1]}" if newest else "none") + ". Lower the learning rate, or "
+              "set --config.skip_nonfinite=True to skip such updates.")
+        elapsed = time.time() - t_window
+        computed = window.compute()
+        scalars = {"train_loss": float(computed["loss"]), "train_error": float(computed["error"]),
+                   "grad_norm": float(computed["grad_norm"]),
+                   "learning_rate": float(host_infos[-1]["learning_rate"]),
+                   "images_per_sec": steps_in_window * config.batch_size / max(elapsed, 1e-9)}
+        if config.skip_nonfinite:
+          scalars["skipped_nonfinite"] = float(total_skipped)
+        last_finite = {k: round(v, 6) for k, v in scalars.items()} | {"step": step}
+        remaining = (config.num_train_steps - step) * elapsed / max(steps_in_window, 1)
+        logging.info("step %d/%d  loss %.4f  train error %.4f  lr %.4g  %.0f img/s  ETA %s", step,
+                     config.num_train_steps, scalars["train_loss"], scalars["train_error"],
+                     scalars["learning_rate"], scalars["images_per_sec"], _fmt_eta(remaining))
+        window, infos, steps_in_window = None, [], 0
+      if step % config.eval_every_steps == 0 or is_last:
+        eval_results = evaluate(steps, state, data)
+        scalars.update(eval_results)
+        logging.info("step %d  eval error %.4f  loss %.4f  (%d examples)", step, eval_results["eval_error"],
+                     eval_results["eval_loss"], eval_results["eval_count"])
+      if scalars:
+        writer.write_scalars(step, scalars)
+        t_window = time.time()  # exclude eval and logging from the next window's img/s
+      if step % config.checkpoint_every_steps == 0 or is_last:
+        save(step, force=is_last)
+      if stop.requested(step) and not is_last:
+        save(step, force=True)
+        checkpointer.close()
+        raise Preempted(f"stopped by a signal after step {step}; checkpoint saved in "
+                        f"{checkpointer.directory}/{step}. Rerun the same command to resume exactly there.")
+    checkpointer.close()
+  finally:
+    stop.restore()
+    try:
+      checkpointer.wait()  # on any exit, let pending async saves of good states finish
+    except ckpt_lib.CheckpointSaveError:
+      pass
+    writer.flush()
+    writer.close()
 
   if not eval_results and start_step >= config.num_train_steps:  # rerun of a finished run: just report
     eval_results = evaluate(steps, state, data)
