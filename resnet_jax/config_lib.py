@@ -112,7 +112,6 @@ def imagenet(depth: int, residual: bool = True, shortcut: str | None = None) -> 
   c.crop_area_range = (0.08, 1.0)   # 'inception'
   c.crop_aspect_range = (3 / 4, 4 / 3)
   c.eval_resize = 256               # 'single' and '10crop': shorter side before the 224 crops
-  c.eval_protocol = "single"        # protocol used for evaluations during training
   c.multiscale_sizes = (224, 256, 384, 480, 640)
   c.multiscale_aspects = (1.0, 4 / 3, 3 / 2)
   c.shuffle_buffer_size = ml_collections.config_dict.placeholder(int)  # None: 16 x local batch

@@ -416,8 +416,8 @@ class Data:
       self._imagenet = imagenet_input
       imagenet_input.load_builder(config, process_count=pc)  # clear error now if the data is missing
       self.train_size = None
-      logging.info("data: imagenet2012 %r, eval %r (%s protocol)", config.train_split, config.eval_split,
-                   config.get("eval_protocol", "single"))
+      logging.info("data: imagenet2012 %r, eval %r (single-crop during training; 10-crop and multi-scale "
+                   "with python -m resnet_jax.evaluate)", config.train_split, config.eval_split)
       return
     self._imagenet = None
     self.device = None
