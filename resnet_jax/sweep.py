@@ -1,0 +1,449 @@
+"""Sweeps: a base config and a list of named overrides, run one after another through train.train_and_evaluate.
+
+    python -m resnet_jax.sweep experiments/degradation.py --workdir=runs/degradation \\
+        [--dry_run] [--only=plain*,resnet20] [--set=num_train_steps=2000 --set=data_dir=../shared/data/tfds]
+
+A sweep file is an ordinary config file (it defines `get_config()`, so `python -m resnet_jax.main
+--config=SWEEP_FILE` trains its base config) that also defines `get_sweep()`, returning a list of `Run`s:
+
+    def get_sweep():
+      return [sweep.Run("plain20", {"model.residual": False}), sweep.Run("resnet20", {})]
+
+A run is a readable name (its directory under --workdir), a dict of `field.path -> value` overrides of the base
+config, and optionally `config_arg`, passed to `get_config(config_arg)` for a run whose base is another recipe
+(`--config=FILE:ARG` on the command line). An `optional` run (ResNet-1202, say)
+runs only when --only names it exactly. `product(...)` combines lists of runs, `overrides_between(a, b)` turns
+"the recipe b" into overrides of the base a, so a sweep never restates what config_lib already says.
+
+Every run's config is built from the exact command line that --dry_run prints (`python -m resnet_jax.main
+--config=FILE[:ARG] --workdir=DIR/NAME --config.FIELD=VALUE ...`, parsed by the same ml_collections config_flags
+as main) and checked against the overrides applied directly, so a printed command trains exactly the run the
+sweep would. All runs are validated before the first one starts: an unknown field, a value of the wrong type, a
+train.validate_config failure, or a run directory holding a run of another config stops the sweep at once,
+naming the run and the field. `--set=FIELD=VALUE` (repeatable) applies to every run and wins over the runs' own
+values; its VALUE is parsed exactly like `--config.FIELD=VALUE`.
+
+A run whose results.json says it finished num_train_steps is skipped; an interrupted one resumes from its newest
+checkpoint (train_and_evaluate does that by itself). A run that stops on a non-finite loss is recorded and the
+sweep goes on with the next; any other error stops the sweep, and so does a preemption (SIGTERM/SIGINT: the run
+saves a checkpoint and the sweep exits with train's preemption status; rerun the same command to go on).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import importlib.util
+import itertools
+import json
+import os
+import re
+import shlex
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+# Fields that say how a run is observed, not what it computes: a finished or interrupted run may be reused when
+# only these differ (a different data_dir spelling, more frequent logging, ...).
+BOOKKEEPING_FIELDS = frozenset({"data_dir", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+                                "keep_checkpoints", "eval_batch_size", "input_backend", "data_file"})
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class SweepError(ValueError):
+  """The sweep cannot run as asked; the message names the run and the field, and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One run of a sweep: its name (directory), overrides of the base config, and an optional get_config arg."""
+  name: str
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  config_arg: str | None = None
+  optional: bool = False  # run only when --only names it exactly (e.g. ResNet-1202: days on one GPU)
+
+
+@dataclasses.dataclass
+class RunSpec:
+  """A validated run: the config it trains, where, and the command that trains it on its own."""
+  name: str
+  config: ml_collections.ConfigDict  # as train_and_evaluate resolves it (config_lib.resolve)
+  workdir: str
+  argv: list[str]           # arguments of `python -m resnet_jax.main`
+  overrides: dict           # field -> value, the run's own and --set's (what differs from the base)
+
+  @property
+  def command(self) -> str:
+    return shlex.join(["python", "-m", "resnet_jax.main", *self.argv])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Helpers for sweep files.
+
+def product(*axes: Sequence[Run], sep: str = "_") -> list[Run]:
+  """Every combination of one run from each axis: names joined with `sep`, overrides merged.
+
+  product([Run("resnet20", {...}), Run("resnet56", {...})], [Run("optA", {...}), Run("optB", {...})]) gives
+  resnet20_optA, resnet20_optB, resnet56_optA, resnet56_optB. Two axes setting one field is an error.
+  """
+  out = []
+  for combo in itertools.product(*axes):
+    overrides, args = {}, {r.config_arg for r in combo} - {None}
+    for r in combo:
+      clash = set(overrides) & set(r.overrides)
+      if clash:
+        raise SweepError(f"product: {', '.join(sorted(clash))} set by more than one axis in "
+                         f"{[r.name for r in combo]}")
+      overrides.update(r.overrides)
+    if len(args) > 1:
+      raise SweepError(f"product: runs {[r.name for r in combo]} ask for different bases {sorted(args)}")
+    out.append(Run(sep.join(r.name for r in combo if r.name), overrides, args.pop() if args else None,
+                   optional=any(r.optional for r in combo)))
+  return out
+
+
+def flatten(config) -> dict:
+  """{'model.depth': 20, ...}: every leaf field of a ConfigDict (or dict) by its dotted path."""
+  out = {}
+  for k, v in config.items():
+    if isinstance(v, (ml_collections.ConfigDict, dict)):
+      out.update({f"{k}.{kk}": vv for kk, vv in flatten(v).items()})
+    else:
+      out[k] = v
+  return out
+
+
+def overrides_between(base, target) -> dict:
+  """The overrides that turn config `base` into config `target` (both with the same fields)."""
+  a, b = flatten(base), flatten(target)
+  missing = sorted(set(b) - set(a))
+  if missing:
+    raise SweepError(f"overrides_between: fields {missing} are not in the base config")
+  return {k: v for k, v in b.items() if a[k] != v or type(a[k]) is not type(v)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading and validating a sweep.
+
+def load_sweep_file(path: str):
+  if not os.path.isfile(path):
+    raise SweepError(f"sweep file {path} not found; sweep files live in experiments/ (e.g. "
+                     f"experiments/degradation.py)")
+  name = "resnet_jax_sweep_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for fn in ("get_config", "get_sweep"):
+    if not callable(getattr(module, fn, None)):
+      raise SweepError(f"sweep file {path} must define {fn}() (see resnet_jax/sweep.py's docstring)")
+  return module
+
+
+def format_value(field: str, value) -> str:
+  """VALUE of `--config.FIELD=VALUE` that config_flags parses back to `value`."""
+  if value is None:
+    raise SweepError(f"{field}=None cannot be given on the command line; leave the field out of the overrides")
+  if isinstance(value, bool):
+    return str(value)
+  if isinstance(value, (int, float, str)):
+    return str(value) if isinstance(value, str) else repr(value)
+  if isinstance(value, (tuple, list)):
+    return repr(tuple(value))
+  raise SweepError(f"{field}={value!r}: a {type(value).__name__} cannot be given on the command line")
+
+
+def _close(field: str, config) -> str:
+  match = difflib.get_close_matches(field, list(flatten(config)), n=1)
+  return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def set_field(config, field: str, value) -> str | None:
+  """Sets config.<field> = value; returns a problem ('unknown field', 'wrong type') instead of raising."""
+  node, parts = config, field.split(".")
+  for i, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return f"unknown field {field!r}{_close(field, config)}"
+    if i < len(parts) - 1:
+      node = node[part]
+  old = node[parts[-1]]
+  if isinstance(old, ml_collections.ConfigDict):
+    return f"{field!r} is a group of fields; set its fields one by one ({field}.NAME)"
+  # ConfigDict lets a bool into an int field and back; a run's config should not.
+  if old is not None and (isinstance(old, bool) != isinstance(value, bool)):
+    return f"{field}={value!r}: wrong type {type(value).__name__}, the field holds {type(old).__name__}"
+  try:
+    node[parts[-1]] = value
+  except TypeError:
+    return f"{field}={value!r}: wrong type {type(value).__name__}, the field holds {type(old).__name__}"
+  return None
+
+
+def field_exists(config, field: str) -> bool:
+  node = config
+  for part in field.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return False
+    node = node[part]
+  return not isinstance(node, ml_collections.ConfigDict)
+
+
+def get_field(config, field: str):
+  node = config
+  for part in field.split("."):
+    node = node[part]
+  return node
+
+
+def parse_set(items: Sequence[str]) -> list[tuple[str, str]]:
+  out = []
+  for item in items:
+    field, eq, value = item.partition("=")
+    if not eq or not field:
+      raise SweepError(f"--set={item}: write --set=FIELD=VALUE, e.g. --set=num_train_steps=2000")
+    out.append((field.strip(), value))
+  return out
+
+
+def config_from_argv(argv: Sequence[str]) -> ml_collections.ConfigDict:
+  """The config `python -m resnet_jax.main ARGV` trains (same config_flags definition as main.py)."""
+  fv = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv, lock_config=True,
+                                           sys_argv=["main", *argv])
+  flags.DEFINE_string("workdir", None, "workdir", flag_values=fv)
+  fv(["main", *argv])
+  return holder.value
+
+
+def _json(config) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def _stored_config(run_dir: str) -> dict | None:
+  for name, key in (("results.json", "config"), ("config.json", None)):
+    path = os.path.join(run_dir, name)
+    if os.path.exists(path):
+      with open(path) as f:
+        data = json.load(f)
+      return data[key] if key else data
+  return None
+
+
+def config_conflicts(stored: dict, wanted: dict) -> list[str]:
+  """Fields (other than bookkeeping) in which a run directory's config differs from the run's.
+
+  A field the stored config lacks is not a conflict: the run predates the field, whose default keeps the
+  behaviour the code had before it.
+  """
+  a, b = flatten(stored), flatten(wanted)
+  return [f"{k}: directory has {a.get(k)!r}, this sweep {b.get(k)!r}" for k in sorted(set(a) | set(b))
+          if k not in BOOKKEEPING_FIELDS and k in a and a.get(k) != b.get(k)]
+
+
+def select(runs: Sequence[Run], only: str | None) -> list[Run]:
+  """Runs whose names match one of the comma-separated glob patterns of --only (all when None).
+
+  Optional runs are selected only by a pattern that is their exact name.
+  """
+  if not only:
+    return [r for r in runs if not r.optional]
+  patterns = [p.strip() for p in only.split(",") if p.strip()]
+  picked = [r for r in runs if (r.name in patterns if r.optional else
+                                any(fnmatch.fnmatchcase(r.name, p) for p in patterns))]
+  if not picked:
+    raise SweepError(f"--only={only} matches none of the runs {[r.name for r in runs]}")
+  return picked
+
+
+def build_runs(sweep_file: str, workdir: str, *, only: str | None = None,
+               sets: Sequence[str] = ()) -> list[RunSpec]:
+  """Loads, selects and validates the runs of a sweep; raises SweepError listing every problem found."""
+  module = load_sweep_file(sweep_file)
+  runs = list(module.get_sweep())
+  names = [r.name for r in runs]
+  problems = [f"run name {n!r}: use letters, digits, '_', '-' and '.'" for n in names if not _NAME_RE.match(n)]
+  problems += [f"run name {n!r} appears {names.count(n)} times" for n in sorted(set(names)) if names.count(n) > 1]
+  if problems:
+    raise SweepError(f"sweep {sweep_file}:\n  - " + "\n  - ".join(problems))
+  set_items = parse_set(sets)
+  specs = []
+  for run in select(runs, only):
+    spec, run_problems = _build_run(module, sweep_file, workdir, run, set_items)
+    problems += [f"run {run.name}: {p}" for p in run_problems]
+    if spec is not None:
+      specs.append(spec)
+  if problems:
+    raise SweepError(f"sweep {sweep_file}: nothing was run:\n  - " + "\n  - ".join(problems))
+  return specs
+
+
+def _build_run(module, sweep_file: str, workdir: str, run: Run, set_items) -> tuple[RunSpec | None, list[str]]:
+  """(spec, []) for a valid run, else (None, problems)."""
+  from resnet_jax import config_lib, train  # the training stack; imported here so that `--help` stays fast
+  base_args = () if run.config_arg is None else (run.config_arg,)
+  # 1. The overrides applied directly, with their Python types checked against the fields'.
+  config = module.get_config(*base_args)
+  config.lock()
+  problems = [p for p in (set_field(config, f, v) for f, v in run.overrides.items()) if p]
+  args = {}
+  for field, value in run.overrides.items():
+    try:
+      args[field] = format_value(field, value)
+    except SweepError as e:
+      problems.append(str(e))
+  for field, raw in set_items:
+    if not field_exists(config, field):
+      problems.append(f"--set={field}={raw}: unknown field {field!r}{_close(field, config)}")
+    args.pop(field, None)
+    args[field] = raw  # --set wins over the run's own value
+  if problems:
+    return None, problems
+  # 2. The config that the run's own command line gives (what --dry_run prints, parsed as main parses it).
+  config_path = sweep_file + (f":{run.config_arg}" if run.config_arg is not None else "")
+  run_dir = os.path.join(workdir, run.name)
+  argv = [f"--config={config_path}", f"--workdir={run_dir}"] + [f"--config.{k}={v}" for k, v in args.items()]
+  try:
+    parsed = config_from_argv(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    return None, [str(e).strip()]
+  # 3. The two must agree, so that a printed command trains exactly this run.
+  for field, _ in set_items:
+    set_field(config, field, get_field(parsed, field))
+  direct, from_argv = flatten(_json(config)), flatten(_json(parsed))
+  mismatch = [k for k, v in direct.items() if from_argv.get(k) != v]
+  if mismatch:
+    return None, [f"the command line cannot express {mismatch} exactly; give these overrides values of the "
+                  f"fields' own types"]
+  # 4. The training code's own checks (on the config as training resolves it: epochs to steps, lr scaled to
+  # the batch), and the run directory (if any) must hold a run of this config.
+  resolved = config_lib.resolve(parsed)
+  try:
+    train.validate_config(resolved)
+  except train.ConfigError as e:
+    return None, [str(e).replace("invalid config:\n  - ", "").replace("\n  - ", "; ")]
+  stored = _stored_config(run_dir)
+  conflicts = config_conflicts(stored, _json(resolved)) if stored is not None else []
+  if conflicts:
+    return None, [f"{run_dir} holds a run of another config ({'; '.join(conflicts)}); use another --workdir "
+                  f"or move that directory aside"]
+  base = flatten(_json(module.get_config(*base_args)))
+  overrides = {k: v for k, v in from_argv.items() if base.get(k) != v}
+  return RunSpec(run.name, resolved, run_dir, argv, overrides), []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Running.
+
+def run_state(spec: RunSpec) -> tuple[str, int]:
+  """('complete', steps) | ('partial', newest checkpoint step) | ('new', 0)."""
+  results = os.path.join(spec.workdir, "results.json")
+  if os.path.exists(results):
+    with open(results) as f:
+      steps = json.load(f).get("steps")
+    if steps == spec.config.num_train_steps:
+      return "complete", steps
+  ckpt_dir = os.path.join(spec.workdir, "checkpoints")
+  steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+  return ("partial", max(steps)) if steps else ("new", 0)
+
+
+def write_manifest(sweep_file: str, workdir: str, specs: Sequence[RunSpec], sets: Sequence[str]) -> None:
+  """workdir/sweep.json: the sweep file and, per run, its --set values, overrides and command.
+
+  Runs of earlier invocations (other --only selections, other --set values) keep their entries.
+  """
+  path = os.path.join(workdir, "sweep.json")
+  manifest = {"sweep_file": sweep_file, "runs": {}}
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    if old.get("sweep_file") == sweep_file:
+      manifest["runs"] = old.get("runs", {})
+      for entry in manifest["runs"].values():
+        entry.setdefault("set", old.get("set", []))
+  for s in specs:
+    manifest["runs"][s.name] = {"set": list(sets), "overrides": s.overrides, "command": s.command}
+  os.makedirs(workdir, exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(manifest, f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+def run_sweep(specs: Sequence[RunSpec], *, log=print) -> list[dict]:
+  """Runs the specs in order (skipping finished ones); returns one summary dict per run."""
+  from resnet_jax import train
+  summary = []
+  for i, spec in enumerate(specs, 1):
+    state, step = run_state(spec)
+    head = f"[{i}/{len(specs)}] {spec.name}"
+    if state == "complete":
+      log(f"{head}: complete ({step} steps), skipped")
+      summary.append({"name": spec.name, "status": "skipped", "steps": step})
+      continue
+    log(f"{head}: {'resuming from step ' + str(step) if state == 'partial' else 'starting'} -> {spec.workdir}")
+    t0 = time.time()
+    try:
+      res = train.train_and_evaluate(spec.config, spec.workdir)
+    except train.NonFiniteError as e:
+      log(f"{head}: FAILED after {time.time() - t0:.0f} s: {e}")
+      summary.append({"name": spec.name, "status": "non-finite", "error": str(e)})
+      continue
+    log(f"{head}: done in {time.time() - t0:.0f} s, test error {100 * res['final_eval_error']:.2f}% "
+        f"after {res['steps']} steps")
+    summary.append({"name": spec.name, "status": "done", "steps": res["steps"],
+                    "final_eval_error": res["final_eval_error"], "seconds": time.time() - t0})
+  return summary
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line.
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The CLI's flags; defined only when run as a program (sweep files import this module as a library)."""
+  flags.DEFINE_string("workdir", None, "Sweep directory; run NAME goes to WORKDIR/NAME.")
+  flags.DEFINE_bool("dry_run", False, "Print one `python -m resnet_jax.main` command per run; run none.")
+  flags.DEFINE_string("only", None, "Comma-separated glob patterns of run names, e.g. 'plain*,resnet20'.")
+  flags.DEFINE_multi_string("set", [], "FIELD=VALUE override for every run (repeatable), e.g. "
+                            "num_train_steps=2000; parsed as --config.FIELD=VALUE.")
+
+
+def main(argv):
+  from absl import app
+  if len(argv) != 2:
+    raise app.UsageError("usage: python -m resnet_jax.sweep experiments/NAME.py --workdir=DIR "
+                         "[--dry_run] [--only=PATTERN] [--set=FIELD=VALUE ...]")
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required: the sweep's runs go to WORKDIR/NAME")
+  from resnet_jax import cli
+  cli.quiet_library_logs()
+  try:
+    specs = build_runs(argv[1], FLAGS.workdir, only=FLAGS.only, sets=FLAGS.set)
+  except SweepError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(cli.EXIT_USER_ERROR)
+  with cli.user_errors():
+    if FLAGS.dry_run:
+      for spec in specs:
+        print(spec.command)
+      return
+    write_manifest(argv[1], FLAGS.workdir, specs, FLAGS.set)
+    t0 = time.time()
+    summary = run_sweep(specs, log=lambda s: print(f"sweep: {s}", flush=True))
+  failed = [s for s in summary if s["status"] == "non-finite"]
+  print(f"sweep: {len(summary) - len(failed)} of {len(summary)} runs complete in {time.time() - t0:.0f} s; "
+        f"tables and plots: python -m resnet_jax.report {FLAGS.workdir}", flush=True)
+  if failed:
+    print("sweep: failed runs: " + ", ".join(s["name"] for s in failed), file=sys.stderr)
+    sys.exit(cli.EXIT_NONFINITE)
+
+
+if __name__ == "__main__":
+  from absl import app
+  define_flags()
+  app.run(main)
