@@ -1,0 +1,359 @@
+"""Throughput, compile time and memory of the train step of any config.
+
+    python -m resnet_jax.benchmark --config=configs/cifar56.py [--json] [--steps N] [--config.FIELD=VALUE ...]
+
+Measures, on the devices JAX sees:
+* compile time of the train step (lower + compile, timed separately), and of the eval step;
+* train img/s: the median of `--windows` timed windows of `--steps` steps each, after `--warmup` steps; the steps
+  of a window are dispatched back to back (through `train.Steps`, the same compiled step and host-to-device batch
+  placement the training loop uses) and the clock stops when the window's last state is ready. Batches are
+  random, pre-normalised arrays of the config's shape held in host memory, so this excludes the input pipeline;
+* eval img/s, the same way, with the eval step on `eval_batch_size` batches;
+* input-pipeline img/s alone: the training input of train.Data, exactly as the training loop reads it, without
+  the model: the tf.data pipeline (real tfds data when config.dataset names one that is present, with its
+  augmentation; random images with the same augmentation when dataset='fake'), or with input_backend='device'
+  the jitted draw-and-augment on the devices;
+* peak host memory (getrusage max RSS of this process) and, where the device reports it (GPUs, TPUs), peak device
+  memory (`memory_stats()['peak_bytes_in_use']`, null on CPU);
+* the compiled step's FLOPs (XLA cost analysis) and the achieved FLOP/s.
+
+`--json` prints one JSON object with all of these plus the machine (platform, device kind and count, CPU count)
+and the jax / flax versions. On CPU the device count can be raised before JAX starts with `--cpu_devices=N`
+(the same as XLA_FLAGS=--xla_force_host_platform_device_count=N); the global batch is then split over N
+devices (same mathematics: BN statistics stay global with config.bn_sync=True).
+
+Results of this machine: benchmarks/RESULTS.md. The PyTorch peer comparison: benchmarks/torch_peer.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+
+def define_flags() -> dict:
+  """The command-line flags (defined only when run as a program, so that importing this module defines none)."""
+  return {
+      "config": config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True),
+      "json": flags.DEFINE_bool("json", False, "Print one JSON object instead of a table."),
+      "steps": flags.DEFINE_integer("steps", 10, "Train steps per timed window."),
+      "windows": flags.DEFINE_integer("windows", 3, "Timed train windows (the median is reported)."),
+      "warmup": flags.DEFINE_integer("warmup", 2, "Untimed train steps after compilation."),
+      "eval_steps": flags.DEFINE_integer("eval_steps", 2, "Eval batches per timed eval window (0: skip eval)."),
+      "input_steps": flags.DEFINE_integer("input_steps", 20, "Batches per timed input-pipeline window (0: skip)."),
+      "cpu_devices": flags.DEFINE_integer("cpu_devices", None, "On CPU: split the host into N JAX devices and the "
+                                          "batch over them (must be set before JAX starts, as this flag is)."),
+      "compilation_cache": flags.DEFINE_bool("compilation_cache", False, "Use the persistent compilation cache "
+                                             "(JAX_COMPILATION_CACHE_DIR); compile times then measure cache reads."),
+  }
+
+
+_FLAGS: dict = {}
+
+
+def _set_cpu_devices(n: int | None) -> None:
+  """Splits the host CPU into n JAX devices. Only works before the JAX backend is initialised."""
+  if not n:
+    return
+  import jax
+  jax.config.update("jax_num_cpu_devices", int(n))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building blocks (also used by benchmarks/torch_peer.py).
+
+def timed_windows(fn: Callable[[], Any], *, items_per_call: int, calls: int, windows: int) -> dict:
+  """`windows` windows of `calls` back-to-back calls of fn (which returns what to block on).
+
+  Returns the median items/s (wall clock), the per-window rates, and the median process CPU seconds per call
+  (all threads; less sensitive than the wall clock to other programs sharing the machine, but it also counts
+  threads spinning while they wait for work).
+  """
+  import jax
+  rates, cpu = [], []
+  for _ in range(windows):
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = None
+    for _ in range(calls):
+      out = fn()
+    jax.block_until_ready(out)
+    rates.append(items_per_call * calls / (time.perf_counter() - t0))
+    cpu.append((time.process_time() - c0) / calls)
+  return {"rate": statistics.median(rates), "rates": rates, "cpu_seconds_per_call": statistics.median(cpu)}
+
+
+def median_rate(fn: Callable[[], Any], *, items_per_call: int, calls: int, windows: int) -> tuple[float, list]:
+  """Median items/s of `windows` windows, each `calls` back-to-back calls of fn; fn returns what to block on."""
+  r = timed_windows(fn, items_per_call=items_per_call, calls=calls, windows=windows)
+  return r["rate"], r["rates"]
+
+
+def random_batch(config, batch_size: int, seed: int, *, eval_mask: bool = False) -> dict:
+  """A host batch of pre-normalised random images and labels of the config's shape."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  size = config.image_size
+  batch = {"image": rng.standard_normal((batch_size, size, size, 3), dtype=np.float32),
+           "label": rng.integers(0, config.model.num_classes, (batch_size,), dtype=np.int32)}
+  if eval_mask:
+    batch["mask"] = np.ones((batch_size,), np.float32)
+  return batch
+
+
+class TrainBench:
+  """The config's model, optimiser and compiled steps (train.Steps), with an initial state on the devices."""
+
+  def __init__(self, config):
+    import jax
+    from resnet_jax import config_lib, models, train
+    config = config_lib.resolve(config)  # epoch-based lengths and batch-relative learning rates, as training does
+    train.validate_config(config)
+    self.config = config
+    self.tx = train.make_optimizer(config)
+    schedule = train.make_schedule(config)
+    factory = lambda axis: models.create_model(config.model, half_precision=config.half_precision,
+                                               bn_axis_name=axis)
+    self.steps = train.Steps(config, factory, self.tx, schedule)
+    host_state = jax.device_get(train.init_state(self.steps.model, self.tx, config, jax.random.key(config.seed)))
+    self.num_params = int(sum(x.size for x in jax.tree.leaves(host_state.params)))
+    self.state = self.steps.to_device(host_state)
+    self.rng = jax.random.key(config.seed)
+    self.batches = [random_batch(config, config.batch_size, seed=i) for i in range(2)]
+    self._i = 0
+    self.compiled = None
+
+  def _placed(self, local_batch):
+    from resnet_jax import parallel
+    if self.steps.mode == "jit":
+      return parallel.put_batch(local_batch, self.steps.mesh)
+    return parallel.pmap_split(local_batch)
+
+  def compile(self) -> dict:
+    """Lowers and compiles the train step (the jitted/pmapped train.train_step of train.Steps); timed."""
+    t0 = time.perf_counter()
+    lowered = self.steps._train.lower(self.state, self._placed(self.batches[0]), self.rng)
+    t1 = time.perf_counter()
+    self.compiled = lowered.compile()
+    t2 = time.perf_counter()
+    out = {"train_lower_seconds": t1 - t0, "train_compile_seconds": t2 - t1, "train_lower_compile_seconds": t2 - t0}
+    out["train_step_flops"] = _flops(self.compiled)
+    return out
+
+  def step(self):
+    """One training step exactly as the training loop runs it (train.Steps.train); returns what to block on."""
+    batch = self.batches[self._i % len(self.batches)]
+    self._i += 1
+    self.state, m, info = self.steps.train(self.state, batch, self.rng)
+    return info["loss"]
+
+  def train_rate(self, *, steps: int, windows: int, warmup: int) -> dict:
+    import jax
+    losses = []
+    for _ in range(max(1, warmup)):
+      losses.append(float(jax.device_get(self.step())))
+    t = timed_windows(self.step, items_per_call=self.config.batch_size, calls=steps, windows=windows)
+    losses.append(float(jax.device_get(self.step())))
+    return {"train_images_per_sec": t["rate"], "train_step_seconds": self.config.batch_size / t["rate"],
+            "train_window_images_per_sec": t["rates"], "train_cpu_seconds_per_step": t["cpu_seconds_per_call"],
+            "train_loss_first": losses[0], "train_loss_last": losses[-1]}
+
+  def eval_rate(self, *, steps: int, windows: int) -> dict:
+    batch = random_batch(self.config, self.config.eval_batch_size, seed=7, eval_mask=True)
+    t0 = time.perf_counter()
+    import jax
+    jax.block_until_ready(self.steps.eval(self.state, batch))  # compiles
+    compile_s = time.perf_counter() - t0
+    rate, _ = median_rate(lambda: self.steps.eval(self.state, batch), items_per_call=self.config.eval_batch_size,
+                          calls=steps, windows=windows)
+    return {"eval_images_per_sec": rate, "eval_first_call_seconds": compile_s}
+
+
+def _flops(compiled) -> float | None:
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # not every backend implements it
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if not cost or "flops" not in cost:
+    return None
+  return float(cost["flops"])
+
+
+def input_pipeline_rate(config, *, steps: int, windows: int) -> dict:
+  """img/s of the training input alone (no model): train.Data, exactly as the training loop reads its batches.
+
+  input_backend='tfdata': the tf.data pipeline (tfds CIFAR, fake data, or ImageNet when prepared);
+  input_backend='device': the jitted draw-and-augment of device_input.DeviceData on this host's devices.
+  """
+  from resnet_jax import config_lib, parallel, train
+  cfg = config_lib.resolve(config)
+  t0 = time.perf_counter()
+  try:
+    data = train.Data(cfg)
+  except (FileNotFoundError, RuntimeError, ValueError) as e:  # e.g. ImageNet not prepared on this machine
+    return {"input_images_per_sec": None, "input_note": f"no data: {str(e).splitlines()[0][:200]}"}
+  if cfg.get("input_backend", "tfdata") == "device":
+    import jax
+    import jax.numpy as jnp
+    data.attach(parallel.make_mesh())
+    load_s = time.perf_counter() - t0
+    counter = iter(range(10**9))
+    fetch = lambda: data.device.batch(jnp.asarray(next(counter), jnp.int32))["label"]
+    source = f"device ({cfg.dataset}, augmentation inside jit)"
+    jax.block_until_ready(fetch())  # compiles
+  else:
+    it = data.train_iterator(0)
+    load_s = time.perf_counter() - t0
+    fetch = lambda: next(it)["label"]
+    source = {"fake": "fake (random images, the same tf.data augmentation)"}.get(cfg.dataset, f"tfds {cfg.dataset}")
+    fetch()  # the first batch builds the pipeline and starts filling the prefetch buffer
+  rate, _ = median_rate(fetch, items_per_call=cfg.batch_size, calls=steps, windows=windows)
+  return {"input_images_per_sec": rate, "input_source": source, "input_load_seconds": load_s}
+
+
+def machine_info() -> dict:
+  import flax
+  import jax
+  dev = jax.devices()[0]
+  return {"platform": dev.platform, "device_kind": dev.device_kind, "device_count": jax.device_count(),
+          "local_device_count": jax.local_device_count(), "process_count": jax.process_count(),
+          "cpu_count": os.cpu_count(), "cpu_model": _cpu_model(), "python": platform.python_version(),
+          "jax_version": jax.__version__, "jaxlib_version": _jaxlib_version(), "flax_version": flax.__version__,
+          "xla_flags": os.environ.get("XLA_FLAGS", ""), "load_average_1min": os.getloadavg()[0]}
+
+
+def _jaxlib_version():
+  try:
+    import jaxlib
+    return jaxlib.__version__
+  except Exception:
+    return None
+
+
+def _cpu_model() -> str | None:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or None
+
+
+def peak_host_memory_bytes() -> int:
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
+
+
+def peak_device_memory_bytes() -> int | None:
+  import jax
+  peaks = []
+  for d in jax.local_devices():
+    try:
+      stats = d.memory_stats()
+    except Exception:
+      stats = None
+    if stats and "peak_bytes_in_use" in stats:
+      peaks.append(int(stats["peak_bytes_in_use"]))
+  return max(peaks) if peaks else None
+
+
+def describe(config) -> dict:
+  m = config.model
+  return {"family": m.get("family", "cifar"), "depth": m.depth, "residual": m.get("residual", True),
+          "shortcut": m.get("shortcut"), "scan": m.get("scan", False), "remat": m.get("remat", False),
+          "batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size,
+          "image_size": config.image_size, "half_precision": config.half_precision,
+          "parallelism": config.parallelism, "bn_sync": config.bn_sync, "dataset": config.dataset}
+
+
+def run(config, *, steps: int = 10, windows: int = 3, warmup: int = 2, eval_steps: int = 2,
+        input_steps: int = 20, compilation_cache: bool = False) -> dict:
+  """Every measurement of the module docstring; returns the JSON object that --json prints.
+
+  The persistent compilation cache (JAX_COMPILATION_CACHE_DIR) is off unless `compilation_cache`: a cache hit
+  would report the time to read an executable, not to compile it.
+  """
+  import jax
+  from resnet_jax import config_lib
+  jax.config.update("jax_enable_compilation_cache", bool(compilation_cache))
+  config = config_lib.resolve(config)
+  out: dict[str, Any] = {"config": describe(config)}
+  bench = TrainBench(config)
+  out["params"] = bench.num_params
+  out.update(bench.compile())
+  out.update(bench.train_rate(steps=steps, windows=windows, warmup=warmup))
+  if out.get("train_step_flops"):
+    out["train_flops_per_sec"] = out["train_step_flops"] / out["train_step_seconds"]
+  if eval_steps > 0:
+    out.update(bench.eval_rate(steps=eval_steps, windows=windows))
+  else:
+    out.update({"eval_images_per_sec": None, "eval_first_call_seconds": None})
+  if input_steps > 0:
+    out.update(input_pipeline_rate(config, steps=input_steps, windows=windows))
+  else:
+    out.update({"input_images_per_sec": None, "input_note": "skipped (--input_steps=0)"})
+  out["peak_host_memory_bytes"] = peak_host_memory_bytes()
+  out["peak_device_memory_bytes"] = peak_device_memory_bytes()
+  out["machine"] = machine_info()
+  out["settings"] = {"steps": steps, "windows": windows, "warmup": warmup, "eval_steps": eval_steps,
+                     "input_steps": input_steps, "compilation_cache": bool(compilation_cache)}
+  return out
+
+
+def format_result(r: dict) -> str:
+  c, mach = r["config"], r["machine"]
+  fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
+  lines = [
+      f"{c['family']} {'resnet' if c['residual'] else 'plain'}{c['depth']}  batch {c['batch_size']}"
+      f"{'  bf16' if c['half_precision'] else ''}{'  scan' if c['scan'] else ''}  ({r['params']:,} params)",
+      f"machine:        {mach['device_count']} x {mach['device_kind']} ({mach['platform']}), {mach['cpu_count']} CPUs"
+      f", load {mach['load_average_1min']:.2f}; jax {mach['jax_version']}, flax {mach['flax_version']}",
+      f"compile train:  {r['train_lower_compile_seconds']:.2f} s (lower {r['train_lower_seconds']:.2f} s + "
+      f"compile {r['train_compile_seconds']:.2f} s)",
+      f"train:          {r['train_images_per_sec']:.1f} img/s  ({1e3 * r['train_step_seconds']:.1f} ms/step; "
+      f"windows {', '.join(f'{x:.1f}' for x in r['train_window_images_per_sec'])}; "
+      f"loss {r['train_loss_first']:.3f} -> {r['train_loss_last']:.3f})",
+      f"                {fmt(r.get('train_flops_per_sec') and r['train_flops_per_sec'] / 1e9, '.1f')} GFLOP/s "
+      f"({fmt(r.get('train_step_flops') and r['train_step_flops'] / 1e9, '.2f')} GFLOP per step, XLA cost analysis)",
+      f"eval:           {fmt(r['eval_images_per_sec'], '.1f')} img/s",
+      f"input pipeline: {fmt(r['input_images_per_sec'], '.1f')} img/s  ({r.get('input_source') or r.get('input_note')})",
+      f"peak memory:    host {r['peak_host_memory_bytes'] / 2**20:.0f} MiB, device "
+      f"{fmt(r['peak_device_memory_bytes'] and r['peak_device_memory_bytes'] / 2**20, '.0f')} MiB",
+  ]
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  f = {k: v.value for k, v in _FLAGS.items()}
+  if f["config"] is None:
+    raise app.UsageError("--config is required, e.g. --config=configs/cifar56.py")
+  _set_cpu_devices(f["cpu_devices"])
+  from resnet_jax import cli
+  cli.quiet_library_logs()
+  with cli.user_errors():
+    result = run(f["config"], steps=f["steps"], windows=f["windows"], warmup=f["warmup"],
+                 eval_steps=f["eval_steps"], input_steps=f["input_steps"],
+                 compilation_cache=f["compilation_cache"])
+  if f["json"]:
+    print(json.dumps(result))
+  else:
+    print(format_result(result))
+
+
+if __name__ == "__main__":
+  _FLAGS.update(define_flags())
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

@@ -1,0 +1,97 @@
+"""The benchmark CLI (resnet_jax/benchmark.py) and the PyTorch peer's model twin (benchmarks/torch_peer.py).
+
+No timing thresholds here (benchmarks are not unit tests): these check that the tools run and report every
+field, and that the PyTorch twin is the same network as ours. Figures live in benchmarks/RESULTS.md.
+"""
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_cli
+
+# ResNet-8 (n=1, the smallest CIFAR net) keeps the compile short; the persistent cache of conftest.py makes
+# reruns of the suite shorter still.
+TINY = ["--config=configs/cifar20.py", "--config.model.depth=8", "--config.dataset=fake", "--config.batch_size=8",
+        "--config.eval_batch_size=16", "--config.fake_train_size=64", "--config.fake_eval_size=32",
+        "--steps=2", "--windows=2", "--warmup=1", "--eval_steps=1", "--input_steps=2", "--compilation_cache"]
+RESNET8_PARAMS = 75_290
+
+FIELDS = {
+    "params": int, "train_lower_seconds": float, "train_compile_seconds": float,
+    "train_lower_compile_seconds": float, "train_images_per_sec": float, "train_step_seconds": float,
+    "train_window_images_per_sec": list, "train_cpu_seconds_per_step": float, "train_loss_first": float,
+    "train_loss_last": float, "eval_images_per_sec": float, "eval_first_call_seconds": float,
+    "input_images_per_sec": float, "input_source": str, "input_load_seconds": float,
+    "peak_host_memory_bytes": int, "peak_device_memory_bytes": (int, type(None)),
+    "train_step_flops": (float, type(None)), "train_flops_per_sec": (float, type(None)),
+    "config": dict, "machine": dict, "settings": dict,
+}
+MACHINE = {"platform": str, "device_kind": str, "device_count": int, "local_device_count": int,
+           "process_count": int, "cpu_count": int, "jax_version": str, "jaxlib_version": str, "flax_version": str,
+           "python": str, "load_average_1min": float}
+
+
+@pytest.fixture(scope="module")
+def tiny_result():
+  proc = run_cli("resnet_jax.benchmark", *TINY, "--json", timeout=300)
+  lines = [line for line in proc.stdout.splitlines() if line.strip()]
+  assert len(lines) == 1, proc.stdout  # one JSON object and nothing else on stdout
+  return json.loads(lines[0])
+
+
+def test_cli_json_reports_every_field(tiny_result):
+  r = tiny_result
+  for key, kind in FIELDS.items():
+    assert isinstance(r.get(key), kind), (key, r.get(key))
+  for key, kind in MACHINE.items():
+    assert isinstance(r["machine"].get(key), kind), (key, r["machine"].get(key))
+  assert r["params"] == RESNET8_PARAMS
+  assert r["config"]["batch_size"] == 8 and r["config"]["depth"] == 8 and r["config"]["dataset"] == "fake"
+  assert len(r["train_window_images_per_sec"]) == 2
+  assert min(r["train_images_per_sec"], r["eval_images_per_sec"], r["input_images_per_sec"]) > 0
+  assert r["train_lower_compile_seconds"] >= r["train_compile_seconds"] > 0
+  assert r["peak_host_memory_bytes"] > 2**20
+  assert r["machine"]["platform"] == "cpu" and r["peak_device_memory_bytes"] is None  # CPUs report none
+  assert np.isfinite(r["train_loss_first"]) and np.isfinite(r["train_loss_last"])
+  assert r["settings"]["compilation_cache"] is True
+
+
+def test_table_format(tiny_result):
+  from resnet_jax import benchmark
+  text = benchmark.format_result(tiny_result)
+  for label in ("compile train:", "train:", "eval:", "input pipeline:", "peak memory:", "machine:"):
+    assert label in text
+  assert "resnet8" in text and f"{RESNET8_PARAMS:,} params" in text
+
+
+def test_cli_names_a_bad_batch_size():
+  """Two virtual CPU devices cannot share a batch of 7: a clear message and exit code 2, before compiling."""
+  bad = run_cli("resnet_jax.benchmark", *TINY, "--config.batch_size=7", "--cpu_devices=2", check=False)
+  assert bad.returncode == 2, bad.stderr[-2000:]
+  assert "batch_size=7" in bad.stderr and "2 devices" in bad.stderr
+
+
+def test_torch_twin_is_the_same_network():
+  """Parameter shapes (hence counts) of ResNet-20 and ResNet-50 (v1, option B), and the logits of ResNet-20."""
+  torch = pytest.importorskip("torch")  # an optional peer, not a dependency of the package
+  import jax
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import torch_peer
+  from resnet_jax import config_lib, models
+  for cfg, size, n in ((config_lib.cifar(20), 32, 269_722), (config_lib.imagenet(50), 224, 25_557_032)):
+    net = torch_peer.build_torch_model(cfg.model)
+    assert sum(p.numel() for p in net.parameters()) == n
+    params = jax.eval_shape(lambda: models.create_model(cfg.model).init(
+        jax.random.key(0), jax.numpy.zeros((1, size, size, 3))))["params"]
+    torch_peer.copy_flax_params(net, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params))  # every shape
+  cfg = config_lib.cifar(20)
+  model = models.create_model(cfg.model)
+  x = np.random.default_rng(0).standard_normal((4, 32, 32, 3), dtype=np.float32)
+  variables = model.init(jax.random.key(1), x)
+  ours, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  net = torch_peer.build_torch_model(cfg.model)
+  torch_peer.copy_flax_params(net, variables["params"])
+  theirs = net.train()(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).detach().numpy()
+  np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4, rtol=1e-4)
