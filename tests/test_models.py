@@ -195,7 +195,8 @@ def test_create_model_from_config():
   m = models.create_model(c.model)
   assert m.shortcut == "C" and m.num_classes == 1000 and m.stem == "imagenet"
   m = models.create_model(config_lib.cifar(110).model, half_precision=True)
-  assert m.dtype == jnp.bfloat16 and m.scan and m.stage_sizes == [18, 18, 18]
+  assert m.dtype == jnp.bfloat16 and not m.scan and m.stage_sizes == [18, 18, 18]
+  assert models.create_model(config_lib.cifar(1202).model).scan
 
 
 @pytest.mark.parametrize("config,params,gmacs", [
