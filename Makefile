@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= ../shared/data/tfds
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow train clean
+.PHONY: install test test-slow test-peer train clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,15 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 test: install
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not peer" $(PYTEST_ARGS)
 
 test-slow: install
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+# PyTorch is only a peer for benchmarks/torch_peer.py (a CPU wheel of 2.13.0 is on this project's machines).
+test-peer: install
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pytest -q -m peer $(PYTEST_ARGS)
 
 # The main job: the paper's CIFAR-10 ResNet-20 recipe on the shared data (override any field with ARGS=...).
 train: install

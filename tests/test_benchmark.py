@@ -73,9 +73,13 @@ def test_cli_names_a_bad_batch_size():
   assert "batch_size=7" in bad.stderr and "2 devices" in bad.stderr
 
 
+@pytest.mark.peer
 def test_torch_twin_is_the_same_network():
-  """Parameter shapes (hence counts) of ResNet-20 and ResNet-50 (v1, option B), and the logits of ResNet-20."""
-  torch = pytest.importorskip("torch")  # an optional peer, not a dependency of the package
+  """Parameter shapes (hence counts) of ResNet-20 and ResNet-50 (v1, option B), and the logits of ResNet-20.
+
+  Needs PyTorch, an optional peer and not a dependency: `make test-peer` installs torch==2.13.0 and runs it.
+  """
+  import torch
   import jax
   sys.path.insert(0, str(REPO / "benchmarks"))
   import torch_peer
