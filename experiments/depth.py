@@ -1,7 +1,7 @@
 """Table 6: ResNet-20/32/44/56/110 (and, optionally, 1202) on CIFAR-10, section 4.2's recipe.
 
 Each run is config_lib.cifar(depth) expressed as overrides of ResNet-20 (so ResNet-110 also gets the paper's
-400-iteration warm-up at lr 0.01 and both 110 and 1202 run their stages under nn.scan); the table beside the
+400-iteration warm-up at lr 0.01, and 1202 runs its stages under nn.scan); the table beside the
 paper's test errors (8.75 / 7.51 / 7.17 / 6.97 / 6.43 / 7.93 %) comes from the report:
 
     python -m resnet_jax.sweep experiments/depth.py --workdir=runs/depth --set=data_dir=../shared/data/tfds

@@ -199,7 +199,7 @@ def test_experiment_sweeps_load_and_validate(tmp_path):
   depth = sweep.build_runs("experiments/depth.py", wd, sets=sets)
   assert [s.name for s in depth] == ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
   r110 = depth[-1].config
-  assert r110.model.scan and r110.warmup_steps == 400  # config_lib's ResNet-110 recipe, not restated
+  assert not r110.model.scan and r110.warmup_steps == 400  # config_lib's ResNet-110 recipe, not restated
   assert [s.name for s in sweep.build_runs("experiments/depth.py", wd, only="resnet*")] == [
       s.name for s in depth]  # ResNet-1202 is optional: only by its exact name
   assert sweep.build_runs("experiments/depth.py", wd, only="resnet1202")[0].config.model.depth == 1202
