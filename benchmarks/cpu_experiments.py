@@ -9,7 +9,8 @@ load; per variant the median of all its windows is reported, with the ratio to t
 PyTorch ('torch', the eager twin of benchmarks/torch_peer.py) when it is in the list. A persistent compilation
 cache under /tmp keeps later rounds from recompiling (compile time is not what is measured here).
 
-A variant is a name from VARIANTS (or 'devN' for N virtual CPU devices, 'torch' for PyTorch); it may set XLA
+A variant is a name from VARIANTS (or 'devN' for N virtual CPU devices, 'set:FIELD=VALUE' for a config override,
+'torch' for PyTorch); it may set XLA
 flags, the device count, config overrides and a patch (a function of benchmarks/cpu_variants.py applied before
 the model is built). Variants whose mathematics differ from the baseline's say so in their description.
 """
@@ -46,6 +47,9 @@ VARIANTS = {
     "eigen_1thread": ("Eigen single-threaded", "--xla_cpu_multi_thread_eigen=false", None, {}, None),
     "fast_math": ("fast math (changes rounding)", "--xla_cpu_enable_fast_math=true", None, {}, None),
     "pmap": ("parallelism='pmap' (needs devN)", "", None, {"parallelism": "pmap"}, None),
+    "scan": ("model.scan=True (nn.scan over each stage's identical blocks)", "", None, {"model.scan": True}, None),
+    "noscan": ("model.scan=False (every block unrolled)", "", None, {"model.scan": False}, None),
+    "remat": ("model.remat=True (blocks rematerialised in the backward pass)", "", None, {"model.remat": True}, None),
     "bf16": ("half_precision=True (bfloat16 compute: different mathematics)", "", None,
              {"half_precision": True}, None),
 }
@@ -63,12 +67,17 @@ def parse_variant(name: str):
     return desc, flags, devices, overrides, ",".join(patches) or None
   if name.startswith("dev") and name[3:].isdigit():
     return f"{name[3:]} virtual CPU devices", "", int(name[3:]), {}, None
+  if name.startswith("set:"):  # set:FIELD=VALUE, a config override (Python literal)
+    import ast
+    field, value = name[4:].split("=", 1)
+    return f"{field}={value}", "", None, {field: ast.literal_eval(value)}, None
   if name.startswith("patch:"):
     return f"patch {name[6:]}", "", None, {}, name[6:]
   if name == "torch":
     return "PyTorch eager twin", "", None, {}, None
   if name not in VARIANTS:
-    raise SystemExit(f"unknown variant {name!r}: use one of {sorted(VARIANTS)}, devN, patch:NAME, torch or A+B")
+    raise SystemExit(f"unknown variant {name!r}: use one of {sorted(VARIANTS)}, devN, set:FIELD=VALUE, patch:NAME, "
+                     "torch or A+B")
   return VARIANTS[name]
 
 
@@ -180,7 +189,8 @@ def main():
       vs_torch = med[v] / med["torch"] if med.get("torch") else float("nan")
       print(f"{v:<28} {med[v]:8.1f} {vs_base:11.2f}x {vs_torch:8.2f}x {cpu[v]:11.3f}  {parsed[v][0]}")
     loads = [x for v in variants for x in results[v]["loads"]]
-    print(f"load average (1 min) during the runs: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs")
+    if loads:
+      print(f"load average (1 min) during the runs: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs")
     if f_json.value:
       with open(f_json.value, "w") as fh:
         json.dump({"config": f_config.value, "set": common, "results": results, "median": med, "cpu": cpu}, fh)

@@ -108,3 +108,99 @@ class FusedBatchNorm(nn.Module):
 
 def fused_bn():
   nn.BatchNorm = FusedBatchNorm
+
+
+# ----------------------------------------------------------------------------------------------------------
+# An optimisation barrier on every block's output: XLA's CPU fusion otherwise duplicates the whole residual
+# stream of a stage (relu(bn(conv) + shortcut), block after block) into the fusions that read a block's output
+# (e.g. the transposed copy feeding the weight-gradient convolution), recomputing O(n) blocks per element: O(n^2)
+# work per stage. The barrier is the identity; it only forces the block output to be materialised and read.
+
+def block_barrier():
+  from resnet_jax import models
+
+  def with_barrier(cls):
+    class Barrier(cls):
+      def __call__(self, x):
+        return jax.lax.optimization_barrier(super().__call__(x))
+    Barrier.__name__ = cls.__name__
+    return Barrier
+
+  models.BLOCKS = {k: with_barrier(v) for k, v in models.BLOCKS.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Convolutions over batch chunks: y = concat_k conv(x_k, w). Same function; autodiff gives per-chunk input
+# gradients and the weight gradient as a sum of per-chunk weight gradients. XLA's CPU weight-gradient convolution
+# (batch contracted) is 3x faster per image on chunks of 8 than on a batch of 128 (benchmarks/RESULTS.md).
+
+def _chunked_conv(chunk):
+  def conv(lhs, rhs, *args, **kwargs):
+    n = lhs.shape[0]
+    if n <= chunk or n % chunk:
+      return jax.lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
+    parts = [jax.lax.conv_general_dilated(lhs[i:i + chunk], rhs, *args, **kwargs) for i in range(0, n, chunk)]
+    return jnp.concatenate(parts, 0)
+  return conv
+
+
+def _conv_chunks(chunk):
+  def patch():
+    orig = nn.Conv
+
+    class ChunkedConv(orig):
+      conv_general_dilated: Any = staticmethod(_chunked_conv(chunk))
+    ChunkedConv.__name__ = "Conv"
+    nn.Conv = ChunkedConv
+  return patch
+
+
+conv_chunks8 = _conv_chunks(8)
+conv_chunks16 = _conv_chunks(16)
+conv_chunks32 = _conv_chunks(32)
+
+
+# Only the weight gradient over batch chunks (custom VJP): forward and input gradient stay whole-batch convolutions,
+# so no concatenation is needed.
+
+def _dw_chunked_conv(chunk):
+  def conv(lhs, rhs, *args, **kwargs):
+    f = lambda x, w: jax.lax.conv_general_dilated(x, w, *args, **kwargs)
+    n = lhs.shape[0]
+    if n <= chunk or n % chunk:
+      return f(lhs, rhs)
+
+    @jax.custom_vjp
+    def g(x, w):
+      return f(x, w)
+
+    def g_fwd(x, w):
+      return f(x, w), (x, w)
+
+    def g_bwd(res, dy):
+      x, w = res
+      dx = jax.vjp(lambda x_: f(x_, w), x)[1](dy)[0]
+      dw = None
+      for i in range(0, n, chunk):
+        part = jax.vjp(lambda w_: f(x[i:i + chunk], w_), w)[1](dy[i:i + chunk])[0]
+        dw = part if dw is None else dw + part
+      return dx, dw
+
+    g.defvjp(g_fwd, g_bwd)
+    return g(lhs, rhs)
+  return conv
+
+
+def _conv_dw_chunks(chunk):
+  def patch():
+    orig = nn.Conv
+
+    class ChunkedConv(orig):
+      conv_general_dilated: Any = staticmethod(_dw_chunked_conv(chunk))
+    ChunkedConv.__name__ = "Conv"
+    nn.Conv = ChunkedConv
+  return patch
+
+
+conv_dw_chunks8 = _conv_dw_chunks(8)
+conv_dw_chunks16 = _conv_dw_chunks(16)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CPU figures of benchmarks/RESULTS.md, one command each; JSON lines and logs go to $OUT (default /tmp).
 #   bash benchmarks/run_cpu_results.sh [OUT]
+#   ONLY=peer bash benchmarks/run_cpu_results.sh [OUT]    (only the runs whose name matches)
 # About 30-40 minutes on the 2-core sandbox. PyTorch must be installed for the peer comparisons
 # (pip install torch==2.13.0); it is not a dependency of resnet_jax.
 set -u
@@ -11,8 +12,10 @@ PY=${PY:-.venv/bin/python}
 DATA=${DATA:-../shared/data/tfds}
 export TF_CPP_MIN_LOG_LEVEL=2
 B="$PY -m resnet_jax.benchmark --json"
+ONLY=${ONLY:-.}  # a regular expression: run only the figures whose name matches
 run() {  # name, command...
   local name=$1; shift
+  [[ $name =~ $ONLY ]] || return 0
   echo "== $name ($(date -u +%H:%M:%S), load $(cut -d' ' -f1 /proc/loadavg)): $*" | tee -a "$OUT/commands.txt"
   "$@" > "$OUT/$name.json" 2> "$OUT/$name.log" || echo "   FAILED (see $OUT/$name.log)"
 }
@@ -37,13 +40,23 @@ run cifar20_bf16_dev16 $B --config=configs/cifar20.py --config.dataset=fake --co
                           --steps=5 --windows=3 --input_steps=0 --cpu_devices=16 --config.eval_batch_size=1024
 
 # PyTorch peer, interleaved windows, batch 128: one device (today's default) and 16 virtual CPU devices.
-P="$PY benchmarks/torch_peer.py --json --config.dataset=fake"
-run peer_r20       $P --config=configs/cifar20.py --steps=5 --windows=5
-run peer_r20_dev16 $P --config=configs/cifar20.py --steps=5 --windows=5 --cpu_devices=16 --config.eval_batch_size=1024
-run peer_r56       $P --config=configs/cifar56.py --steps=2 --windows=5
-run peer_r56_dev16 $P --config=configs/cifar56.py --steps=2 --windows=5 --cpu_devices=16 --config.eval_batch_size=1024
-run peer_r50       $P --config=configs/imagenet_resnet50.py --config.batch_size=32 --config.eval_batch_size=32 \
+P="$PY benchmarks/torch_peer.py --json"
+run peer_r20       $P --config=configs/cifar20.py --config.dataset=fake --steps=5 --windows=5
+run peer_r20_dev16 $P --config=configs/cifar20.py --config.dataset=fake --steps=5 --windows=5 --cpu_devices=16 --config.eval_batch_size=1024
+run peer_r56       $P --config=configs/cifar56.py --config.dataset=fake --steps=2 --windows=5
+run peer_r56_dev16 $P --config=configs/cifar56.py --config.dataset=fake --steps=2 --windows=5 --cpu_devices=16 --config.eval_batch_size=1024
+run peer_r50       $P --config=configs/imagenet_resnet50.py --config.dataset=fake --config.batch_size=32 --config.eval_batch_size=32 \
                       --steps=1 --windows=3 --warmup=1
-run peer_r50_dev4  $P --config=configs/imagenet_resnet50.py --config.batch_size=32 --config.eval_batch_size=32 \
+run peer_r50_dev4  $P --config=configs/imagenet_resnet50.py --config.dataset=fake --config.batch_size=32 --config.eval_batch_size=32 \
                       --steps=1 --windows=3 --warmup=1 --cpu_devices=4
+# The same comparisons on one core (taskset): both frameworks single-threaded, so neither suffers from the other
+# jobs sharing the machine more than the other does (PyTorch's OpenMP threads spin and stall when a partner thread
+# is descheduled, which makes its 2-thread figures collapse under load).
+T="taskset -c 1"
+run core1_peer_r20       $T $P --config=configs/cifar20.py --config.dataset=fake --steps=3 --windows=5
+run core1_peer_r20_dev16 $T $P --config=configs/cifar20.py --config.dataset=fake --steps=3 --windows=5 --cpu_devices=16 \
+                            --config.eval_batch_size=1024
+run core1_peer_r56       $T $P --config=configs/cifar56.py --config.dataset=fake --steps=1 --windows=5
+run core1_peer_r56_dev16 $T $P --config=configs/cifar56.py --config.dataset=fake --steps=1 --windows=5 --cpu_devices=16 \
+                            --config.eval_batch_size=1024
 echo "done: $OUT"

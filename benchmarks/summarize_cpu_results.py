@@ -45,7 +45,8 @@ def main(out):
   print("| run | params | ours img/s | PyTorch img/s | ours / PyTorch | ours CPU s/step | PyTorch CPU s/step | "
         "max logit diff | load |")
   print("|---|---|---|---|---|---|---|---|---|")
-  for name in ("peer_r20", "peer_r20_dev16", "peer_r56", "peer_r56_dev16", "peer_r50", "peer_r50_dev4"):
+  for name in ("peer_r20", "peer_r20_dev16", "peer_r56", "peer_r56_dev16", "peer_r50", "peer_r50_dev4",
+               "core1_peer_r20", "core1_peer_r20_dev16", "core1_peer_r56", "core1_peer_r56_dev16"):
     r = load(out, name)
     if r is None:
       print(f"| {name} | failed or not run |" + " |" * 7)

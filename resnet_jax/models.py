@@ -17,6 +17,10 @@ Batch norm follows every convolution and precedes the ReLU (post-activation, "v1
 The identical blocks of a stage (every block but the first) can run under `nn.scan`, so that deep nets such as
 ResNet-1202 compile in about the time of a shallow one; `scanned_params` converts parameters between the two
 layouts, which compute the same function.
+
+On CPU, every convolution's weight gradient is computed over chunks of the batch (`weight_grad_chunk`, see
+`conv_with_chunked_weight_grad`): the same sum in a different order, about 1.6x faster training on the 2-core
+machine of benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -137,6 +141,53 @@ class _ScanCell(nn.Module):
 BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Convolutions whose weight gradient is summed over batch chunks.
+
+CPU_WEIGHT_GRAD_CHUNK = 8  # weight_grad_chunk=-1 (automatic): this on CPU, 0 on GPU and TPU
+
+
+def conv_with_chunked_weight_grad(chunk: int) -> Callable:
+  """`lax.conv_general_dilated` (for nn.Conv's `conv_general_dilated`) with a chunked weight gradient.
+
+  The forward pass and the input gradient are the usual whole-batch convolutions. The weight gradient, a
+  convolution that contracts the batch, is computed for `chunk` examples at a time and the float32 partial sums
+  are added: the same sum in another order, so results agree to float32 rounding. On CPU, XLA's weight-gradient
+  convolution transposes both operands and contracts the batch; over a batch of 128 CIFAR images it runs about 3x
+  slower per image than over 8 (benchmarks/RESULTS.md), which made it the largest cost of a CIFAR train step.
+  The batch must be dimension 0 of the input (as nn.Conv lays it out).
+  """
+  if chunk < 1:
+    raise ValueError(f"weight_grad_chunk must be >= 1 here, got {chunk}")
+
+  def conv(lhs, rhs, *args, **kwargs):
+    f = lambda x, w: jax.lax.conv_general_dilated(x, w, *args, **kwargs)
+    n = lhs.shape[0]
+    if n <= chunk:
+      return f(lhs, rhs)
+
+    @jax.custom_vjp
+    def chunked(x, w):
+      return f(x, w)
+
+    def fwd(x, w):
+      return f(x, w), (x, w)
+
+    def bwd(res, dy):
+      x, w = res
+      dx = jax.vjp(lambda x_: f(x_, w), x)[1](dy)[0]
+      dw = jnp.zeros(w.shape, jnp.float32)
+      for i in range(0, n, chunk):
+        part = jax.vjp(lambda w_: f(x[i:i + chunk], w_), w)[1](dy[i:i + chunk])[0]
+        dw = dw + part.astype(jnp.float32)
+      return dx, dw.astype(w.dtype)
+
+    chunked.defvjp(fwd, bwd)
+    return chunked(lhs, rhs)
+
+  return conv
+
+
 class ResNet(nn.Module):
   """A residual (or plain) network; see the module docstring.
 
@@ -152,6 +203,8 @@ class ResNet(nn.Module):
     dtype: computation dtype (bfloat16 for mixed precision); parameters and BN statistics stay float32.
     scan: run each stage's identical blocks under nn.scan (same function, much faster compile for deep nets).
     remat: rematerialise each block in the backward pass (less memory, about a third more compute).
+    weight_grad_chunk: if > 0, every convolution's weight gradient is summed over chunks of this many examples
+      (`conv_with_chunked_weight_grad`); 0 computes it over the whole batch at once.
   """
   stage_sizes: Sequence[int]
   block: str = "basic"
@@ -168,6 +221,7 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   scan: bool = False
   remat: bool = False
+  weight_grad_chunk: int = 0
 
   def __post_init__(self):
     validate_architecture(block=self.block, stem=self.stem, shortcut=self.shortcut,
@@ -179,6 +233,8 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=he_normal,
                              padding="SAME")
+    if self.weight_grad_chunk > 0:
+      conv = functools.partial(conv, conv_general_dilated=conv_with_chunked_weight_grad(self.weight_grad_chunk))
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=self.bn_epsilon, dtype=self.dtype, axis_name=self.bn_axis_name)
     block_cls = BLOCKS[self.block]
@@ -280,6 +336,16 @@ imagenet_plain18 = functools.partial(imagenet_net, 18, residual=False)
 imagenet_plain34 = functools.partial(imagenet_net, 34, residual=False)
 
 
+def resolve_weight_grad_chunk(value: int, platform: str | None = None) -> int:
+  """config.model.weight_grad_chunk: -1 (automatic) is CPU_WEIGHT_GRAD_CHUNK on CPU and 0 (off) elsewhere."""
+  if not isinstance(value, int) or value < -1:
+    raise ValueError(f"model.weight_grad_chunk={value!r}: use -1 (automatic: {CPU_WEIGHT_GRAD_CHUNK} on CPU, "
+                     "off on GPU/TPU), 0 (off) or a positive number of examples")
+  if value == -1:
+    return CPU_WEIGHT_GRAD_CHUNK if (platform or jax.default_backend()) == "cpu" else 0
+  return value
+
+
 def create_model(model_config, *, half_precision: bool = False, bn_axis_name: str | None = None) -> ResNet:
   """Builds the network described by `config.model` (the single way configs make models)."""
   c = model_config
@@ -291,7 +357,8 @@ def create_model(model_config, *, half_precision: bool = False, bn_axis_name: st
                 zero_init_last_bn=c.get("zero_init_last_bn", False),
                 bn_momentum=c.get("bn_momentum", 0.9), bn_epsilon=c.get("bn_epsilon", 1e-5),
                 scan=c.get("scan", False), remat=c.get("remat", False), bn_axis_name=bn_axis_name,
-                dtype=jnp.bfloat16 if half_precision else jnp.float32)
+                dtype=jnp.bfloat16 if half_precision else jnp.float32,
+                weight_grad_chunk=resolve_weight_grad_chunk(c.get("weight_grad_chunk", -1)))
   if c.get("shortcut"):
     kwargs["shortcut"] = c.shortcut
   builder = cifar_net if family == "cifar" else imagenet_net

@@ -154,6 +154,54 @@ def test_scan_computes_the_same_function():
   np.testing.assert_allclose(remat.apply(vs, x), scanned.apply(vs, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk,shortcut,dtype", [(8, "A", jnp.float32), (5, "B", jnp.float32),
+                                                   (8, "A", jnp.bfloat16)])
+def test_chunked_weight_gradient_is_the_same_gradient(chunk, shortcut, dtype):
+  """weight_grad_chunk changes only the summation order of the weight gradients (chunk 5: 24 = 5+5+5+5+4)."""
+  x = jax.random.normal(jax.random.key(1), (24, 32, 32, 3))
+  labels = jax.random.randint(jax.random.key(2), (24,), 0, 10)
+  whole = models.cifar_net(20, shortcut=shortcut, dtype=dtype)
+  chunked = models.cifar_net(20, shortcut=shortcut, dtype=dtype, weight_grad_chunk=chunk)
+  v = whole.init(jax.random.key(0), x[:2])
+
+  def grads(model):
+    def loss(params):
+      logits, _ = model.apply({"params": params, "batch_stats": v["batch_stats"]}, x, train=True,
+                              mutable=["batch_stats"])
+      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+    return jax.jit(jax.value_and_grad(loss))(v["params"])
+
+  (la, ga), (lb, gb) = grads(whole), grads(chunked)
+  assert float(la) == float(lb)  # the forward pass is untouched
+  tol = 1e-4 if dtype == jnp.float32 else 3e-2
+  for path, a in flax.traverse_util.flatten_dict(ga).items():
+    b = flax.traverse_util.flatten_dict(gb)[path]
+    assert a.dtype == b.dtype == jnp.float32
+    scale = float(jnp.max(jnp.abs(a)))
+    assert float(jnp.max(jnp.abs(a - b))) <= tol * scale + 1e-7, path
+  # It really is in use: each convolution (19; option B adds two projections) has a weight gradient per chunk.
+  n_conv = lambda m: jax.jit(jax.grad(lambda p: m.apply(
+      {"params": p, "batch_stats": v["batch_stats"]}, x, train=True, mutable=["batch_stats"])[0].sum())).lower(
+          v["params"]).as_text().count("stablehlo.convolution")
+  convs = 19 if shortcut == "A" else 21
+  assert n_conv(chunked) - n_conv(whole) == convs * (-(-24 // chunk) - 1)
+
+
+def test_weight_grad_chunk_setting():
+  assert models.resolve_weight_grad_chunk(-1, "cpu") == models.CPU_WEIGHT_GRAD_CHUNK
+  assert models.resolve_weight_grad_chunk(-1, "gpu") == 0
+  assert models.resolve_weight_grad_chunk(-1, "tpu") == 0
+  assert models.resolve_weight_grad_chunk(16, "gpu") == 16
+  assert models.resolve_weight_grad_chunk(0, "cpu") == 0
+  with pytest.raises(ValueError, match="weight_grad_chunk=-2: use -1 .automatic"):
+    models.resolve_weight_grad_chunk(-2)
+  c = config_lib.cifar(20)
+  assert c.model.weight_grad_chunk == -1
+  assert models.create_model(c.model).weight_grad_chunk == (8 if jax.default_backend() == "cpu" else 0)
+  c.model.weight_grad_chunk = 0
+  assert models.create_model(c.model).weight_grad_chunk == 0
+
+
 def test_bfloat16_compute_float32_params():
   model = models.cifar_net(20, dtype=jnp.bfloat16)
   x = jnp.ones((2, 32, 32, 3))
