@@ -38,6 +38,8 @@ VARIANTS = {
                 None, {}, None),
     "ynn_noreduce": ("reductions by XLA's own fusions, not YNNPACK", "--xla_cpu_experimental_ynn_fusion_type=-reduce",
                      None, {}, None),
+    "no_ynn_conv": ("convolutions by XLA's Eigen kernels, not YNNPACK (dots and reductions stay YNNPACK)",
+                    "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution", None, {}, None),
     "eigen_conv": ("convolutions by Eigen, not YNNPACK (YNNPACK for dots only)",
                    "--xla_cpu_experimental_ynn_fusion_type=individual_dot", None, {}, None),
     "xnn_graph": ("XNNPACK greedy graph fusion", "--xla_cpu_experimental_xnn_graph_fusion_mode="

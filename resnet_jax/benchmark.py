@@ -269,12 +269,16 @@ def peak_device_memory_bytes() -> int | None:
 
 
 def describe(config) -> dict:
+  from resnet_jax import models, xla_options
   m = config.model
   return {"family": m.get("family", "cifar"), "depth": m.depth, "residual": m.get("residual", True),
           "shortcut": m.get("shortcut"), "scan": m.get("scan", False), "remat": m.get("remat", False),
           "batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size,
           "image_size": config.image_size, "half_precision": config.half_precision,
-          "parallelism": config.parallelism, "bn_sync": config.bn_sync, "dataset": config.dataset}
+          "parallelism": config.parallelism, "bn_sync": config.bn_sync, "dataset": config.dataset,
+          "weight_grad_chunk": models.resolve_weight_grad_chunk(m.get("weight_grad_chunk", -1)),
+          "cpu_convolutions": config.get("cpu_convolutions", "eigen"),
+          "xla_compiler_options": xla_options.compiler_options(config)}
 
 
 def run(config, *, steps: int = 10, windows: int = 3, warmup: int = 2, eval_steps: int = 2,
@@ -311,12 +315,19 @@ def run(config, *, steps: int = 10, windows: int = 3, warmup: int = 2, eval_step
   return out
 
 
+def _cpu_settings(c: dict) -> str:
+  chunk = c.get("weight_grad_chunk")
+  return (f"\ncpu settings:   weight gradients over chunks of {chunk}" if chunk else
+          "\ncpu settings:   whole-batch weight gradients") + f", {c.get('cpu_convolutions')} convolutions"
+
+
 def format_result(r: dict) -> str:
   c, mach = r["config"], r["machine"]
   fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
   lines = [
       f"{c['family']} {'resnet' if c['residual'] else 'plain'}{c['depth']}  batch {c['batch_size']}"
-      f"{'  bf16' if c['half_precision'] else ''}{'  scan' if c['scan'] else ''}  ({r['params']:,} params)",
+      f"{'  bf16' if c['half_precision'] else ''}{'  scan' if c['scan'] else ''}  ({r['params']:,} params)"
+      f"{_cpu_settings(c) if mach['platform'] == 'cpu' else ''}",
       f"machine:        {mach['device_count']} x {mach['device_kind']} ({mach['platform']}), {mach['cpu_count']} CPUs"
       f", load {mach['load_average_1min']:.2f}; jax {mach['jax_version']}, flax {mach['flax_version']}",
       f"compile train:  {r['train_lower_compile_seconds']:.2f} s (lower {r['train_lower_seconds']:.2f} s + "

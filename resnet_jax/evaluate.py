@@ -20,10 +20,10 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import imagenet_input
+from resnet_jax import imagenet_input, xla_options
 
 
-def _forward_fn(model):
+def _forward_fn(model, compiler_options=None):
   def forward(variables, images):
     """Summed softmax over each element's views: images [b, (V,) H, W, 3] -> [b, classes] float32."""
     if images.ndim == 4:
@@ -32,7 +32,7 @@ def _forward_fn(model):
     logits = model.apply(variables, images.reshape((b * v,) + images.shape[2:]), train=False)
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     return probs.reshape(b, v, -1).sum(axis=1)
-  return jax.jit(forward)
+  return jax.jit(forward, compiler_options=compiler_options or None)
 
 
 def _local_sharding(batch_size):
@@ -77,7 +77,7 @@ def evaluate_protocol(model, variables, config, protocol: str = "single", *, eva
   cache = {} if eval_fn_cache is None else eval_fn_cache
   cached = cache.get("forward")
   if cached is None or cached[0] is not model:
-    cached = cache["forward"] = (model, _forward_fn(model))
+    cached = cache["forward"] = (model, _forward_fn(model, xla_options.compiler_options(config)))
   forward = cached[1]
   variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
 

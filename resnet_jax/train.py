@@ -25,7 +25,7 @@ from clu import metrics
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax import checkpoint as ckpt_lib
-from resnet_jax import config_lib, input_pipeline, models, parallel, writers
+from resnet_jax import config_lib, input_pipeline, models, parallel, writers, xla_options
 
 
 class NonFiniteError(FloatingPointError):
@@ -227,9 +227,11 @@ class Steps:
         forward = _per_device_bn_forward(model, self.mesh)
       step = functools.partial(train_step, model=model, forward=forward, **kw)
       rep, data = parallel.replicated(self.mesh), parallel.data_sharded(self.mesh)
-      self._train = jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=0)
+      options = xla_options.compiler_options(config, self.mesh.devices.flat[0].platform)
+      self._train = jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=0,
+                            compiler_options=options)
       self._eval = jax.jit(functools.partial(eval_step, model=model), in_shardings=(rep, data),
-                           out_shardings=rep)
+                           out_shardings=rep, compiler_options=options)
     elif self.mode == "pmap":
       model = model_factory(parallel.AXIS if config.bn_sync else None)
       self.model = model
@@ -338,6 +340,7 @@ def validate_config(config) -> None:
   for field in ("batch_size", "eval_batch_size"):
     if isinstance(config.get(field), int) and config.get(field) > 0:
       problems.extend(parallel.check_batch(config.get(field), field))
+  problems.extend(xla_options.check(config.get("cpu_convolutions", "eigen")))
   if config.parallelism == "pmap" and config.get("input_backend") == "device":
     problems.append("input_backend='device' supports parallelism='jit' only; set --config.parallelism=jit")
   try:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_cli
+from resnet_jax import config_lib, models, train, xla_options
 
 # ResNet-8 (n=1, the smallest CIFAR net) keeps the compile short; the persistent cache of conftest.py makes
 # reruns of the suite shorter still.
@@ -56,6 +57,9 @@ def test_cli_json_reports_every_field(tiny_result):
   assert r["machine"]["platform"] == "cpu" and r["peak_device_memory_bytes"] is None  # CPUs report none
   assert np.isfinite(r["train_loss_first"]) and np.isfinite(r["train_loss_last"])
   assert r["settings"]["compilation_cache"] is True
+  # The CPU defaults are reported: batch 8 is one weight-gradient chunk; Eigen convolutions.
+  assert r["config"]["weight_grad_chunk"] == 8 and r["config"]["cpu_convolutions"] == "eigen"
+  assert r["config"]["xla_compiler_options"] == xla_options._EIGEN_CONVOLUTIONS
 
 
 def test_table_format(tiny_result):
@@ -71,6 +75,51 @@ def test_cli_names_a_bad_batch_size():
   bad = run_cli("resnet_jax.benchmark", *TINY, "--config.batch_size=7", "--cpu_devices=2", check=False)
   assert bad.returncode == 2, bad.stderr[-2000:]
   assert "batch_size=7" in bad.stderr and "2 devices" in bad.stderr
+
+
+def _compiled_train_step(config):
+  import jax
+  config = config_lib.resolve(config)
+  tx, schedule = train.make_optimizer(config), train.make_schedule(config)
+  steps = train.Steps(config, lambda axis: models.create_model(config.model, bn_axis_name=axis), tx, schedule)
+  state = steps.to_device(jax.device_get(train.init_state(steps.model, tx, config, jax.random.key(0))))
+  batch = {"image": np.zeros((config.batch_size, 32, 32, 3), np.float32),
+           "label": np.zeros((config.batch_size,), np.int32)}
+  from resnet_jax import parallel
+  return steps._train.lower(state, parallel.put_batch(batch, steps.mesh), jax.random.key(0)).compile().as_text()
+
+
+def _convolutions(hlo: str):
+  """(convolutions in the entry computation, convolutions anywhere) of an optimised HLO module."""
+  entry = hlo[hlo.index("\nENTRY"):]
+  entry = entry[:entry.index("\n}")]
+  return entry.count(" convolution("), hlo.count(" convolution(")
+
+
+def test_cpu_train_step_uses_eigen_convolutions():
+  """cpu_convolutions='eigen' (default): no convolution is handed to a library fusion (YNNPACK) on CPU."""
+  config = config_lib.cifar(8)
+  config.batch_size = 16
+  top, total = _convolutions(_compiled_train_step(config))
+  # ResNet-8: 7 convolutions; forward, input gradient (6: not the stem's) and 2 weight-gradient chunks each.
+  assert top == total == 7 + 6 + 2 * 7
+  config.cpu_convolutions = "xla_default"
+  top, total = _convolutions(_compiled_train_step(config))
+  assert total == 7 + 6 + 2 * 7  # the same program; where XLA puts the convolutions is its own choice
+
+
+def test_cpu_settings_are_validated_and_scoped_to_cpu():
+  config = config_lib.cifar(20)
+  assert xla_options.compiler_options(config, "cpu") == xla_options._EIGEN_CONVOLUTIONS
+  assert xla_options.compiler_options(config, "gpu") == {} and xla_options.compiler_options(config, "tpu") == {}
+  config.cpu_convolutions = "xla_default"
+  assert xla_options.compiler_options(config, "cpu") == {}
+  config.cpu_convolutions = "onednn"
+  config.model.weight_grad_chunk = -3
+  with pytest.raises(train.ConfigError) as e:
+    train.validate_config(config)
+  assert "cpu_convolutions='onednn': valid values are ['eigen', 'xla_default']" in str(e.value)
+  assert "model.weight_grad_chunk=-3" in str(e.value)
 
 
 @pytest.mark.peer
