@@ -204,3 +204,23 @@ def _conv_dw_chunks(chunk):
 
 conv_dw_chunks8 = _conv_dw_chunks(8)
 conv_dw_chunks16 = _conv_dw_chunks(16)
+
+
+# An 'expensive' no-op on every block output: a division by a runtime 1.0 (exact). XLA's fusion does not duplicate
+# expensive instructions into several consumers, so the block output is materialised once instead of being
+# recomputed from all earlier blocks of the stage inside every consumer (optimization_barrier cannot do this on CPU:
+# XLA removes barriers before fusion).
+
+def block_divide():
+  from resnet_jax import models
+
+  def with_divide(cls):
+    class Divided(cls):
+      def __call__(self, x):
+        y = super().__call__(x)
+        one = jnp.sign(jnp.abs(y[0, 0, 0, 0]) + 1.0)
+        return y / one
+    Divided.__name__ = cls.__name__
+    return Divided
+
+  models.BLOCKS = {k: with_divide(v) for k, v in models.BLOCKS.items()}

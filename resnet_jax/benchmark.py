@@ -277,6 +277,7 @@ def describe(config) -> dict:
           "image_size": config.image_size, "half_precision": config.half_precision,
           "parallelism": config.parallelism, "bn_sync": config.bn_sync, "dataset": config.dataset,
           "weight_grad_chunk": models.resolve_weight_grad_chunk(m.get("weight_grad_chunk", -1)),
+          "materialize_blocks": models.resolve_materialize_blocks(m.get("materialize_blocks")),
           "cpu_convolutions": config.get("cpu_convolutions", "eigen"),
           "xla_compiler_options": xla_options.compiler_options(config)}
 
@@ -318,7 +319,8 @@ def run(config, *, steps: int = 10, windows: int = 3, warmup: int = 2, eval_step
 def _cpu_settings(c: dict) -> str:
   chunk = c.get("weight_grad_chunk")
   return (f"\ncpu settings:   weight gradients over chunks of {chunk}" if chunk else
-          "\ncpu settings:   whole-batch weight gradients") + f", {c.get('cpu_convolutions')} convolutions"
+          "\ncpu settings:   whole-batch weight gradients") + f", {c.get('cpu_convolutions')} convolutions" + (
+              ", block outputs materialized" if c.get("materialize_blocks") else "")
 
 
 def format_result(r: dict) -> str:

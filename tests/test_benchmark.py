@@ -108,6 +108,23 @@ def test_cpu_train_step_uses_eigen_convolutions():
   assert total == 7 + 6 + 2 * 7  # the same program; where XLA puts the convolutions is its own choice
 
 
+def test_cpu_block_outputs_are_not_recomputed():
+  """materialize_blocks (on for CPU): no fusion of the ResNet-32 train step reads more than 3 convolution outputs.
+
+  Without it XLA's fusion recomputes a block's output from all earlier blocks of its stage inside each consumer
+  (up to 7 convolution outputs per fusion here, 11 in ResNet-56): see models.materialize.
+  """
+  import re
+  config = config_lib.cifar(32)
+  config.batch_size = 16
+  hlo = _compiled_train_step(config)
+  convs = set(re.findall(r"%([\w.-]+) = \S+ convolution\(", hlo))
+  entry = hlo[hlo.index("\nENTRY"):]
+  widest = max(sum(op in convs for op in re.findall(r"%([\w.-]+)", line.split(" fusion(")[1].split(")")[0]))
+               for line in entry.splitlines() if " fusion(" in line)
+  assert len(convs) > 60 and widest <= 3, widest
+
+
 def test_cpu_settings_are_validated_and_scoped_to_cpu():
   config = config_lib.cifar(20)
   assert xla_options.compiler_options(config, "cpu") == xla_options._EIGEN_CONVOLUTIONS
@@ -120,6 +137,8 @@ def test_cpu_settings_are_validated_and_scoped_to_cpu():
     train.validate_config(config)
   assert "cpu_convolutions='onednn': valid values are ['eigen', 'xla_default']" in str(e.value)
   assert "model.weight_grad_chunk=-3" in str(e.value)
+  assert models.resolve_materialize_blocks(None, "cpu") and not models.resolve_materialize_blocks(None, "gpu")
+  assert models.resolve_materialize_blocks(True, "gpu") and not models.resolve_materialize_blocks(False, "cpu")
 
 
 @pytest.mark.peer

@@ -187,6 +187,27 @@ def test_chunked_weight_gradient_is_the_same_gradient(chunk, shortcut, dtype):
   assert n_conv(chunked) - n_conv(whole) == convs * (-(-24 // chunk) - 1)
 
 
+def test_materialized_blocks_compute_the_same_function():
+  """materialize_blocks divides each block output by a runtime 1.0: outputs, statistics and gradients unchanged."""
+  x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+  plain, kept = models.cifar_net(20), models.cifar_net(20, materialize_blocks=True)
+  v = plain.init(jax.random.key(0), x)
+  assert jax.tree.structure(v) == jax.tree.structure(kept.init(jax.random.key(0), x))
+
+  def run(model):
+    def f(params):
+      out, stats = model.apply({"params": params, "batch_stats": v["batch_stats"]}, x, train=True,
+                               mutable=["batch_stats"])
+      return jnp.sum(out ** 2), (out, stats)
+    return jax.jit(jax.grad(f, has_aux=True))(v["params"])
+
+  (ga, (oa, sa)), (gb, (ob, sb)) = run(plain), run(kept)
+  np.testing.assert_allclose(oa, ob, rtol=1e-6, atol=1e-6)
+  for a, b in zip(jax.tree.leaves((ga, sa)), jax.tree.leaves((gb, sb))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert float(models.runtime_one(jnp.array([-3.0, 2.0]))) == 1.0
+
+
 def test_weight_grad_chunk_setting():
   assert models.resolve_weight_grad_chunk(-1, "cpu") == models.CPU_WEIGHT_GRAD_CHUNK
   assert models.resolve_weight_grad_chunk(-1, "gpu") == 0
