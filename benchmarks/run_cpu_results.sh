@@ -22,11 +22,7 @@ run() {  # name, command...
 
 # benchmark --json: the paper's CIFAR nets at batch 128 on real CIFAR-10 (input pipeline timed on it too).
 run cifar20       $B --config=configs/cifar20.py --config.data_dir=$DATA --steps=5 --windows=3
-run cifar20_dev16 $B --config=configs/cifar20.py --config.data_dir=$DATA --steps=5 --windows=3 \
-                     --cpu_devices=16 --config.eval_batch_size=1024
 run cifar56       $B --config=configs/cifar56.py --config.data_dir=$DATA --steps=3 --windows=3
-run cifar56_dev16 $B --config=configs/cifar56.py --config.data_dir=$DATA --steps=3 --windows=3 \
-                     --cpu_devices=16 --config.eval_batch_size=1024
 # ResNet-1202 (scanned, its config's default) and ResNet-50 (fake ImageNet): small batches, few steps.
 run cifar1202     $B --config=configs/cifar1202.py --config.data_dir=$DATA --config.batch_size=16 \
                      --config.eval_batch_size=128 --steps=2 --windows=2 --warmup=1 --eval_steps=1 --input_steps=5
@@ -36,27 +32,11 @@ run resnet50      $B --config=configs/imagenet_resnet50.py --config.dataset=fake
 # bfloat16 compute (half_precision) on CPU.
 run cifar20_bf16       $B --config=configs/cifar20.py --config.dataset=fake --config.half_precision=True \
                           --steps=5 --windows=3 --input_steps=0
-run cifar20_bf16_dev16 $B --config=configs/cifar20.py --config.dataset=fake --config.half_precision=True \
-                          --steps=5 --windows=3 --input_steps=0 --cpu_devices=16 --config.eval_batch_size=1024
 
-# PyTorch peer, interleaved windows, batch 128: one device (today's default) and 16 virtual CPU devices.
+# PyTorch peer, interleaved windows, batch 128 (ResNet-50: 32), our CPU defaults.
 P="$PY benchmarks/torch_peer.py --json"
 run peer_r20       $P --config=configs/cifar20.py --config.dataset=fake --steps=5 --windows=5
-run peer_r20_dev16 $P --config=configs/cifar20.py --config.dataset=fake --steps=5 --windows=5 --cpu_devices=16 --config.eval_batch_size=1024
 run peer_r56       $P --config=configs/cifar56.py --config.dataset=fake --steps=2 --windows=5
-run peer_r56_dev16 $P --config=configs/cifar56.py --config.dataset=fake --steps=2 --windows=5 --cpu_devices=16 --config.eval_batch_size=1024
 run peer_r50       $P --config=configs/imagenet_resnet50.py --config.dataset=fake --config.batch_size=32 --config.eval_batch_size=32 \
                       --steps=1 --windows=3 --warmup=1
-run peer_r50_dev4  $P --config=configs/imagenet_resnet50.py --config.dataset=fake --config.batch_size=32 --config.eval_batch_size=32 \
-                      --steps=1 --windows=3 --warmup=1 --cpu_devices=4
-# The same comparisons on one core (taskset): both frameworks single-threaded, so neither suffers from the other
-# jobs sharing the machine more than the other does (PyTorch's OpenMP threads spin and stall when a partner thread
-# is descheduled, which makes its 2-thread figures collapse under load).
-T="taskset -c 1"
-run core1_peer_r20       $T $P --config=configs/cifar20.py --config.dataset=fake --steps=3 --windows=5
-run core1_peer_r20_dev16 $T $P --config=configs/cifar20.py --config.dataset=fake --steps=3 --windows=5 --cpu_devices=16 \
-                            --config.eval_batch_size=1024
-run core1_peer_r56       $T $P --config=configs/cifar56.py --config.dataset=fake --steps=1 --windows=5
-run core1_peer_r56_dev16 $T $P --config=configs/cifar56.py --config.dataset=fake --steps=1 --windows=5 --cpu_devices=16 \
-                            --config.eval_batch_size=1024
 echo "done: $OUT"

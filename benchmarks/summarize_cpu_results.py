@@ -23,8 +23,7 @@ def fmt(v, spec=".1f"):
 
 def main(out):
   rows = []
-  for name in ("cifar20", "cifar20_dev16", "cifar56", "cifar56_dev16", "cifar1202", "resnet50", "cifar20_bf16",
-               "cifar20_bf16_dev16"):
+  for name in ("cifar20", "cifar56", "cifar1202", "resnet50", "cifar20_bf16"):
     r = load(out, name)
     if r is None:
       rows.append(f"| {name} | failed or not run |" + " |" * 9)
@@ -45,8 +44,7 @@ def main(out):
   print("| run | params | ours img/s | PyTorch img/s | ours / PyTorch | ours CPU s/step | PyTorch CPU s/step | "
         "max logit diff | load |")
   print("|---|---|---|---|---|---|---|---|---|")
-  for name in ("peer_r20", "peer_r20_dev16", "peer_r56", "peer_r56_dev16", "peer_r50", "peer_r50_dev4",
-               "core1_peer_r20", "core1_peer_r20_dev16", "core1_peer_r56", "core1_peer_r56_dev16"):
+  for name in ("peer_r20", "peer_r56", "peer_r50"):
     r = load(out, name)
     if r is None:
       print(f"| {name} | failed or not run |" + " |" * 7)

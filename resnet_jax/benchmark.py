@@ -207,7 +207,7 @@ def input_pipeline_rate(config, *, steps: int, windows: int) -> dict:
     data.attach(parallel.make_mesh())
     load_s = time.perf_counter() - t0
     counter = iter(range(10**9))
-    fetch = lambda: data.device.batch(jnp.asarray(next(counter), jnp.int32))["label"]
+    fetch = lambda: data.device.batch(next(counter))["label"]
     source = f"device ({cfg.dataset}, augmentation inside jit)"
     jax.block_until_ready(fetch())  # compiles
   else:

@@ -90,13 +90,28 @@ class DeviceData:
       raise ValueError(f"batch_size={config.batch_size} exceeds the {n} training examples")
     mean = jnp.asarray(norm.mean, jnp.float32)
     std = jnp.asarray(norm.std, jnp.float32)
-    fn = functools.partial(_local_batch, seed=int(config.seed), local_batch=self.local_batch, mean=mean, std=std)
-    self._batch = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(parallel.AXIS), P(parallel.AXIS), P()),
-                                        out_specs=(P(parallel.AXIS), P(parallel.AXIS))))
+    seed = int(config.seed)
+    fn = functools.partial(_local_batch, seed=seed, local_batch=self.local_batch, mean=mean, std=std)
+    shard = P(parallel.AXIS)
+    self._batch = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(shard, shard, shard, shard, P()),
+                                        out_specs=(shard, shard)))
+    self._order = jax.jit(jax.shard_map(functools.partial(_epoch_order, seed=seed, n_local=self.n_local),
+                                        mesh=mesh, in_specs=P(), out_specs=shard))
+    self._orders: dict[int, jax.Array] = {}
+
+  def order(self, epoch: int) -> jax.Array:
+    """Each device's permutation of its shard for `epoch` (computed once per epoch, kept for two epochs)."""
+    if epoch not in self._orders:
+      self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+      self._orders[epoch] = self._order(jnp.asarray(epoch, jnp.int32))
+    return self._orders[epoch]
 
   def batch(self, step) -> dict:
-    """Global batch number `step` (a device scalar such as state.step, or an int), sharded over the mesh."""
-    images, labels = self._batch(self.images, self.labels, jnp.asarray(step, jnp.int32))
+    """Global batch number `step` (an int; a device scalar is read back to the host), sharded over the mesh."""
+    step = int(step)
+    first = step * self.local_batch // self.n_local  # a batch spans at most this epoch and the next
+    images, labels = self._batch(self.images, self.labels, self.order(first), self.order(first + 1),
+                                 jnp.asarray(step, jnp.int32))
     return {"image": images, "label": labels}
 
 
@@ -121,18 +136,26 @@ def augment(images, key):
   return pad_crop_flip(images, offsets, flips), offsets, flips
 
 
-def _local_batch(images, labels, step, *, seed, local_batch, mean, std):
-  """Runs on each device (under shard_map) on its own shard of the training split."""
+def _order_key(seed):
+  """Per-device key of the shard order (call under shard_map)."""
+  device = jax.lax.axis_index(parallel.AXIS)
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), device), 0)
+
+
+def _epoch_order(epoch, *, seed, n_local):
+  """Runs on each device: the permutation of its shard for `epoch`."""
+  return jax.random.permutation(jax.random.fold_in(_order_key(seed), epoch), n_local)
+
+
+def _local_batch(images, labels, order, next_order, step, *, seed, local_batch, mean, std):
+  """Runs on each device (under shard_map) on its own shard of the training split and epoch orders."""
   n_local = images.shape[0]
   device = jax.lax.axis_index(parallel.AXIS)
   key = jax.random.fold_in(jax.random.key(seed), device)
   pos = step.astype(jnp.int64 if jax.config.jax_enable_x64 else jnp.int32) * local_batch + jnp.arange(local_batch)
   epoch = pos // n_local
-  first = epoch[0]
-  order_key = jax.random.fold_in(key, 0)
-  perm = lambda e: jax.random.permutation(jax.random.fold_in(order_key, e), n_local)
-  # A batch spans at most two epochs of the shard.
-  idx = jnp.where(epoch == first, perm(first)[pos % n_local], perm(first + 1)[pos % n_local])
+  # A batch spans at most two epochs of the shard: `order` is the first one's, `next_order` the next one's.
+  idx = jnp.where(epoch == epoch[0], order[pos % n_local], next_order[pos % n_local])
   x = (images[idx].astype(jnp.float32) / 255.0 - mean) / std
   x, _, _ = augment(x, jax.random.fold_in(jax.random.fold_in(key, 1), step))
   return x, labels[idx]

@@ -534,7 +534,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   try:
     for step in range(start_step + 1, config.num_train_steps + 1):
-      batch = data.device.batch(state.step) if data.device is not None else next(train_iter)
+      batch = data.device.batch(step - 1) if data.device is not None else next(train_iter)  # step - 1 == state.step
       state, m, info = steps.train(state, batch, rng)
       window = m if window is None else window.merge(m)
       infos.append(info)

@@ -74,6 +74,24 @@ def test_device_batches_cover_each_epoch_once():
   np.testing.assert_array_equal(np.asarray(dd.batch(4)["image"]), np.asarray(dd.batch(4)["image"]))
 
 
+def test_device_batches_spanning_epochs_are_a_function_of_the_step():
+  """Batch 40 over 96 examples: batches straddle epochs; each epoch is still every example once, in any order
+  of requests (the per-epoch orders are cached, so a resumed or out-of-order request must not change them)."""
+  config = config_lib.cifar(20)
+  config.dataset, config.fake_train_size, config.batch_size = "fake", 96, 40
+  data = input_pipeline.load_split(config, "train")
+  data = input_pipeline.ArrayData(data.images, np.arange(96, dtype=np.int32))
+  make = lambda: device_input.DeviceData(config, data, input_pipeline.normalizer(config, data),
+                                         parallel.make_mesh())
+  dd = make()
+  labels = np.concatenate([np.asarray(dd.batch(s)["label"]) for s in range(12)])  # 480 = 5 epochs
+  for e in range(5):
+    assert sorted(labels[96 * e: 96 * (e + 1)]) == list(range(96)), e
+  fresh = make()
+  for s in (7, 2, 11, 0):
+    np.testing.assert_array_equal(np.asarray(fresh.batch(s)["label"]), labels[40 * s: 40 * (s + 1)])
+
+
 def test_npz_decodes_to_the_tfds_pixels(tfds_dir):
   config = config_lib.cifar(20)
   config.data_file = str(SHARED_DATA / "cifar10_jpeg_bytes.npz")
