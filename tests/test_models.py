@@ -152,6 +152,12 @@ def test_scan_computes_the_same_function():
                models.scanned_variables(sa, model.stage_sizes)["batch_stats"], sb["batch_stats"])
   remat = models.cifar_net(32, scan=True, remat=True)
   np.testing.assert_allclose(remat.apply(vs, x), scanned.apply(vs, x), rtol=1e-5, atol=1e-5)
+  # The CPU settings inside the scanned body: the same gradients.
+  cpu = models.cifar_net(32, scan=True, weight_grad_chunk=2, materialize_blocks=True)
+  grad = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(m.apply({"params": p, "batch_stats": vs["batch_stats"]}, x,
+                                                               train=True, mutable=["batch_stats"])[0] ** 2)))(
+                                                                   vs["params"])
+  jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-5), grad(scanned), grad(cpu))
 
 
 @pytest.mark.parametrize("chunk,shortcut,dtype", [(8, "A", jnp.float32), (5, "B", jnp.float32),
