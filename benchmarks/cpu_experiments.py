@@ -46,6 +46,8 @@ VARIANTS = {
                   "XNN_GRAPH_FUSION_MODE_GREEDY", None, {}, None),
     "no_concurrency_sched": ("default (memory) scheduler instead of the concurrency-optimised one",
                              "--xla_cpu_enable_concurrency_optimized_scheduler=false", None, {}, None),
+    "legacy_runtime": ("XLA's legacy CPU runtime (one LLVM program, no thunks)", "--xla_cpu_use_thunk_runtime=false",
+                       None, {}, None),
     "eigen_1thread": ("Eigen single-threaded", "--xla_cpu_multi_thread_eigen=false", None, {}, None),
     "fast_math": ("fast math (changes rounding)", "--xla_cpu_enable_fast_math=true", None, {}, None),
     "pmap": ("parallelism='pmap' (needs devN)", "", None, {"parallelism": "pmap"}, None),

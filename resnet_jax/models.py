@@ -18,9 +18,10 @@ The identical blocks of a stage (every block but the first) can run under `nn.sc
 ResNet-1202 compile in about the time of a shallow one; `scanned_params` converts parameters between the two
 layouts, which compute the same function.
 
-On CPU, every convolution's weight gradient is computed over chunks of the batch (`weight_grad_chunk`, see
-`conv_with_chunked_weight_grad`): the same sum in a different order, about 1.6x faster training on the 2-core
-machine of benchmarks/RESULTS.md.
+Two settings make CPU training faster without changing the function (automatic on CPU via `create_model`, off
+elsewhere; benchmarks/RESULTS.md): `weight_grad_chunk` computes every convolution's weight gradient over chunks
+of the batch (`conv_with_chunked_weight_grad`), and `materialize_blocks` keeps XLA from recomputing a stage's
+earlier blocks inside every consumer of a block output (`materialize`).
 """
 from __future__ import annotations
 
@@ -250,15 +251,15 @@ class ResNet(nn.Module):
       x = conv(self.widths[0], (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    if self.materialize_blocks:  # see `materialize`: XLA keeps each block output instead of recomputing it
+      one = runtime_one(self.variables["params"]["stem_bn"]["scale"])
+      keep = lambda y: materialize(y, one)
+    else:
+      keep = lambda y: y
     for i, (n_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
       kwargs = dict(features=width, residual=self.residual, shortcut=self.shortcut,
                     stride_placement=self.stride_placement, conv=conv, norm=norm,
                     zero_init_last_bn=self.zero_init_last_bn)
-      if self.materialize_blocks:
-        one = runtime_one(self.variables["params"]["stem_bn"]["scale"])
-        keep = lambda y: materialize(y, one)
-      else:
-        keep = lambda y: y
       x = keep(block_cls(strides=1 if i == 0 else 2, name=f"stage{i + 1}_block1", **kwargs)(x))
       if n_blocks == 1:
         continue
