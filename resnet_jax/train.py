@@ -211,6 +211,35 @@ def eval_step(state: TrainState, batch, *, model, axis_name: str | None = None):
 # ----------------------------------------------------------------------------------------------------------
 # Parallel wrappers.
 
+class _PmapWithOptions:
+  """A jax.pmap'd function compiled with XLA compiler options (pmap, unlike jit, takes none itself).
+
+  Compiles through `lower(...).compile(compiler_options=...)` on the first call for each argument signature;
+  `lower` returns a Lowered whose `compile()` applies the options, as a jitted function's does.
+  """
+
+  def __init__(self, fn, options: dict):
+    self.fn, self.options, self._compiled = fn, options, {}
+
+  def lower(self, *args):
+    lowered = self.fn.lower(*args)
+    compile_ = lowered.compile
+    lowered.compile = lambda **kw: compile_(**{"compiler_options": self.options, **kw})
+    return lowered
+
+  def __call__(self, *args):
+    leaves, tree = jax.tree.flatten(args)
+    key = (tree, tuple((getattr(x, "shape", None), str(getattr(x, "dtype", type(x)))) for x in leaves))
+    compiled = self._compiled.get(key)
+    if compiled is None:
+      compiled = self._compiled[key] = self.fn.lower(*args).compile(compiler_options=self.options)
+    return compiled(*args)
+
+
+def _with_compiler_options(fn, options: dict):
+  return _PmapWithOptions(fn, options) if options else fn
+
+
 class Steps:
   """The compiled train and eval steps for one parallelism mode, with host <-> device conversions."""
 
@@ -236,9 +265,12 @@ class Steps:
       model = model_factory(parallel.AXIS if config.bn_sync else None)
       self.model = model
       step = functools.partial(train_step, model=model, axis_name=parallel.AXIS, **kw)
-      self._train = jax.pmap(step, axis_name=parallel.AXIS, in_axes=(0, 0, None), donate_argnums=0)
-      self._eval = jax.pmap(functools.partial(eval_step, model=model, axis_name=parallel.AXIS),
-                            axis_name=parallel.AXIS)
+      options = xla_options.compiler_options(config, self.mesh.devices.flat[0].platform)
+      self._train = _with_compiler_options(
+          jax.pmap(step, axis_name=parallel.AXIS, in_axes=(0, 0, None), donate_argnums=0), options)
+      self._eval = _with_compiler_options(
+          jax.pmap(functools.partial(eval_step, model=model, axis_name=parallel.AXIS), axis_name=parallel.AXIS),
+          options)
     else:
       raise ValueError(f"unknown parallelism {self.mode!r}: valid values are ['jit', 'pmap']")
 

@@ -8,7 +8,7 @@ without convolutions). The option is per compilation (`jax.jit(..., compiler_opt
 the process changes; an XLA that does not know the option is detected once and left at its default, with a
 warning. 'xla_default' keeps whatever the installed XLA chooses. GPUs and TPUs are never affected.
 
-`jax.pmap` takes no compiler options: parallelism='pmap' on CPU uses XLA's default.
+`jax.pmap` takes no compiler options; train.Steps compiles its pmapped steps through `lower().compile()` with them.
 """
 from __future__ import annotations
 

@@ -86,7 +86,8 @@ def _compiled_train_step(config):
   batch = {"image": np.zeros((config.batch_size, 32, 32, 3), np.float32),
            "label": np.zeros((config.batch_size,), np.int32)}
   from resnet_jax import parallel
-  return steps._train.lower(state, parallel.put_batch(batch, steps.mesh), jax.random.key(0)).compile().as_text()
+  placed = parallel.put_batch(batch, steps.mesh) if steps.mode == "jit" else parallel.pmap_split(batch)
+  return steps._train.lower(state, placed, jax.random.key(0)).compile().as_text()
 
 
 def _convolutions(hlo: str):
@@ -102,6 +103,9 @@ def test_cpu_train_step_uses_eigen_convolutions():
   config.batch_size = 16
   top, total = _convolutions(_compiled_train_step(config))
   # ResNet-8: 7 convolutions; forward, input gradient (6: not the stem's) and 2 weight-gradient chunks each.
+  assert top == total == 7 + 6 + 2 * 7
+  config.parallelism = "pmap"  # jax.pmap takes no compiler options: train.Steps passes them at compile time
+  top, total = _convolutions(_compiled_train_step(config))
   assert top == total == 7 + 6 + 2 * 7
   config.cpu_convolutions = "xla_default"
   top, total = _convolutions(_compiled_train_step(config))
