@@ -111,10 +111,11 @@ def fused_bn():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# An optimisation barrier on every block's output: XLA's CPU fusion otherwise duplicates the whole residual
-# stream of a stage (relu(bn(conv) + shortcut), block after block) into the fusions that read a block's output
-# (e.g. the transposed copy feeding the weight-gradient convolution), recomputing O(n) blocks per element: O(n^2)
-# work per stage. The barrier is the identity; it only forces the block output to be materialised and read.
+# An optimisation barrier on every block's output, meant to stop XLA's CPU fusion from recomputing a stage's
+# residual chain in every consumer of a block output. It does not: XLA's CPU pipeline removes barriers before
+# fusion (benchmarks/RESULTS.md). What works is models.materialize (config model.materialize_blocks, on for CPU);
+# the chunked weight gradient is models.conv_with_chunked_weight_grad (model.weight_grad_chunk): use
+# `set:model.materialize_blocks=False` / `set:model.weight_grad_chunk=N` variants to compare them.
 
 def block_barrier():
   from resnet_jax import models
@@ -130,9 +131,9 @@ def block_barrier():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Convolutions over batch chunks: y = concat_k conv(x_k, w). Same function; autodiff gives per-chunk input
-# gradients and the weight gradient as a sum of per-chunk weight gradients. XLA's CPU weight-gradient convolution
-# (batch contracted) is 3x faster per image on chunks of 8 than on a batch of 128 (benchmarks/RESULTS.md).
+# Whole convolutions over batch chunks: y = concat_k conv(x_k, w). Same function; autodiff gives per-chunk input
+# gradients and the weight gradient as a sum of per-chunk ones. Slower than chunking the weight gradient alone
+# (the concatenations cost more than the chunked forward saves).
 
 def _chunked_conv(chunk):
   def conv(lhs, rhs, *args, **kwargs):
@@ -146,9 +147,7 @@ def _chunked_conv(chunk):
 
 def _conv_chunks(chunk):
   def patch():
-    orig = nn.Conv
-
-    class ChunkedConv(orig):
+    class ChunkedConv(nn.Conv):
       conv_general_dilated: Any = staticmethod(_chunked_conv(chunk))
     ChunkedConv.__name__ = "Conv"
     nn.Conv = ChunkedConv
@@ -158,69 +157,3 @@ def _conv_chunks(chunk):
 conv_chunks8 = _conv_chunks(8)
 conv_chunks16 = _conv_chunks(16)
 conv_chunks32 = _conv_chunks(32)
-
-
-# Only the weight gradient over batch chunks (custom VJP): forward and input gradient stay whole-batch convolutions,
-# so no concatenation is needed.
-
-def _dw_chunked_conv(chunk):
-  def conv(lhs, rhs, *args, **kwargs):
-    f = lambda x, w: jax.lax.conv_general_dilated(x, w, *args, **kwargs)
-    n = lhs.shape[0]
-    if n <= chunk or n % chunk:
-      return f(lhs, rhs)
-
-    @jax.custom_vjp
-    def g(x, w):
-      return f(x, w)
-
-    def g_fwd(x, w):
-      return f(x, w), (x, w)
-
-    def g_bwd(res, dy):
-      x, w = res
-      dx = jax.vjp(lambda x_: f(x_, w), x)[1](dy)[0]
-      dw = None
-      for i in range(0, n, chunk):
-        part = jax.vjp(lambda w_: f(x[i:i + chunk], w_), w)[1](dy[i:i + chunk])[0]
-        dw = part if dw is None else dw + part
-      return dx, dw
-
-    g.defvjp(g_fwd, g_bwd)
-    return g(lhs, rhs)
-  return conv
-
-
-def _conv_dw_chunks(chunk):
-  def patch():
-    orig = nn.Conv
-
-    class ChunkedConv(orig):
-      conv_general_dilated: Any = staticmethod(_dw_chunked_conv(chunk))
-    ChunkedConv.__name__ = "Conv"
-    nn.Conv = ChunkedConv
-  return patch
-
-
-conv_dw_chunks8 = _conv_dw_chunks(8)
-conv_dw_chunks16 = _conv_dw_chunks(16)
-
-
-# An 'expensive' no-op on every block output: a division by a runtime 1.0 (exact). XLA's fusion does not duplicate
-# expensive instructions into several consumers, so the block output is materialised once instead of being
-# recomputed from all earlier blocks of the stage inside every consumer (optimization_barrier cannot do this on CPU:
-# XLA removes barriers before fusion).
-
-def block_divide():
-  from resnet_jax import models
-
-  def with_divide(cls):
-    class Divided(cls):
-      def __call__(self, x):
-        y = super().__call__(x)
-        one = jnp.sign(jnp.abs(y[0, 0, 0, 0]) + 1.0)
-        return y / one
-    Divided.__name__ = cls.__name__
-    return Divided
-
-  models.BLOCKS = {k: with_divide(v) for k, v in models.BLOCKS.items()}

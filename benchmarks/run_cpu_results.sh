@@ -2,7 +2,7 @@
 # The CPU figures of benchmarks/RESULTS.md, one command each; JSON lines and logs go to $OUT (default /tmp).
 #   bash benchmarks/run_cpu_results.sh [OUT]
 #   ONLY=peer bash benchmarks/run_cpu_results.sh [OUT]    (only the runs whose name matches)
-# About 30-40 minutes on the 2-core sandbox. PyTorch must be installed for the peer comparisons
+# About 20 minutes on the 2-core sandbox. PyTorch must be installed for the peer comparisons
 # (pip install torch==2.13.0); it is not a dependency of resnet_jax.
 set -u
 cd "$(dirname "$0")/.."
