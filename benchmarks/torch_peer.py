@@ -20,6 +20,12 @@ window, ...) so that both see the same machine load; the medians and their ratio
 Our side runs through resnet_jax.benchmark.TrainBench (train.Steps, the training loop's compiled step); the
 PyTorch side is a plain eager loop (zero_grad, forward, cross-entropy, backward, SGD step), on the default
 NCHW layout unless --channels_last.
+
+On a GPU (`--torch_device=cuda`, with JAX on the same GPU): the PyTorch twin runs on CUDA with
+`torch.backends.cudnn.benchmark = True`, and with config.half_precision under `torch.autocast(bfloat16)` (AMP, float32
+parameters and optimiser, as NVIDIA's reference trainer does), which is the PyTorch counterpart of our bfloat16
+compute with float32 parameters. Windows end with `torch.cuda.synchronize()`. Give JAX only part of the GPU's
+memory so that both fit: XLA_PYTHON_CLIENT_MEM_FRACTION=0.45.
 """
 from __future__ import annotations
 
@@ -196,19 +202,28 @@ def copy_flax_params(net, flax_params) -> None:
 class TorchBench:
   """The PyTorch twin's eager train step on fixed batches."""
 
-  def __init__(self, config, flax_params, host_batches, *, channels_last: bool, same_padding: bool = True):
+  def __init__(self, config, flax_params, host_batches, *, channels_last: bool, same_padding: bool = True,
+               device: str = "cpu"):
+    import contextlib
     import torch
     self.torch = torch
     self.same_padding = same_padding
+    self.device = torch.device(device)
+    self.cuda = self.device.type == "cuda"
+    if self.cuda:
+      torch.backends.cudnn.benchmark = True
+    # AMP in bfloat16 for config.half_precision (float32 parameters, optimiser and loss, like ours).
+    self.autocast = ((lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if config.half_precision
+                     else contextlib.nullcontext)
     self.net = build_torch_model(config.model, same_padding=same_padding)
     copy_flax_params(self.net, flax_params)
     self.fmt = torch.channels_last if channels_last else torch.contiguous_format
-    self.net = self.net.to(memory_format=self.fmt)
+    self.net = self.net.to(device=self.device, memory_format=self.fmt)
     self.net.train()
     self.opt = torch.optim.SGD(self.net.parameters(), lr=config.learning_rate, momentum=config.momentum,
                                weight_decay=config.weight_decay, nesterov=config.nesterov)
-    self.batches = [(torch.from_numpy(b["image"]).permute(0, 3, 1, 2).contiguous(memory_format=self.fmt),
-                     torch.from_numpy(b["label"]).long()) for b in host_batches]
+    self.batches = [(torch.from_numpy(b["image"]).permute(0, 3, 1, 2).to(self.device).contiguous(
+        memory_format=self.fmt), torch.from_numpy(b["label"]).long().to(self.device)) for b in host_batches]
     self.num_params = sum(p.numel() for p in self.net.parameters())
     self._i = 0
 
@@ -216,27 +231,54 @@ class TorchBench:
     x, y = self.batches[self._i % len(self.batches)]
     self._i += 1
     self.opt.zero_grad(set_to_none=True)
-    loss = self.torch.nn.functional.cross_entropy(self.net(x), y)
+    with self.autocast():
+      logits = self.net(x)
+    loss = self.torch.nn.functional.cross_entropy(logits.float(), y)
     loss.backward()
     self.opt.step()
-    return loss
+    return _CudaSync(self.torch) if self.cuda else loss
 
   def logits(self, x_nhwc):
-    with self.torch.no_grad():
-      x = self.torch.from_numpy(x_nhwc).permute(0, 3, 1, 2).contiguous(memory_format=self.fmt)
-      return self.net(x).numpy()
+    """Training-mode logits in full float32 (no autocast, no TF32 on a GPU): the function check compares the
+    float32 networks."""
+    torch = self.torch
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+      with torch.no_grad():
+        x = torch.from_numpy(x_nhwc).permute(0, 3, 1, 2).to(self.device).contiguous(memory_format=self.fmt)
+        return self.net(x).float().cpu().numpy()
+    finally:
+      torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+class _CudaSync:
+  """What a CUDA step returns: jax.block_until_ready (which benchmark.timed_windows calls at the end of a window)
+  calls its block_until_ready, which waits for every queued CUDA kernel."""
+
+  def __init__(self, torch):
+    self.torch = torch
+
+  def block_until_ready(self):
+    self.torch.cuda.synchronize()
+    return self
 
 
 def check_same_function(bench, tb) -> dict:
   """Parameter counts and training-mode logits of one batch, ours vs PyTorch's (before any update)."""
   import jax
   import numpy as np
-  from resnet_jax import train
+  from resnet_jax import models, train
   assert bench.num_params == tb.num_params, f"parameter counts differ: ours {bench.num_params:,} vs torch {tb.num_params:,}"
   host = jax.device_get(bench.state)
   batch = bench.batches[0]
-  apply = jax.jit(lambda v, x: bench.steps.model.apply(v, x, train=True, mutable=["batch_stats"])[0])
-  ours = apply({"params": host.params, "batch_stats": host.batch_stats}, batch["image"])
+  # In full float32 on both sides, also for half_precision (whose bfloat16 roundings differ between the two and
+  # compound over 50 layers) and on GPUs (whose default float32 convolutions round operands to TF32): this
+  # checks the function; the timing then uses each side's default path.
+  model = models.create_model(bench.config.model, half_precision=False)
+  apply = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0])
+  with jax.default_matmul_precision("highest"):
+    ours = apply({"params": host.params, "batch_stats": host.batch_stats}, batch["image"])
   ours = np.asarray(ours)
   theirs = tb.logits(batch["image"])
   loss_ours = float(np.asarray(train.cross_entropy(ours, batch["label"]).mean()))
@@ -244,20 +286,22 @@ def check_same_function(bench, tb) -> dict:
                                                            tb.torch.from_numpy(batch["label"]).long()))
   diff = float(np.abs(ours - theirs).max())
   scale = float(np.abs(ours).max())
+  tol = 1e-3 * max(1.0, scale)
   if tb.same_padding:
-    assert diff <= 1e-3 * max(1.0, scale), f"logits differ by {diff} (scale {scale}): not the same function"
+    assert diff <= tol, f"logits differ by {diff} (scale {scale}, bound {tol}): not the same function"
   return {"params": bench.num_params, "max_abs_logit_diff": diff, "loss_ours": loss_ours,
           "loss_torch": loss_theirs}
 
 
 def compare(config, *, steps: int, windows: int, warmup: int, channels_last: bool = False,
-            same_padding: bool = True, skip_jax: bool = False) -> dict:
+            same_padding: bool = True, skip_jax: bool = False, torch_device: str = "cpu") -> dict:
   import jax
   import torch
   from resnet_jax import benchmark
   bench = benchmark.TrainBench(config)
   host = jax.device_get(bench.state)
-  tb = TorchBench(config, host.params, bench.batches, channels_last=channels_last, same_padding=same_padding)
+  tb = TorchBench(config, host.params, bench.batches, channels_last=channels_last, same_padding=same_padding,
+                  device=torch_device)
   check = check_same_function(bench, tb)
   t0 = time.perf_counter()
   if not skip_jax:
@@ -266,7 +310,7 @@ def compare(config, *, steps: int, windows: int, warmup: int, channels_last: boo
   for _ in range(warmup):
     if not skip_jax:
       jax.block_until_ready(bench.step())
-    tb.step()
+    jax.block_until_ready(tb.step())
   jax_rates, torch_rates, jax_cpu, torch_cpu = [], [], [], []
   b = config.batch_size
   loads = [os.getloadavg()[0]]
@@ -290,6 +334,9 @@ def compare(config, *, steps: int, windows: int, warmup: int, channels_last: boo
           "jax_windows": jax_rates, "torch_windows": torch_rates, "jax_compile_seconds": compile_s,
           "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
           "torch_channels_last": channels_last, "torch_same_padding": same_padding, "load_average_1min": loads,
+          "torch_device": str(tb.device), "torch_device_name": (torch.cuda.get_device_name(tb.device) if tb.cuda
+                                                                else None),
+          "torch_autocast_bf16": bool(config.half_precision),
           "machine": benchmark.machine_info(), "steps": steps, "windows": windows}
 
 
@@ -313,6 +360,8 @@ def define_flags() -> None:
       cpu_devices=flags.DEFINE_integer("cpu_devices", None, "JAX on CPU: split the batch over N virtual devices."),
       json=flags.DEFINE_bool("json", False, "Print one JSON object."),
       skip_jax=flags.DEFINE_bool("skip_jax", False, "Time PyTorch only (still builds ours for the checks)."),
+      torch_device=flags.DEFINE_string("torch_device", "cpu", "PyTorch device: cpu, or cuda (then with "
+                                       "half_precision under bfloat16 autocast)."),
   )
 
 
@@ -326,7 +375,8 @@ def main(argv):
   if f["torch_threads"]:
     torch.set_num_threads(f["torch_threads"])
   r = compare(f["config"], steps=f["steps"], windows=f["windows"], warmup=f["warmup"],
-              channels_last=f["channels_last"], same_padding=f["same_padding"], skip_jax=f["skip_jax"])
+              channels_last=f["channels_last"], same_padding=f["same_padding"], skip_jax=f["skip_jax"],
+              torch_device=f["torch_device"])
   if f["json"]:
     print(json.dumps(r))
     return
@@ -338,7 +388,8 @@ def main(argv):
   if r["jax_images_per_sec"]:
     print(f"ours (jax {r['machine']['jax_version']}, {r['machine']['device_count']} device(s)): "
           f"{r['jax_images_per_sec']:.1f} img/s  [{fmt(r['jax_windows'])}]")
-  print(f"pytorch {r['torch_version']} eager ({r['torch_threads']} threads"
+  print(f"pytorch {r['torch_version']} eager on {r['torch_device_name'] or r['torch_device']} "
+        f"({r['torch_threads']} threads{', bf16 autocast' if r['torch_autocast_bf16'] else ''}"
         f"{', channels_last' if r['torch_channels_last'] else ''}): {r['torch_images_per_sec']:.1f} img/s  "
         f"[{fmt(r['torch_windows'])}]")
   if r["ratio_jax_over_torch"]:

@@ -177,6 +177,15 @@ class TrainBench:
 
 
 def _flops(compiled) -> float | None:
+  """XLA's cost-analysis FLOPs of a compiled step, where they include the convolutions (CPU, TPU).
+
+  On GPUs the convolutions are cuDNN custom calls, which the cost analysis does not count: the H100/H200 ResNet-50
+  step of benchmarks/RESULTS.md came out at 102 GFLOP instead of about 6,300 (256 images x 3 x 8.2 GFLOP). None
+  there rather than a figure 60x too small.
+  """
+  import jax
+  if jax.default_backend() == "gpu":
+    return None
   try:
     cost = compiled.cost_analysis()
   except Exception:  # not every backend implements it
@@ -186,6 +195,10 @@ def _flops(compiled) -> float | None:
   if not cost or "flops" not in cost:
     return None
   return float(cost["flops"])
+
+
+def _one_line(e: Exception, limit: int = 400) -> str:
+  return " ".join(str(e).split())[:limit]
 
 
 def input_pipeline_rate(config, *, steps: int, windows: int) -> dict:
@@ -200,7 +213,7 @@ def input_pipeline_rate(config, *, steps: int, windows: int) -> dict:
   try:
     data = train.Data(cfg)
   except (FileNotFoundError, RuntimeError, ValueError) as e:  # e.g. ImageNet not prepared on this machine
-    return {"input_images_per_sec": None, "input_note": f"no data: {str(e).splitlines()[0][:200]}"}
+    return {"input_images_per_sec": None, "input_note": f"no data: {_one_line(e)}"}
   if cfg.get("input_backend", "tfdata") == "device":
     import jax
     import jax.numpy as jnp
@@ -211,7 +224,10 @@ def input_pipeline_rate(config, *, steps: int, windows: int) -> dict:
     source = f"device ({cfg.dataset}, augmentation inside jit)"
     jax.block_until_ready(fetch())  # compiles
   else:
-    it = data.train_iterator(0)
+    try:
+      it = data.train_iterator(0)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:  # e.g. TensorFlow not installed on this machine
+      return {"input_images_per_sec": None, "input_note": f"no input pipeline: {_one_line(e)}"}
     load_s = time.perf_counter() - t0
     fetch = lambda: next(it)["label"]
     source = {"fake": "fake (random images, the same tf.data augmentation)"}.get(cfg.dataset, f"tfds {cfg.dataset}")

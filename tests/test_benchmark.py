@@ -70,6 +70,28 @@ def test_table_format(tiny_result):
   assert "resnet8" in text and f"{RESNET8_PARAMS:,} params" in text
 
 
+def test_input_rate_without_tensorflow_is_reported_not_fatal(monkeypatch):
+  """On a machine without TensorFlow (the lent GPU machines) the tf.data input rate is n/a with the reason, and
+  the train measurements made before it are kept; input_backend='device' needs no TensorFlow."""
+  from resnet_jax import benchmark
+  config = config_lib.resolve(config_lib.cifar(8))
+  config.dataset, config.batch_size, config.fake_train_size, config.fake_eval_size = "fake", 8, 64, 32
+  monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` now raises ImportError
+  r = benchmark.input_pipeline_rate(config, steps=1, windows=1)
+  assert r["input_images_per_sec"] is None
+  assert "needs TensorFlow" in r["input_note"] and "input_backend=device" in r["input_note"]
+
+
+def test_gpu_results_table():
+  """benchmarks/summarize_gpu_results.py on the recorded H100 run: every row, the peer ratio, the device."""
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import summarize_gpu_results
+  rows = [json.loads(line) for line in open(REPO / "benchmarks/results/2026-11-27-gpu-h100.jsonl")]
+  text = summarize_gpu_results.table(rows)
+  assert "| r50_bf16_b256 | NVIDIA H100 80GB HBM3 | imagenet resnet50 | 256 | bf16 | 5304 |" in text
+  assert "**1.16x**" in text and "25,557,032" in text and "jax 0.11.2" in text
+
+
 def test_cli_names_a_bad_batch_size():
   """Two virtual CPU devices cannot share a batch of 7: a clear message and exit code 2, before compiling."""
   bad = run_cli("resnet_jax.benchmark", *TINY, "--config.batch_size=7", "--cpu_devices=2", check=False)
@@ -171,3 +193,17 @@ def test_torch_twin_is_the_same_network():
   torch_peer.copy_flax_params(net, variables["params"])
   theirs = net.train()(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).detach().numpy()
   np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.peer
+def test_torch_peer_half_precision_checks_the_float32_function():
+  """With half_precision both sides train in bfloat16 (PyTorch under autocast), and the function check still
+  compares the float32 networks on the same parameters (bf16 roundings differ between the two frameworks)."""
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import torch_peer
+  config = config_lib.cifar(8)
+  config.dataset, config.batch_size, config.half_precision = "fake", 8, True
+  r = torch_peer.compare(config, steps=1, windows=1, warmup=1)
+  assert r["torch_autocast_bf16"] and r["torch_device"] == "cpu" and r["torch_device_name"] is None
+  assert r["check"]["params"] == RESNET8_PARAMS and r["check"]["max_abs_logit_diff"] < 1e-3
+  assert r["jax_images_per_sec"] > 0 and r["torch_images_per_sec"] > 0
