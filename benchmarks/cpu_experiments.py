@@ -10,6 +10,7 @@ PyTorch ('torch', the eager twin of benchmarks/torch_peer.py) when it is in the 
 cache under /tmp keeps later rounds from recompiling (compile time is not what is measured here).
 
 A variant is a name from VARIANTS (or 'devN' for N virtual CPU devices, 'set:FIELD=VALUE' for a config override,
+'xla:cpu_FLAG=VALUE' for one XLA flag (--xla_cpu_FLAG=VALUE),
 'torch' for PyTorch); it may set XLA
 flags, the device count, config overrides and a patch (a function of benchmarks/cpu_variants.py applied before
 the model is built). Variants whose mathematics differ from the baseline's say so in their description.
@@ -77,11 +78,13 @@ def parse_variant(name: str):
     return f"{field}={value}", "", None, {field: ast.literal_eval(value)}, None
   if name.startswith("patch:"):
     return f"patch {name[6:]}", "", None, {}, name[6:]
+  if name.startswith("xla:"):  # xla:FLAG=VALUE, one XLA flag (without the leading --xla_)
+    return f"XLA flag --xla_{name[4:]}", f"--xla_{name[4:]}", None, {}, None
   if name == "torch":
     return "PyTorch eager twin", "", None, {}, None
   if name not in VARIANTS:
-    raise SystemExit(f"unknown variant {name!r}: use one of {sorted(VARIANTS)}, devN, set:FIELD=VALUE, patch:NAME, "
-                     "torch or A+B")
+    raise SystemExit(f"unknown variant {name!r}: use one of {sorted(VARIANTS)}, devN, set:FIELD=VALUE, xla:FLAG=VALUE, "
+                     "patch:NAME, torch or A+B")
   return VARIANTS[name]
 
 
