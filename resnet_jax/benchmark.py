@@ -177,7 +177,8 @@ class TrainBench:
 
 
 def _flops(compiled) -> float | None:
-  """XLA's cost-analysis FLOPs of a compiled step, where they include the convolutions (CPU, TPU).
+  """XLA's cost-analysis FLOPs of a compiled step (on CPU they include the convolutions: 22.6 GFLOP per ResNet-50
+  image, about 3 x 8.2 for forward and backward).
 
   On GPUs the convolutions are cuDNN custom calls, which the cost analysis does not count: the H100/H200 ResNet-50
   step of benchmarks/RESULTS.md came out at 102 GFLOP instead of about 6,300 (256 images x 3 x 8.2 GFLOP). None
