@@ -350,9 +350,10 @@ def materialize(x, one):
   XLA's CPU fusion duplicates cheap elementwise producers into every consumer. A residual stage's block outputs
   are a chain of them (relu(bn(conv) + previous output)), so each fusion that reads a block output (the next
   block, the transposes of the weight gradients) recomputed the outputs of all earlier blocks of the stage from
-  their convolutions: O(depth^2) work, 40% of a ResNet-56 train step on CPU. A division by a scalar that XLA
-  cannot see at compile time is an instruction it does not duplicate (`jax.lax.optimization_barrier` cannot help:
-  XLA removes it before fusion). `runtime_one` makes such a scalar from a parameter, so it is replicated on
+  their convolutions: O(depth^2) work, 40% of a ResNet-56 train step on CPU. XLA does not duplicate a division
+  by a scalar it cannot see at compile time into such consumers (it still may into slices and transposes, which
+  read each element once: benchmarks/RESULTS.md; `jax.lax.optimization_barrier` cannot help: XLA removes it
+  before fusion). `runtime_one` makes such a scalar from a parameter, so it is replicated on
   every device and needs no communication. Dividing by 1.0 is exact.
   """
   return x / one.astype(x.dtype)

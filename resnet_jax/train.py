@@ -248,6 +248,7 @@ class Steps:
     self.mesh = parallel.make_mesh(devices)
     kw = dict(tx=tx, schedule=schedule, skip_nonfinite=config.skip_nonfinite)
     n_dev = self.mesh.size
+    options = xla_options.compiler_options(config, self.mesh.devices.flat[0].platform)  # {} off CPU
     if self.mode == "jit":
       model = model_factory(None)
       self.model = model
@@ -256,7 +257,6 @@ class Steps:
         forward = _per_device_bn_forward(model, self.mesh)
       step = functools.partial(train_step, model=model, forward=forward, **kw)
       rep, data = parallel.replicated(self.mesh), parallel.data_sharded(self.mesh)
-      options = xla_options.compiler_options(config, self.mesh.devices.flat[0].platform)
       self._train = jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=0,
                             compiler_options=options)
       self._eval = jax.jit(functools.partial(eval_step, model=model), in_shardings=(rep, data),
@@ -265,7 +265,6 @@ class Steps:
       model = model_factory(parallel.AXIS if config.bn_sync else None)
       self.model = model
       step = functools.partial(train_step, model=model, axis_name=parallel.AXIS, **kw)
-      options = xla_options.compiler_options(config, self.mesh.devices.flat[0].platform)
       self._train = _with_compiler_options(
           jax.pmap(step, axis_name=parallel.AXIS, in_axes=(0, 0, None), donate_argnums=0), options)
       self._eval = _with_compiler_options(
