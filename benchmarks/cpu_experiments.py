@@ -110,6 +110,8 @@ def child(spec: dict) -> dict:
     for p in path:
       target = target[p]
     target[leaf] = v
+  from resnet_jax import host_malloc  # as the entry points do, before JAX's backend starts
+  host_malloc.apply(config.get("host_malloc", "auto"))
   if spec["patch"]:
     import cpu_variants
     for p in spec["patch"].split(","):

@@ -157,3 +157,56 @@ def _conv_chunks(chunk):
 conv_chunks8 = _conv_chunks(8)
 conv_chunks16 = _conv_chunks(16)
 conv_chunks32 = _conv_chunks(32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The chunked weight gradient reading its operands through a two-way lax.cond with a runtime predicate (both
+# branches the identity). A conditional's operand and result are buffers XLA cannot fuse into, so the per-chunk
+# transposes should read the stored conv input instead of recomputing its BN + ReLU chunk by chunk.
+
+def _keep(v, one):
+  # jax forwards a cond's output when every branch returns its input, so the second branch multiplies by `one`
+  # (1.0, or NaN when the first parameter is NaN: never a different finite result).
+  return jax.lax.cond(one > 0.5, lambda a: a, lambda a: a * one.astype(a.dtype), v)
+
+
+def _cond_chunked(keep_dy: bool):
+  from resnet_jax import models
+  def make(chunk):
+    def conv(lhs, rhs, *args, **kwargs):
+      f = lambda x, w: jax.lax.conv_general_dilated(x, w, *args, **kwargs)
+      n = lhs.shape[0]
+      if n <= chunk:
+        return f(lhs, rhs)
+
+      @jax.custom_vjp
+      def chunked(x, w):
+        return f(x, w)
+
+      def fwd(x, w):
+        return f(x, w), (x, w)
+
+      def bwd(res, dy):
+        x, w = res
+        dx = jax.vjp(lambda x_: f(x_, w), x)[1](dy)[0]
+        one = models.runtime_one(w)
+        xk = _keep(x, one)
+        dyk = _keep(dy, one) if keep_dy else dy
+        dw = jnp.zeros(w.shape, jnp.float32)
+        for i in range(0, n, chunk):
+          part = jax.vjp(lambda w_: f(xk[i:i + chunk], w_), w)[1](dyk[i:i + chunk])[0]
+          dw = dw + part.astype(jnp.float32)
+        return dx, dw.astype(w.dtype)
+
+      chunked.defvjp(fwd, bwd)
+      return chunked(lhs, rhs)
+    return conv
+
+  def patch():
+    from resnet_jax import models
+    models.conv_with_chunked_weight_grad = make
+  return patch
+
+
+cond_keep_x = _cond_chunked(False)
+cond_keep_xdy = _cond_chunked(True)

@@ -1,6 +1,6 @@
 """Where a train step's time goes: the XLA thunks of one compiled step, summed by kind and by output shape.
 
-    python benchmarks/profile_step.py --config=configs/cifar56.py [--steps 2] [--config.X=...] [--hlo_out FILE]
+    python benchmarks/profile_step.py --config=configs/cifar56.py [--steps 2] [--config.X=...] [--hlo_out FILE] [--patch NAME]
 
 Runs the training loop's compiled step (resnet_jax.benchmark.TrainBench, fake data) under jax.profiler, reads the
 trace back with jax.profiler.ProfileData and prints milliseconds per step for each kind of thunk (the XLA fusion
@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/cifar20.py", "Config file (configs/*.py).")
 _STEPS = flags.DEFINE_integer("steps", 2, "Profiled steps (after two untimed ones).")
 _HLO = flags.DEFINE_string("hlo_out", None, "Write the optimised HLO of the train step here.")
+_PATCH = flags.DEFINE_list("patch", [], "Functions of benchmarks/cpu_variants.py to apply before the model is built.")
 
 
 def main(argv):
@@ -35,6 +36,11 @@ def main(argv):
   from resnet_jax import benchmark
   config = _CONFIG.value
   config.dataset = "fake"
+  if _PATCH.value:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import cpu_variants
+    for name in _PATCH.value:
+      getattr(cpu_variants, name)()
   bench = benchmark.TrainBench(config)
   bench.compile()
   for _ in range(2):

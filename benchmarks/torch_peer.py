@@ -368,8 +368,10 @@ def define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from resnet_jax import benchmark
+  from resnet_jax import benchmark, host_malloc
   f = {k: v.value for k, v in _F.items()}
+  # As the training loop does; one process, so PyTorch runs with the same malloc settings as ours.
+  host_malloc.apply(f["config"].get("host_malloc", "auto"))
   benchmark._set_cpu_devices(f["cpu_devices"])
   import torch
   if f["torch_threads"]:

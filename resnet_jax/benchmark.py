@@ -286,7 +286,7 @@ def peak_device_memory_bytes() -> int | None:
 
 
 def describe(config) -> dict:
-  from resnet_jax import models, xla_options
+  from resnet_jax import host_malloc, models, xla_options
   m = config.model
   return {"family": m.get("family", "cifar"), "depth": m.depth, "residual": m.get("residual", True),
           "shortcut": m.get("shortcut"), "scan": m.get("scan", False), "remat": m.get("remat", False),
@@ -296,7 +296,8 @@ def describe(config) -> dict:
           "weight_grad_chunk": models.resolve_weight_grad_chunk(m.get("weight_grad_chunk", -1)),
           "materialize_blocks": models.resolve_materialize_blocks(m.get("materialize_blocks")),
           "cpu_convolutions": config.get("cpu_convolutions", "eigen"),
-          "xla_compiler_options": xla_options.compiler_options(config)}
+          "xla_compiler_options": xla_options.compiler_options(config),
+          "host_malloc": host_malloc.state["host_malloc"], "host_malloc_reason": host_malloc.state["reason"]}
 
 
 def run(config, *, steps: int = 10, windows: int = 3, warmup: int = 2, eval_steps: int = 2,
@@ -337,7 +338,8 @@ def _cpu_settings(c: dict) -> str:
   chunk = c.get("weight_grad_chunk")
   return (f"\ncpu settings:   weight gradients over chunks of {chunk}" if chunk else
           "\ncpu settings:   whole-batch weight gradients") + f", {c.get('cpu_convolutions')} convolutions" + (
-              ", block outputs materialized" if c.get("materialize_blocks") else "")
+              ", block outputs materialized" if c.get("materialize_blocks") else "") + (
+              ", freed host memory reused" if c.get("host_malloc") == "reuse" else "")
 
 
 def format_result(r: dict) -> str:
@@ -370,8 +372,9 @@ def main(argv):
   f = {k: v.value for k, v in _FLAGS.items()}
   if f["config"] is None:
     raise app.UsageError("--config is required, e.g. --config=configs/cifar56.py")
+  from resnet_jax import cli, host_malloc
+  host_malloc.apply(f["config"].get("host_malloc", "auto"))  # before JAX's backend and thread pools start
   _set_cpu_devices(f["cpu_devices"])
-  from resnet_jax import cli
   cli.quiet_library_logs()
   with cli.user_errors():
     result = run(f["config"], steps=f["steps"], windows=f["windows"], warmup=f["warmup"],

@@ -25,7 +25,7 @@ from clu import metrics
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax import checkpoint as ckpt_lib
-from resnet_jax import config_lib, input_pipeline, models, parallel, writers, xla_options
+from resnet_jax import config_lib, host_malloc, input_pipeline, models, parallel, writers, xla_options
 
 
 class NonFiniteError(FloatingPointError):
@@ -372,6 +372,7 @@ def validate_config(config) -> None:
     if isinstance(config.get(field), int) and config.get(field) > 0:
       problems.extend(parallel.check_batch(config.get(field), field))
   problems.extend(xla_options.check(config.get("cpu_convolutions", "eigen")))
+  problems.extend(host_malloc.check(config.get("host_malloc", "auto")))
   if config.parallelism == "pmap" and config.get("input_backend") == "device":
     problems.append("input_backend='device' supports parallelism='jit' only; set --config.parallelism=jit")
   try:
