@@ -111,7 +111,7 @@ def child(spec: dict) -> dict:
       target = target[p]
     target[leaf] = v
   from resnet_jax import host_malloc  # as the entry points do, before JAX's backend starts
-  host_malloc.apply(config.get("host_malloc", "auto"))
+  host_malloc.apply(config.get("host_malloc", "auto"), restart=True)  # this child runs as __main__
   if spec["patch"]:
     import cpu_variants
     for p in spec["patch"].split(","):

@@ -371,7 +371,7 @@ def main(argv):
   from resnet_jax import benchmark, host_malloc
   f = {k: v.value for k, v in _F.items()}
   # As the training loop does; one process, so PyTorch runs with the same malloc settings as ours.
-  host_malloc.apply(f["config"].get("host_malloc", "auto"))
+  host_malloc.apply(f["config"].get("host_malloc", "auto"), restart=__name__ == "__main__")
   benchmark._set_cpu_devices(f["cpu_devices"])
   import torch
   if f["torch_threads"]:

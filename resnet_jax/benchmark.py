@@ -339,7 +339,7 @@ def _cpu_settings(c: dict) -> str:
   return (f"\ncpu settings:   weight gradients over chunks of {chunk}" if chunk else
           "\ncpu settings:   whole-batch weight gradients") + f", {c.get('cpu_convolutions')} convolutions" + (
               ", block outputs materialized" if c.get("materialize_blocks") else "") + (
-              ", freed host memory reused" if c.get("host_malloc") == "reuse" else "")
+              ", huge pages for malloc" if c.get("host_malloc") == "huge_pages" else "")
 
 
 def format_result(r: dict) -> str:
@@ -373,7 +373,8 @@ def main(argv):
   if f["config"] is None:
     raise app.UsageError("--config is required, e.g. --config=configs/cifar56.py")
   from resnet_jax import cli, host_malloc
-  host_malloc.apply(f["config"].get("host_malloc", "auto"))  # before JAX's backend and thread pools start
+  # First: may restart this process with huge pages for malloc (CPU-only runs), before JAX's backend starts.
+  host_malloc.apply(f["config"].get("host_malloc", "auto"), restart=__name__ == "__main__")
   _set_cpu_devices(f["cpu_devices"])
   cli.quiet_library_logs()
   with cli.user_errors():

@@ -52,9 +52,9 @@ def base_training_config() -> ml_collections.ConfigDict:
   # On CPU: 'eigen' compiles the steps with XLA's Eigen convolutions instead of YNNPACK's (1.16-1.3x faster train
   # steps on CIFAR, benchmarks/RESULTS.md); 'xla_default' leaves XLA's choice. No effect on GPU/TPU.
   c.cpu_convolutions = "eigen"
-  # Host malloc (set by the entry points before JAX starts): 'auto' keeps freed host memory for reuse instead of
-  # unmapping it when JAX runs on the CPU alone (1.1-1.2x faster CPU train steps, resnet_jax/host_malloc.py);
-  # 'reuse' always, 'system' never.
+  # Host malloc (applied by the entry points before JAX starts): 'auto' restarts a CPU-only run once with
+  # GLIBC_TUNABLES=glibc.malloc.hugetlb=1, huge pages for the large per-step host buffers (1.15-1.3x faster CIFAR
+  # train steps on CPU, resnet_jax/host_malloc.py); 'huge_pages' also with accelerators; 'system' never.
   c.host_malloc = "auto"
   c.skip_nonfinite = False         # skip updates whose loss or gradient is not finite instead of stopping
   c.model = ml_collections.ConfigDict()

@@ -150,9 +150,11 @@ def main(argv):
   if config is None or workdir is None:
     raise app.UsageError("--config and --workdir are required, e.g. --config=configs/imagenet_resnet18.py "
                          "--workdir=runs/imagenet_resnet18")
-  from resnet_jax import cli, host_malloc, models, train  # train imports the whole training stack: only the CLI needs it
+  from resnet_jax import host_malloc
+  # First: may restart this process with huge pages for malloc (CPU-only runs), before JAX's backend starts.
+  host_malloc.apply(config.get("host_malloc", "auto"), restart=__name__ == "__main__")
+  from resnet_jax import cli, models, train  # train imports the whole training stack: only the CLI needs it
   cli.quiet_library_logs()
-  host_malloc.apply(config.get("host_malloc", "auto"))  # before JAX's backend and thread pools start
   with cli.user_errors():
     variables = train.load_variables_for_eval(config, workdir)
     model = models.create_model(config.model, half_precision=config.get("half_precision", False))

@@ -1,21 +1,25 @@
-"""Host memory reuse for CPU training (config.host_malloc): freed buffers are kept by malloc, not unmapped.
+"""Huge pages for the host buffers of CPU training (config.host_malloc).
 
 On CPU every train step allocates large short-lived host buffers: XLA's temporary buffer for the step (330 MB for
-CIFAR ResNet-20 at batch 128) and the packing buffers of every Eigen convolution (up to 75 MB each, on Eigen's
-worker threads). glibc's malloc serves blocks that large with a fresh mmap and gives them back with munmap, so
-each step faulted in and zeroed about a gigabyte of pages again: 22 % of the process's CPU time was spent in the
-kernel (perf) and ResNet-20 took about 80,000 page faults per step. With one malloc arena, no mmap for large
-blocks and no trimming of the heap, glibc keeps freed blocks and hands them out again: no page faults after the
-first steps and 1.1-1.2x faster CIFAR train steps on the 2-core machine of benchmarks/RESULTS.md. Nothing about
-the computation changes.
+CIFAR ResNet-20 at batch 128) and the packing buffers of every Eigen convolution (up to 75 MB each). glibc's
+malloc serves blocks that large with a fresh mmap and returns them with munmap, so each step faulted in about a
+gigabyte of 4 KiB pages again: 22 % of the process's CPU time was spent in the kernel (perf; about 80,000 page
+faults per ResNet-20 step). glibc's tunable `glibc.malloc.hugetlb=1` makes malloc ask for transparent huge
+pages (madvise) on the memory it maps, so the same buffers take 2 MiB faults, 512 times fewer: CIFAR
+ResNet-20/56 train 1.15-1.3x faster on the 2-core machine of benchmarks/RESULTS.md. The computation is unchanged.
 
-The settings (mallopt: M_ARENA_MAX=1, M_MMAP_MAX=0, M_TRIM_THRESHOLD=2**31-1) are process-wide, and a thread that
-has already allocated keeps its own arena, so the entry points (resnet_jax.main, resnet_jax.benchmark,
-resnet_jax.evaluate) apply them first, before JAX's backend and its thread pools start. Their costs: memory the
-process frees stays with it until it exits (its peak is unchanged), and all threads share one arena's lock,
-which multi-threaded host work such as tf.data's ImageNet decoding for a GPU would feel. So 'auto' applies them
-only when JAX will run on the CPU alone (JAX_PLATFORMS=cpu, or no GPU/TPU plugin installed); 'reuse' applies them
-anyway and 'system' leaves malloc alone. Only glibc (Linux) has these settings; elsewhere nothing changes.
+Tunables are read when a process starts, so the entry points (resnet_jax.main, resnet_jax.benchmark,
+resnet_jax.evaluate) call `apply` first thing, and when the setting is wanted and not yet in effect the process
+restarts itself once (os.execve: same PID, same command line) with GLIBC_TUNABLES extended. 'auto' does so only
+where it can help and is safe to assume: Linux with glibc >= 2.35, transparent huge pages in 'madvise' mode (with
+'always' the kernel already uses them), JAX on the CPU alone (JAX_PLATFORMS=cpu, or no GPU/TPU plugin
+installed: on GPU hosts the large buffers live on the device), and GLIBC_TUNABLES not already choosing
+glibc.malloc.hugetlb. 'huge_pages' skips the CPU-only condition; 'system' never restarts. Setting
+GLIBC_TUNABLES=glibc.malloc.hugetlb=1 yourself has the same effect without the restart.
+
+Tried and not kept (benchmarks/RESULTS.md): keeping freed memory in glibc's heap instead (mallopt: one arena, no
+mmap, no trimming) was as fast on fixed batches, but the single arena slowed tf.data's threads (ResNet-56 on
+real CIFAR-10: 80 vs 94 img/s) and the peak host memory of ResNet-50 and ResNet-1202 runs doubled.
 """
 from __future__ import annotations
 
@@ -23,21 +27,24 @@ import ctypes
 import importlib.metadata
 import importlib.util
 import logging
+import os
 import pkgutil
+import sys
 
-CHOICES = ("auto", "reuse", "system")
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's malloc.h
-_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+CHOICES = ("auto", "huge_pages", "system")
+TUNABLE = "glibc.malloc.hugetlb=1"
+_RESTARTED = "RESNET_JAX_HOST_MALLOC_RESTARTED"  # set in the restarted process: never restart twice
+_THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
-# What the last apply() did, for reports (benchmark --json): 'reuse' or 'system', and why.
+# What apply() found or did, for reports (benchmark --json): 'huge_pages' or 'system', and why.
 state = {"host_malloc": "system", "reason": "not configured (only the entry points apply config.host_malloc)"}
 
 
 def check(choice) -> list[str]:
   """Problems with config.host_malloc (for train.validate_config)."""
   if choice not in CHOICES:
-    return [f"host_malloc={choice!r}: valid values are {list(CHOICES)} ('auto': keep freed host memory for reuse "
-            "when JAX runs on the CPU alone)"]
+    return [f"host_malloc={choice!r}: valid values are {list(CHOICES)} ('auto': transparent huge pages for "
+            "malloc when JAX runs on the CPU alone)"]
   return []
 
 
@@ -57,65 +64,92 @@ def accelerator_plugins() -> list[str]:
 def cpu_only(platforms: str | None = None, plugins: list[str] | None = None) -> tuple[bool, str]:
   """Whether JAX will compute on the CPU alone, decided without starting its backend; and why."""
   if platforms is None:
-    import jax
-    platforms = jax.config.jax_platforms
+    platforms = os.environ.get("JAX_PLATFORMS", "")
   if platforms:
-    first = platforms.split(",")[0].strip().lower()
-    return first == "cpu", f"JAX_PLATFORMS={platforms}"
+    return platforms.split(",")[0].strip().lower() == "cpu", f"JAX_PLATFORMS={platforms}"
   plugins = accelerator_plugins() if plugins is None else plugins
   if plugins:
     return False, f"accelerator plugins installed: {', '.join(plugins)}"
   return True, "no GPU/TPU plugin installed"
 
 
-def _glibc():
+def glibc_version() -> tuple[int, ...] | None:
   try:
     libc = ctypes.CDLL("libc.so.6")
     libc.gnu_get_libc_version.restype = ctypes.c_char_p
-    libc.gnu_get_libc_version()
-    return libc
-  except (OSError, AttributeError):
+    return tuple(int(x) for x in libc.gnu_get_libc_version().decode().split(".")[:2])
+  except (OSError, AttributeError, ValueError):
     return None
 
 
-def _backend_started() -> bool:
+def thp_mode(path: str = _THP_MODE_FILE) -> str | None:
+  """The kernel's transparent huge page mode ('always', 'madvise' or 'never'), None if unknown."""
   try:
-    from jax._src import xla_bridge
-    return bool(xla_bridge.backends_are_initialized())
-  except (ImportError, AttributeError):
-    return False
+    with open(path) as f:
+      text = f.read()
+  except OSError:
+    return None
+  return text[text.index("[") + 1:text.index("]")] if "[" in text and "]" in text else None
 
 
-def apply(choice: str) -> dict:
-  """Applies config.host_malloc (see the module docstring); returns and records what was done.
+def _tunables_with_hugetlb(current: str) -> str:
+  return f"{current}:{TUNABLE}" if current else TUNABLE
 
-  An invalid choice changes nothing (train.validate_config reports it).
+
+_MACHINE = object()  # decide()'s default: read from this machine
+
+
+def decide(choice: str, *, environ=None, glibc=_MACHINE, thp=_MACHINE, platforms=None,
+           plugins=None) -> tuple[str, str]:
+  """('in_effect' | 'restart' | 'no', reason) for config.host_malloc `choice` in this process."""
+  env = os.environ if environ is None else environ
+  if choice == "system":
+    return "no", "host_malloc='system'"
+  tunables = env.get("GLIBC_TUNABLES", "")
+  setting = [t for t in tunables.split(":") if t.startswith("glibc.malloc.hugetlb=")]
+  if setting:
+    return ("in_effect" if setting[-1] == TUNABLE else "no"), f"GLIBC_TUNABLES sets {setting[-1]}"
+  glibc = glibc_version() if glibc is _MACHINE else glibc
+  if not glibc or glibc < (2, 35):
+    return "no", "glibc >= 2.35 is needed for glibc.malloc.hugetlb" + (f" (this is {glibc})" if glibc else "")
+  thp = thp_mode() if thp is _MACHINE else thp
+  if thp != "madvise":
+    return "no", f"transparent huge pages are {thp!r} on this machine (the setting helps only in 'madvise')"
+  if choice == "auto":
+    on_cpu, why = cpu_only(platforms, plugins)
+    if not on_cpu:
+      return "no", f"host_malloc='auto' and {why}"
+  if env.get(_RESTARTED):
+    return "no", "restarted once already and the tunable is still not set"
+  return "restart", f"host_malloc={choice!r}"
+
+
+def apply(choice: str, *, restart: bool) -> dict:
+  """Applies config.host_malloc; may restart the process (`restart`: only an entry point running as __main__).
+
+  An invalid choice changes nothing (train.validate_config reports it). Returns and records what was found.
   """
   if choice not in CHOICES:
     return dict(state)
-  if choice == "system":
-    state.update(host_malloc="system", reason="host_malloc='system'")
-    return dict(state)
-  if choice == "auto":
-    on_cpu, why = cpu_only()
-    if not on_cpu:
-      state.update(host_malloc="system", reason=f"host_malloc='auto' and {why}")
-      return dict(state)
-    if _backend_started():
-      state.update(host_malloc="system", reason="host_malloc='auto' and JAX's backend had already started")
-      return dict(state)
+  action, reason = decide(choice)
+  if action == "restart" and restart:
+    try:
+      from jax._src import xla_bridge
+      started = bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):
+      started = False
+    if not started:
+      env = dict(os.environ, GLIBC_TUNABLES=_tunables_with_hugetlb(os.environ.get("GLIBC_TUNABLES", "")))
+      env[_RESTARTED] = "1"
+      logging.info("host_malloc: restarting with GLIBC_TUNABLES=%s (%s)", env["GLIBC_TUNABLES"], reason)
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os.execve(sys.executable, sys.orig_argv, env)
+    action, reason = "no", "JAX's backend had already started"
+  if action == "restart":
+    action, reason = "no", "not an entry point (no restart)"
+  if action == "in_effect":
+    state.update(host_malloc="huge_pages", reason=reason + (" (restarted)" if os.environ.get(_RESTARTED) else ""))
   else:
-    why = "host_malloc='reuse'"
-  libc = _glibc()
-  if libc is None:
-    state.update(host_malloc="system", reason="this C library is not glibc (no mallopt settings)")
-    if choice == "reuse":
-      logging.warning("host_malloc='reuse' has no effect: %s", state["reason"])
-    return dict(state)
-  if not all(libc.mallopt(param, value) == 1 for param, value in _SETTINGS):
-    state.update(host_malloc="system", reason="glibc refused the mallopt settings")
-    logging.warning("host_malloc=%r: %s", choice, state["reason"])
-    return dict(state)
-  state.update(host_malloc="reuse", reason=why)
-  logging.info("host malloc: freed memory is kept for reuse (%s)", why)
+    state.update(host_malloc="system", reason=reason)
   return dict(state)

@@ -18,9 +18,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from resnet_jax import cli, host_malloc, parallel, train  # after flag parsing: keeps --help fast
+  from resnet_jax import host_malloc
+  # First: may restart this process with huge pages for malloc (CPU-only runs), before JAX's backend starts.
+  host_malloc.apply(_CONFIG.value.get("host_malloc", "auto"), restart=__name__ == "__main__")
+  from resnet_jax import cli, parallel, train  # after flag parsing: keeps --help fast
   cli.quiet_library_logs()
-  host_malloc.apply(_CONFIG.value.get("host_malloc", "auto"))  # before JAX's backend and thread pools start
   parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if parallel.process_index() > 0:  # only process 0 logs progress; the others report warnings and errors
     logging.set_verbosity(logging.WARNING)
