@@ -7,7 +7,13 @@ trace back with jax.profiler.ProfileData and prints milliseconds per step for ea
 or op name without its number: ynn_fusion, transpose_copy_fusion, ...) and for the 25 largest (kind, output shape)
 pairs. Convolutions run by XLA's Eigen kernels do not appear as thunk events of their own on CPU; the gap between
 the wall time per step and the listed thunks is mostly theirs. --hlo_out writes the optimised HLO, so that a
-fusion name can be looked up (which operands it reads, e.g. how many convolution outputs).
+fusion name can be looked up (which operands it reads, e.g. how many convolution outputs). --patch applies
+functions of benchmarks/cpu_variants.py first (alternative formulations).
+
+Caveat: these are wall-clock durations of thunks, and XLA's thunk executor runs independent thunks concurrently
+on the same two cores, so a kind of thunk that runs beside others (the per-chunk transposes of the weight
+gradients) is over-counted. For CPU time by library (Eigen, JIT-compiled code, the kernel's page faults), use
+`perf record -g -p PID` on a running benchmark (benchmarks/RESULTS.md, huge pages).
 """
 from __future__ import annotations
 
