@@ -162,7 +162,8 @@ conv_chunks32 = _conv_chunks(32)
 # ----------------------------------------------------------------------------------------------------------
 # The chunked weight gradient reading its operands through a two-way lax.cond with a runtime predicate (both
 # branches the identity). A conditional's operand and result are buffers XLA cannot fuse into, so the per-chunk
-# transposes should read the stored conv input instead of recomputing its BN + ReLU chunk by chunk.
+# transposes read the stored conv input instead of recomputing its BN + ReLU chunk by chunk. They did (the HLO
+# shows plain slice + transpose fusions), but the step was not faster: benchmarks/RESULTS.md.
 
 def _keep(v, one):
   # jax forwards a cond's output when every branch returns its input, so the second branch multiplies by `one`
