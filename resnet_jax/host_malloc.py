@@ -133,11 +133,13 @@ def apply(choice: str, *, restart: bool) -> dict:
     return dict(state)
   action, reason = decide(choice)
   if action == "restart" and restart:
-    try:
-      from jax._src import xla_bridge
-      started = bool(xla_bridge.backends_are_initialized())
-    except (ImportError, AttributeError):
-      started = False
+    started = False
+    if "jax" in sys.modules:  # not imported: no backend (and no import to pay for before the restart)
+      try:
+        from jax._src import xla_bridge
+        started = bool(xla_bridge.backends_are_initialized())
+      except (ImportError, AttributeError):
+        pass
     if not started:
       env = dict(os.environ, GLIBC_TUNABLES=_tunables_with_hugetlb(os.environ.get("GLIBC_TUNABLES", "")))
       env[_RESTARTED] = "1"

@@ -17,6 +17,8 @@ from resnet_jax import config_lib, host_malloc, train
 # large afresh each time, so 4 KiB pages fault 65,536 times and 2 MiB huge pages 128 times.
 _PROBE = r"""
 import ctypes, json, os, resource, sys
+if os.environ.get("PROBE_IMPORT_JAX"):
+  import jax  # imported, backend not started: the restart still happens
 from resnet_jax import host_malloc
 state = host_malloc.apply(sys.argv[1], restart=True)
 libc = ctypes.CDLL("libc.so.6")
@@ -58,6 +60,7 @@ def test_huge_pages_restart_the_process_once_and_cut_page_faults():
                            "reason": "GLIBC_TUNABLES sets glibc.malloc.hugetlb=1 (restarted)"}, huge
   assert huge["tunables"] == "glibc.malloc.hugetlb=1"
   assert huge["faults"] < 2_000, huge  # 2 MiB pages
+  assert _probe("huge_pages", PROBE_IMPORT_JAX="1")["state"] == huge["state"]
   default = _probe("system")
   assert default["state"] == {"host_malloc": "system", "reason": "host_malloc='system'"} and not default["tunables"]
   assert default["faults"] > 30_000, default  # 4 KiB pages
