@@ -53,7 +53,7 @@ def base_training_config() -> ml_collections.ConfigDict:
   # steps on CIFAR, benchmarks/RESULTS.md); 'xla_default' leaves XLA's choice. No effect on GPU/TPU.
   c.cpu_convolutions = "eigen"
   # Host malloc (applied by the entry points before JAX starts): 'auto' restarts a CPU-only run once with
-  # GLIBC_TUNABLES=glibc.malloc.hugetlb=1, huge pages for the large per-step host buffers (1.15-1.3x faster CIFAR
+  # GLIBC_TUNABLES=glibc.malloc.hugetlb=1, huge pages for the large per-step host buffers (1.24-1.33x faster CIFAR
   # train steps on CPU, resnet_jax/host_malloc.py); 'huge_pages' also with accelerators; 'system' never.
   c.host_malloc = "auto"
   c.skip_nonfinite = False         # skip updates whose loss or gradient is not finite instead of stopping

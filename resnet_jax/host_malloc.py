@@ -6,7 +6,8 @@ malloc serves blocks that large with a fresh mmap and returns them with munmap, 
 gigabyte of 4 KiB pages again: 22 % of the process's CPU time was spent in the kernel (perf; about 80,000 page
 faults per ResNet-20 step). glibc's tunable `glibc.malloc.hugetlb=1` makes malloc ask for transparent huge
 pages (madvise) on the memory it maps, so the same buffers take 2 MiB faults, 512 times fewer: CIFAR
-ResNet-20/56 train 1.15-1.3x faster on the 2-core machine of benchmarks/RESULTS.md. The computation is unchanged.
+ResNet-20/56 train 1.24-1.33x faster (A/B) on the 2-core machine of benchmarks/RESULTS.md. The computation is
+unchanged.
 
 Tunables are read when a process starts, so the entry points (resnet_jax.main, resnet_jax.benchmark,
 resnet_jax.evaluate) call `apply` first thing, and when the setting is wanted and not yet in effect the process
