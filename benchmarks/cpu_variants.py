@@ -172,40 +172,16 @@ def _keep(v, one):
 
 
 def _cond_chunked(keep_dy: bool):
-  from resnet_jax import models
-  def make(chunk):
-    def conv(lhs, rhs, *args, **kwargs):
-      f = lambda x, w: jax.lax.conv_general_dilated(x, w, *args, **kwargs)
-      n = lhs.shape[0]
-      if n <= chunk:
-        return f(lhs, rhs)
-
-      @jax.custom_vjp
-      def chunked(x, w):
-        return f(x, w)
-
-      def fwd(x, w):
-        return f(x, w), (x, w)
-
-      def bwd(res, dy):
-        x, w = res
-        dx = jax.vjp(lambda x_: f(x_, w), x)[1](dy)[0]
-        one = models.runtime_one(w)
-        xk = _keep(x, one)
-        dyk = _keep(dy, one) if keep_dy else dy
-        dw = jnp.zeros(w.shape, jnp.float32)
-        for i in range(0, n, chunk):
-          part = jax.vjp(lambda w_: f(xk[i:i + chunk], w_), w)[1](dyk[i:i + chunk])[0]
-          dw = dw + part.astype(jnp.float32)
-        return dx, dw.astype(w.dtype)
-
-      chunked.defvjp(fwd, bwd)
-      return chunked(lhs, rhs)
-    return conv
-
   def patch():
+    import functools
     from resnet_jax import models
-    models.conv_with_chunked_weight_grad = make
+
+    def operands(x, dy, w):
+      one = models.runtime_one(w)
+      return _keep(x, one), (_keep(dy, one) if keep_dy else dy)
+
+    models.conv_with_chunked_weight_grad = functools.partial(models.conv_with_chunked_weight_grad,
+                                                             wgrad_operands=operands)
   return patch
 
 

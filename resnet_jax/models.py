@@ -148,7 +148,7 @@ BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
 CPU_WEIGHT_GRAD_CHUNK = 8  # weight_grad_chunk=-1 (automatic): this on CPU, 0 on GPU and TPU
 
 
-def conv_with_chunked_weight_grad(chunk: int) -> Callable:
+def conv_with_chunked_weight_grad(chunk: int, wgrad_operands: Callable | None = None) -> Callable:
   """`lax.conv_general_dilated` (for nn.Conv's `conv_general_dilated`) with a chunked weight gradient.
 
   The forward pass and the input gradient are the usual whole-batch convolutions. The weight gradient, a
@@ -156,7 +156,9 @@ def conv_with_chunked_weight_grad(chunk: int) -> Callable:
   are added: the same sum in another order, so results agree to float32 rounding. On CPU, XLA's weight-gradient
   convolution transposes both operands and contracts the batch; over a batch of 128 CIFAR images it runs about 3x
   slower per image than over 8 (benchmarks/RESULTS.md), which made it the largest cost of a CIFAR train step.
-  The batch must be dimension 0 of the input (as nn.Conv lays it out).
+  The batch must be dimension 0 of the input (as nn.Conv lays it out). `wgrad_operands(x, dy, w) -> (x, dy)`, if
+  given, replaces the weight gradient's operands before they are sliced into chunks (for the experiments of
+  benchmarks/cpu_variants.py; it must return the same values).
   """
   if chunk < 1:
     raise ValueError(f"weight_grad_chunk must be >= 1 here, got {chunk}")
@@ -177,9 +179,10 @@ def conv_with_chunked_weight_grad(chunk: int) -> Callable:
     def bwd(res, dy):
       x, w = res
       dx = jax.vjp(lambda x_: f(x_, w), x)[1](dy)[0]
+      xw, dyw = wgrad_operands(x, dy, w) if wgrad_operands else (x, dy)
       dw = jnp.zeros(w.shape, jnp.float32)
       for i in range(0, n, chunk):
-        part = jax.vjp(lambda w_: f(x[i:i + chunk], w_), w)[1](dy[i:i + chunk])[0]
+        part = jax.vjp(lambda w_: f(xw[i:i + chunk], w_), w)[1](dyw[i:i + chunk])[0]
         dw = dw + part.astype(jnp.float32)
       return dx, dw.astype(w.dtype)
 
