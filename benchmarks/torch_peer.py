@@ -17,6 +17,11 @@ Both are trained with the config's optimiser: SGD, momentum 0.9, weight decay (1
 
 Timing: `--windows` windows of `--steps` steps for each framework, alternating (JAX window, PyTorch window, JAX
 window, ...) so that both see the same machine load; the medians and their ratio (JAX / PyTorch) are printed.
+Each window starts with `--window_warmup` untimed steps (default 1) of the framework about to be timed, so that
+windows measure steady-state steps as a training loop runs them. Without it, ours paid for the interleaving on
+this project's CPU sandbox: our step frees large buffers (XLA's temporary buffer, Eigen's packing buffers), and
+while the other framework's window ran, the VM handed the freed 2 MiB blocks back to its host (virtio-balloon
+free page reporting), so our first step after each PyTorch window took about twice as long (benchmarks/RESULTS.md).
 Our side runs through resnet_jax.benchmark.TrainBench (train.Steps, the training loop's compiled step); the
 PyTorch side is a plain eager loop (zero_grad, forward, cross-entropy, backward, SGD step), on the default
 NCHW layout unless --channels_last.
@@ -294,7 +299,8 @@ def check_same_function(bench, tb) -> dict:
 
 
 def compare(config, *, steps: int, windows: int, warmup: int, channels_last: bool = False,
-            same_padding: bool = True, skip_jax: bool = False, torch_device: str = "cpu") -> dict:
+            same_padding: bool = True, skip_jax: bool = False, torch_device: str = "cpu",
+            window_warmup: int = 1) -> dict:
   import jax
   import torch
   from resnet_jax import benchmark
@@ -316,9 +322,13 @@ def compare(config, *, steps: int, windows: int, warmup: int, channels_last: boo
   loads = [os.getloadavg()[0]]
   for _ in range(windows):
     if not skip_jax:
+      for _ in range(window_warmup):
+        jax.block_until_ready(bench.step())
       t = benchmark.timed_windows(bench.step, items_per_call=b, calls=steps, windows=1)
       jax_rates.append(t["rate"])
       jax_cpu.append(t["cpu_seconds_per_call"])
+    for _ in range(window_warmup):
+      jax.block_until_ready(tb.step())
     t = benchmark.timed_windows(tb.step, items_per_call=b, calls=steps, windows=1)
     torch_rates.append(t["rate"])
     torch_cpu.append(t["cpu_seconds_per_call"])
@@ -337,7 +347,8 @@ def compare(config, *, steps: int, windows: int, warmup: int, channels_last: boo
           "torch_device": str(tb.device), "torch_device_name": (torch.cuda.get_device_name(tb.device) if tb.cuda
                                                                 else None),
           "torch_autocast_bf16": bool(config.half_precision),
-          "machine": benchmark.machine_info(), "steps": steps, "windows": windows}
+          "machine": benchmark.machine_info(), "steps": steps, "windows": windows,
+          "window_warmup": window_warmup}
 
 
 _F: dict = {}
@@ -351,6 +362,7 @@ def define_flags() -> None:
       steps=flags.DEFINE_integer("steps", 5, "Train steps per timed window."),
       windows=flags.DEFINE_integer("windows", 5, "Timed windows per framework (medians are reported)."),
       warmup=flags.DEFINE_integer("warmup", 2, "Untimed steps per framework before timing."),
+      window_warmup=flags.DEFINE_integer("window_warmup", 1, "Untimed steps before each timed window (0: none)."),
       channels_last=flags.DEFINE_bool("channels_last", False, "PyTorch: channels_last memory format."),
       same_padding=flags.DEFINE_bool(
           "same_padding", True, "PyTorch: pad stride-2 3x3 convolutions as flax's 'SAME' (0 before, 1 after; "
@@ -370,6 +382,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from resnet_jax import benchmark, host_malloc
   f = {k: v.value for k, v in _F.items()}
+  if f["window_warmup"] < 0:
+    raise app.UsageError(f"--window_warmup={f['window_warmup']}: use 0 or more untimed steps per window")
   # As the training loop does; one process, so PyTorch runs with the same malloc settings as ours.
   host_malloc.apply(f["config"].get("host_malloc", "auto"), restart=__name__ == "__main__")
   benchmark._set_cpu_devices(f["cpu_devices"])
@@ -378,7 +392,7 @@ def main(argv):
     torch.set_num_threads(f["torch_threads"])
   r = compare(f["config"], steps=f["steps"], windows=f["windows"], warmup=f["warmup"],
               channels_last=f["channels_last"], same_padding=f["same_padding"], skip_jax=f["skip_jax"],
-              torch_device=f["torch_device"])
+              torch_device=f["torch_device"], window_warmup=f["window_warmup"])
   if f["json"]:
     print(json.dumps(r))
     return
