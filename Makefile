@@ -10,10 +10,14 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,onednn]'
 	touch $@
 
-install: $(VENV)/.installed
+# oneDNN's CPU convolutions as XLA FFI kernels (resnet_jax/onednn.py; config.cpu_convolutions='auto' uses them).
+resnet_jax/_onednn_conv.so: resnet_jax/csrc/onednn_conv.cc $(VENV)/.installed
+	$(PY) -m resnet_jax.onednn build
+
+install: $(VENV)/.installed resnet_jax/_onednn_conv.so
 
 test: install
 	$(PY) -m pytest -q -m "not slow and not peer" $(PYTEST_ARGS)
@@ -31,4 +35,4 @@ train: install
 	$(PY) -m resnet_jax.main --config=configs/cifar20.py --workdir=runs/cifar20 --config.data_dir=$(DATA_DIR) $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info resnet_jax/_onednn_conv.so

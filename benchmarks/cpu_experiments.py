@@ -194,9 +194,9 @@ def main():
       if med[v] is None:
         print(f"{v:<28} failed")
         continue
-      vs_base = med[v] / med[base] if med[base] else float("nan")
-      vs_torch = med[v] / med["torch"] if med.get("torch") else float("nan")
-      print(f"{v:<28} {med[v]:8.1f} {vs_base:11.2f}x {vs_torch:8.2f}x {cpu[v]:11.3f}  {parsed[v][0]}")
+      vs_base = f"{med[v] / med[base]:.2f}x" if med[base] else "-"
+      vs_torch = f"{med[v] / med['torch']:.2f}x" if med.get("torch") else "-"
+      print(f"{v:<28} {med[v]:8.1f} {vs_base:>12} {vs_torch:>9} {cpu[v]:11.3f}  {parsed[v][0]}")
     loads = [x for v in variants for x in results[v]["loads"]]
     if loads:
       print(f"load average (1 min) during the runs: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs")

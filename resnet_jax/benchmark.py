@@ -120,7 +120,8 @@ class TrainBench:
     self.tx = train.make_optimizer(config)
     schedule = train.make_schedule(config)
     factory = lambda axis: models.create_model(config.model, half_precision=config.half_precision,
-                                               bn_axis_name=axis)
+                                               bn_axis_name=axis,
+                                               cpu_convolutions=config.get("cpu_convolutions", "auto"))
     self.steps = train.Steps(config, factory, self.tx, schedule)
     host_state = jax.device_get(train.init_state(self.steps.model, self.tx, config, jax.random.key(config.seed)))
     self.num_params = int(sum(x.size for x in jax.tree.leaves(host_state.params)))
@@ -144,7 +145,9 @@ class TrainBench:
     self.compiled = lowered.compile()
     t2 = time.perf_counter()
     out = {"train_lower_seconds": t1 - t0, "train_compile_seconds": t2 - t1, "train_lower_compile_seconds": t2 - t0}
-    out["train_step_flops"] = _flops(self.compiled)
+    # oneDNN convolutions are custom calls, which XLA's cost analysis does not count (as cuDNN's on GPUs).
+    out["train_step_flops"] = None if getattr(self.steps.model, "onednn_convolutions", False) else _flops(
+        self.compiled)
     return out
 
   def step(self):
@@ -286,16 +289,18 @@ def peak_device_memory_bytes() -> int | None:
 
 
 def describe(config) -> dict:
-  from resnet_jax import host_malloc, models, xla_options
+  from resnet_jax import host_malloc, models, onednn, xla_options
   m = config.model
+  use_onednn = onednn.resolve(config.get("cpu_convolutions", "auto"))
   return {"family": m.get("family", "cifar"), "depth": m.depth, "residual": m.get("residual", True),
           "shortcut": m.get("shortcut"), "scan": m.get("scan", False), "remat": m.get("remat", False),
           "batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size,
           "image_size": config.image_size, "half_precision": config.half_precision,
           "parallelism": config.parallelism, "bn_sync": config.bn_sync, "dataset": config.dataset,
-          "weight_grad_chunk": models.resolve_weight_grad_chunk(m.get("weight_grad_chunk", -1)),
+          "weight_grad_chunk": models.resolve_weight_grad_chunk(m.get("weight_grad_chunk", -1), onednn=use_onednn),
           "materialize_blocks": models.resolve_materialize_blocks(m.get("materialize_blocks")),
-          "cpu_convolutions": config.get("cpu_convolutions", "eigen"),
+          "cpu_convolutions": config.get("cpu_convolutions", "auto"),
+          "onednn_convolutions": use_onednn,
           "xla_compiler_options": xla_options.compiler_options(config),
           "host_malloc": host_malloc.state["host_malloc"], "host_malloc_reason": host_malloc.state["reason"]}
 
@@ -316,8 +321,8 @@ def run(config, *, steps: int = 10, windows: int = 3, warmup: int = 2, eval_step
   out["params"] = bench.num_params
   out.update(bench.compile())
   out.update(bench.train_rate(steps=steps, windows=windows, warmup=warmup))
-  if out.get("train_step_flops"):
-    out["train_flops_per_sec"] = out["train_step_flops"] / out["train_step_seconds"]
+  out["train_flops_per_sec"] = (out["train_step_flops"] / out["train_step_seconds"] if out.get("train_step_flops")
+                                else None)
   if eval_steps > 0:
     out.update(bench.eval_rate(steps=eval_steps, windows=windows))
   else:
@@ -337,7 +342,7 @@ def run(config, *, steps: int = 10, windows: int = 3, warmup: int = 2, eval_step
 def _cpu_settings(c: dict) -> str:
   chunk = c.get("weight_grad_chunk")
   return (f"\ncpu settings:   weight gradients over chunks of {chunk}" if chunk else
-          "\ncpu settings:   whole-batch weight gradients") + f", {c.get('cpu_convolutions')} convolutions" + (
+          "\ncpu settings:   whole-batch weight gradients") + f", {'oneDNN' if c.get('onednn_convolutions') else c.get('cpu_convolutions')} convolutions" + (
               ", block outputs materialized" if c.get("materialize_blocks") else "") + (
               ", huge pages for malloc" if c.get("host_malloc") == "huge_pages" else "")
 

@@ -49,9 +49,11 @@ def base_training_config() -> ml_collections.ConfigDict:
   c.half_precision = False         # bfloat16 compute, float32 parameters, BN statistics and loss
   c.parallelism = "jit"            # 'jit' (mesh + NamedSharding) or 'pmap'
   c.bn_sync = True                 # BN statistics over the global batch (True) or each device's sub-batch
-  # On CPU: 'eigen' compiles the steps with XLA's Eigen convolutions instead of YNNPACK's (1.16-1.3x faster train
-  # steps on CIFAR, benchmarks/RESULTS.md); 'xla_default' leaves XLA's choice. No effect on GPU/TPU.
-  c.cpu_convolutions = "eigen"
+  # On CPU: 'onednn' computes the convolutions with oneDNN's kernels (resnet_jax/onednn.py, built by `make
+  # install`; one device); 'eigen' compiles the steps with XLA's Eigen convolutions instead of YNNPACK's (1.16-1.3x
+  # faster train steps on CIFAR, benchmarks/RESULTS.md); 'xla_default' leaves XLA's choice; 'auto' is 'onednn'
+  # where the kernels are built and the run has one CPU device, else 'eigen'. No effect on GPU/TPU.
+  c.cpu_convolutions = "auto"
   # Host malloc (applied by the entry points before JAX starts): 'auto' restarts a CPU-only run once with
   # GLIBC_TUNABLES=glibc.malloc.hugetlb=1, huge pages for the large per-step host buffers (1.24-1.33x faster CIFAR
   # train steps on CPU, resnet_jax/host_malloc.py); 'huge_pages' also with accelerators; 'system' never.

@@ -32,6 +32,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_jax import onednn
+
 ModuleDef = Any
 
 SHORTCUT_OPTIONS = ("A", "B", "C")
@@ -210,6 +212,8 @@ class ResNet(nn.Module):
     weight_grad_chunk: if > 0, every convolution's weight gradient is summed over chunks of this many examples
       (`conv_with_chunked_weight_grad`); 0 computes it over the whole batch at once.
     materialize_blocks: pass every block output through `materialize` (the identity, kept in memory by XLA).
+    onednn_convolutions: compute the float32 convolutions with oneDNN's CPU kernels (resnet_jax/onednn.py; CPU
+      only, one device); weight_grad_chunk is then not used.
   """
   stage_sizes: Sequence[int]
   block: str = "basic"
@@ -228,6 +232,7 @@ class ResNet(nn.Module):
   remat: bool = False
   weight_grad_chunk: int = 0
   materialize_blocks: bool = False
+  onednn_convolutions: bool = False
 
   def __post_init__(self):
     validate_architecture(block=self.block, stem=self.stem, shortcut=self.shortcut,
@@ -239,7 +244,9 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=he_normal,
                              padding="SAME")
-    if self.weight_grad_chunk > 0:
+    if self.onednn_convolutions:
+      conv = functools.partial(conv, conv_general_dilated=onednn.conv_general_dilated)
+    elif self.weight_grad_chunk > 0:
       conv = functools.partial(conv, conv_general_dilated=conv_with_chunked_weight_grad(self.weight_grad_chunk))
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=self.bn_epsilon, dtype=self.dtype, axis_name=self.bn_axis_name)
@@ -376,19 +383,27 @@ def resolve_materialize_blocks(value, platform: str | None = None) -> bool:
   return value
 
 
-def resolve_weight_grad_chunk(value: int, platform: str | None = None) -> int:
-  """config.model.weight_grad_chunk: -1 (automatic) is CPU_WEIGHT_GRAD_CHUNK on CPU and 0 (off) elsewhere."""
+def resolve_weight_grad_chunk(value: int, platform: str | None = None, onednn: bool = False) -> int:
+  """config.model.weight_grad_chunk: -1 (automatic) is CPU_WEIGHT_GRAD_CHUNK on CPU with XLA's convolutions and 0
+  (off) elsewhere (GPU/TPU, or oneDNN convolutions, whose weight gradients need no chunking)."""
   if not isinstance(value, int) or value < -1:
     raise ValueError(f"model.weight_grad_chunk={value!r}: use -1 (automatic: {CPU_WEIGHT_GRAD_CHUNK} on CPU, "
                      "off on GPU/TPU), 0 (off) or a positive number of examples")
   if value == -1:
-    return CPU_WEIGHT_GRAD_CHUNK if (platform or jax.default_backend()) == "cpu" else 0
+    return CPU_WEIGHT_GRAD_CHUNK if (platform or jax.default_backend()) == "cpu" and not onednn else 0
   return value
 
 
-def create_model(model_config, *, half_precision: bool = False, bn_axis_name: str | None = None) -> ResNet:
-  """Builds the network described by `config.model` (the single way configs make models)."""
+def create_model(model_config, *, half_precision: bool = False, bn_axis_name: str | None = None,
+                 cpu_convolutions: str = "eigen") -> ResNet:
+  """Builds the network described by `config.model` (the single way configs make models).
+
+  `cpu_convolutions` is config.cpu_convolutions; the training and benchmark steps pass it, so that 'auto' or
+  'onednn' build the model with oneDNN convolutions (onednn.resolve). Other callers get XLA's convolutions: the
+  same function and parameters.
+  """
   c = model_config
+  use_onednn = onednn.resolve(cpu_convolutions)
   family = c.get("family", "cifar")
   if family not in FAMILIES:
     raise ValueError(f"unknown model.family {family!r}: valid values are {list(FAMILIES)}")
@@ -398,8 +413,9 @@ def create_model(model_config, *, half_precision: bool = False, bn_axis_name: st
                 bn_momentum=c.get("bn_momentum", 0.9), bn_epsilon=c.get("bn_epsilon", 1e-5),
                 scan=c.get("scan", False), remat=c.get("remat", False), bn_axis_name=bn_axis_name,
                 dtype=jnp.bfloat16 if half_precision else jnp.float32,
-                weight_grad_chunk=resolve_weight_grad_chunk(c.get("weight_grad_chunk", -1)),
-                materialize_blocks=resolve_materialize_blocks(c.get("materialize_blocks")))
+                weight_grad_chunk=resolve_weight_grad_chunk(c.get("weight_grad_chunk", -1), onednn=use_onednn),
+                materialize_blocks=resolve_materialize_blocks(c.get("materialize_blocks")),
+                onednn_convolutions=use_onednn)
   if c.get("shortcut"):
     kwargs["shortcut"] = c.shortcut
   builder = cifar_net if family == "cifar" else imagenet_net

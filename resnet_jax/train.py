@@ -25,7 +25,7 @@ from clu import metrics
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax import checkpoint as ckpt_lib
-from resnet_jax import config_lib, host_malloc, input_pipeline, models, parallel, writers, xla_options
+from resnet_jax import config_lib, host_malloc, input_pipeline, models, onednn, parallel, writers, xla_options
 
 
 class NonFiniteError(FloatingPointError):
@@ -371,7 +371,12 @@ def validate_config(config) -> None:
   for field in ("batch_size", "eval_batch_size"):
     if isinstance(config.get(field), int) and config.get(field) > 0:
       problems.extend(parallel.check_batch(config.get(field), field))
-  problems.extend(xla_options.check(config.get("cpu_convolutions", "eigen")))
+  problems.extend(xla_options.check(config.get("cpu_convolutions", "auto")))
+  if config.get("cpu_convolutions") == "onednn":
+    try:
+      onednn.resolve("onednn")
+    except ValueError as e:
+      problems.append(str(e))
   problems.extend(host_malloc.check(config.get("host_malloc", "auto")))
   if config.parallelism == "pmap" and config.get("input_backend") == "device":
     problems.append("input_backend='device' supports parallelism='jit' only; set --config.parallelism=jit")
@@ -525,7 +530,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   schedule = make_schedule(config)
   tx = make_optimizer(config)
   factory = lambda axis: models.create_model(config.model, half_precision=config.half_precision,
-                                             bn_axis_name=axis)
+                                             bn_axis_name=axis,
+                                             cpu_convolutions=config.get("cpu_convolutions", "auto"))
   steps = Steps(config, factory, tx, schedule)
   data.attach(steps.mesh)
   host_state = _host_state(steps.model, tx, config)

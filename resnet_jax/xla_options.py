@@ -6,7 +6,9 @@ forward pass at CIFAR's stage 2 and 3 shapes and made a whole ResNet-20/56 train
 the train and eval steps are compiled with YNNPACK kept for dots and reductions only (jax 0.10's default set
 without convolutions). The option is per compilation (`jax.jit(..., compiler_options=...)`), so nothing else in
 the process changes; an XLA that does not know the option is detected once and left at its default, with a
-warning. 'xla_default' keeps whatever the installed XLA chooses. GPUs and TPUs are never affected.
+warning. 'xla_default' keeps whatever the installed XLA chooses. GPUs and TPUs are never affected. With 'auto' and
+'onednn' the model computes its float32 convolutions with oneDNN (resnet_jax/onednn.py) where that applies; the
+steps are still compiled with the Eigen option, for any convolution left to XLA.
 
 `jax.pmap` takes no compiler options; train.Steps compiles its pmapped steps through `lower().compile()` with them.
 """
@@ -17,7 +19,7 @@ import logging
 
 import jax
 
-CHOICES = ("eigen", "xla_default")
+CHOICES = ("auto", "onednn", "eigen", "xla_default")
 # jax 0.10's default set is INDIVIDUAL_DOT, INDIVIDUAL_CONVOLUTION and REDUCE; this is it without convolutions.
 _EIGEN_CONVOLUTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
@@ -44,7 +46,7 @@ def _supported(items: tuple) -> bool:
 
 def compiler_options(config, platform: str | None = None) -> dict:
   """The compiler options for the train/eval steps of `config` on `platform` (default: JAX's default backend)."""
-  choice = config.get("cpu_convolutions", "eigen")
+  choice = config.get("cpu_convolutions", "auto")
   if choice not in CHOICES:
     raise ValueError(check(choice)[0])
   if (platform or jax.default_backend()) != "cpu" or choice == "xla_default":

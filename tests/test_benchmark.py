@@ -57,8 +57,12 @@ def test_cli_json_reports_every_field(tiny_result):
   assert r["machine"]["platform"] == "cpu" and r["peak_device_memory_bytes"] is None  # CPUs report none
   assert np.isfinite(r["train_loss_first"]) and np.isfinite(r["train_loss_last"])
   assert r["settings"]["compilation_cache"] is True
-  # The CPU defaults are reported: batch 8 is one weight-gradient chunk; Eigen convolutions.
-  assert r["config"]["weight_grad_chunk"] == 8 and r["config"]["cpu_convolutions"] == "eigen"
+  # The CPU defaults are reported: oneDNN convolutions (one device, kernels built by `make install`), so no
+  # weight-gradient chunks; XLA's Eigen convolutions for anything left to XLA. The cost analysis does not see the
+  # oneDNN custom calls, so no FLOP figure rather than a wrong one.
+  assert r["config"]["cpu_convolutions"] == "auto" and r["config"]["onednn_convolutions"] is True
+  assert r["config"]["weight_grad_chunk"] == 0
+  assert r["train_step_flops"] is None and r["train_flops_per_sec"] is None
   assert r["config"]["xla_compiler_options"] == xla_options._EIGEN_CONVOLUTIONS
   # The entry point applied host_malloc='auto' before JAX started (restarting itself): JAX runs on this CPU alone.
   assert r["config"]["host_malloc"] == "huge_pages", r["config"]["host_malloc_reason"]
@@ -159,11 +163,11 @@ def test_cpu_settings_are_validated_and_scoped_to_cpu():
   assert xla_options.compiler_options(config, "gpu") == {} and xla_options.compiler_options(config, "tpu") == {}
   config.cpu_convolutions = "xla_default"
   assert xla_options.compiler_options(config, "cpu") == {}
-  config.cpu_convolutions = "onednn"
+  config.cpu_convolutions = "mkl"
   config.model.weight_grad_chunk = -3
   with pytest.raises(train.ConfigError) as e:
     train.validate_config(config)
-  assert "cpu_convolutions='onednn': valid values are ['eigen', 'xla_default']" in str(e.value)
+  assert "cpu_convolutions='mkl': valid values are ['auto', 'onednn', 'eigen', 'xla_default']" in str(e.value)
   assert "model.weight_grad_chunk=-3" in str(e.value)
   assert models.resolve_materialize_blocks(None, "cpu") and not models.resolve_materialize_blocks(None, "gpu")
   assert models.resolve_materialize_blocks(True, "gpu") and not models.resolve_materialize_blocks(False, "cpu")

@@ -1,0 +1,159 @@
+"""oneDNN convolutions (resnet_jax/onednn.py): the same function and gradients as XLA's, where and when they apply.
+
+`make install` builds the kernels (resnet_jax/_onednn_conv.so); these tests fail, not skip, when they are missing.
+"""
+import re
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from resnet_jax import config_lib, models, onednn, train
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def test_kernels_are_built_and_load():
+  assert onednn.available(), f"{onednn.unavailable_reason()}: {onednn.BUILD_HINT}"
+
+
+# (batch, size, in, out, kernel, stride, padding): the CIFAR 3x3s, the ImageNet stem, 1x1 projections (option B/C),
+# stride-2 3x3s with flax's SAME padding (0 before, 1 after) and explicit asymmetric padding, a non-square input.
+CASES = [
+    (4, 32, 16, 16, 3, 1, "SAME"), (3, 16, 32, 64, 3, 2, "SAME"), (2, 8, 64, 64, 3, 1, "SAME"),
+    (2, 32, 3, 16, 3, 1, "SAME"), (2, 224, 3, 64, 7, 2, ((3, 3), (3, 3))), (3, 16, 32, 64, 1, 2, "SAME"),
+    (2, 14, 8, 16, 3, 2, ((0, 1), (1, 0))), (2, (12, 20), 8, 8, 3, 1, "VALID"),
+]
+
+
+@pytest.mark.parametrize("n,size,cin,cout,k,stride,padding", CASES)
+def test_same_convolution_and_gradients_as_xla(n, size, cin, cout, k, stride, padding):
+  h, w = size if isinstance(size, tuple) else (size, size)
+  x = jax.random.normal(jax.random.key(0), (n, h, w, cin))
+  kernel = jax.random.normal(jax.random.key(1), (k, k, cin, cout)) / np.sqrt(k * k * cin)
+  ours = lambda x, kernel: onednn.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=NHWC)
+  xla = lambda x, kernel: lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=NHWC,
+                                                   precision=lax.Precision.HIGHEST)
+  assert "resnet_jax_onednn_conv_fwd" in jax.jit(ours).lower(x, kernel).as_text()  # oneDNN, not a fallback
+  y, y_ref = jax.jit(ours)(x, kernel), jax.jit(xla)(x, kernel)
+  assert y.shape == y_ref.shape and y.dtype == jnp.float32
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  dy = jax.random.normal(jax.random.key(2), y.shape)
+  grads = jax.jit(lambda x, kernel: jax.vjp(ours, x, kernel)[1](dy))(x, kernel)
+  grads_ref = jax.jit(lambda x, kernel: jax.vjp(xla, x, kernel)[1](dy))(x, kernel)
+  for g, g_ref in zip(grads, grads_ref):
+    assert g.shape == g_ref.shape
+    scale = float(jnp.max(jnp.abs(g_ref)))
+    assert float(jnp.max(jnp.abs(g - g_ref))) <= 1e-5 * scale, float(jnp.max(jnp.abs(g - g_ref))) / scale
+
+
+def test_what_onednn_does_not_cover_falls_back_to_xla():
+  x, kernel = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
+  cases = {
+      "bfloat16": dict(lhs=x.astype(jnp.bfloat16), rhs=kernel.astype(jnp.bfloat16)),
+      "dilation": dict(rhs_dilation=(2, 2)),
+      "groups": dict(rhs=jnp.ones((3, 3, 2, 4)), feature_group_count=2),
+      "NCHW": dict(lhs=jnp.ones((2, 4, 8, 8)), dimension_numbers=("NCHW", "HWIO", "NCHW")),
+  }
+  for name, kw in cases.items():
+    args = dict(lhs=x, rhs=kernel, window_strides=(1, 1), padding="SAME", dimension_numbers=NHWC) | kw
+    text = jax.jit(lambda: onednn.conv_general_dilated(**args)).lower().as_text()
+    assert "onednn" not in text and "convolution" in text, name
+    ref = lax.conv_general_dilated(**args)
+    np.testing.assert_allclose(np.asarray(onednn.conv_general_dilated(**args), np.float32),
+                               np.asarray(ref, np.float32), rtol=1e-6)
+
+
+def test_resnet_with_onednn_is_the_same_network():
+  """ResNet-20 (and option B): the same loss to float32 rounding, the same gradients for every parameter."""
+  x = jax.random.normal(jax.random.key(1), (16, 32, 32, 3))
+  labels = jax.random.randint(jax.random.key(2), (16,), 0, 10)
+  for shortcut in ("A", "B"):
+    xla, ours = (models.cifar_net(20, shortcut=shortcut, onednn_convolutions=flag) for flag in (False, True))
+    v = xla.init(jax.random.key(0), x[:2])
+    assert jax.tree.structure(v) == jax.tree.structure(ours.init(jax.random.key(0), x[:2]))
+
+    def grads(model):
+      def loss(params):
+        logits, stats = model.apply({"params": params, "batch_stats": v["batch_stats"]}, x, train=True,
+                                    mutable=["batch_stats"])
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1)), stats
+      return jax.jit(jax.value_and_grad(loss, has_aux=True))(v["params"])
+
+    ((la, sa), ga), ((lb, sb), gb) = grads(xla), grads(ours)
+    np.testing.assert_allclose(float(la), float(lb), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    flat_b = flax.traverse_util.flatten_dict(gb)
+    for path, a in flax.traverse_util.flatten_dict(ga).items():
+      scale = float(jnp.max(jnp.abs(a)))
+      assert float(jnp.max(jnp.abs(a - flat_b[path]))) <= 1e-4 * scale + 1e-7, (shortcut, path)
+
+
+def test_scanned_deep_net_uses_onednn():
+  """nn.scan over a stage's blocks (the ResNet-1202 setting) runs the custom calls inside the loop."""
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  plain = models.cifar_net(32, onednn_convolutions=True)
+  scanned = models.cifar_net(32, onednn_convolutions=True, scan=True)
+  v = plain.init(jax.random.key(0), x)
+  vs = models.scanned_variables(v, [5, 5, 5])
+  text = jax.jit(lambda v: scanned.apply(v, x)).lower(vs).as_text()
+  assert "resnet_jax_onednn_conv_fwd" in text and "stablehlo.while" in text
+  np.testing.assert_allclose(jax.jit(lambda v: scanned.apply(v, x))(vs), jax.jit(lambda v: plain.apply(v, x))(v),
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_block_outputs_are_still_materialized():
+  """With oneDNN convolutions, XLA could still recompute a stage's residual chain in every consumer; with
+  materialize_blocks (on for CPU) no fusion of the ResNet-32 train step reads more than 3 convolution outputs."""
+  x = jnp.zeros((8, 32, 32, 3))
+  widest = {}
+  for keep in (False, True):
+    model = models.cifar_net(32, onednn_convolutions=True, materialize_blocks=keep)
+    v = model.init(jax.random.key(0), x)
+    grad = jax.jit(jax.grad(lambda p: model.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True,
+                                                  mutable=["batch_stats"])[0].sum()))
+    hlo = grad.lower(v["params"]).compile().as_text()
+    convs = set(re.findall(r"%([\w.-]+) = \S+ custom-call\([^)]*\), custom_call_target=\"resnet_jax_onednn_conv_fwd\"",
+                           hlo))
+    assert len(convs) == 31, len(convs)
+    entry = hlo[hlo.index("\nENTRY"):]
+    widest[keep] = max(sum(op in convs for op in re.findall(r"%([\w.-]+)", line.split(" fusion(")[1].split(")")[0]))
+                       for line in entry.splitlines() if " fusion(" in line)
+  assert widest[True] <= 3 < widest[False], widest
+
+
+def test_settings_resolve_and_explain():
+  assert onednn.resolve("auto", "cpu", 1) is True
+  assert onednn.resolve("onednn", "cpu", 1) is True
+  assert onednn.resolve("auto", "cpu", 8) is False  # several devices: XLA's convolutions
+  assert onednn.resolve("auto", "gpu", 1) is False and onednn.resolve("onednn", "gpu", 1) is False
+  assert onednn.resolve("eigen", "cpu", 1) is False and onednn.resolve("xla_default", "cpu", 1) is False
+  with pytest.raises(ValueError, match="runs on one CPU device, this run has 8"):
+    onednn.resolve("onednn", "cpu", 8)
+  c = config_lib.cifar(20)
+  assert c.cpu_convolutions == "auto"
+  model = models.create_model(c.model, cpu_convolutions="auto")
+  assert model.onednn_convolutions == (jax.default_backend() == "cpu" and jax.device_count() == 1)
+  assert model.weight_grad_chunk == 0 or not model.onednn_convolutions  # no chunking needed with oneDNN
+  assert not models.create_model(c.model).onednn_convolutions  # callers that do not ask get XLA's
+
+
+def test_missing_kernels_are_a_clear_error(monkeypatch, tmp_path):
+  monkeypatch.setattr(onednn, "LIBRARY", str(tmp_path / "missing.so"))
+  onednn._load.cache_clear()
+  try:
+    assert onednn.resolve("auto", "cpu", 1) is False  # 'auto' falls back to XLA's Eigen convolutions
+    with pytest.raises(ValueError, match=r"not available \(.*missing.so is not built\); build them with `make install`"):
+      onednn.resolve("onednn", "cpu", 1)
+    c = config_lib.cifar(20)
+    c.cpu_convolutions = "onednn"
+    with pytest.raises(train.ConfigError, match="cpu_convolutions='onednn': the oneDNN kernels are not available"):
+      train.validate_config(c)
+  finally:
+    monkeypatch.undo()
+    onednn._load.cache_clear()
+  assert onednn.available()
