@@ -291,7 +291,7 @@ def peak_device_memory_bytes() -> int | None:
 def describe(config) -> dict:
   from resnet_jax import host_malloc, models, onednn, xla_options
   m = config.model
-  use_onednn = onednn.resolve(config.get("cpu_convolutions", "auto"))
+  use_onednn = onednn.resolve(config.get("cpu_convolutions", "auto"), half_precision=config.half_precision)
   return {"family": m.get("family", "cifar"), "depth": m.depth, "residual": m.get("residual", True),
           "shortcut": m.get("shortcut"), "scan": m.get("scan", False), "remat": m.get("remat", False),
           "batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size,
@@ -339,10 +339,14 @@ def run(config, *, steps: int = 10, windows: int = 3, warmup: int = 2, eval_step
   return out
 
 
+_XLA_CONVOLUTIONS = {"auto": "XLA Eigen", "eigen": "XLA Eigen", "onednn": "XLA Eigen",
+                     "xla_default": "XLA default (YNNPACK)"}
+
+
 def _cpu_settings(c: dict) -> str:
   chunk = c.get("weight_grad_chunk")
   return (f"\ncpu settings:   weight gradients over chunks of {chunk}" if chunk else
-          "\ncpu settings:   whole-batch weight gradients") + f", {'oneDNN' if c.get('onednn_convolutions') else c.get('cpu_convolutions')} convolutions" + (
+          "\ncpu settings:   whole-batch weight gradients") + f", {'oneDNN' if c.get('onednn_convolutions') else _XLA_CONVOLUTIONS.get(c.get('cpu_convolutions'), '?')} convolutions" + (
               ", block outputs materialized" if c.get("materialize_blocks") else "") + (
               ", huge pages for malloc" if c.get("host_malloc") == "huge_pages" else "")
 

@@ -403,7 +403,7 @@ def create_model(model_config, *, half_precision: bool = False, bn_axis_name: st
   same function and parameters.
   """
   c = model_config
-  use_onednn = onednn.resolve(cpu_convolutions)
+  use_onednn = onednn.resolve(cpu_convolutions, half_precision=half_precision)
   family = c.get("family", "cifar")
   if family not in FAMILIES:
     raise ValueError(f"unknown model.family {family!r}: valid values are {list(FAMILIES)}")

@@ -13,8 +13,8 @@ backward-weights kernels; what oneDNN does not cover here (other dtypes, dilatio
 NHWC/HWIO) falls through to `lax.conv_general_dilated`. Same mathematics, another summation order: outputs and
 gradients agree with XLA's to float32 rounding (tests/test_onednn.py).
 
-config.cpu_convolutions: 'auto' (default) uses oneDNN for a CPU run on one device when the kernels are built and
-XLA's Eigen convolutions otherwise; 'onednn' requires them (a clear error says how to build them); 'eigen' and
+config.cpu_convolutions: 'auto' (default) uses oneDNN for a float32 CPU run on one device when the kernels are
+built, and XLA's Eigen convolutions otherwise (half_precision's bfloat16 included); 'onednn' requires them (a clear error says how to build them); 'eigen' and
 'xla_default' are XLA's (resnet_jax/xla_options.py). A run over several devices (a mesh or pmap) uses XLA's:
 the custom calls are not partitioned by XLA's SPMD partitioner.
 """
@@ -83,7 +83,8 @@ def unavailable_reason() -> str | None:
   return _load()
 
 
-def resolve(choice: str, platform: str | None = None, device_count: int | None = None) -> bool:
+def resolve(choice: str, platform: str | None = None, device_count: int | None = None,
+            half_precision: bool = False) -> bool:
   """Whether a model should use oneDNN convolutions for config.cpu_convolutions=`choice`."""
   platform = platform or jax.default_backend()
   device_count = jax.device_count() if device_count is None else device_count
@@ -93,12 +94,15 @@ def resolve(choice: str, platform: str | None = None, device_count: int | None =
     if device_count != 1:
       raise ValueError(f"cpu_convolutions='onednn' runs on one CPU device, this run has {device_count}: use "
                        "'auto' or 'eigen' with several devices")
+    if half_precision:
+      raise ValueError("cpu_convolutions='onednn' computes in float32, and half_precision=True asks for bfloat16: "
+                       "use 'auto' or 'eigen' (XLA's convolutions) with half_precision")
     reason = _load()
     if reason:
       raise ValueError(f"cpu_convolutions='onednn': the oneDNN kernels are not available ({reason}); {BUILD_HINT}")
     return True
   if choice == "auto":
-    return platform == "cpu" and device_count == 1 and available()
+    return platform == "cpu" and device_count == 1 and not half_precision and available()
   return False
 
 

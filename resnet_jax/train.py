@@ -374,7 +374,7 @@ def validate_config(config) -> None:
   problems.extend(xla_options.check(config.get("cpu_convolutions", "auto")))
   if config.get("cpu_convolutions") == "onednn":
     try:
-      onednn.resolve("onednn")
+      onednn.resolve("onednn", half_precision=config.get("half_precision", False))
     except ValueError as e:
       problems.append(str(e))
   problems.extend(host_malloc.check(config.get("host_malloc", "auto")))

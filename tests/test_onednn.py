@@ -134,12 +134,17 @@ def test_settings_resolve_and_explain():
   assert onednn.resolve("eigen", "cpu", 1) is False and onednn.resolve("xla_default", "cpu", 1) is False
   with pytest.raises(ValueError, match="runs on one CPU device, this run has 8"):
     onednn.resolve("onednn", "cpu", 8)
+  assert onednn.resolve("auto", "cpu", 1, half_precision=True) is False  # bfloat16: XLA's convolutions
+  with pytest.raises(ValueError, match="computes in float32, and half_precision=True asks for bfloat16"):
+    onednn.resolve("onednn", "cpu", 1, half_precision=True)
   c = config_lib.cifar(20)
   assert c.cpu_convolutions == "auto"
   model = models.create_model(c.model, cpu_convolutions="auto")
   assert model.onednn_convolutions == (jax.default_backend() == "cpu" and jax.device_count() == 1)
   assert model.weight_grad_chunk == 0 or not model.onednn_convolutions  # no chunking needed with oneDNN
   assert not models.create_model(c.model).onednn_convolutions  # callers that do not ask get XLA's
+  bf16 = models.create_model(c.model, cpu_convolutions="auto", half_precision=True)
+  assert not bf16.onednn_convolutions and bf16.weight_grad_chunk == (8 if jax.default_backend() == "cpu" else 0)
 
 
 def test_missing_kernels_are_a_clear_error(monkeypatch, tmp_path):
