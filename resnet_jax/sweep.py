@@ -47,10 +47,12 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-# Fields that say how a run is observed, not what it computes: a finished or interrupted run may be reused when
-# only these differ (a different data_dir spelling, more frequent logging, ...).
+# Fields that say how a run is observed or computed, not what it computes: a finished or interrupted run may be
+# reused when only these differ (a different data_dir spelling, more frequent logging, the CPU convolution kernels
+# or malloc setting, whose results agree to float32 rounding, ...).
 BOOKKEEPING_FIELDS = frozenset({"data_dir", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-                                "keep_checkpoints", "eval_batch_size", "input_backend", "data_file"})
+                                "keep_checkpoints", "eval_batch_size", "input_backend", "data_file",
+                                "cpu_convolutions", "host_malloc"})
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 

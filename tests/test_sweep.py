@@ -177,6 +177,16 @@ def test_run_directory_of_another_config_is_refused(tmp_path):
   assert "log_every_steps" not in msg
 
 
+def test_machine_settings_are_not_conflicts():
+  """A run directory written with another CPU convolution or malloc setting (e.g. before cpu_convolutions='auto'
+  became the default) is the same run: it is reused, not refused."""
+  from resnet_jax import sweep
+  stored = {"cpu_convolutions": "eigen", "host_malloc": "system", "learning_rate": 0.1}
+  assert sweep.config_conflicts(stored, {"cpu_convolutions": "auto", "host_malloc": "auto", "learning_rate": 0.1}) == []
+  assert sweep.config_conflicts(stored, {"cpu_convolutions": "auto", "learning_rate": 0.2}) == [
+      "learning_rate: directory has 0.1, this sweep 0.2"]
+
+
 def test_product_combines_names_and_overrides():
   from resnet_jax.sweep import Run, SweepError, product
   runs = product([Run("resnet20", {}), Run("resnet56", {"model.depth": 56})],
