@@ -184,7 +184,11 @@ def main(argv: list[str]) -> int:
   if argv[1:] != ["build"]:
     print("usage: python -m resnet_jax.onednn build", file=sys.stderr)
     return 2
-  path = build()
+  try:
+    path = build()
+  except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+    print(f"could not build the oneDNN kernels: {e}", file=sys.stderr)
+    return 1
   _load.cache_clear()
   reason = _load()
   if reason:
