@@ -50,6 +50,19 @@ def test_same_convolution_and_gradients_as_xla(n, size, cin, cout, k, stride, pa
     assert float(jnp.max(jnp.abs(g - g_ref))) <= 1e-5 * scale, float(jnp.max(jnp.abs(g - g_ref))) / scale
 
 
+def test_kernels_refuse_shapes_that_do_not_fit():
+  """Called directly with mismatched shapes, a handler returns an error instead of reading out of bounds."""
+  assert onednn.available()
+  x, kernel = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
+  attrs = onednn._attrs((1, 1), ((1, 1), (1, 1)))
+  for out_shape in ((2, 8, 8, 5), (2, 9, 8, 4), (3, 8, 8, 4)):
+    call = jax.ffi.ffi_call("resnet_jax_onednn_conv_fwd", jax.ShapeDtypeStruct(out_shape, jnp.float32))
+    with pytest.raises(Exception, match="operand shapes do not fit together"):
+      jax.block_until_ready(jax.jit(lambda a, b: call(a, b, **attrs))(x, kernel))
+  ok = jax.ffi.ffi_call("resnet_jax_onednn_conv_fwd", jax.ShapeDtypeStruct((2, 8, 8, 4), jnp.float32))
+  np.testing.assert_allclose(jax.jit(lambda a, b: ok(a, b, **attrs))(x, kernel)[0, 3, 3], 36.0)
+
+
 def test_what_onednn_does_not_cover_falls_back_to_xla():
   x, kernel = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
   cases = {

@@ -98,6 +98,18 @@ Geometry MakeGeometry(ffi::Span<const int64_t> act, ffi::Span<const int64_t> ker
   return Geometry{act[0], act[1], act[2], act[3], ker[0], ker[1], ker[3], out[1], out[2], sh, sw, pt, pb, pl, pr};
 }
 
+// Rank-4 NHWC activations, HWIO kernel and NHWC output that fit together (so oneDNN never reads out of bounds).
+ffi::Error CheckShapes(ffi::Span<const int64_t> act, ffi::Span<const int64_t> ker, ffi::Span<const int64_t> out,
+                       int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  if (act.size() != 4 || ker.size() != 4 || out.size() != 4)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn conv: rank-4 NHWC/HWIO operands expected");
+  bool ok = sh > 0 && sw > 0 && pt >= 0 && pb >= 0 && pl >= 0 && pr >= 0 && act[0] == out[0] &&
+            act[3] == ker[2] && ker[3] == out[3] && out[1] == (act[1] + pt + pb - ker[0]) / sh + 1 &&
+            out[2] == (act[2] + pl + pr - ker[1]) / sw + 1;
+  if (!ok) return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn conv: operand shapes do not fit together");
+  return ffi::Error::Success();
+}
+
 ffi::Error Run(const std::function<void()>& body) {
   try {
     body();
@@ -111,8 +123,8 @@ ffi::Error Run(const std::function<void()>& body) {
 
 ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y, int64_t sh,
                    int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  if (x.dimensions().size() != 4 || w.dimensions().size() != 4 || y->dimensions().size() != 4)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn conv: rank-4 NHWC/HWIO operands expected");
+  if (auto e = CheckShapes(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr); e.failure())
+    return e;
   Geometry g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr);
   return Run([&] {
     const Plan& p = GetPlan(g);
@@ -128,8 +140,8 @@ ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Result
 
 ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx, int64_t sh,
                        int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  if (dy.dimensions().size() != 4 || w.dimensions().size() != 4 || dx->dimensions().size() != 4)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn conv: rank-4 NHWC/HWIO operands expected");
+  if (auto e = CheckShapes(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr); e.failure())
+    return e;
   Geometry g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
   return Run([&] {
     const Plan& p = GetPlan(g);
@@ -146,8 +158,8 @@ ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::R
 
 ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
                           int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  if (x.dimensions().size() != 4 || dy.dimensions().size() != 4 || dw->dimensions().size() != 4)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn conv: rank-4 NHWC/HWIO operands expected");
+  if (auto e = CheckShapes(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr); e.failure())
+    return e;
   Geometry g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
   return Run([&] {
     const Plan& p = GetPlan(g);
@@ -167,7 +179,7 @@ ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi
 
 }  // namespace
 
-#define RESNET_JAX_CONV_BINDING(A, B, R)                                                                       \
+#define RESNET_JAX_CONV_BINDING                                                                                \
   ffi::Ffi::Bind()                                                                                            \
       .Arg<ffi::Buffer<ffi::F32>>()                                                                           \
       .Arg<ffi::Buffer<ffi::F32>>()                                                                           \
@@ -179,6 +191,6 @@ ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi
       .Attr<int64_t>("pad_left")                                                                              \
       .Attr<int64_t>("pad_right")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ResnetJaxOnednnConvFwd, ConvFwd, RESNET_JAX_CONV_BINDING(x, w, y));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ResnetJaxOnednnConvBwdData, ConvBwdData, RESNET_JAX_CONV_BINDING(dy, w, dx));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ResnetJaxOnednnConvBwdWeights, ConvBwdWeights, RESNET_JAX_CONV_BINDING(x, dy, dw));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ResnetJaxOnednnConvFwd, ConvFwd, RESNET_JAX_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ResnetJaxOnednnConvBwdData, ConvBwdData, RESNET_JAX_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ResnetJaxOnednnConvBwdWeights, ConvBwdWeights, RESNET_JAX_CONV_BINDING);
