@@ -345,8 +345,9 @@ _XLA_CONVOLUTIONS = {"auto": "XLA Eigen", "eigen": "XLA Eigen", "onednn": "XLA E
 
 def _cpu_settings(c: dict) -> str:
   chunk = c.get("weight_grad_chunk")
+  convolutions = "oneDNN" if c.get("onednn_convolutions") else _XLA_CONVOLUTIONS.get(c.get("cpu_convolutions"), "?")
   return (f"\ncpu settings:   weight gradients over chunks of {chunk}" if chunk else
-          "\ncpu settings:   whole-batch weight gradients") + f", {'oneDNN' if c.get('onednn_convolutions') else _XLA_CONVOLUTIONS.get(c.get('cpu_convolutions'), '?')} convolutions" + (
+          "\ncpu settings:   whole-batch weight gradients") + f", {convolutions} convolutions" + (
               ", block outputs materialized" if c.get("materialize_blocks") else "") + (
               ", huge pages for malloc" if c.get("host_malloc") == "huge_pages" else "")
 

@@ -3,7 +3,7 @@
 XLA's CPU convolutions (Eigen's) lower a 3x3 convolution to a matrix product over image patches and copy those
 patches first (im2col); on the CIFAR shapes that copying was about a fifth of a ResNet-56 step's CPU time, and
 the weight gradients were slow. oneDNN, the library behind PyTorch's CPU convolutions, computes them directly;
-per layer, forward + backward on the 2-core sandbox, it was 1.2-2x faster than Eigen (benchmarks/RESULTS.md).
+per layer, forward + backward on the 2-core sandbox, it was 1.2-1.9x faster than Eigen (benchmarks/RESULTS.md).
 
 The kernels are resnet_jax/csrc/onednn_conv.cc, built into resnet_jax/_onednn_conv.so against the oneDNN wheel
 (`pip install -e '.[onednn]'`, then `python -m resnet_jax.onednn build`; `make install` does both) and
@@ -14,9 +14,9 @@ NHWC/HWIO) falls through to `lax.conv_general_dilated`. Same mathematics, anothe
 gradients agree with XLA's to float32 rounding (tests/test_onednn.py).
 
 config.cpu_convolutions: 'auto' (default) uses oneDNN for a float32 CPU run on one device when the kernels are
-built, and XLA's Eigen convolutions otherwise (half_precision's bfloat16 included); 'onednn' requires them (a clear error says how to build them); 'eigen' and
-'xla_default' are XLA's (resnet_jax/xla_options.py). A run over several devices (a mesh or pmap) uses XLA's:
-the custom calls are not partitioned by XLA's SPMD partitioner.
+built, and XLA's Eigen convolutions otherwise (half_precision's bfloat16 included); 'onednn' requires them (a
+clear error says how to build them); 'eigen' and 'xla_default' are XLA's (resnet_jax/xla_options.py). A run over
+several devices (a mesh or pmap) uses XLA's: the custom calls are not partitioned by XLA's SPMD partitioner.
 """
 from __future__ import annotations
 
