@@ -4,13 +4,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA_DIR ?= ../shared/data/tfds
 PYTEST_ARGS ?=
+# torch/torchvision builds that import together and lie on this project's machines (a CUDA build on x86_64 that
+# runs on the CPU; a CPU build on aarch64); other releases would be downloaded (several GB).
+TORCH_PINS ?= $(if $(filter aarch64,$(shell uname -m)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
 
 .PHONY: install test test-slow test-peer train clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,onednn]'
+	$(PY) -m pip install --quiet -e '.[test,onednn,torch]' $(TORCH_PINS)
 	touch $@
 
 # oneDNN's CPU convolutions as XLA FFI kernels (resnet_jax/onednn.py; config.cpu_convolutions='auto' uses them).
@@ -27,9 +30,8 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
-# PyTorch is only a peer for benchmarks/torch_peer.py (a CPU wheel of 2.13.0 is on this project's machines).
+# Timed comparisons with the PyTorch peer (benchmarks/torch_peer.py).
 test-peer: install
-	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pytest -q -m peer $(PYTEST_ARGS)
 
 # The main job: the paper's CIFAR-10 ResNet-20 recipe on the shared data (override any field with ARGS=...).

@@ -48,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 # ----------------------------------------------------------------------------------------------------------
 # The PyTorch twin of resnet_jax.models.ResNet (names mirror the flax parameter tree).
 
-def build_torch_model(model_config, same_padding: bool = True):
+def build_torch_model(model_config):
   import torch
   from torch import nn
   from resnet_jax import models
@@ -58,9 +58,11 @@ def build_torch_model(model_config, same_padding: bool = True):
   shortcut, placement, residual = flax_model.shortcut, flax_model.stride_placement, flax_model.residual
   bn = lambda c: nn.BatchNorm2d(c, eps=flax_model.bn_epsilon, momentum=1.0 - flax_model.bn_momentum)
 
-  class SameConv(nn.Conv2d):
-    """A k x k convolution padded like flax's padding='SAME': for stride 2 on an even size, 0 before and 1
-    after (PyTorch's padding=k//2 would pad 1 on both sides and look at other pixels)."""
+  same_padding = flax_model.conv_padding == "same"
+
+  class Conv(nn.Conv2d):
+    """PyTorch's own k x k convolution, padding k // 2 on each side (model.conv_padding='symmetric', the paper's);
+    for the legacy 'same' an explicit F.pad as flax's 'SAME' (0 before and 1 after for stride 2 on an even size)."""
 
     def __init__(self, i, o, k, s):
       super().__init__(i, o, k, stride=s, padding=0 if (s > 1 and same_padding) else k // 2, bias=False)
@@ -72,7 +74,7 @@ def build_torch_model(model_config, same_padding: bool = True):
         x = nn.functional.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2))
       return super().forward(x)
 
-  conv = SameConv
+  conv = Conv
 
   class Shortcut(nn.Module):
     def __init__(self, cin, cout, stride):
@@ -207,12 +209,10 @@ def copy_flax_params(net, flax_params) -> None:
 class TorchBench:
   """The PyTorch twin's eager train step on fixed batches."""
 
-  def __init__(self, config, flax_params, host_batches, *, channels_last: bool, same_padding: bool = True,
-               device: str = "cpu"):
+  def __init__(self, config, flax_params, host_batches, *, channels_last: bool, device: str = "cpu"):
     import contextlib
     import torch
     self.torch = torch
-    self.same_padding = same_padding
     self.device = torch.device(device)
     self.cuda = self.device.type == "cuda"
     if self.cuda:
@@ -220,7 +220,7 @@ class TorchBench:
     # AMP in bfloat16 for config.half_precision (float32 parameters, optimiser and loss, like ours).
     self.autocast = ((lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if config.half_precision
                      else contextlib.nullcontext)
-    self.net = build_torch_model(config.model, same_padding=same_padding)
+    self.net = build_torch_model(config.model)
     copy_flax_params(self.net, flax_params)
     self.fmt = torch.channels_last if channels_last else torch.contiguous_format
     self.net = self.net.to(device=self.device, memory_format=self.fmt)
@@ -292,22 +292,20 @@ def check_same_function(bench, tb) -> dict:
   diff = float(np.abs(ours - theirs).max())
   scale = float(np.abs(ours).max())
   tol = 1e-3 * max(1.0, scale)
-  if tb.same_padding:
-    assert diff <= tol, f"logits differ by {diff} (scale {scale}, bound {tol}): not the same function"
+  assert diff <= tol, f"logits differ by {diff} (scale {scale}, bound {tol}): not the same function"
   return {"params": bench.num_params, "max_abs_logit_diff": diff, "loss_ours": loss_ours,
           "loss_torch": loss_theirs}
 
 
 def compare(config, *, steps: int, windows: int, warmup: int, channels_last: bool = False,
-            same_padding: bool = True, skip_jax: bool = False, torch_device: str = "cpu",
+            skip_jax: bool = False, torch_device: str = "cpu",
             window_warmup: int = 1) -> dict:
   import jax
   import torch
   from resnet_jax import benchmark
   bench = benchmark.TrainBench(config)
   host = jax.device_get(bench.state)
-  tb = TorchBench(config, host.params, bench.batches, channels_last=channels_last, same_padding=same_padding,
-                  device=torch_device)
+  tb = TorchBench(config, host.params, bench.batches, channels_last=channels_last, device=torch_device)
   check = check_same_function(bench, tb)
   t0 = time.perf_counter()
   if not skip_jax:
@@ -343,7 +341,7 @@ def compare(config, *, steps: int, windows: int, warmup: int, channels_last: boo
           "cpu_time_ratio_torch_over_jax": tc / jc if jc else None,
           "jax_windows": jax_rates, "torch_windows": torch_rates, "jax_compile_seconds": compile_s,
           "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
-          "torch_channels_last": channels_last, "torch_same_padding": same_padding, "load_average_1min": loads,
+          "torch_channels_last": channels_last, "load_average_1min": loads,
           "torch_device": str(tb.device), "torch_device_name": (torch.cuda.get_device_name(tb.device) if tb.cuda
                                                                 else None),
           "torch_autocast_bf16": bool(config.half_precision),
@@ -364,10 +362,6 @@ def define_flags() -> None:
       warmup=flags.DEFINE_integer("warmup", 2, "Untimed steps per framework before timing."),
       window_warmup=flags.DEFINE_integer("window_warmup", 1, "Untimed steps before each timed window (0: none)."),
       channels_last=flags.DEFINE_bool("channels_last", False, "PyTorch: channels_last memory format."),
-      same_padding=flags.DEFINE_bool(
-          "same_padding", True, "PyTorch: pad stride-2 3x3 convolutions as flax's 'SAME' (0 before, 1 after; "
-          "an explicit F.pad) so that both compute the same function; False uses PyTorch's usual padding=1 (then "
-          "logits are not compared)."),
       torch_threads=flags.DEFINE_integer("torch_threads", None, "torch.set_num_threads (default: PyTorch's)."),
       cpu_devices=flags.DEFINE_integer("cpu_devices", None, "JAX on CPU: split the batch over N virtual devices."),
       json=flags.DEFINE_bool("json", False, "Print one JSON object."),
@@ -391,7 +385,7 @@ def main(argv):
   if f["torch_threads"]:
     torch.set_num_threads(f["torch_threads"])
   r = compare(f["config"], steps=f["steps"], windows=f["windows"], warmup=f["warmup"],
-              channels_last=f["channels_last"], same_padding=f["same_padding"], skip_jax=f["skip_jax"],
+              channels_last=f["channels_last"], skip_jax=f["skip_jax"],
               torch_device=f["torch_device"], window_warmup=f["window_warmup"])
   if f["json"]:
     print(json.dumps(r))

@@ -157,6 +157,7 @@ class Checkpointer:
         self.set_aside(step, failures[-1])
         continue
       diffs = config_differences(saved.get("model", {}), meta.get("model", {}), "model")
+      _check_conv_padding(saved, meta, path)
       expected = _shape_tree(abstract_state)
       try:
         found = self.manager.item_metadata(step)["state"]
@@ -189,6 +190,21 @@ class Checkpointer:
         f"none of the checkpoints in {self.directory} can be read: " + "; ".join(failures)
         + ". They were renamed to <step>.unreadable (nothing was deleted); rerun to start from scratch, or "
         "restore a backup.")
+
+
+# Checkpoints written before model.conv_padding existed were trained with flax's 'SAME' padding.
+LEGACY_CONV_PADDING = "same"
+
+
+def _check_conv_padding(saved: dict, meta: dict, path: str) -> None:
+  """Refuses a checkpoint trained with other convolution padding: same shapes, but another function."""
+  was = saved.get("model", {}).get("conv_padding", LEGACY_CONV_PADDING)
+  now = meta.get("model", {}).get("conv_padding", LEGACY_CONV_PADDING)
+  if was != now:
+    raise CheckpointMismatchError(
+        f"the checkpoint in {path} was trained with model.conv_padding={was!r} and this run asks for {now!r}: "
+        f"the arrays fit, but the network would compute another function. Rerun with "
+        f"--config.model.conv_padding={was}, or use a new --workdir.")
 
 
 def meta_for(config) -> dict:

@@ -28,8 +28,8 @@ def quiet_library_logs():
 @contextlib.contextmanager
 def user_errors():
   """Errors a user can fix are printed as one message, not a stack trace."""
-  from resnet_jax import checkpoint, input_pipeline, train
-  expected = (train.ConfigError, input_pipeline.DataNotFoundError, input_pipeline.MissingDependencyError,
+  from resnet_jax import checkpoint, convert, input_pipeline, train
+  expected = (train.ConfigError, convert.ConversionError, input_pipeline.DataNotFoundError, input_pipeline.MissingDependencyError,
               input_pipeline.SplitError, checkpoint.CheckpointMismatchError, checkpoint.CheckpointUnreadableError,
               checkpoint.CheckpointSaveError, PermissionError, FileNotFoundError)
   try:

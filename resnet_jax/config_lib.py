@@ -71,6 +71,7 @@ def cifar(depth: int, residual: bool = True, shortcut: str = "A") -> ml_collecti
   c.model.residual = residual
   c.model.shortcut = shortcut
   c.model.stride_placement = "v1"
+  c.model.conv_padding = "symmetric"  # k // 2 on each side, as the paper; 'same' only for older checkpoints
   c.model.num_classes = 10
   c.model.zero_init_last_bn = False
   c.model.bn_momentum = 0.9
@@ -139,6 +140,7 @@ def imagenet(depth: int, residual: bool = True, shortcut: str | None = None) -> 
   c.model.residual = residual
   c.model.shortcut = shortcut or ("A" if depth < 50 else "B")
   c.model.stride_placement = "v1"
+  c.model.conv_padding = "symmetric"  # k // 2 on each side, as the paper; 'same' only for older checkpoints
   c.model.num_classes = 1000
   c.model.zero_init_last_bn = False
   c.model.bn_momentum = 0.9
@@ -160,6 +162,33 @@ def imagenet_flax_like(depth: int = 50) -> ml_collections.ConfigDict:
   c.lr_schedule = "cosine"
   c.warmup_epochs = 5.0
   return c
+
+
+def imagenet_torchvision(depth: int = 50) -> ml_collections.ConfigDict:
+  """The networks of torchvision's (and timm's) ImageNet ResNets: v1.5 bottlenecks, option B shortcuts, and
+  torchvision's preprocessing (pixels / 255 normalised by its mean and std; resize 256, centre crop 224). Configs
+  written by `python -m resnet_jax.convert from-torchvision` are this; fine-tune from them with
+  --config=configs/imagenet_torchvision.py:DEPTH."""
+  c = imagenet(depth, shortcut="B")
+  c.model.stride_placement = "v1.5"
+  c.normalization = "torchvision"
+  c.augmentation = "inception"
+  return c
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained (or converted) with: its config.json, as main.py writes it."""
+  import json
+  import os
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{path} does not exist: {workdir} is not a training directory of resnet_jax (pass "
+                            "--config=..., or train or convert into it first)") from None
+  except (OSError, ValueError) as e:
+    raise FileNotFoundError(f"{path} is unreadable ({e}); pass --config=... instead") from None
 
 
 def resolve(config) -> ml_collections.ConfigDict:

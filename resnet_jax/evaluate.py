@@ -13,6 +13,8 @@ number of compilations each protocol needs (1, 1, and at most 25 with the defaul
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -136,20 +138,30 @@ def define_flags():
   global and other modules (summary.py, main.py) define --config too."""
   if _FLAGS:
     return
-  _FLAGS["config"] = config_flags.DEFINE_config_file("config", None, "Config file (configs/imagenet_*.py).",
-                                                     lock_config=True)
+  _FLAGS["config"] = config_flags.DEFINE_config_file(
+      "config", None, "Config file (configs/imagenet_*.py); default: the workdir's config.json.", lock_config=True)
   _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Training directory whose latest checkpoint is evaluated.")
-  _FLAGS["protocol"] = flags.DEFINE_enum("protocol", "single", list(imagenet_input.PROTOCOLS), "Evaluation protocol.")
-  _FLAGS["json"] = flags.DEFINE_bool("json", False, "Print one JSON object instead of a line of text.")
+  _FLAGS["protocol"] = flags.DEFINE_multi_enum(
+      "protocol", ["single"], list(imagenet_input.PROTOCOLS),
+      "Evaluation protocol; repeat the flag for several (one checkpoint load, one result each).")
+  _FLAGS["json"] = flags.DEFINE_bool("json", False, "Print one JSON object per protocol instead of a line of text.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config, workdir, protocol = (_FLAGS[k].value for k in ("config", "workdir", "protocol"))
-  if config is None or workdir is None:
-    raise app.UsageError("--config and --workdir are required, e.g. --config=configs/imagenet_resnet18.py "
-                         "--workdir=runs/imagenet_resnet18")
+  config, workdir, protocols = (_FLAGS[k].value for k in ("config", "workdir", "protocol"))
+  if workdir is None:
+    raise app.UsageError("--workdir is required, e.g. --workdir=runs/imagenet_resnet18 (with --config=FILE, or the "
+                         "workdir's config.json)")
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):  # at once, before JAX starts; nothing is created
+    print(f"error: no checkpoint in {workdir}: {os.path.join(workdir, 'checkpoints')} does not exist; train first "
+          f"with python -m resnet_jax.main --config=... --workdir={workdir}", file=sys.stderr)
+    sys.exit(2)
+  if config is None:
+    from resnet_jax import cli, config_lib
+    with cli.user_errors():
+      config = config_lib.load_workdir_config(workdir)
   from resnet_jax import host_malloc
   # First: may restart this process with huge pages for malloc (CPU-only runs), before JAX's backend starts.
   host_malloc.apply(config.get("host_malloc", "auto"), restart=__name__ == "__main__")
@@ -158,10 +170,12 @@ def main(argv):
   with cli.user_errors():
     variables = train.load_variables_for_eval(config, workdir)
     model = models.create_model(config.model, half_precision=config.get("half_precision", False))
-    logging.info("evaluating %s with protocol %s", workdir, protocol)
-    result = evaluate_protocol(model, variables, config, protocol)
-  result["workdir"] = workdir
-  print(json.dumps(result) if _FLAGS["json"].value else format_result(result))
+    cache = {}
+    for protocol in protocols:
+      logging.info("evaluating %s with protocol %s", workdir, protocol)
+      result = evaluate_protocol(model, variables, config, protocol, eval_fn_cache=cache)
+      result["workdir"] = workdir
+      print(json.dumps(result) if _FLAGS["json"].value else format_result(result), flush=True)
 
 
 if __name__ == "__main__":

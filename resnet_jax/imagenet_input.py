@@ -73,13 +73,16 @@ DATASET_NAME = "imagenet2012"
 MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 AUGMENTATIONS = ("paper", "inception")
 PROTOCOLS = ("single", "10crop", "multiscale")
-NORMALIZATIONS = ("pixel_mean", "channel")
+NORMALIZATIONS = ("pixel_mean", "channel", "torchvision")
 VIEWS_PER_IMAGE = {"single": 1, "10crop": 10}   # multiscale: 2 per scale
 
 # Data-set statistics (facts about ImageNet, not tunable hyper-parameters).
 # Per-channel RGB mean of the ImageNet training set (Caffe/VGG), and std (torchvision), both on the 0..255 scale.
 IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 IMAGENET_STD_RGB = (58.393, 57.12, 57.375)
+# torchvision's transforms.Normalize for its ImageNet weights, on the 0..1 scale (normalization='torchvision').
+TORCHVISION_MEAN_RGB = (0.485, 0.456, 0.406)
+TORCHVISION_STD_RGB = (0.229, 0.224, 0.225)
 # Principal components of ImageNet RGB pixels (Krizhevsky et al. 2012; values as in fb.resnet.torch), for pixels
 # on the 0..1 scale; PCA_EIGVEC[:, j] is the j-th eigenvector.
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -321,9 +324,12 @@ def pca_lighting(image, seed, std: float):
 
 
 def normalize(image, mode: str):
-  """Mean subtraction ('pixel_mean', see the module docstring) or per-channel standardisation ('channel')."""
+  """Mean subtraction ('pixel_mean', see the module docstring), per-channel standardisation ('channel'), or
+  torchvision's (pixels / 255 - mean) / std ('torchvision', what its pretrained weights expect)."""
   if mode not in NORMALIZATIONS:
     raise ValueError(f"unknown normalization {mode!r}: valid values are {list(NORMALIZATIONS)}")
+  if mode == "torchvision":
+    return (tf.cast(image, tf.float32) / 255.0 - tf.constant(TORCHVISION_MEAN_RGB)) / tf.constant(TORCHVISION_STD_RGB)
   image = tf.cast(image, tf.float32) - tf.constant(IMAGENET_MEAN_RGB)
   if mode == "channel":
     image = image / tf.constant(IMAGENET_STD_RGB)

@@ -37,6 +37,11 @@ from resnet_jax import onednn
 ModuleDef = Any
 
 SHORTCUT_OPTIONS = ("A", "B", "C")
+# 'symmetric': every k x k convolution pads k // 2 pixels on each side, as the paper's Caffe/Torch networks and
+# torchvision; a stride-2 3x3 convolution then centres output (i, j) on input (2i, 2j), where the shortcut samples.
+# 'same': flax/XLA's 'SAME', which pads a stride-2 3x3 convolution on an even input by (0, 1) and so centres it on
+# (2i + 1, 2j + 1), one pixel off its shortcut; kept only for checkpoints written before 2026-11-30.
+CONV_PADDINGS = ("symmetric", "same")
 STRIDE_PLACEMENTS = ("v1", "v1.5")
 FAMILIES = ("cifar", "imagenet")
 IMAGENET_DEPTHS = {18: ([2, 2, 2, 2], "basic"), 34: ([3, 4, 6, 3], "basic"),
@@ -131,6 +136,15 @@ class BottleneckBlock(nn.Module):
     return self.act(y)
 
 
+def padded_conv(conv: ModuleDef, conv_padding: str) -> Callable:
+  """`conv` (an nn.Conv partial) with each layer's padding set by `conv_padding` (CONV_PADDINGS) unless given."""
+  def make(features, kernel_size, strides=(1, 1), **kwargs):
+    if "padding" not in kwargs:
+      kwargs["padding"] = "SAME" if conv_padding == "same" else tuple((k // 2, k // 2) for k in kernel_size)
+    return conv(features, kernel_size, strides, **kwargs)
+  return make
+
+
 class _ScanCell(nn.Module):
   """Adapts a block to nn.scan's (carry, x) -> (carry, y) signature."""
   block_cls: ModuleDef
@@ -205,6 +219,7 @@ class ResNet(nn.Module):
     residual: False builds the plain twin (no shortcuts, identical layers otherwise).
     shortcut: 'A', 'B' or 'C' (section 3.3).
     stride_placement: 'v1' (paper) or 'v1.5' (stride on the bottleneck's 3x3).
+    conv_padding: 'symmetric' (k // 2 on each side, the paper's) or 'same' (flax's 'SAME'); see CONV_PADDINGS.
     zero_init_last_bn: zero-initialise the scale of each block's last BN (Goyal et al.); off in the paper.
     dtype: computation dtype (bfloat16 for mixed precision); parameters and BN statistics stay float32.
     scan: run each stage's identical blocks under nn.scan (same function, much faster compile for deep nets).
@@ -223,6 +238,7 @@ class ResNet(nn.Module):
   residual: bool = True
   shortcut: str = "A"
   stride_placement: str = "v1"
+  conv_padding: str = "symmetric"
   zero_init_last_bn: bool = False
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
@@ -237,17 +253,17 @@ class ResNet(nn.Module):
   def __post_init__(self):
     validate_architecture(block=self.block, stem=self.stem, shortcut=self.shortcut,
                           stride_placement=self.stride_placement, stage_sizes=self.stage_sizes,
-                          widths=self.widths, num_classes=self.num_classes)
+                          widths=self.widths, num_classes=self.num_classes, conv_padding=self.conv_padding)
     super().__post_init__()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=he_normal,
-                             padding="SAME")
+    conv_kwargs = dict(use_bias=False, dtype=self.dtype, kernel_init=he_normal)
     if self.onednn_convolutions:
-      conv = functools.partial(conv, conv_general_dilated=onednn.conv_general_dilated)
+      conv_kwargs["conv_general_dilated"] = onednn.conv_general_dilated
     elif self.weight_grad_chunk > 0:
-      conv = functools.partial(conv, conv_general_dilated=conv_with_chunked_weight_grad(self.weight_grad_chunk))
+      conv_kwargs["conv_general_dilated"] = conv_with_chunked_weight_grad(self.weight_grad_chunk)
+    conv = padded_conv(functools.partial(nn.Conv, **conv_kwargs), self.conv_padding)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=self.bn_epsilon, dtype=self.dtype, axis_name=self.bn_axis_name)
     block_cls = BLOCKS[self.block]
@@ -283,10 +299,11 @@ class ResNet(nn.Module):
           x = keep(block_cls(name=f"stage{i + 1}_block{j + 1}", **kwargs)(x))
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
-    return x.astype(jnp.float32)
+    return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # float32 logits for bfloat16 compute
 
 
-def validate_architecture(*, block, stem, shortcut, stride_placement, stage_sizes, widths, num_classes):
+def validate_architecture(*, block, stem, shortcut, stride_placement, stage_sizes, widths, num_classes,
+                          conv_padding="symmetric"):
   if block not in BLOCKS:
     raise ValueError(f"unknown block {block!r}: valid values are {sorted(BLOCKS)}")
   if stem not in FAMILIES:
@@ -296,6 +313,9 @@ def validate_architecture(*, block, stem, shortcut, stride_placement, stage_size
   if stride_placement not in STRIDE_PLACEMENTS:
     raise ValueError(f"unknown stride placement {stride_placement!r}: valid values are "
                      f"{list(STRIDE_PLACEMENTS)}")
+  if conv_padding not in CONV_PADDINGS:
+    raise ValueError(f"unknown conv_padding {conv_padding!r}: valid values are {list(CONV_PADDINGS)} ('same' "
+                     "only for checkpoints written before 2026-11-30)")
   if len(stage_sizes) != len(widths) or not stage_sizes or min(stage_sizes) < 1:
     raise ValueError(f"stage_sizes {list(stage_sizes)} must be positive and match widths {list(widths)}")
   if num_classes < 1:
@@ -409,6 +429,7 @@ def create_model(model_config, *, half_precision: bool = False, bn_axis_name: st
     raise ValueError(f"unknown model.family {family!r}: valid values are {list(FAMILIES)}")
   kwargs = dict(residual=c.get("residual", True), num_classes=c.num_classes,
                 stride_placement=c.get("stride_placement", "v1"),
+                conv_padding=c.get("conv_padding", "symmetric"),
                 zero_init_last_bn=c.get("zero_init_last_bn", False),
                 bn_momentum=c.get("bn_momentum", 0.9), bn_epsilon=c.get("bn_epsilon", 1e-5),
                 scan=c.get("scan", False), remat=c.get("remat", False), bn_axis_name=bn_axis_name,

@@ -351,8 +351,9 @@ def validate_config(config) -> None:
   check(0 <= config.momentum < 1, f"momentum={config.momentum!r}: must be in [0, 1)")
   check(config.weight_decay >= 0, f"weight_decay={config.weight_decay!r}: must be >= 0")
   check(config.parallelism in ("jit", "pmap"), f"parallelism={config.parallelism!r}: use 'jit' or 'pmap'")
-  check(config.normalization in ("pixel_mean", "channel"),
-        f"normalization={config.normalization!r}: use 'pixel_mean' or 'channel'")
+  normalizations = ("pixel_mean", "channel") + (("torchvision",) if config.dataset == "imagenet2012" else ())
+  check(config.normalization in normalizations,
+        f"normalization={config.normalization!r}: valid values for {config.dataset} are {list(normalizations)}")
   check(config.get("input_backend", "tfdata") in ("tfdata", "device"),
         f"input_backend={config.get('input_backend')!r}: use 'tfdata' or 'device'")
   check(config.get("input_backend", "tfdata") == "tfdata" or config.dataset in ("cifar10", "cifar100", "fake"),
@@ -450,7 +451,8 @@ class Data:
 
   def __init__(self, config):
     self.config = config
-    pi, pc = jax.process_index(), jax.process_count()
+    self.device = None  # input_backend='device' only: set by attach()
+    pc = jax.process_count()
     if config.dataset == "imagenet2012":
       from resnet_jax import imagenet_input  # needs tfds; imported only for ImageNet runs
       self._imagenet = imagenet_input
@@ -460,7 +462,6 @@ class Data:
                    "with python -m resnet_jax.evaluate)", config.train_split, config.eval_split)
       return
     self._imagenet = None
-    self.device = None
     if config.get("input_backend", "tfdata") == "device":
       from resnet_jax import device_input
       self.train = device_input.load_split(config, "train")
@@ -665,6 +666,10 @@ def _flat_config(config) -> dict:
 
 def load_variables_for_eval(config, workdir: str) -> dict:
   """{'params', 'batch_stats'} of the newest readable checkpoint in workdir (host arrays)."""
+  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(ckpt_dir):  # before building anything, and without creating it
+    raise FileNotFoundError(f"no checkpoint in {workdir}: {ckpt_dir} does not exist; train first with "
+                            f"python -m resnet_jax.main --config=... --workdir={workdir}")
   config = config_lib.resolve(config)
   tx = make_optimizer(config)
   model = models.create_model(config.model, half_precision=config.half_precision)
@@ -673,7 +678,7 @@ def load_variables_for_eval(config, workdir: str) -> dict:
   rep = parallel.replicated(mesh)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=rep),
                           host_state)
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"))
+  checkpointer = ckpt_lib.Checkpointer(ckpt_dir)
   state, step = checkpointer.restore_latest(abstract, ckpt_lib.meta_for(config))
   checkpointer.close()
   if state is None:

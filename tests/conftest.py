@@ -48,3 +48,15 @@ def read_jsonl(path):
 
 SMALL = ["--config.dataset=fake", "--config.batch_size=32", "--config.eval_batch_size=64",
          "--config.fake_train_size=256", "--config.fake_eval_size=100"]
+
+
+@pytest.fixture(scope="session")
+def fake(tmp_path_factory):
+  """A small imagenet2012 prepared with tfds from the real JPEGs of imagenet-sample (tests/imagenet_fixture.py)."""
+  import imagenet_fixture
+  if not (imagenet_fixture.SAMPLE_DIR / "labels.csv").exists():
+    pytest.fail(f"real ImageNet JPEGs are expected in {imagenet_fixture.SAMPLE_DIR} (see ../shared/data/README.md)")
+  data_dir = tmp_path_factory.mktemp("imagenet_tfds")
+  meta = imagenet_fixture.prepare_fake_imagenet(data_dir)
+  meta["data_dir"] = str(data_dir)
+  return meta

@@ -1,13 +1,20 @@
 """Parallel modes agree: 1 device, jit over 8, pmap over 8, per-device BN; and two processes agree with one.
 
-Tolerance: parameters after 3 SGD steps agree to 1e-4 absolute (losses to 1e-5 relative). Only the order of
-float32 reductions differs between modes (per-device partial sums then an all-reduce, against one sum); that is
-~1e-7 relative per reduction and grows through 20 layers, batch norm over small batches and 3 steps at lr 0.1
-to a few 1e-6 here. A real mistake (gradients summed instead of averaged over 8 devices, BN statistics of the
-wrong batch) changes parameters by ~1e-2, far outside it.
+Tolerances come from a float64 run of the same steps (tests/parallel_check.py --float64: same initial parameters
+and batches). The modes differ only in the order of float32 reductions (per-device partial sums and an all-reduce
+against one sum), so each is a float32 rounding of the same exact computation, as the one-device run is: its
+distance from the float64 reference must be of the size of the one-device run's own (at most 10x; the rounding
+error of a sum in another order has the same distribution). That size depends on the CPU and on how the network
+amplifies rounding, which is why it is measured rather than fixed. With per-device BN (batch norm over sub-batches
+of 4 examples) rounding is amplified far more, and the two implementations (jit + shard_map, pmap) are compared
+with their own float64 reference. A real mistake (gradients summed instead of averaged over 8 devices, BN over the
+wrong batch) moves parameters by ~1e-2 (per-device vs global BN: 7e-3 here): the bounds must also stay below
+1e-3, and the test checks that they do.
 """
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,17 +22,12 @@ import pytest
 from conftest import REPO, SMALL, read_jsonl, run_cli
 
 EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+RATIO = 10         # a float32 rounding may be this many times the one-device run's
+MISTAKE = 1e-3     # a tenth of what a real mistake changes
 
 
-@pytest.fixture(scope="module")
-def modes(tmp_path_factory):
-  out = tmp_path_factory.mktemp("parallel") / "modes.npz"
-  import subprocess, sys
-  env = {**os.environ, **EIGHT, "PYTHONPATH": str(REPO)}
-  proc = subprocess.run([sys.executable, str(REPO / "tests" / "parallel_check.py"), str(out)], env=env,
-                        capture_output=True, text=True, cwd=REPO, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  z = np.load(out)
+def _load(path):
+  z = np.load(path)
   res = {}
   for key in z.files:
     name, field = key.split(":", 1)
@@ -33,30 +35,54 @@ def modes(tmp_path_factory):
   return res
 
 
-def _max_param_diff(a, b):
+@pytest.fixture(scope="module")
+def modes(tmp_path_factory):
+  out = tmp_path_factory.mktemp("parallel")
+  env = {**os.environ, **EIGHT, "PYTHONPATH": str(REPO)}
+  script = str(REPO / "tests" / "parallel_check.py")
+  procs = {name: subprocess.Popen([sys.executable, script, str(out / f"{name}.npz"), *flag], env=env, cwd=REPO,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for name, flag in (("float32", []), ("float64", ["--float64"]))}
+  for name, proc in procs.items():
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-4000:]
+  return _load(out / "float32.npz"), _load(out / "float64.npz")
+
+
+def _param_error(a, b):
   keys = [k for k in a if k.startswith(("params", "batch_stats"))]
   assert keys and set(keys) == {k for k in b if k.startswith(("params", "batch_stats"))}
   return max(float(np.abs(a[k] - b[k]).max()) for k in keys)
 
 
+def _loss_error(a, b):
+  x, y = (np.append(r["losses"], r["eval_loss"]) for r in (a, b))
+  return float(np.max(np.abs(x - y) / np.abs(y)))
+
+
 @pytest.mark.parametrize("name", ["jit8", "pmap8"])
 def test_synced_bn_modes_match_one_device(modes, name):
-  ref = modes["jit1"]
-  np.testing.assert_allclose(modes[name]["losses"], ref["losses"], rtol=1e-5)
-  np.testing.assert_allclose(modes[name]["eval_loss"], ref["eval_loss"], rtol=1e-5)
-  assert _max_param_diff(modes[name], ref) < 1e-4
+  f32, f64 = modes
+  ref, one = f64["jit1"], f32["jit1"]
+  param_bound, loss_bound = RATIO * _param_error(one, ref), RATIO * _loss_error(one, ref) + 1e-6
+  assert param_bound < MISTAKE
+  assert _param_error(f32[name], ref) <= param_bound
+  assert _loss_error(f32[name], ref) <= loss_bound
 
 
 def test_per_device_bn_jit_matches_pmap(modes):
-  a, b = modes["jit8_nosync"], modes["pmap8_nosync"]
-  np.testing.assert_allclose(a["losses"], b["losses"], rtol=1e-5)
-  assert _max_param_diff(a, b) < 1e-4
+  f32, f64 = modes
+  ref = f64["jit8_nosync"]
+  a, b = _param_error(f32["jit8_nosync"], ref), _param_error(f32["pmap8_nosync"], ref)
+  assert max(a, b) <= RATIO * min(a, b) + 1e-7 and max(a, b) < MISTAKE
+  assert max(_loss_error(f32["jit8_nosync"], ref), _loss_error(f32["pmap8_nosync"], ref)) < MISTAKE
   # ... and it is a different computation from synchronised BN (sub-batches of 4 examples).
-  assert _max_param_diff(a, modes["jit8"]) > 1e-3
+  assert _param_error(ref, f64["jit1"]) > 2 * MISTAKE
 
 
 def test_pmap_running_stats_identical_on_all_devices(modes):
-  assert modes["pmap8"]["stats_identical"] and modes["pmap8_nosync"]["stats_identical"]
+  f32, _ = modes
+  assert f32["pmap8"]["stats_identical"] and f32["pmap8_nosync"]["stats_identical"]
 
 
 def test_batch_not_divisible_by_devices(tmp_path):

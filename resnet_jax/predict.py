@@ -1,0 +1,128 @@
+r"""Classify images with a trained (or converted) workdir.
+
+    python -m resnet_jax.predict --workdir=runs/tv50 cat.jpg dog.png [--top=5] [--json]
+
+Each image gets the workdir's single-crop evaluation preprocessing: for ImageNet nets the shorter side resized to
+config.eval_resize, the centre config.image_size crop and config.normalization (imagenet_input.single_view and
+normalize, exactly what `resnet_jax.evaluate --protocol=single` feeds the network); for CIFAR nets the image resized
+to config.image_size (CIFAR images already are) and the training split's normalisation (input_pipeline.normalizer,
+which reads the training split once). The config is the workdir's config.json unless --config is given.
+`--json` prints one object per image: {"image": PATH, "top": [{"class": INT, "label": STR, "probability": FLOAT}]}.
+An image that cannot be read (missing, not an image, truncated) gets one line on stderr; the others are still
+classified, and the exit status is then 2.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+IMAGENET_CLASSES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "imagenet_classes.tsv")
+
+
+def class_labels(config) -> list[str]:
+  """A readable label per class: CIFAR-10 names, or 'wnid name' for the 1000 ImageNet classes."""
+  n = config.model.num_classes
+  if config.model.get("family", "cifar") == "imagenet" and n == 1000:
+    with open(IMAGENET_CLASSES_FILE) as f:
+      rows = [line.rstrip("\n").split("\t") for line in f][1:]
+    return [f"{wnid} {name}" for _, wnid, name in rows]
+  if config.get("dataset") == "cifar10" and n == 10:
+    return list(CIFAR10_LABELS)
+  return [f"class {i}" for i in range(n)]
+
+
+def read_image(path: str) -> np.ndarray:
+  """uint8 [H, W, 3] RGB; OSError/ValueError with the reason for a missing, unreadable or truncated file."""
+  from PIL import Image, UnidentifiedImageError
+  try:
+    with Image.open(path) as im:
+      return np.asarray(im.convert("RGB"))
+  except FileNotFoundError:
+    raise OSError("no such file") from None
+  except UnidentifiedImageError:
+    raise ValueError("not an image Pillow can read (JPEG, PNG, ...)") from None
+  except OSError as e:  # e.g. "image file is truncated"
+    raise OSError(str(e)) from None
+
+
+def preprocessor(config):
+  """image uint8 [H, W, 3] -> float32 [S, S, 3], the single-crop evaluation input of the workdir's network."""
+  if config.get("dataset") == "imagenet2012" or config.model.get("family") == "imagenet":
+    from resnet_jax import imagenet_input
+    mode, size = config.get("normalization", "pixel_mean"), config.image_size
+    resize_to = imagenet_input.setting(config, "eval_resize")
+    return lambda image: imagenet_input.normalize(
+        imagenet_input.single_view(image, resize_to=resize_to, crop=size), mode).numpy()
+  from resnet_jax import input_pipeline
+  normalize = input_pipeline.normalizer(config, input_pipeline.load_split(config, "train"))
+  size = config.image_size
+
+  def cifar(image):
+    if image.shape[:2] != (size, size):
+      from PIL import Image
+      image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return normalize(image[None])[0]
+  return cifar
+
+
+def predict(config, variables, paths, *, top: int = 5):
+  """Yields (path, top-k list or None, error or None) per path, in order."""
+  import jax
+  from resnet_jax import models
+  model = models.create_model(config.model, half_precision=config.get("half_precision", False))
+  probabilities = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False), axis=-1))
+  prepare, labels = preprocessor(config), class_labels(config)
+  for path in paths:
+    try:
+      x = prepare(read_image(path))
+    except (OSError, ValueError) as e:
+      yield path, None, str(e)
+      continue
+    p = np.asarray(probabilities(variables, x[None]))[0]
+    best = np.argsort(-p)[:top]
+    yield path, [{"class": int(c), "label": labels[c], "probability": float(p[c])} for c in best], None
+
+
+_F: dict = {}
+
+
+def define_flags():
+  _F["config"] = config_flags.DEFINE_config_file("config", None, "Config file; default: the workdir's config.json.")
+  _F["workdir"] = flags.DEFINE_string("workdir", None, "Training (or converted) directory; its newest checkpoint.")
+  _F["top"] = flags.DEFINE_integer("top", 5, "Classes to print per image.", lower_bound=1)
+  _F["json"] = flags.DEFINE_bool("json", False, "One JSON object per image instead of text.")
+  flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  images = argv[1:]
+  if not images:
+    raise app.UsageError("give one or more image files: python -m resnet_jax.predict --workdir=DIR IMAGE ...")
+  from resnet_jax import cli, config_lib, train
+  cli.quiet_library_logs()
+  failed = 0
+  with cli.user_errors():
+    workdir = _F["workdir"].value
+    config = _F["config"].value or config_lib.load_workdir_config(workdir)
+    variables = train.load_variables_for_eval(config, workdir)
+    for path, top, error in predict(config, variables, images, top=_F["top"].value):
+      if error:
+        failed += 1
+        print(f"error: {path}: {error}", file=sys.stderr)
+      elif _F["json"].value:
+        print(json.dumps({"image": path, "top": top}), flush=True)
+      else:
+        print(f"{path}: " + ", ".join(f"{t['label']} ({100 * t['probability']:.1f}%)" for t in top), flush=True)
+  if failed:
+    sys.exit(cli.EXIT_USER_ERROR)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
