@@ -16,13 +16,13 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,onednn,torch]' $(TORCH_PINS)
 	touch $@
 
-# oneDNN's CPU convolutions as XLA FFI kernels (resnet_jax/onednn.py; config.cpu_convolutions='auto' uses them).
+# oneDNN's CPU convolutions as XLA FFI kernels (resnet_jax/cpu/onednn.py; config.cpu.convolutions='auto' uses them).
 # Where they cannot be built (no g++, no oneDNN wheel for this platform) the install goes on without them and
 # 'auto' uses XLA's convolutions; tests/test_onednn.py then fails with the reason.
-resnet_jax/_onednn_conv.so: resnet_jax/csrc/onednn_conv.cc $(VENV)/.installed
-	$(PY) -m resnet_jax.onednn build || echo "WARNING: oneDNN kernels not built; CPU runs use XLA's convolutions"
+resnet_jax/cpu/_onednn_conv.so: resnet_jax/cpu/csrc/onednn_conv.cc $(VENV)/.installed
+	$(PY) -m resnet_jax.cpu.onednn build || echo "WARNING: oneDNN kernels not built; CPU runs use XLA's convolutions"
 
-install: $(VENV)/.installed resnet_jax/_onednn_conv.so
+install: $(VENV)/.installed resnet_jax/cpu/_onednn_conv.so
 
 test: install
 	$(PY) -m pytest -q -m "not slow and not peer" $(PYTEST_ARGS)
@@ -39,4 +39,4 @@ train: install
 	$(PY) -m resnet_jax.main --config=configs/cifar20.py --workdir=runs/cifar20 --config.data_dir=$(DATA_DIR) $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info resnet_jax/_onednn_conv.so
+	rm -rf $(VENV) build *.egg-info resnet_jax/cpu/_onednn_conv.so

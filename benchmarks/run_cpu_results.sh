@@ -3,7 +3,7 @@
 #   bash benchmarks/run_cpu_results.sh [OUT]
 #   ONLY=peer bash benchmarks/run_cpu_results.sh [OUT]    (only the runs whose name matches)
 # About 20 minutes on the 2-core sandbox. PyTorch must be installed for the peer comparisons
-# (pip install torch==2.13.0); it is not a dependency of resnet_jax.
+# (`make install` installs it).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${1:-/tmp/resnet_jax_cpu_results}

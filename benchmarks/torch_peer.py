@@ -4,7 +4,7 @@
     python benchmarks/torch_peer.py --config=configs/imagenet_resnet50.py --config.batch_size=32 --steps=2
 
 PyTorch is not a dependency of resnet_jax (this directory is not installed with the package); install the CPU
-build into the same environment to run this: `pip install torch==2.13.0`.
+build into the same environment to run this (`make install` does).
 
 The PyTorch network is built from the same `config.model` (family, depth, residual, shortcut option A/B/C, stride
 placement, widths, classes), with batch norm after every convolution (momentum 0.1 = flax's 0.9, eps 1e-5), and
@@ -374,12 +374,12 @@ def define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from resnet_jax import benchmark, host_malloc
+  from resnet_jax import benchmark, cli
   f = {k: v.value for k, v in _F.items()}
   if f["window_warmup"] < 0:
     raise app.UsageError(f"--window_warmup={f['window_warmup']}: use 0 or more untimed steps per window")
   # As the training loop does; one process, so PyTorch runs with the same malloc settings as ours.
-  host_malloc.apply(f["config"].get("host_malloc", "auto"), restart=__name__ == "__main__")
+  cli.start(f["config"], restart=__name__ == "__main__")
   benchmark._set_cpu_devices(f["cpu_devices"])
   import torch
   if f["torch_threads"]:
@@ -410,5 +410,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from resnet_jax import cli
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -139,15 +139,6 @@ def response_stds(model, variables, batches, *, batch_stats: bool = False) -> tu
   return names, np.sqrt(m2 / n), examples
 
 
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: {workdir} is not a training run directory; pass --config=... "
-                            f"to say which config trained it")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def analyze_run(config, workdir: str, *, num_examples: int | None = None, batch_stats: bool = False) -> dict:
   """Computes the response std of every 3x3 conv layer of the run's newest checkpoint; writes RESULTS_FILE
   (BATCH_STATS_FILE with batch_stats=True)."""
@@ -200,16 +191,17 @@ def analyze_run(config, workdir: str, *, num_examples: int | None = None, batch_
 # Command line.
 
 def main(argv):
-  from absl import app, flags
-  from resnet_jax import cli
+  from absl import flags
+  from resnet_jax import cli, config_lib
   FLAGS = flags.FLAGS
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.fail(f"unexpected arguments: {argv[1:]}")
   if not FLAGS.workdir:
-    raise app.UsageError("--workdir is required: the training run to analyse, e.g. runs/degradation/plain56")
-  cli.quiet_library_logs()
+    cli.fail("--workdir is required: the training run to analyse, e.g. runs/degradation/plain56")
   with cli.user_errors():
-    config = FLAGS.config if FLAGS.config is not None else load_run_config(FLAGS.workdir)
+    config = FLAGS.config if FLAGS.config is not None else config_lib.load_workdir_config(FLAGS.workdir)
+  cli.start(config, restart=__name__ == "__main__")
+  with cli.user_errors():
     out = analyze_run(config, FLAGS.workdir, num_examples=FLAGS.num_examples, batch_stats=FLAGS.batch_stats)
   print(f"{out['model']} (step {out['step']}): std of {len(out['std'])} 3x3 conv responses over "
         f"{out['num_examples']} examples of {out['split']!r}: mean {out['mean_std']:.3f}, "
@@ -218,12 +210,13 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
   from ml_collections import config_flags
+  from resnet_jax import cli
   config_flags.DEFINE_config_file("config", None, "Config that trained the run (default: RUN/config.json).",
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "Training run directory whose newest checkpoint is analysed.")
   flags.DEFINE_integer("num_examples", None, "Analyse only the first N examples of the eval split.")
   flags.DEFINE_bool("batch_stats", False, "Diagnostic: normalise with each batch's statistics instead of the "
                     "checkpoint's running ones; writes RUN/" + BATCH_STATS_FILE + ".")
-  app.run(main)
+  cli.run(main)

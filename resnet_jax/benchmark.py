@@ -35,7 +35,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 
@@ -113,16 +113,13 @@ class TrainBench:
 
   def __init__(self, config):
     import jax
-    from resnet_jax import config_lib, models, train
+    from resnet_jax import config_lib, train
     config = config_lib.resolve(config)  # epoch-based lengths and batch-relative learning rates, as training does
     train.validate_config(config)
     self.config = config
     self.tx = train.make_optimizer(config)
     schedule = train.make_schedule(config)
-    factory = lambda axis: models.create_model(config.model, half_precision=config.half_precision,
-                                               bn_axis_name=axis,
-                                               cpu_convolutions=config.get("cpu_convolutions", "auto"))
-    self.steps = train.Steps(config, factory, self.tx, schedule)
+    self.steps = train.Steps(config, self.tx, schedule)
     host_state = jax.device_get(train.init_state(self.steps.model, self.tx, config, jax.random.key(config.seed)))
     self.num_params = int(sum(x.size for x in jax.tree.leaves(host_state.params)))
     self.state = self.steps.to_device(host_state)
@@ -146,8 +143,7 @@ class TrainBench:
     t2 = time.perf_counter()
     out = {"train_lower_seconds": t1 - t0, "train_compile_seconds": t2 - t1, "train_lower_compile_seconds": t2 - t0}
     # oneDNN convolutions are custom calls, which XLA's cost analysis does not count (as cuDNN's on GPUs).
-    out["train_step_flops"] = None if getattr(self.steps.model, "onednn_convolutions", False) else _flops(
-        self.compiled)
+    out["train_step_flops"] = None if self.steps.plan.convolutions == "onednn" else _flops(self.compiled)
     return out
 
   def step(self):
@@ -289,20 +285,15 @@ def peak_device_memory_bytes() -> int | None:
 
 
 def describe(config) -> dict:
-  from resnet_jax import host_malloc, models, onednn, xla_options
+  """The config's network and run settings, and the platform plan (resnet_jax.cpu) it runs with."""
+  from resnet_jax import cpu
   m = config.model
-  use_onednn = onednn.resolve(config.get("cpu_convolutions", "auto"), half_precision=config.half_precision)
   return {"family": m.get("family", "cifar"), "depth": m.depth, "residual": m.get("residual", True),
           "shortcut": m.get("shortcut"), "scan": m.get("scan", False), "remat": m.get("remat", False),
           "batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size,
           "image_size": config.image_size, "half_precision": config.half_precision,
           "parallelism": config.parallelism, "bn_sync": config.bn_sync, "dataset": config.dataset,
-          "weight_grad_chunk": models.resolve_weight_grad_chunk(m.get("weight_grad_chunk", -1), onednn=use_onednn),
-          "materialize_blocks": models.resolve_materialize_blocks(m.get("materialize_blocks")),
-          "cpu_convolutions": config.get("cpu_convolutions", "auto"),
-          "onednn_convolutions": use_onednn,
-          "xla_compiler_options": xla_options.compiler_options(config),
-          "host_malloc": host_malloc.state["host_malloc"], "host_malloc_reason": host_malloc.state["reason"]}
+          "cpu": cpu.plan(config).describe()}
 
 
 def run(config, *, steps: int = 10, windows: int = 3, warmup: int = 2, eval_steps: int = 2,
@@ -339,17 +330,13 @@ def run(config, *, steps: int = 10, windows: int = 3, warmup: int = 2, eval_step
   return out
 
 
-_XLA_CONVOLUTIONS = {"auto": "XLA Eigen", "eigen": "XLA Eigen", "onednn": "XLA Eigen",
-                     "xla_default": "XLA default (YNNPACK)"}
-
-
-def _cpu_settings(c: dict) -> str:
-  chunk = c.get("weight_grad_chunk")
-  convolutions = "oneDNN" if c.get("onednn_convolutions") else _XLA_CONVOLUTIONS.get(c.get("cpu_convolutions"), "?")
+def _cpu_settings(p: dict) -> str:
+  chunk = p.get("weight_grad_chunk")
+  convolutions = {"onednn": "oneDNN", "eigen": "XLA Eigen", "xla_default": "XLA default (YNNPACK)"}[p["convolutions"]]
   return (f"\ncpu settings:   weight gradients over chunks of {chunk}" if chunk else
           "\ncpu settings:   whole-batch weight gradients") + f", {convolutions} convolutions" + (
-              ", block outputs materialized" if c.get("materialize_blocks") else "") + (
-              ", huge pages for malloc" if c.get("host_malloc") == "huge_pages" else "")
+              ", block outputs materialized" if p.get("materialize_blocks") else "") + (
+              ", huge pages for malloc" if p.get("host_malloc") == "huge_pages" else "")
 
 
 def format_result(r: dict) -> str:
@@ -358,7 +345,7 @@ def format_result(r: dict) -> str:
   lines = [
       f"{c['family']} {'resnet' if c['residual'] else 'plain'}{c['depth']}  batch {c['batch_size']}"
       f"{'  bf16' if c['half_precision'] else ''}{'  scan' if c['scan'] else ''}  ({r['params']:,} params)"
-      f"{_cpu_settings(c) if mach['platform'] == 'cpu' else ''}",
+      f"{_cpu_settings(c['cpu']) if mach['platform'] == 'cpu' else ''}",
       f"machine:        {mach['device_count']} x {mach['device_kind']} ({mach['platform']}), {mach['cpu_count']} CPUs"
       f", load {mach['load_average_1min']:.2f}; jax {mach['jax_version']}, flax {mach['flax_version']}",
       f"compile train:  {r['train_lower_compile_seconds']:.2f} s (lower {r['train_lower_seconds']:.2f} s + "
@@ -377,16 +364,14 @@ def format_result(r: dict) -> str:
 
 
 def main(argv):
+  from resnet_jax import cli
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.fail(f"unexpected arguments: {argv[1:]}")
   f = {k: v.value for k, v in _FLAGS.items()}
   if f["config"] is None:
-    raise app.UsageError("--config is required, e.g. --config=configs/cifar56.py")
-  from resnet_jax import cli, host_malloc
-  # First: may restart this process with huge pages for malloc (CPU-only runs), before JAX's backend starts.
-  host_malloc.apply(f["config"].get("host_malloc", "auto"), restart=__name__ == "__main__")
+    cli.fail("--config is required, e.g. --config=configs/cifar56.py")
+  cli.start(f["config"], restart=__name__ == "__main__")
   _set_cpu_devices(f["cpu_devices"])
-  cli.quiet_library_logs()
   with cli.user_errors():
     result = run(f["config"], steps=f["steps"], windows=f["windows"], warmup=f["warmup"],
                  eval_steps=f["eval_steps"], input_steps=f["input_steps"],
@@ -398,6 +383,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from resnet_jax import cli
   _FLAGS.update(define_flags())
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)

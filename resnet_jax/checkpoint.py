@@ -13,6 +13,8 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from resnet_jax import config_lib
+
 
 class CheckpointMismatchError(ValueError):
   """The workdir's checkpoint was written by a different model or config."""
@@ -46,11 +48,12 @@ def _flat(tree, prefix=""):
   return out
 
 
-def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-  """['model.depth: checkpoint 56, this run 20', ...] for the fields that differ."""
-  a, b = _flat(saved, prefix), _flat(current, prefix)
-  return [f"{k}: checkpoint {a.get(k)!r}, this run {b.get(k)!r}" for k in sorted(set(a) | set(b))
-          if a.get(k) != b.get(k)]
+def model_differences(saved: dict, current: dict) -> list[str]:
+  """['model.depth: checkpoint 56, this run 20', ...]: model fields that both configs hold and that change what
+  the network computes (config_lib.BOOKKEEPING_FIELDS do not)."""
+  a, b = _flat(saved.get("model", {}), "model"), _flat(current.get("model", {}), "model")
+  return [f"{k}: checkpoint {a[k]!r}, this run {b[k]!r}" for k in sorted(set(a) & set(b))
+          if a[k] != b[k] and k not in config_lib.BOOKKEEPING_FIELDS]
 
 
 def _key(p):
@@ -156,7 +159,7 @@ class Checkpointer:
         failures.append(f"step {step}: meta unreadable ({type(e).__name__}: {str(e)[:200]})")
         self.set_aside(step, failures[-1])
         continue
-      diffs = config_differences(saved.get("model", {}), meta.get("model", {}), "model")
+      diffs = model_differences(saved, meta)
       _check_conv_padding(saved, meta, path)
       expected = _shape_tree(abstract_state)
       try:
@@ -172,8 +175,10 @@ class Checkpointer:
             + f"; first differing array: {bad[0]} (checkpoint {found.get(bad[0])}, this run "
             f"{expected.get(bad[0])}). Use a new --workdir for this config, or rerun with the checkpoint's "
             f"config.")
-      if diffs:
-        logging.warning("resuming from %s although model config fields differ: %s", path, "; ".join(diffs))
+      if diffs:  # same arrays, another function (e.g. stride placement, BN epsilon, no shortcuts)
+        raise CheckpointMismatchError(
+            f"the checkpoint in {path} belongs to a different model: {'; '.join(diffs)}. Use a new --workdir for "
+            f"this config, or rerun with the checkpoint's config.")
       try:
         restored = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
@@ -192,14 +197,10 @@ class Checkpointer:
         "restore a backup.")
 
 
-# Checkpoints written before model.conv_padding existed were trained with flax's 'SAME' padding.
-LEGACY_CONV_PADDING = "same"
-
-
 def _check_conv_padding(saved: dict, meta: dict, path: str) -> None:
   """Refuses a checkpoint trained with other convolution padding: same shapes, but another function."""
-  was = saved.get("model", {}).get("conv_padding", LEGACY_CONV_PADDING)
-  now = meta.get("model", {}).get("conv_padding", LEGACY_CONV_PADDING)
+  was = saved.get("model", {}).get("conv_padding", config_lib.LEGACY_CONV_PADDING)
+  now = meta.get("model", {}).get("conv_padding", config_lib.LEGACY_CONV_PADDING)
   if was != now:
     raise CheckpointMismatchError(
         f"the checkpoint in {path} was trained with model.conv_padding={was!r} and this run asks for {now!r}: "

@@ -1,14 +1,90 @@
-"""Shared command-line helpers: turn expected failures into one clear message and a distinct exit code."""
+"""How every command starts: flags parsed with one-line errors, the config checked, then the platform set up.
+
+    if __name__ == "__main__":
+      cli.run(main)              # instead of absl's app.run
+
+    def main(argv):
+      config = cli.start(_CONFIG.value, restart=True)   # checks, huge pages for malloc, quiet library logs
+      with cli.user_errors():
+        ...
+
+A mistake on the command line (an unknown flag or config field, a value of the wrong type, a config file that is
+missing or does not load) and an error the user can fix (bad config values, missing data or checkpoint) is one
+line on stderr and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
 import contextlib
+import difflib
 import logging as logging_std
+import os
+import re
 import sys
 
-from absl import logging
+from absl import app, flags, logging
 
 # Exit codes of the command-line tools.
-EXIT_USER_ERROR = 2     # bad config, missing data, checkpoint of another model, ...
+EXIT_USER_ERROR = 2     # bad flags or config, missing data, checkpoint of another model, ...
 EXIT_NONFINITE = 3      # the loss or the gradient became NaN/Inf
 EXIT_PREEMPTED = 75     # SIGTERM/SIGINT: checkpoint saved, rerun to resume (EX_TEMPFAIL: "try again")
+
+
+class UserError(Exception):
+  """An error whose message says what to fix; commands print it as one line and exit with status 2."""
+
+
+def fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(EXIT_USER_ERROR)
+
+
+def _one_line(text: str) -> str:
+  return " ".join(str(text).split())
+
+
+def _config_file_problem(argv: list[str]) -> str | None:
+  """The problem with a --config=FILE[:ARG] of the command line whose file is missing, else None."""
+  for arg in argv[1:]:
+    m = re.fullmatch(r"--(\w+)=(.+)", arg)
+    if not m or m.group(1) not in flags.FLAGS or type(flags.FLAGS[m.group(1)]).__name__ != "_ConfigFlag":
+      continue
+    path = m.group(2).split(":", 1)[0]
+    if not os.path.isfile(path):
+      here = sorted(f[:-3] for f in os.listdir("configs") if f.endswith(".py")) if os.path.isdir("configs") else []
+      close = difflib.get_close_matches(os.path.basename(path).removesuffix(".py"), here, n=1)
+      hint = f" (did you mean configs/{close[0]}.py?)" if close else " (the recipes are in configs/)"
+      return f"{arg}: no such config file{hint}"
+  return None
+
+
+def _unknown_field(e: Exception) -> str:
+  """ml_collections' KeyError/AttributeError for an unknown field, as one line with its "did you mean"."""
+  text = _one_line(str(e).replace("\\n", " ").replace("\\'", "'").strip("'\" "))
+  field = re.match(r"'?([\w.]+)'?", text)
+  return f"unknown config field {field.group(1)!r}{text[field.end():]}" if field else f"config: {text}"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with each mistake as one line and exit status 2."""
+  problem = _config_file_problem(argv)
+  if problem:
+    fail(problem)
+  try:
+    rest = flags.FLAGS(argv)
+    for name in list(flags.FLAGS):  # config files load lazily: report a failed one now
+      flags.FLAGS[name].value  # noqa: B018
+  except flags.Error as e:  # unknown flag, wrong type, missing required flag
+    fail(_one_line(e))
+  except (AttributeError, KeyError) as e:  # --config.FIELD=... of a field the config does not have
+    fail(_unknown_field(e))
+  except Exception as e:  # noqa: BLE001 - a config file that raises while loading
+    fail(f"the config does not load: {_one_line(e)}")
+  return rest
+
+
+def run(main) -> None:
+  """absl's app.run(main) with parse_flags."""
+  app.run(main, flags_parser=parse_flags)
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -25,24 +101,40 @@ def quiet_library_logs():
     handler.addFilter(_QuietLibraries())
 
 
+def start(config=None, *, restart: bool, validate: bool = True):
+  """What a command does once its flags are parsed; returns the config.
+
+  The config is checked first (everything that does not need JAX's backend; one list of problems, exit 2), then
+  config.cpu.host_malloc is applied, which may restart this process once with huge pages for malloc (`restart`:
+  the command runs as __main__), so that an error is printed once and before any restart; then library logs are
+  quietened.
+  """
+  if config is not None and validate:
+    from resnet_jax import config_lib, train
+    with user_errors():
+      train.validate_config(config_lib.resolve(config), with_devices=False)
+  if config is not None:
+    from resnet_jax.cpu import host_malloc
+    host_malloc.apply((config.get("cpu") or {}).get("host_malloc", "auto"), restart=restart)
+  quiet_library_logs()
+  return config
+
+
 @contextlib.contextmanager
 def user_errors():
   """Errors a user can fix are printed as one message, not a stack trace."""
   from resnet_jax import checkpoint, convert, input_pipeline, train
-  expected = (train.ConfigError, convert.ConversionError, input_pipeline.DataNotFoundError, input_pipeline.MissingDependencyError,
-              input_pipeline.SplitError, checkpoint.CheckpointMismatchError, checkpoint.CheckpointUnreadableError,
-              checkpoint.CheckpointSaveError, PermissionError, FileNotFoundError)
+  expected = (UserError, train.ConfigError, convert.ConversionError, input_pipeline.DataNotFoundError,
+              input_pipeline.MissingDependencyError, input_pipeline.SplitError, checkpoint.CheckpointMismatchError,
+              checkpoint.CheckpointUnreadableError, checkpoint.CheckpointSaveError, PermissionError,
+              FileNotFoundError)
   try:
     yield
   except train.Preempted as e:
-    logging.warning("%s", e)
     print(f"preempted: {e}", file=sys.stderr)
     sys.exit(EXIT_PREEMPTED)
   except train.NonFiniteError as e:
-    logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(EXIT_NONFINITE)
   except expected as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
+    fail(str(e))

@@ -7,6 +7,22 @@ from __future__ import annotations
 
 import ml_collections
 
+# ImageNet evaluation protocols (resnet_jax.evaluate): 256/224 centre crop, 10-crop, fully-convolutional multi-scale.
+EVAL_PROTOCOLS = ("single", "10crop", "multiscale")
+
+# Checkpoints and run directories written before model.conv_padding existed were trained with flax's 'SAME'.
+LEGACY_CONV_PADDING = "same"
+
+# Fields that say how a run is observed or computed, not what it computes: results agree to float32 rounding
+# whatever their values (a data_dir spelling, logging intervals, the CPU kernels and malloc settings, ...). A sweep
+# reuses a run directory and a run resumes a checkpoint when only these differ; any other difference is refused.
+BOOKKEEPING_FIELDS = frozenset({
+    "data_dir", "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+    "eval_batch_size", "input_backend", "data_file", "model.remat",
+    "cpu.convolutions", "cpu.weight_grad_chunk", "cpu.materialize_blocks", "cpu.host_malloc",
+    # The same settings under their names before 2026-11-30 (CHANGELOG), as older run directories hold them.
+    "cpu_convolutions", "host_malloc", "model.weight_grad_chunk", "model.materialize_blocks"})
+
 
 def base_training_config() -> ml_collections.ConfigDict:
   """Fields shared by every training config (values are the CIFAR recipe of section 4.2)."""
@@ -49,15 +65,13 @@ def base_training_config() -> ml_collections.ConfigDict:
   c.half_precision = False         # bfloat16 compute, float32 parameters, BN statistics and loss
   c.parallelism = "jit"            # 'jit' (mesh + NamedSharding) or 'pmap'
   c.bn_sync = True                 # BN statistics over the global batch (True) or each device's sub-batch
-  # On CPU: 'onednn' computes the convolutions with oneDNN's kernels (resnet_jax/onednn.py, built by `make
-  # install`; one device); 'eigen' compiles the steps with XLA's Eigen convolutions instead of YNNPACK's (1.16-1.3x
-  # faster train steps on CIFAR, benchmarks/RESULTS.md); 'xla_default' leaves XLA's choice; 'auto' is 'onednn'
-  # where the kernels are built and the run has one CPU device, else 'eigen'. No effect on GPU/TPU.
-  c.cpu_convolutions = "auto"
-  # Host malloc (applied by the entry points before JAX starts): 'auto' restarts a CPU-only run once with
-  # GLIBC_TUNABLES=glibc.malloc.hugetlb=1, huge pages for the large per-step host buffers (1.24-1.33x faster CIFAR
-  # train steps on CPU, resnet_jax/host_malloc.py); 'huge_pages' also with accelerators; 'system' never.
-  c.host_malloc = "auto"
+  # CPU speed settings, each the same mathematics and without effect on GPUs/TPUs (resnet_jax/cpu: what each
+  # does; benchmarks/RESULTS.md: what each gains).
+  c.cpu = ml_collections.ConfigDict()
+  c.cpu.convolutions = "auto"     # 'auto' (oneDNN where built and one device, else Eigen), 'onednn', 'eigen', 'xla_default'
+  c.cpu.weight_grad_chunk = -1    # -1: 8 with XLA's convolutions on CPU, else off; 0: off; N: chunks of N examples
+  c.cpu.materialize_blocks = ml_collections.config_dict.placeholder(bool)  # None: on for CPU
+  c.cpu.host_malloc = "auto"      # 'auto' (huge pages for malloc on CPU-only runs, by one restart), 'huge_pages', 'system'
   c.skip_nonfinite = False         # skip updates whose loss or gradient is not finite instead of stopping
   c.model = ml_collections.ConfigDict()
   return c
@@ -77,15 +91,9 @@ def cifar(depth: int, residual: bool = True, shortcut: str = "A") -> ml_collecti
   c.model.bn_momentum = 0.9
   c.model.bn_epsilon = 1e-5
   # nn.scan makes compile time flat in depth (ResNet-1202 compiles like ResNet-56) and computes the same
-  # function, but on CPU the scanned step ran 4-15x slower per step (benchmarks/RESULTS.md): only 1202 uses it.
+  # function, but on CPU the scanned step runs several times slower (benchmarks/RESULTS.md): only 1202 uses it.
   c.model.scan = depth >= 1202
   c.model.remat = False
-  # Weight gradients of the convolutions summed over chunks of 8 examples on CPU (-1: automatic; 0: off). Same
-  # mathematics; 1.6x faster training on CPU (benchmarks/RESULTS.md); no effect on GPU/TPU unless set > 0.
-  c.model.weight_grad_chunk = -1
-  # Block outputs kept in memory instead of recomputed by XLA's fusion in every consumer (models.materialize; an
-  # exact division by a runtime 1.0). None: automatic, on for CPU only, where it made ResNet-56 1.3x faster.
-  c.model.materialize_blocks = ml_collections.config_dict.placeholder(bool)
   if depth >= 110:
     # Section 4.2: "we use 0.01 to warm up the training until the training error is below 80% (about 400
     # iterations), and then go back to 0.1". We use the fixed 400 iterations: deterministic and resumable.
@@ -147,8 +155,6 @@ def imagenet(depth: int, residual: bool = True, shortcut: str | None = None) -> 
   c.model.bn_epsilon = 1e-5
   c.model.scan = False
   c.model.remat = False
-  c.model.weight_grad_chunk = -1  # chunked weight gradients on CPU (see cifar())
-  c.model.materialize_blocks = ml_collections.config_dict.placeholder(bool)  # on for CPU (see cifar())
   return c
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -302,35 +301,36 @@ def read_workdir(workdir: str):
   return config, train.load_variables_for_eval(config, workdir)
 
 
-def main(argv: list[str]) -> int:
-  import argparse
-  parser = argparse.ArgumentParser(prog="python -m resnet_jax.convert",
-                                   description="torchvision/timm ResNet weights in and out of a workdir.")
-  sub = parser.add_subparsers(dest="command", required=True)
-  a = sub.add_parser("from-torchvision", help="torchvision/timm weights -> a workdir (step-0 checkpoint)")
-  a.add_argument("weights", help=".safetensors or .pth (torch.save of a state dict)")
-  a.add_argument("--workdir", required=True)
-  b = sub.add_parser("to-torchvision", help="a workdir's newest checkpoint -> torchvision's state dict")
-  b.add_argument("--workdir", required=True)
-  b.add_argument("out", help=".safetensors or .pth")
-  args = parser.parse_args(argv[1:])
+USAGE = ("usage: python -m resnet_jax.convert from-torchvision WEIGHTS --workdir=DIR\n"
+         "       python -m resnet_jax.convert to-torchvision --workdir=DIR OUT")
+
+
+def main(argv):
+  from absl import flags
   from resnet_jax import cli
+  args, workdir = argv[1:], flags.FLAGS.workdir
+  if len(args) != 2 or args[0] not in ("from-torchvision", "to-torchvision") or not workdir:
+    cli.fail(f"expected a command, a file and --workdir\n{USAGE}")
+  command, path = args
+  cli.start(restart=False)
   with cli.user_errors():
-    if args.command == "from-torchvision":
-      model_config, variables = from_torchvision(load_state_dict(args.weights))
+    if command == "from-torchvision":
+      model_config, variables = from_torchvision(load_state_dict(path))
       config = config_lib.imagenet_torchvision(model_config.depth)
       config.model = model_config
-      path = write_workdir(config, variables, args.workdir)
+      written = write_workdir(config, variables, workdir)
       print(f"ResNet-{model_config.depth} (v1.5, option {model_config.shortcut}, {model_config.num_classes} classes) "
-            f"written to {path}; evaluate with python -m resnet_jax.evaluate --workdir={args.workdir}")
+            f"written to {written}; evaluate with python -m resnet_jax.evaluate --workdir={workdir}")
     else:
-      config, variables = read_workdir(args.workdir)
+      config, variables = read_workdir(workdir)
       state_dict = to_torchvision(config.model, variables)
-      save_state_dict(state_dict, args.out)
-      print(f"{len(state_dict)} tensors written to {args.out} (torchvision.models.resnet{config.model.depth}())")
-  return 0
+      save_state_dict(state_dict, path)
+      print(f"{len(state_dict)} tensors written to {path} (torchvision.models.resnet{config.model.depth}())")
 
 
 if __name__ == "__main__":
+  from absl import flags
+  from resnet_jax import cli
   from resnet_jax import convert  # the module's own classes, which cli.user_errors knows, not __main__'s copies
-  sys.exit(convert.main(sys.argv))
+  flags.DEFINE_string("workdir", None, "The run directory to write (from-torchvision) or read (to-torchvision).")
+  cli.run(convert.main)

@@ -16,16 +16,19 @@ import json
 import os
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import imagenet_input, xla_options
+from resnet_jax import config_lib
+
+# jax, TensorFlow (imagenet_input) and the training stack are imported where they are used, so that the command
+# answers a missing workdir or a bad flag at once.
 
 
 def _forward_fn(model, compiler_options=None):
+  import jax
+  import jax.numpy as jnp
   def forward(variables, images):
     """Summed softmax over each element's views: images [b, (V,) H, W, 3] -> [b, classes] float32."""
     if images.ndim == 4:
@@ -39,6 +42,7 @@ def _forward_fn(model, compiler_options=None):
 
 def _local_sharding(batch_size):
   """Splits the batch over this process's devices when it divides evenly; else one device does all of it."""
+  import jax
   devices = jax.local_devices()
   if len(devices) > 1 and batch_size % len(devices) == 0:
     mesh = jax.sharding.Mesh(np.array(devices), ("data",))
@@ -49,6 +53,7 @@ def _local_sharding(batch_size):
 
 
 def _sum_over_processes(values: np.ndarray) -> np.ndarray:
+  import jax
   if jax.process_count() == 1:
     return values
   from jax.experimental import multihost_utils
@@ -64,6 +69,8 @@ def evaluate_protocol(model, variables, config, protocol: str = "single", *, eva
   input_shapes) where count is the number of validation images counted, over all processes, and input_shapes the
   number of distinct batch shapes (each compiles once).
   """
+  import jax
+  from resnet_jax import cpu, imagenet_input
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   global_batch = int(config.eval_batch_size)
@@ -79,7 +86,7 @@ def evaluate_protocol(model, variables, config, protocol: str = "single", *, eva
   cache = {} if eval_fn_cache is None else eval_fn_cache
   cached = cache.get("forward")
   if cached is None or cached[0] is not model:
-    cached = cache["forward"] = (model, _forward_fn(model, xla_options.compiler_options(config)))
+    cached = cache["forward"] = (model, _forward_fn(model, cpu.plan(config).options))
   forward = cached[1]
   variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
 
@@ -142,31 +149,27 @@ def define_flags():
       "config", None, "Config file (configs/imagenet_*.py); default: the workdir's config.json.", lock_config=True)
   _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Training directory whose latest checkpoint is evaluated.")
   _FLAGS["protocol"] = flags.DEFINE_multi_enum(
-      "protocol", ["single"], list(imagenet_input.PROTOCOLS),
+      "protocol", ["single"], list(config_lib.EVAL_PROTOCOLS),
       "Evaluation protocol; repeat the flag for several (one checkpoint load, one result each).")
   _FLAGS["json"] = flags.DEFINE_bool("json", False, "Print one JSON object per protocol instead of a line of text.")
 
 
 def main(argv):
+  from resnet_jax import cli
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.fail(f"unexpected arguments: {argv[1:]}")
   config, workdir, protocols = (_FLAGS[k].value for k in ("config", "workdir", "protocol"))
   if workdir is None:
-    raise app.UsageError("--workdir is required, e.g. --workdir=runs/imagenet_resnet18 (with --config=FILE, or the "
+    cli.fail("--workdir is required, e.g. --workdir=runs/imagenet_resnet18 (with --config=FILE, or the "
                          "workdir's config.json)")
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):  # at once, before JAX starts; nothing is created
-    print(f"error: no checkpoint in {workdir}: {os.path.join(workdir, 'checkpoints')} does not exist; train first "
-          f"with python -m resnet_jax.main --config=... --workdir={workdir}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(f"no checkpoint in {workdir}: {os.path.join(workdir, 'checkpoints')} does not exist; train first with "
+             f"python -m resnet_jax.main --config=... --workdir={workdir}")
   if config is None:
-    from resnet_jax import cli, config_lib
     with cli.user_errors():
       config = config_lib.load_workdir_config(workdir)
-  from resnet_jax import host_malloc
-  # First: may restart this process with huge pages for malloc (CPU-only runs), before JAX's backend starts.
-  host_malloc.apply(config.get("host_malloc", "auto"), restart=__name__ == "__main__")
-  from resnet_jax import cli, models, train  # train imports the whole training stack: only the CLI needs it
-  cli.quiet_library_logs()
+  cli.start(config, restart=__name__ == "__main__")
+  from resnet_jax import models, train  # train imports the whole training stack: only the CLI needs it
   with cli.user_errors():
     variables = train.load_variables_for_eval(config, workdir)
     model = models.create_model(config.model, half_precision=config.get("half_precision", False))
@@ -179,5 +182,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from resnet_jax import cli
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -69,10 +69,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from resnet_jax import config_lib
+
 DATASET_NAME = "imagenet2012"
 MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 AUGMENTATIONS = ("paper", "inception")
-PROTOCOLS = ("single", "10crop", "multiscale")
+PROTOCOLS = config_lib.EVAL_PROTOCOLS
 NORMALIZATIONS = ("pixel_mean", "channel", "torchvision")
 VIEWS_PER_IMAGE = {"single": 1, "10crop": 10}   # multiscale: 2 per scale
 

@@ -3,7 +3,7 @@
 Kept tiny on purpose (as flax's examples do): flags -> config -> train.train_and_evaluate. Everything else lives
 in importable, tested modules.
 """
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
@@ -16,19 +16,18 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
+  from resnet_jax import cli
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from resnet_jax import host_malloc
-  # First: may restart this process with huge pages for malloc (CPU-only runs), before JAX's backend starts.
-  host_malloc.apply(_CONFIG.value.get("host_malloc", "auto"), restart=__name__ == "__main__")
-  from resnet_jax import cli, parallel, train  # after flag parsing: keeps --help fast
-  cli.quiet_library_logs()
+    cli.fail(f"unexpected arguments: {argv[1:]}")
+  config = cli.start(_CONFIG.value, restart=__name__ == "__main__")
+  from resnet_jax import parallel, train  # after the start: keeps --help and config errors fast
   parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if parallel.process_index() > 0:  # only process 0 logs progress; the others report warnings and errors
     logging.set_verbosity(logging.WARNING)
   with cli.user_errors():
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train.train_and_evaluate(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from resnet_jax import cli
+  cli.run(main)

@@ -18,10 +18,9 @@ The identical blocks of a stage (every block but the first) can run under `nn.sc
 ResNet-1202 compile in about the time of a shallow one; `scanned_params` converts parameters between the two
 layouts, which compute the same function.
 
-Two settings make CPU training faster without changing the function (automatic on CPU via `create_model`, off
-elsewhere; benchmarks/RESULTS.md): `weight_grad_chunk` computes every convolution's weight gradient over chunks
-of the batch (`conv_with_chunked_weight_grad`), and `materialize_blocks` keeps XLA from recomputing a stage's
-earlier blocks inside every consumer of a block output (`materialize`).
+Platform-specific formulations of the same function (CPU convolution kernels, a hook on block outputs) come in
+as plain arguments, `conv_general_dilated` and `block_output` (resnet_jax/cpu chooses them); building a model never
+asks which backend is running.
 """
 from __future__ import annotations
 
@@ -31,8 +30,6 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from resnet_jax import onednn
 
 ModuleDef = Any
 
@@ -158,56 +155,6 @@ class _ScanCell(nn.Module):
 BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Convolutions whose weight gradient is summed over batch chunks.
-
-CPU_WEIGHT_GRAD_CHUNK = 8  # weight_grad_chunk=-1 (automatic): this on CPU, 0 on GPU and TPU
-
-
-def conv_with_chunked_weight_grad(chunk: int, wgrad_operands: Callable | None = None) -> Callable:
-  """`lax.conv_general_dilated` (for nn.Conv's `conv_general_dilated`) with a chunked weight gradient.
-
-  The forward pass and the input gradient are the usual whole-batch convolutions. The weight gradient, a
-  convolution that contracts the batch, is computed for `chunk` examples at a time and the float32 partial sums
-  are added: the same sum in another order, so results agree to float32 rounding. On CPU, XLA's weight-gradient
-  convolution transposes both operands and contracts the batch; over a batch of 128 CIFAR images it runs about 3x
-  slower per image than over 8 (benchmarks/RESULTS.md), which made it the largest cost of a CIFAR train step.
-  The batch must be dimension 0 of the input (as nn.Conv lays it out). `wgrad_operands(x, dy, w) -> (x, dy)`, if
-  given, replaces the weight gradient's operands before they are sliced into chunks (for the experiments of
-  benchmarks/cpu_variants.py; it must return the same values).
-  """
-  if chunk < 1:
-    raise ValueError(f"weight_grad_chunk must be >= 1 here, got {chunk}")
-
-  def conv(lhs, rhs, *args, **kwargs):
-    f = lambda x, w: jax.lax.conv_general_dilated(x, w, *args, **kwargs)
-    n = lhs.shape[0]
-    if n <= chunk:
-      return f(lhs, rhs)
-
-    @jax.custom_vjp
-    def chunked(x, w):
-      return f(x, w)
-
-    def fwd(x, w):
-      return f(x, w), (x, w)
-
-    def bwd(res, dy):
-      x, w = res
-      dx = jax.vjp(lambda x_: f(x_, w), x)[1](dy)[0]
-      xw, dyw = wgrad_operands(x, dy, w) if wgrad_operands else (x, dy)
-      dw = jnp.zeros(w.shape, jnp.float32)
-      for i in range(0, n, chunk):
-        part = jax.vjp(lambda w_: f(xw[i:i + chunk], w_), w)[1](dyw[i:i + chunk])[0]
-        dw = dw + part.astype(jnp.float32)
-      return dx, dw.astype(w.dtype)
-
-    chunked.defvjp(fwd, bwd)
-    return chunked(lhs, rhs)
-
-  return conv
-
-
 class ResNet(nn.Module):
   """A residual (or plain) network; see the module docstring.
 
@@ -224,11 +171,11 @@ class ResNet(nn.Module):
     dtype: computation dtype (bfloat16 for mixed precision); parameters and BN statistics stay float32.
     scan: run each stage's identical blocks under nn.scan (same function, much faster compile for deep nets).
     remat: rematerialise each block in the backward pass (less memory, about a third more compute).
-    weight_grad_chunk: if > 0, every convolution's weight gradient is summed over chunks of this many examples
-      (`conv_with_chunked_weight_grad`); 0 computes it over the whole batch at once.
-    materialize_blocks: pass every block output through `materialize` (the identity, kept in memory by XLA).
-    onednn_convolutions: compute the float32 convolutions with oneDNN's CPU kernels (resnet_jax/onednn.py; CPU
-      only, one device); weight_grad_chunk is then not used.
+    conv_general_dilated: the convolution function of every nn.Conv (None: lax.conv_general_dilated); it must
+      compute the same function (resnet_jax/cpu passes oneDNN's kernels or chunked weight gradients).
+    block_output: `block_output(y, anchor) -> y`, applied to every block output (None: nothing); `anchor` is a
+      replicated parameter (the stem BN scale) for hooks that need a value XLA cannot see at compile time. It
+      must return y unchanged in value (resnet_jax/cpu's `materialize` changes only how XLA fuses it).
   """
   stage_sizes: Sequence[int]
   block: str = "basic"
@@ -246,9 +193,8 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   scan: bool = False
   remat: bool = False
-  weight_grad_chunk: int = 0
-  materialize_blocks: bool = False
-  onednn_convolutions: bool = False
+  conv_general_dilated: Callable | None = None
+  block_output: Callable | None = None
 
   def __post_init__(self):
     validate_architecture(block=self.block, stem=self.stem, shortcut=self.shortcut,
@@ -259,10 +205,8 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv_kwargs = dict(use_bias=False, dtype=self.dtype, kernel_init=he_normal)
-    if self.onednn_convolutions:
-      conv_kwargs["conv_general_dilated"] = onednn.conv_general_dilated
-    elif self.weight_grad_chunk > 0:
-      conv_kwargs["conv_general_dilated"] = conv_with_chunked_weight_grad(self.weight_grad_chunk)
+    if self.conv_general_dilated is not None:
+      conv_kwargs["conv_general_dilated"] = self.conv_general_dilated
     conv = padded_conv(functools.partial(nn.Conv, **conv_kwargs), self.conv_padding)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=self.bn_epsilon, dtype=self.dtype, axis_name=self.bn_axis_name)
@@ -277,9 +221,9 @@ class ResNet(nn.Module):
       x = conv(self.widths[0], (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    if self.materialize_blocks:  # see `materialize`: XLA keeps each block output instead of recomputing it
-      one = runtime_one(self.variables["params"]["stem_bn"]["scale"])
-      keep = lambda y: materialize(y, one)
+    if self.block_output is not None:
+      anchor = self.variables["params"]["stem_bn"]["scale"]
+      keep = lambda y: self.block_output(y, anchor)
     else:
       keep = lambda y: y
     for i, (n_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
@@ -374,56 +318,14 @@ imagenet_plain18 = functools.partial(imagenet_net, 18, residual=False)
 imagenet_plain34 = functools.partial(imagenet_net, 34, residual=False)
 
 
-def materialize(x, one):
-  """x, unchanged, in a form XLA computes once and keeps in memory: x / one, where `one` is a runtime 1.0.
-
-  XLA's CPU fusion duplicates cheap elementwise producers into every consumer. A residual stage's block outputs
-  are a chain of them (relu(bn(conv) + previous output)), so each fusion that reads a block output (the next
-  block, the transposes of the weight gradients) recomputed the outputs of all earlier blocks of the stage from
-  their convolutions: O(depth^2) work, 40% of a ResNet-56 train step on CPU. XLA does not duplicate a division
-  by a scalar it cannot see at compile time into such consumers (it still may into slices and transposes, which
-  read each element once: benchmarks/RESULTS.md; `jax.lax.optimization_barrier` cannot help: XLA removes it
-  before fusion). `runtime_one` makes such a scalar from a parameter, so it is replicated on
-  every device and needs no communication. Dividing by 1.0 is exact.
-  """
-  return x / one.astype(x.dtype)
-
-
-def runtime_one(param):
-  """sign(|p| + 1) for the first element p of a parameter: 1.0, but not a compile-time constant; no gradient."""
-  return jax.lax.stop_gradient(jnp.sign(jnp.abs(param.reshape(-1)[0]) + 1))
-
-
-def resolve_materialize_blocks(value, platform: str | None = None) -> bool:
-  """config.model.materialize_blocks: None (automatic) is True on CPU and False elsewhere."""
-  if value is None:
-    return (platform or jax.default_backend()) == "cpu"
-  if not isinstance(value, bool):
-    raise ValueError(f"model.materialize_blocks={value!r}: use None (automatic: on for CPU), True or False")
-  return value
-
-
-def resolve_weight_grad_chunk(value: int, platform: str | None = None, onednn: bool = False) -> int:
-  """config.model.weight_grad_chunk: -1 (automatic) is CPU_WEIGHT_GRAD_CHUNK on CPU with XLA's convolutions and 0
-  (off) elsewhere (GPU/TPU, or oneDNN convolutions, whose weight gradients need no chunking)."""
-  if not isinstance(value, int) or value < -1:
-    raise ValueError(f"model.weight_grad_chunk={value!r}: use -1 (automatic: {CPU_WEIGHT_GRAD_CHUNK} on CPU, "
-                     "off on GPU/TPU), 0 (off) or a positive number of examples")
-  if value == -1:
-    return CPU_WEIGHT_GRAD_CHUNK if (platform or jax.default_backend()) == "cpu" and not onednn else 0
-  return value
-
-
 def create_model(model_config, *, half_precision: bool = False, bn_axis_name: str | None = None,
-                 cpu_convolutions: str = "eigen") -> ResNet:
+                 conv_general_dilated: Callable | None = None, block_output: Callable | None = None) -> ResNet:
   """Builds the network described by `config.model` (the single way configs make models).
 
-  `cpu_convolutions` is config.cpu_convolutions; the training and benchmark steps pass it, so that 'auto' or
-  'onednn' build the model with oneDNN convolutions (onednn.resolve). Other callers get XLA's convolutions: the
-  same function and parameters.
+  `conv_general_dilated` and `block_output` are the platform's formulations of the same function (see ResNet);
+  the training and benchmark steps pass resnet_jax.cpu's plan, other callers get XLA's defaults.
   """
   c = model_config
-  use_onednn = onednn.resolve(cpu_convolutions, half_precision=half_precision)
   family = c.get("family", "cifar")
   if family not in FAMILIES:
     raise ValueError(f"unknown model.family {family!r}: valid values are {list(FAMILIES)}")
@@ -434,9 +336,7 @@ def create_model(model_config, *, half_precision: bool = False, bn_axis_name: st
                 bn_momentum=c.get("bn_momentum", 0.9), bn_epsilon=c.get("bn_epsilon", 1e-5),
                 scan=c.get("scan", False), remat=c.get("remat", False), bn_axis_name=bn_axis_name,
                 dtype=jnp.bfloat16 if half_precision else jnp.float32,
-                weight_grad_chunk=resolve_weight_grad_chunk(c.get("weight_grad_chunk", -1), onednn=use_onednn),
-                materialize_blocks=resolve_materialize_blocks(c.get("materialize_blocks")),
-                onednn_convolutions=use_onednn)
+                conv_general_dilated=conv_general_dilated, block_output=block_output)
   if c.get("shortcut"):
     kwargs["shortcut"] = c.shortcut
   builder = cifar_net if family == "cifar" else imagenet_net

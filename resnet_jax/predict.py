@@ -18,7 +18,7 @@ import os
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -101,15 +101,17 @@ def define_flags():
 
 
 def main(argv):
+  from resnet_jax import cli, config_lib
   images = argv[1:]
   if not images:
-    raise app.UsageError("give one or more image files: python -m resnet_jax.predict --workdir=DIR IMAGE ...")
-  from resnet_jax import cli, config_lib, train
-  cli.quiet_library_logs()
+    cli.fail("give one or more image files: python -m resnet_jax.predict --workdir=DIR IMAGE ...")
+  workdir = _F["workdir"].value
+  with cli.user_errors():
+    config = _F["config"].value or config_lib.load_workdir_config(workdir)
+  cli.start(config, restart=__name__ == "__main__")
+  from resnet_jax import train
   failed = 0
   with cli.user_errors():
-    workdir = _F["workdir"].value
-    config = _F["config"].value or config_lib.load_workdir_config(workdir)
     variables = train.load_variables_for_eval(config, workdir)
     for path, top, error in predict(config, variables, images, top=_F["top"].value):
       if error:
@@ -124,5 +126,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from resnet_jax import cli
   define_flags()
-  app.run(main)
+  cli.run(main)

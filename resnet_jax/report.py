@@ -170,9 +170,16 @@ def final_eval(run: RunData):
   return rows[-1]["eval_error"] if rows else None
 
 
-def best_eval(run: RunData):
+def evaluates_on_validation(run: RunData) -> bool:
+  """Whether the run's eval split is held out of the training set (the paper's train[45000:]), not the test set."""
+  return str(run.config.get("eval_split", "test")).startswith("train")
+
+
+def best_validation(run: RunData):
+  """The lowest validation error and its step; (None, None) unless the run evaluates on a validation split (a
+  minimum chosen on the test set is not comparable with the paper's errors of the final model)."""
   rows = run.eval_rows
-  if not rows:
+  if not rows or not evaluates_on_validation(run):
     return None, None
   best = min(rows, key=lambda r: r["eval_error"])
   return best["eval_error"], best["step"]
@@ -187,12 +194,13 @@ def paper_error(run: RunData):
 def results_table(runs: Sequence[RunData]) -> str:
   """Markdown, in the layout of the paper's Table 6 (method, # layers, # params, error), ours beside theirs."""
   shortcuts = len({r.shortcut for r in runs if r.residual}) > 1
+  validation = any(evaluates_on_validation(r) for r in runs)
   head = ["method", "# layers"] + (["shortcut"] if shortcuts else []) + [
-      "# params", "steps", "train error (%)", "test error (%)", "best test error (%) [step]",
-      "paper test error (%)"]
+      "# params", "steps", "train error (%)", "final eval error (%)"] + (
+          ["best validation error (%) [step]"] if validation else []) + ["paper test error (%)"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in runs:
-    best, best_step = best_eval(r)
+    best, best_step = best_validation(r)
     steps = f"{r.last_step:,}" + ("" if r.complete else " (running)")
     paper = paper_error(r)
     if paper is None and r.family == "cifar" and not r.residual:
@@ -200,8 +208,8 @@ def results_table(runs: Sequence[RunData]) -> str:
     else:
       paper_s = "–" if paper is None else f"{paper:.2f}" + (" (10-crop)" if r.family == "imagenet" else "")
     cells = [f"{r.label} ({r.name})", str(r.depth)] + ([r.shortcut or "–"] if shortcuts else []) + [
-        _params_str(count_params(r)), steps, _pct(final_train_error(r)), _pct(final_eval(r)),
-        "–" if best is None else f"{100 * best:.2f} [{best_step:,}]", paper_s]
+        _params_str(count_params(r)), steps, _pct(final_train_error(r)), _pct(final_eval(r))] + (
+            ["–" if best is None else f"{100 * best:.2f} [{best_step:,}]"] if validation else []) + [paper_s]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -449,20 +457,20 @@ def build_report(sweep_dir: str, out_dir: str | None = None) -> dict:
 
 
 def main(argv):
-  import sys
-  from absl import app, flags
+  from absl import flags
   from resnet_jax import cli  # absl only: the report needs none of the training stack
   if len(argv) != 2:
-    raise app.UsageError("usage: python -m resnet_jax.report SWEEP_DIR [--out=SWEEP_DIR/report]")
+    cli.fail("usage: python -m resnet_jax.report SWEEP_DIR [--out=SWEEP_DIR/report]")
+  cli.start(restart=False)
   try:
     out = build_report(argv[1], flags.FLAGS.out)
   except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(cli.EXIT_USER_ERROR)
+    cli.fail(str(e))
   print(f"wrote {out['report']} ({len(out['runs'])} runs) and {', '.join(out['figures']) or 'no figures'}")
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
+  from resnet_jax import cli
   flags.DEFINE_string("out", None, "Output directory (default: SWEEP_DIR/report).")
-  app.run(main)
+  cli.run(main)

@@ -119,10 +119,12 @@ _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a tab
 
 
 def main(argv):
-  del argv
-  if _CONFIG.value is None:
-    raise app.UsageError("--config is required, e.g. --config=configs/cifar56.py")
-  s = summarize(_CONFIG.value)
+  from resnet_jax import cli
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments: {argv[1:]}")
+  config = cli.start(_CONFIG.value, restart=False)
+  with cli.user_errors():
+    s = summarize(config)
   if _JSON.value:
     print(json.dumps(s))
   else:
@@ -130,5 +132,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from resnet_jax import cli
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)

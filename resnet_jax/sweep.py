@@ -47,12 +47,8 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-# Fields that say how a run is observed or computed, not what it computes: a finished or interrupted run may be
-# reused when only these differ (a different data_dir spelling, more frequent logging, the CPU convolution kernels
-# or malloc setting, whose results agree to float32 rounding, ...).
-BOOKKEEPING_FIELDS = frozenset({"data_dir", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-                                "keep_checkpoints", "eval_batch_size", "input_backend", "data_file",
-                                "cpu_convolutions", "host_malloc"})
+from resnet_jax import config_lib
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -238,11 +234,13 @@ def config_conflicts(stored: dict, wanted: dict) -> list[str]:
   """Fields (other than bookkeeping) in which a run directory's config differs from the run's.
 
   A field the stored config lacks is not a conflict: the run predates the field, whose default keeps the
-  behaviour the code had before it.
+  behaviour the code had before it; except model.conv_padding, whose default changed when it was introduced.
   """
   a, b = flatten(stored), flatten(wanted)
+  if "model.depth" in a and "model.conv_padding" in b:
+    a.setdefault("model.conv_padding", config_lib.LEGACY_CONV_PADDING)
   return [f"{k}: directory has {a.get(k)!r}, this sweep {b.get(k)!r}" for k in sorted(set(a) | set(b))
-          if k not in BOOKKEEPING_FIELDS and k in a and a.get(k) != b.get(k)]
+          if k not in config_lib.BOOKKEEPING_FIELDS and k in a and a.get(k) != b.get(k)]
 
 
 def select(runs: Sequence[Run], only: str | None) -> list[Run]:
@@ -416,19 +414,17 @@ def define_flags():
 
 
 def main(argv):
-  from absl import app
-  if len(argv) != 2:
-    raise app.UsageError("usage: python -m resnet_jax.sweep experiments/NAME.py --workdir=DIR "
-                         "[--dry_run] [--only=PATTERN] [--set=FIELD=VALUE ...]")
-  if not FLAGS.workdir:
-    raise app.UsageError("--workdir is required: the sweep's runs go to WORKDIR/NAME")
   from resnet_jax import cli
-  cli.quiet_library_logs()
+  if len(argv) != 2:
+    cli.fail("usage: python -m resnet_jax.sweep experiments/NAME.py --workdir=DIR "
+             "[--dry_run] [--only=PATTERN] [--set=FIELD=VALUE ...]")
+  if not FLAGS.workdir:
+    cli.fail("--workdir is required: the sweep's runs go to WORKDIR/NAME")
+  cli.start(restart=False)
   try:
     specs = build_runs(argv[1], FLAGS.workdir, only=FLAGS.only, sets=FLAGS.set)
   except SweepError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(cli.EXIT_USER_ERROR)
+    cli.fail(str(e))
   with cli.user_errors():
     if FLAGS.dry_run:
       for spec in specs:
@@ -446,6 +442,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app
+  from resnet_jax import cli
   define_flags()
-  app.run(main)
+  cli.run(main)

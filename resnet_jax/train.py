@@ -25,7 +25,7 @@ from clu import metrics
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax import checkpoint as ckpt_lib
-from resnet_jax import config_lib, host_malloc, input_pipeline, models, onednn, parallel, writers, xla_options
+from resnet_jax import config_lib, cpu, input_pipeline, models, parallel, writers
 
 
 class NonFiniteError(FloatingPointError):
@@ -159,8 +159,7 @@ def init_state(model, tx, config, rng) -> TrainState:
                     batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
 
 
-def train_step(state: TrainState, batch, rng, *, model, tx, schedule, skip_nonfinite: bool,
-               forward=None, axis_name: str | None = None):
+def train_step(state: TrainState, batch, rng, *, model, tx, schedule, forward=None, axis_name: str | None = None):
   """One SGD step on a batch. Returns (new_state, metrics).
 
   `forward(params, batch_stats, images) -> (logits, new_batch_stats)` defaults to the model's training-mode
@@ -243,12 +242,15 @@ def _with_compiler_options(fn, options: dict):
 class Steps:
   """The compiled train and eval steps for one parallelism mode, with host <-> device conversions."""
 
-  def __init__(self, config, model_factory, tx, schedule, devices=None):
+  def __init__(self, config, tx, schedule, devices=None, *, model_factory=None):
     self.mode = config.parallelism
     self.mesh = parallel.make_mesh(devices)
-    kw = dict(tx=tx, schedule=schedule, skip_nonfinite=config.skip_nonfinite)
     n_dev = self.mesh.size
-    options = xla_options.compiler_options(config, self.mesh.devices.flat[0].platform)  # {} off CPU
+    self.plan = cpu.plan(config, platform=self.mesh.devices.flat[0].platform, device_count=n_dev)
+    if model_factory is None:
+      model_factory = functools.partial(make_model, config, plan=self.plan)
+    kw = dict(tx=tx, schedule=schedule)
+    options = self.plan.options
     if self.mode == "jit":
       model = model_factory(None)
       self.model = model
@@ -311,6 +313,12 @@ class Steps:
     return jax.tree.map(lambda x: x[0], self._eval(state, parallel.pmap_split(local_batch)))
 
 
+def make_model(config, bn_axis_name=None, *, plan: cpu.Plan | None = None):
+  """The run's network: config.model in the config's precision, with the platform plan's formulations."""
+  return models.create_model(config.model, half_precision=config.half_precision, bn_axis_name=bn_axis_name,
+                             **(plan.model_kwargs() if plan else {}))
+
+
 def _per_device_bn_forward(model, mesh):
   """Forward pass in which each device normalises with its own sub-batch's statistics (bn_sync=False).
 
@@ -329,8 +337,12 @@ def _per_device_bn_forward(model, mesh):
 # ----------------------------------------------------------------------------------------------------------
 # Config validation.
 
-def validate_config(config) -> None:
-  """Checks every field a run needs before any compilation or data loading; lists every problem found."""
+def validate_config(config, *, with_devices: bool = True) -> None:
+  """Checks every field a run needs before any compilation or data loading; lists every problem found.
+
+  `with_devices=False` leaves out what needs JAX's backend (batch sizes against the device count, whether the
+  CPU plan can be honoured): the entry points check the rest first, before they may restart for huge pages.
+  """
   problems = []
 
   def check(cond, msg):
@@ -369,16 +381,17 @@ def validate_config(config) -> None:
           f"warmup_steps={config.warmup_steps}: must be in [0, num_train_steps={config.num_train_steps})")
   if config.warmup_steps:
     check(config.warmup_learning_rate > 0, f"warmup_learning_rate={config.warmup_learning_rate}: must be > 0")
-  for field in ("batch_size", "eval_batch_size"):
-    if isinstance(config.get(field), int) and config.get(field) > 0:
-      problems.extend(parallel.check_batch(config.get(field), field))
-  problems.extend(xla_options.check(config.get("cpu_convolutions", "auto")))
-  if config.get("cpu_convolutions") == "onednn":
-    try:
-      onednn.resolve("onednn", half_precision=config.get("half_precision", False))
-    except ValueError as e:
-      problems.append(str(e))
-  problems.extend(host_malloc.check(config.get("host_malloc", "auto")))
+  cpu_problems = cpu.check(config)
+  problems.extend(cpu_problems)
+  if with_devices:
+    for field in ("batch_size", "eval_batch_size"):
+      if isinstance(config.get(field), int) and config.get(field) > 0:
+        problems.extend(parallel.check_batch(config.get(field), field))
+    if not cpu_problems:
+      try:
+        cpu.plan(config)
+      except ValueError as e:
+        problems.append(str(e))
   if config.parallelism == "pmap" and config.get("input_backend") == "device":
     problems.append("input_backend='device' supports parallelism='jit' only; set --config.parallelism=jit")
   try:
@@ -425,16 +438,6 @@ def _check_workdir(workdir: str) -> None:
   except OSError as e:
     raise PermissionError(f"workdir {workdir} is not a writable directory ({e.strerror or e}); choose another "
                           f"--workdir") from None
-
-
-def _progress_action(config):
-  """clu's ReportProgress (work-unit notes with steps/s and ETA) where clu's TF-backed module imports."""
-  try:
-    from clu import periodic_actions
-  except ImportError:
-    return lambda step: None
-  return periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
-                                         every_steps=config.log_every_steps)
 
 
 def _host_state(model, tx, config) -> TrainState:
@@ -530,10 +533,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   schedule = make_schedule(config)
   tx = make_optimizer(config)
-  factory = lambda axis: models.create_model(config.model, half_precision=config.half_precision,
-                                             bn_axis_name=axis,
-                                             cpu_convolutions=config.get("cpu_convolutions", "auto"))
-  steps = Steps(config, factory, tx, schedule)
+  steps = Steps(config, tx, schedule)
+  logging.info("platform plan: %s", steps.plan.describe())
   data.attach(steps.mesh)
   host_state = _host_state(steps.model, tx, config)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
@@ -555,7 +556,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flat_config(config).items() if isinstance(v, (int, float, str, bool))})
   train_iter = data.train_iterator(start_step)
-  progress = _progress_action(config)
   rng = jax.random.key(config.seed)
   window, infos = None, []
   last_finite = {}
@@ -578,7 +578,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       window = m if window is None else window.merge(m)
       infos.append(info)
       steps_in_window += 1
-      progress(step)
       is_last = step == config.num_train_steps
       scalars = {}
       if step % config.log_every_steps == 0 or is_last:
@@ -634,15 +633,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   if not eval_results and start_step >= config.num_train_steps:  # rerun of a finished run: just report
     eval_results = evaluate(steps, state, data)
-  rows = [r for r in read_jsonl(jsonl) if "eval_error" in r] if is_chief else []
-  best = min(rows, key=lambda r: r["eval_error"]) if rows else {}
   results = {
       "final_eval_error": eval_results.get("eval_error"),
       "final_eval_accuracy": eval_results.get("eval_accuracy"),
       "final_eval_loss": eval_results.get("eval_loss"),
       "eval_count": eval_results.get("eval_count"),
-      "best_eval_error": best.get("eval_error"),
-      "best_eval_step": best.get("step"),
+      "eval_split": config.eval_split,
       "steps": int(step),
       "resumed_from_step": int(start_step),
       "wall_time_sec": time.time() - t_start,
@@ -652,6 +648,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   }
   if config.skip_nonfinite:
     results["skipped_nonfinite_this_run"] = total_skipped
+  rows = [r for r in read_jsonl(jsonl) if "eval_error" in r] if is_chief else []
+  if rows and str(config.eval_split).startswith("train"):  # a minimum chosen on the test set is not reported
+    best = min(rows, key=lambda r: r["eval_error"])
+    results["best_validation_error"], results["best_validation_step"] = best["eval_error"], best["step"]
   if is_chief:
     tmp = os.path.join(workdir, "results.json.tmp")
     with open(tmp, "w") as f:
@@ -672,8 +672,7 @@ def load_variables_for_eval(config, workdir: str) -> dict:
                             f"python -m resnet_jax.main --config=... --workdir={workdir}")
   config = config_lib.resolve(config)
   tx = make_optimizer(config)
-  model = models.create_model(config.model, half_precision=config.half_precision)
-  host_state = _host_state(model, tx, config)
+  host_state = _host_state(make_model(config), tx, config)
   mesh = parallel.make_mesh()
   rep = parallel.replicated(mesh)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=rep),

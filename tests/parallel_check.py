@@ -27,8 +27,9 @@ def run(mode, bn_sync, n_devices, steps=3, dtype=np.float32):
   config.bn_sync = bn_sync
   config.num_train_steps = steps
   schedule, tx = train.make_schedule(config), train.make_optimizer(config)
+  config.cpu.convolutions = "eigen"  # the same XLA program whatever the device count (oneDNN runs on one only)
   factory = lambda axis: models.create_model(config.model, bn_axis_name=axis).clone(dtype=jnp.dtype(dtype))
-  s = train.Steps(config, factory, tx, schedule, devices=jax.devices()[:n_devices])
+  s = train.Steps(config, tx, schedule, devices=jax.devices()[:n_devices], model_factory=factory)
   host = jax.tree.map(lambda x: x.astype(dtype) if x.dtype == np.float32 else x,
                       train._host_state(s.model, tx, config))
   state = s.to_device(host)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_cli
-from resnet_jax import config_lib, models, train, xla_options
+from resnet_jax import config_lib, models, train
+from resnet_jax.cpu import xla_options
 
 # ResNet-8 (n=1, the smallest CIFAR net) keeps the compile short; the persistent cache of conftest.py makes
 # reruns of the suite shorter still.
@@ -60,12 +61,12 @@ def test_cli_json_reports_every_field(tiny_result):
   # The CPU defaults are reported: oneDNN convolutions (one device, kernels built by `make install`), so no
   # weight-gradient chunks; XLA's Eigen convolutions for anything left to XLA. The cost analysis does not see the
   # oneDNN custom calls, so no FLOP figure rather than a wrong one.
-  assert r["config"]["cpu_convolutions"] == "auto" and r["config"]["onednn_convolutions"] is True
-  assert r["config"]["weight_grad_chunk"] == 0
+  plan = r["config"]["cpu"]
+  assert plan["convolutions"] == "onednn" and plan["weight_grad_chunk"] == 0 and plan["materialize_blocks"]
   assert r["train_step_flops"] is None and r["train_flops_per_sec"] is None
-  assert r["config"]["xla_compiler_options"] == xla_options._EIGEN_CONVOLUTIONS
+  assert plan["xla_compiler_options"] == xla_options._EIGEN_CONVOLUTIONS
   # The entry point applied host_malloc='auto' before JAX started (restarting itself): JAX runs on this CPU alone.
-  assert r["config"]["host_malloc"] == "huge_pages", r["config"]["host_malloc_reason"]
+  assert plan["host_malloc"] == "huge_pages", plan["host_malloc_reason"]
 
 
 def test_table_format(tiny_result):
@@ -109,7 +110,7 @@ def _compiled_train_step(config):
   import jax
   config = config_lib.resolve(config)
   tx, schedule = train.make_optimizer(config), train.make_schedule(config)
-  steps = train.Steps(config, lambda axis: models.create_model(config.model, bn_axis_name=axis), tx, schedule)
+  steps = train.Steps(config, tx, schedule)
   state = steps.to_device(jax.device_get(train.init_state(steps.model, tx, config, jax.random.key(0))))
   batch = {"image": np.zeros((config.batch_size, 32, 32, 3), np.float32),
            "label": np.zeros((config.batch_size,), np.int32)}
@@ -126,51 +127,37 @@ def _convolutions(hlo: str):
 
 
 def test_cpu_train_step_uses_eigen_convolutions():
-  """cpu_convolutions='eigen' (default): no convolution is handed to a library fusion (YNNPACK) on CPU."""
+  """cpu.convolutions='eigen' (and 'auto' where oneDNN does not apply): no convolution is handed to a library
+  fusion (YNNPACK) on CPU, and weight gradients are computed over chunks of 8 examples."""
   config = config_lib.cifar(8)
   config.batch_size = 16
+  config.cpu.convolutions = "eigen"
   top, total = _convolutions(_compiled_train_step(config))
   # ResNet-8: 7 convolutions; forward, input gradient (6: not the stem's) and 2 weight-gradient chunks each.
   assert top == total == 7 + 6 + 2 * 7
   config.parallelism = "pmap"  # jax.pmap takes no compiler options: train.Steps passes them at compile time
   top, total = _convolutions(_compiled_train_step(config))
   assert top == total == 7 + 6 + 2 * 7
-  config.cpu_convolutions = "xla_default"
+  config.cpu.convolutions = "xla_default"
   top, total = _convolutions(_compiled_train_step(config))
   assert total == 7 + 6 + 2 * 7  # the same program; where XLA puts the convolutions is its own choice
 
 
 def test_cpu_block_outputs_are_not_recomputed():
-  """materialize_blocks (on for CPU): no fusion of the ResNet-32 train step reads more than 3 convolution outputs.
-
-  Without it XLA's fusion recomputes a block's output from all earlier blocks of its stage inside each consumer
-  (up to 7 convolution outputs per fusion here, 11 in ResNet-56): see models.materialize.
+  """cpu.materialize_blocks (on for CPU): no fusion of the ResNet-32 train step reads more than 3 convolution
+  outputs. Without it XLA's fusion recomputes a block's output from all earlier blocks of its stage inside each
+  consumer (up to 7 convolution outputs per fusion here, 11 in ResNet-56): see cpu/kernels.materialize.
   """
   import re
   config = config_lib.cifar(32)
   config.batch_size = 16
+  config.cpu.convolutions = "eigen"
   hlo = _compiled_train_step(config)
   convs = set(re.findall(r"%([\w.-]+) = \S+ convolution\(", hlo))
   entry = hlo[hlo.index("\nENTRY"):]
   widest = max(sum(op in convs for op in re.findall(r"%([\w.-]+)", line.split(" fusion(")[1].split(")")[0]))
                for line in entry.splitlines() if " fusion(" in line)
   assert len(convs) > 60 and widest <= 3, widest
-
-
-def test_cpu_settings_are_validated_and_scoped_to_cpu():
-  config = config_lib.cifar(20)
-  assert xla_options.compiler_options(config, "cpu") == xla_options._EIGEN_CONVOLUTIONS
-  assert xla_options.compiler_options(config, "gpu") == {} and xla_options.compiler_options(config, "tpu") == {}
-  config.cpu_convolutions = "xla_default"
-  assert xla_options.compiler_options(config, "cpu") == {}
-  config.cpu_convolutions = "mkl"
-  config.model.weight_grad_chunk = -3
-  with pytest.raises(train.ConfigError) as e:
-    train.validate_config(config)
-  assert "cpu_convolutions='mkl': valid values are ['auto', 'onednn', 'eigen', 'xla_default']" in str(e.value)
-  assert "model.weight_grad_chunk=-3" in str(e.value)
-  assert models.resolve_materialize_blocks(None, "cpu") and not models.resolve_materialize_blocks(None, "gpu")
-  assert models.resolve_materialize_blocks(True, "gpu") and not models.resolve_materialize_blocks(False, "cpu")
 
 
 def test_torch_twin_is_the_same_network():

@@ -1,4 +1,4 @@
-"""config.host_malloc (resnet_jax/host_malloc.py): huge pages for malloc on CPU-only runs, by a one-time restart.
+"""config.cpu.host_malloc (resnet_jax/cpu/host_malloc.py): huge pages for malloc on CPU-only runs, by a one-time restart.
 
 Tunables act on a whole process from its start, so every test that applies them runs in a subprocess.
 """
@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from resnet_jax import config_lib, host_malloc, train
+from resnet_jax import config_lib, train
+from resnet_jax.cpu import host_malloc
 
 # Applies config.host_malloc as an entry point does (restart allowed), then allocates, touches and frees 256 MiB
 # twice with the C library's malloc and reports the page faults of the second round: glibc maps a block that
@@ -19,8 +20,9 @@ _PROBE = r"""
 import ctypes, json, os, resource, sys
 if os.environ.get("PROBE_IMPORT_JAX"):
   import jax  # imported, backend not started: the restart still happens
-from resnet_jax import host_malloc
+from resnet_jax.cpu import host_malloc
 state = host_malloc.apply(sys.argv[1], restart=True)
+assert host_malloc.apply(sys.argv[1], restart=True) == state  # a second call changes nothing
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -32,8 +34,12 @@ def round_trip():
 round_trip()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 round_trip()
+import subprocess
+child = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('GLIBC_TUNABLES'))"],
+                       capture_output=True, text=True).stdout.strip()
 print(json.dumps({"state": state, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before,
-                  "pid": os.getpid(), "tunables": os.environ.get("GLIBC_TUNABLES")}))
+                  "pid": os.getpid(), "tunables": os.environ.get("GLIBC_TUNABLES"), "child_tunables": child,
+                  "leaked": sorted(k for k in os.environ if k.startswith("RESNET_JAX_HOST_MALLOC"))}))
 """
 
 
@@ -58,15 +64,17 @@ def test_huge_pages_restart_the_process_once_and_cut_page_faults():
   huge = _probe("huge_pages")
   assert huge["state"] == {"host_malloc": "huge_pages",
                            "reason": "GLIBC_TUNABLES sets glibc.malloc.hugetlb=1 (restarted)"}, huge
-  assert huge["tunables"] == "glibc.malloc.hugetlb=1"
   assert huge["faults"] < 2_000, huge  # 2 MiB pages
+  # ... in this process only: the processes it starts get the user's environment.
+  assert huge["tunables"] is None and huge["child_tunables"] == "None" and huge["leaked"] == []
   assert _probe("huge_pages", PROBE_IMPORT_JAX="1")["state"] == huge["state"]
   default = _probe("system")
   assert default["state"] == {"host_malloc": "system", "reason": "host_malloc='system'"} and not default["tunables"]
   assert default["faults"] > 30_000, default  # 4 KiB pages
   # Other tunables are kept; a hugetlb value chosen by the user is respected (no restart).
   kept = _probe("auto", GLIBC_TUNABLES="glibc.malloc.tcache_count=8", JAX_PLATFORMS="cpu")
-  assert kept["tunables"] == "glibc.malloc.tcache_count=8:glibc.malloc.hugetlb=1" and kept["faults"] < 2_000
+  assert kept["state"]["host_malloc"] == "huge_pages" and kept["faults"] < 2_000
+  assert kept["tunables"] == kept["child_tunables"] == "glibc.malloc.tcache_count=8"
   user = _probe("huge_pages", GLIBC_TUNABLES="glibc.malloc.hugetlb=0")
   assert user["state"] == {"host_malloc": "system", "reason": "GLIBC_TUNABLES sets glibc.malloc.hugetlb=0"}
 
@@ -89,10 +97,10 @@ def test_auto_only_on_cpu_only_jax():
 
 def test_invalid_choice_is_a_config_error_and_changes_nothing():
   config = config_lib.cifar(20)
-  assert config.host_malloc == "auto" and host_malloc.check("auto") == []
-  config.host_malloc = "jemalloc"
+  assert config.cpu.host_malloc == "auto"
+  config.cpu.host_malloc = "jemalloc"
   with pytest.raises(train.ConfigError) as e:
     train.validate_config(config)
-  assert "host_malloc='jemalloc': valid values are ['auto', 'huge_pages', 'system']" in str(e.value)
+  assert "cpu.host_malloc='jemalloc': valid values are ['auto', 'huge_pages', 'system']" in str(e.value)
   before = dict(host_malloc.state)
   assert host_malloc.apply("jemalloc", restart=True) == before

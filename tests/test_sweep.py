@@ -178,13 +178,19 @@ def test_run_directory_of_another_config_is_refused(tmp_path):
 
 
 def test_machine_settings_are_not_conflicts():
-  """A run directory written with another CPU convolution or malloc setting (e.g. before cpu_convolutions='auto'
-  became the default) is the same run: it is reused, not refused."""
+  """A run directory written with other CPU settings, under today's names (cpu.*) or those before 2026-11-30
+  (cpu_convolutions, host_malloc, model.weight_grad_chunk), is the same run: it is reused, not refused."""
   from resnet_jax import sweep
-  stored = {"cpu_convolutions": "eigen", "host_malloc": "system", "learning_rate": 0.1}
-  assert sweep.config_conflicts(stored, {"cpu_convolutions": "auto", "host_malloc": "auto", "learning_rate": 0.1}) == []
-  assert sweep.config_conflicts(stored, {"cpu_convolutions": "auto", "learning_rate": 0.2}) == [
+  stored = {"cpu_convolutions": "eigen", "host_malloc": "system", "learning_rate": 0.1,
+            "model": {"weight_grad_chunk": -1, "depth": 20},
+            "cpu": {"convolutions": "eigen", "weight_grad_chunk": 8}}
+  wanted = {"learning_rate": 0.1, "model": {"depth": 20}, "cpu": {"convolutions": "auto", "weight_grad_chunk": -1}}
+  assert sweep.config_conflicts(stored, wanted) == []
+  assert sweep.config_conflicts(stored, {**wanted, "learning_rate": 0.2}) == [
       "learning_rate: directory has 0.1, this sweep 0.2"]
+  # A directory from before model.conv_padding was trained with flax's 'SAME': another network.
+  assert sweep.config_conflicts(stored, {**wanted, "model": {"depth": 20, "conv_padding": "symmetric"}}) == [
+      "model.conv_padding: directory has 'same', this sweep 'symmetric'"]
 
 
 def test_product_combines_names_and_overrides():

@@ -1,17 +1,18 @@
-"""Huge pages for the host buffers of CPU training (config.host_malloc).
+"""Huge pages for the host buffers of CPU training (config.cpu.host_malloc).
 
 On CPU every train step allocates large short-lived host buffers: XLA's temporary buffer for the step (330 MB for
 CIFAR ResNet-20 at batch 128) and the packing buffers of every Eigen convolution (up to 75 MB each). glibc's
 malloc serves blocks that large with a fresh mmap and returns them with munmap, so each step faulted in about a
 gigabyte of 4 KiB pages again: 22 % of the process's CPU time was spent in the kernel (perf; about 80,000 page
 faults per ResNet-20 step). glibc's tunable `glibc.malloc.hugetlb=1` makes malloc ask for transparent huge
-pages (madvise) on the memory it maps, so the same buffers take 2 MiB faults, 512 times fewer: CIFAR
-ResNet-20/56 train 1.24-1.33x faster (A/B) on the 2-core machine of benchmarks/RESULTS.md. The computation is
-unchanged.
+pages (madvise) on the memory it maps, so the same buffers take 2 MiB faults, 512 times fewer (speed-ups in
+benchmarks/RESULTS.md). The computation is unchanged.
 
 Tunables are read when a process starts, so the entry points (resnet_jax.main, resnet_jax.benchmark,
 resnet_jax.evaluate) call `apply` first thing, and when the setting is wanted and not yet in effect the process
-restarts itself once (os.execve: same PID, same command line) with GLIBC_TUNABLES extended. 'auto' does so only
+restarts itself once (os.execve: same PID, same command line) with GLIBC_TUNABLES extended, after the config has
+been validated (so an error is reported once, without a restart). The restarted process puts the user's
+GLIBC_TUNABLES back into its environment at once, so the processes it starts inherit nothing of it. 'auto' does so only
 where it can help and is safe to assume: Linux with glibc >= 2.35, transparent huge pages in 'madvise' mode (with
 'always' the kernel already uses them), JAX on the CPU alone (JAX_PLATFORMS=cpu, or no GPU/TPU plugin
 installed: on GPU hosts the large buffers live on the device), and GLIBC_TUNABLES not already choosing
@@ -19,8 +20,8 @@ glibc.malloc.hugetlb. 'huge_pages' skips the CPU-only condition; 'system' never 
 GLIBC_TUNABLES=glibc.malloc.hugetlb=1 yourself has the same effect without the restart.
 
 Tried and not kept (benchmarks/RESULTS.md): keeping freed memory in glibc's heap instead (mallopt: one arena, no
-mmap, no trimming) was as fast on fixed batches, but the single arena slowed tf.data's threads (ResNet-56 on
-real CIFAR-10: 80 vs 94 img/s) and the peak host memory of ResNet-50 and ResNet-1202 runs doubled.
+mmap, no trimming) was as fast on fixed batches, but the single arena slowed tf.data's threads and doubled the
+peak host memory of ResNet-50 and ResNet-1202 runs.
 """
 from __future__ import annotations
 
@@ -35,18 +36,11 @@ import sys
 CHOICES = ("auto", "huge_pages", "system")
 TUNABLE = "glibc.malloc.hugetlb=1"
 _RESTARTED = "RESNET_JAX_HOST_MALLOC_RESTARTED"  # set in the restarted process: never restart twice
+_ORIGINAL = "RESNET_JAX_HOST_MALLOC_ORIGINAL_TUNABLES"  # the user's GLIBC_TUNABLES, restored after the restart
 _THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 # What apply() found or did, for reports (benchmark --json): 'huge_pages' or 'system', and why.
 state = {"host_malloc": "system", "reason": "not configured (only the entry points apply config.host_malloc)"}
-
-
-def check(choice) -> list[str]:
-  """Problems with config.host_malloc (for train.validate_config)."""
-  if choice not in CHOICES:
-    return [f"host_malloc={choice!r}: valid values are {list(CHOICES)} ('auto': transparent huge pages for "
-            "malloc when JAX runs on the CPU alone)"]
-  return []
 
 
 def accelerator_plugins() -> list[str]:
@@ -128,9 +122,9 @@ def decide(choice: str, *, environ=None, glibc=_MACHINE, thp=_MACHINE, platforms
 def apply(choice: str, *, restart: bool) -> dict:
   """Applies config.host_malloc; may restart the process (`restart`: only an entry point running as __main__).
 
-  An invalid choice changes nothing (train.validate_config reports it). Returns and records what was found.
+  An invalid choice changes nothing (the config validation reports it). Returns and records what was found.
   """
-  if choice not in CHOICES:
+  if choice not in CHOICES or _restored:
     return dict(state)
   action, reason = decide(choice)
   if action == "restart" and restart:
@@ -144,6 +138,7 @@ def apply(choice: str, *, restart: bool) -> dict:
     if not started:
       env = dict(os.environ, GLIBC_TUNABLES=_tunables_with_hugetlb(os.environ.get("GLIBC_TUNABLES", "")))
       env[_RESTARTED] = "1"
+      env[_ORIGINAL] = os.environ.get("GLIBC_TUNABLES", "")
       logging.info("host_malloc: restarting with GLIBC_TUNABLES=%s (%s)", env["GLIBC_TUNABLES"], reason)
       sys.stdout.flush()
       sys.stderr.flush()
@@ -155,4 +150,22 @@ def apply(choice: str, *, restart: bool) -> dict:
     state.update(host_malloc="huge_pages", reason=reason + (" (restarted)" if os.environ.get(_RESTARTED) else ""))
   else:
     state.update(host_malloc="system", reason=reason)
+  _restore_environment()
   return dict(state)
+
+
+_restored = False
+
+
+def _restore_environment() -> None:
+  """In a restarted process: the user's environment again, for the processes this one starts."""
+  global _restored
+  original = os.environ.pop(_ORIGINAL, None)
+  if original is None:
+    return
+  os.environ.pop(_RESTARTED, None)
+  if original:
+    os.environ["GLIBC_TUNABLES"] = original
+  else:
+    os.environ.pop("GLIBC_TUNABLES", None)
+  _restored = True

@@ -1,21 +1,20 @@
-"""oneDNN's direct convolutions for the CPU train step, as XLA FFI custom calls (config.cpu_convolutions='onednn').
+"""oneDNN's direct convolutions for the CPU train step, as XLA FFI custom calls (config.cpu.convolutions='onednn').
 
 XLA's CPU convolutions (Eigen's) lower a 3x3 convolution to a matrix product over image patches and copy those
-patches first (im2col); on the CIFAR shapes that copying was about a fifth of a ResNet-56 step's CPU time, and
-the weight gradients were slow. oneDNN, the library behind PyTorch's CPU convolutions, computes them directly;
-per layer, forward + backward on the 2-core sandbox, it was 1.2-1.9x faster than Eigen (benchmarks/RESULTS.md).
+patches first (im2col), and their weight gradients are slow. oneDNN, the library behind PyTorch's CPU
+convolutions, computes them directly (measurements in benchmarks/RESULTS.md).
 
-The kernels are resnet_jax/csrc/onednn_conv.cc, built into resnet_jax/_onednn_conv.so against the oneDNN wheel
-(`pip install -e '.[onednn]'`, then `python -m resnet_jax.onednn build`; `make install` does both) and
+The kernels are resnet_jax/cpu/csrc/onednn_conv.cc, built into resnet_jax/cpu/_onednn_conv.so against the oneDNN
+wheel (`pip install -e '.[onednn]'`, then `python -m resnet_jax.cpu.onednn build`; `make install` does both) and
 registered with `jax.ffi`. `conv_general_dilated` is a drop-in for `lax.conv_general_dilated` (nn.Conv's
 `conv_general_dilated` argument) with a custom VJP whose backward pass calls oneDNN's backward-data and
 backward-weights kernels; what oneDNN does not cover here (other dtypes, dilation, groups, layouts other than
 NHWC/HWIO) falls through to `lax.conv_general_dilated`. Same mathematics, another summation order: outputs and
 gradients agree with XLA's to float32 rounding (tests/test_onednn.py).
 
-config.cpu_convolutions: 'auto' (default) uses oneDNN for a float32 CPU run on one device when the kernels are
+config.cpu.convolutions: 'auto' (default) uses oneDNN for a float32 CPU run on one device when the kernels are
 built, and XLA's Eigen convolutions otherwise (half_precision's bfloat16 included); 'onednn' requires them (a
-clear error says how to build them); 'eigen' and 'xla_default' are XLA's (resnet_jax/xla_options.py). A run over
+clear error says how to build them); 'eigen' and 'xla_default' are XLA's (resnet_jax/cpu/xla_options.py). A run over
 several devices (a mesh or pmap) uses XLA's: the custom calls are not partitioned by XLA's SPMD partitioner.
 """
 from __future__ import annotations
@@ -36,8 +35,8 @@ SOURCE = os.path.join(_DIR, "csrc", "onednn_conv.cc")
 LIBRARY = os.path.join(_DIR, "_onednn_conv.so")
 _TARGETS = {"fwd": "ResnetJaxOnednnConvFwd", "bwd_data": "ResnetJaxOnednnConvBwdData",
             "bwd_weights": "ResnetJaxOnednnConvBwdWeights"}
-BUILD_HINT = ("build them with `make install`, or `pip install -e '.[onednn]' && python -m resnet_jax.onednn build` "
-              "(needs g++), or set config.cpu_convolutions='eigen'")
+BUILD_HINT = ("build them with `make install`, or `pip install -e '.[onednn]' && python -m resnet_jax.cpu.onednn "
+              "build` (needs g++), or set --config.cpu.convolutions=eigen")
 
 
 def _prefix_dirs() -> tuple[str, str]:
@@ -85,21 +84,21 @@ def unavailable_reason() -> str | None:
 
 def resolve(choice: str, platform: str | None = None, device_count: int | None = None,
             half_precision: bool = False) -> bool:
-  """Whether a model should use oneDNN convolutions for config.cpu_convolutions=`choice`."""
+  """Whether a model should use oneDNN convolutions for config.cpu.convolutions=`choice`."""
   platform = platform or jax.default_backend()
   device_count = jax.device_count() if device_count is None else device_count
   if choice == "onednn":
     if platform != "cpu":
       return False  # a CPU setting; GPUs and TPUs keep their own convolutions
     if device_count != 1:
-      raise ValueError(f"cpu_convolutions='onednn' runs on one CPU device, this run has {device_count}: use "
+      raise ValueError(f"cpu.convolutions='onednn' runs on one CPU device, this run has {device_count}: use "
                        "'auto' or 'eigen' with several devices")
     if half_precision:
-      raise ValueError("cpu_convolutions='onednn' computes in float32, and half_precision=True asks for bfloat16: "
+      raise ValueError("cpu.convolutions='onednn' computes in float32, and half_precision=True asks for bfloat16: "
                        "use 'auto' or 'eigen' (XLA's convolutions) with half_precision")
     reason = _load()
     if reason:
-      raise ValueError(f"cpu_convolutions='onednn': the oneDNN kernels are not available ({reason}); {BUILD_HINT}")
+      raise ValueError(f"cpu.convolutions='onednn': the oneDNN kernels are not available ({reason}); {BUILD_HINT}")
     return True
   if choice == "auto":
     return platform == "cpu" and device_count == 1 and not half_precision and available()
@@ -182,7 +181,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
 def main(argv: list[str]) -> int:
   if argv[1:] != ["build"]:
-    print("usage: python -m resnet_jax.onednn build", file=sys.stderr)
+    print("usage: python -m resnet_jax.cpu.onednn build", file=sys.stderr)
     return 2
   try:
     path = build()

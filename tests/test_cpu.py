@@ -1,8 +1,12 @@
-"""oneDNN convolutions (resnet_jax/onednn.py): the same function and gradients as XLA's, where and when they apply.
+"""The CPU seam (resnet_jax/cpu): what the plan settles, and that each formulation computes the same function.
 
-`make install` builds the kernels (resnet_jax/_onednn_conv.so); these tests fail, not skip, when they are missing.
+oneDNN convolutions (cpu/onednn.py): the same function and gradients as XLA's, where and when they apply. `make
+install` builds the kernels (resnet_jax/cpu/_onednn_conv.so); these tests fail, not skip, when they are missing.
+Chunked weight gradients and materialised block outputs (cpu/kernels.py): the same gradients and outputs.
 """
 import re
+import subprocess
+import sys
 
 import flax
 import jax
@@ -11,7 +15,16 @@ import numpy as np
 import pytest
 from jax import lax
 
-from resnet_jax import config_lib, models, onednn, train
+from conftest import REPO
+from resnet_jax import config_lib, cpu, models, train
+from resnet_jax.cpu import kernels, onednn, xla_options
+
+ONEDNN = dict(conv_general_dilated=onednn.conv_general_dilated)
+KEEP = dict(block_output=kernels.materialize)
+
+
+def chunked(n):
+  return dict(conv_general_dilated=kernels.conv_with_chunked_weight_grad(n))
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -85,7 +98,7 @@ def test_resnet_with_onednn_is_the_same_network():
   x = jax.random.normal(jax.random.key(1), (16, 32, 32, 3))
   labels = jax.random.randint(jax.random.key(2), (16,), 0, 10)
   for shortcut in ("A", "B"):
-    xla, ours = (models.cifar_net(20, shortcut=shortcut, onednn_convolutions=flag) for flag in (False, True))
+    xla, ours = models.cifar_net(20, shortcut=shortcut), models.cifar_net(20, shortcut=shortcut, **ONEDNN)
     v = xla.init(jax.random.key(0), x[:2])
     assert jax.tree.structure(v) == jax.tree.structure(ours.init(jax.random.key(0), x[:2]))
 
@@ -109,8 +122,8 @@ def test_resnet_with_onednn_is_the_same_network():
 def test_scanned_deep_net_uses_onednn():
   """nn.scan over a stage's blocks (the ResNet-1202 setting) runs the custom calls inside the loop."""
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
-  plain = models.cifar_net(32, onednn_convolutions=True)
-  scanned = models.cifar_net(32, onednn_convolutions=True, scan=True)
+  plain = models.cifar_net(32, **ONEDNN)
+  scanned = models.cifar_net(32, scan=True, **ONEDNN)
   v = plain.init(jax.random.key(0), x)
   vs = models.scanned_variables(v, [5, 5, 5])
   text = jax.jit(lambda v: scanned.apply(v, x)).lower(vs).as_text()
@@ -121,11 +134,11 @@ def test_scanned_deep_net_uses_onednn():
 
 def test_block_outputs_are_still_materialized():
   """With oneDNN convolutions, XLA could still recompute a stage's residual chain in every consumer; with
-  materialize_blocks (on for CPU) no fusion of the ResNet-32 train step reads more than 3 convolution outputs."""
+  cpu.materialize_blocks (on for CPU) no fusion of the ResNet-32 train step reads more than 3 convolution outputs."""
   x = jnp.zeros((8, 32, 32, 3))
   widest = {}
   for keep in (False, True):
-    model = models.cifar_net(32, onednn_convolutions=True, materialize_blocks=keep)
+    model = models.cifar_net(32, **ONEDNN, **(KEEP if keep else {}))
     v = model.init(jax.random.key(0), x)
     grad = jax.jit(jax.grad(lambda p: model.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True,
                                                   mutable=["batch_stats"])[0].sum()))
@@ -139,7 +152,7 @@ def test_block_outputs_are_still_materialized():
   assert widest[True] <= 3 < widest[False], widest
 
 
-def test_settings_resolve_and_explain():
+def test_onednn_resolves_where_it_applies():
   assert onednn.resolve("auto", "cpu", 1) is True
   assert onednn.resolve("onednn", "cpu", 1) is True
   assert onednn.resolve("auto", "cpu", 8) is False  # several devices: XLA's convolutions
@@ -150,14 +163,51 @@ def test_settings_resolve_and_explain():
   assert onednn.resolve("auto", "cpu", 1, half_precision=True) is False  # bfloat16: XLA's convolutions
   with pytest.raises(ValueError, match="computes in float32, and half_precision=True asks for bfloat16"):
     onednn.resolve("onednn", "cpu", 1, half_precision=True)
+
+
+def test_plan_settles_every_auto_once():
   c = config_lib.cifar(20)
-  assert c.cpu_convolutions == "auto"
-  model = models.create_model(c.model, cpu_convolutions="auto")
-  assert model.onednn_convolutions == (jax.default_backend() == "cpu" and jax.device_count() == 1)
-  assert model.weight_grad_chunk == 0 or not model.onednn_convolutions  # no chunking needed with oneDNN
-  assert not models.create_model(c.model).onednn_convolutions  # callers that do not ask get XLA's
-  bf16 = models.create_model(c.model, cpu_convolutions="auto", half_precision=True)
-  assert not bf16.onednn_convolutions and bf16.weight_grad_chunk == (8 if jax.default_backend() == "cpu" else 0)
+  assert dict(c.cpu) == {"convolutions": "auto", "weight_grad_chunk": -1, "materialize_blocks": None,
+                         "host_malloc": "auto"}
+  one = cpu.plan(c, platform="cpu", device_count=1)
+  assert (one.convolutions, one.weight_grad_chunk, one.materialize_blocks) == ("onednn", 0, True)
+  assert one.options == xla_options._EIGEN_CONVOLUTIONS  # for any convolution left to XLA
+  assert one.model_kwargs() == {"conv_general_dilated": onednn.conv_general_dilated,
+                                "block_output": kernels.materialize}
+  eight = cpu.plan(c, platform="cpu", device_count=8)  # XLA's SPMD partitioner does not split custom calls
+  assert (eight.convolutions, eight.weight_grad_chunk, eight.materialize_blocks) == ("eigen", 8, True)
+  assert eight.model_kwargs()["conv_general_dilated"] is not None
+  gpu = cpu.plan(c, platform="gpu", device_count=1)
+  assert (gpu.convolutions, gpu.weight_grad_chunk, gpu.materialize_blocks, gpu.options) == ("native", 0, False, {})
+  assert gpu.model_kwargs() == {"conv_general_dilated": None, "block_output": None}
+  c.half_precision = True
+  assert cpu.plan(c, platform="cpu", device_count=1).convolutions == "eigen"
+  c.half_precision, c.cpu.convolutions, c.cpu.materialize_blocks = False, "xla_default", False
+  p = cpu.plan(c, platform="cpu", device_count=1)
+  assert (p.convolutions, p.weight_grad_chunk, p.materialize_blocks, p.options) == ("xla_default", 8, False, {})
+  c.cpu.convolutions, c.cpu.weight_grad_chunk = "onednn", 16
+  with pytest.raises(ValueError, match="runs on one CPU device, this run has 8"):
+    cpu.plan(c, platform="cpu", device_count=8)
+  assert set(one.describe()) == {"platform", "convolutions", "weight_grad_chunk", "materialize_blocks",
+                                 "xla_compiler_options", "host_malloc", "host_malloc_reason"}
+
+
+def test_bad_cpu_settings_are_listed_together():
+  c = config_lib.cifar(20)
+  c.cpu.convolutions, c.cpu.weight_grad_chunk, c.cpu.materialize_blocks = "mkl", -3, None
+  with pytest.raises(train.ConfigError) as e:
+    train.validate_config(c)
+  assert "cpu.convolutions='mkl': valid values are ['auto', 'onednn', 'eigen', 'xla_default']" in str(e.value)
+  assert "cpu.weight_grad_chunk=-3: use -1 (automatic" in str(e.value)
+
+
+def test_building_a_model_neither_starts_a_backend_nor_imports_the_cpu_code():
+  script = ("import jax, sys\nfrom jax._src import xla_bridge\nfrom resnet_jax import config_lib, models\n"
+            "m = models.create_model(config_lib.imagenet(50).model)\n"
+            "jax.eval_shape(lambda: m.init(jax.random.key(0), jax.numpy.zeros((1, 64, 64, 3))))\n"
+            "print(xla_bridge.backends_are_initialized(), 'resnet_jax.cpu' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.stdout.split() == ["False", "False"], out.stderr[-2000:]
 
 
 def test_missing_kernels_are_a_clear_error(monkeypatch, tmp_path):
@@ -168,10 +218,75 @@ def test_missing_kernels_are_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match=r"not available \(.*missing.so is not built\); build them with `make install`"):
       onednn.resolve("onednn", "cpu", 1)
     c = config_lib.cifar(20)
-    c.cpu_convolutions = "onednn"
-    with pytest.raises(train.ConfigError, match="cpu_convolutions='onednn': the oneDNN kernels are not available"):
+    c.cpu.convolutions = "onednn"
+    with pytest.raises(train.ConfigError, match="cpu.convolutions='onednn': the oneDNN kernels are not available"):
       train.validate_config(c)
   finally:
     monkeypatch.undo()
     onednn._load.cache_clear()
   assert onednn.available()
+
+
+@pytest.mark.parametrize("chunk,shortcut,dtype", [(8, "A", jnp.float32), (5, "B", jnp.float32),
+                                                   (8, "A", jnp.bfloat16)])
+def test_chunked_weight_gradient_is_the_same_gradient(chunk, shortcut, dtype):
+  """weight_grad_chunk changes only the summation order of the weight gradients (chunk 5: 24 = 5+5+5+5+4)."""
+  x = jax.random.normal(jax.random.key(1), (24, 32, 32, 3))
+  labels = jax.random.randint(jax.random.key(2), (24,), 0, 10)
+  whole = models.cifar_net(20, shortcut=shortcut, dtype=dtype)
+  in_chunks = models.cifar_net(20, shortcut=shortcut, dtype=dtype, **chunked(chunk))
+  v = whole.init(jax.random.key(0), x[:2])
+
+  def grads(model):
+    def loss(params):
+      logits, _ = model.apply({"params": params, "batch_stats": v["batch_stats"]}, x, train=True,
+                              mutable=["batch_stats"])
+      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+    return jax.jit(jax.value_and_grad(loss))(v["params"])
+
+  (la, ga), (lb, gb) = grads(whole), grads(in_chunks)
+  assert float(la) == float(lb)  # the forward pass is untouched
+  tol = 1e-4 if dtype == jnp.float32 else 3e-2
+  for path, a in flax.traverse_util.flatten_dict(ga).items():
+    b = flax.traverse_util.flatten_dict(gb)[path]
+    assert a.dtype == b.dtype == jnp.float32
+    scale = float(jnp.max(jnp.abs(a)))
+    assert float(jnp.max(jnp.abs(a - b))) <= tol * scale + 1e-7, path
+  # It really is in use: each convolution (19; option B adds two projections) has a weight gradient per chunk.
+  n_conv = lambda m: jax.jit(jax.grad(lambda p: m.apply(
+      {"params": p, "batch_stats": v["batch_stats"]}, x, train=True, mutable=["batch_stats"])[0].sum())).lower(
+          v["params"]).as_text().count("stablehlo.convolution")
+  convs = 19 if shortcut == "A" else 21
+  assert n_conv(in_chunks) - n_conv(whole) == convs * (-(-24 // chunk) - 1)
+
+
+def test_materialized_blocks_compute_the_same_function():
+  """materialize_blocks divides each block output by a runtime 1.0: outputs, statistics and gradients unchanged."""
+  x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+  plain, kept = models.cifar_net(20), models.cifar_net(20, **KEEP)
+  v = plain.init(jax.random.key(0), x)
+  assert jax.tree.structure(v) == jax.tree.structure(kept.init(jax.random.key(0), x))
+
+  def run(model):
+    def f(params):
+      out, stats = model.apply({"params": params, "batch_stats": v["batch_stats"]}, x, train=True,
+                               mutable=["batch_stats"])
+      return jnp.sum(out ** 2), (out, stats)
+    return jax.jit(jax.grad(f, has_aux=True))(v["params"])
+
+  (ga, (oa, sa)), (gb, (ob, sb)) = run(plain), run(kept)
+  np.testing.assert_allclose(oa, ob, rtol=1e-6, atol=1e-6)
+  for a, b in zip(jax.tree.leaves((ga, sa)), jax.tree.leaves((gb, sb))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert float(kernels.runtime_one(jnp.array([-3.0, 2.0]))) == 1.0
+
+
+def test_cpu_formulations_inside_the_scanned_body():
+  """Chunked weight gradients in a scanned stage (ResNet-1202's setting): the same gradients."""
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  scanned, in_chunks = models.cifar_net(32, scan=True), models.cifar_net(32, scan=True, **chunked(2), **KEEP)
+  vs = scanned.init(jax.random.key(0), x)
+  grad = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(m.apply({"params": p, "batch_stats": vs["batch_stats"]}, x,
+                                                               train=True, mutable=["batch_stats"])[0] ** 2)))(
+                                                                   vs["params"])
+  jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-5), grad(scanned), grad(in_chunks))

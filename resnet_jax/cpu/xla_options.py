@@ -1,0 +1,42 @@
+"""XLA compiler options for the compiled steps: on CPU, convolutions by XLA's Eigen kernels (config.cpu.convolutions).
+
+jax 0.10's CPU backend hands convolutions, dots and reductions to YNNPACK by default. For a ResNet's convolutions
+XLA's own Eigen kernels were faster (benchmarks/RESULTS.md), so on CPU the train and eval steps are compiled with
+YNNPACK kept for dots and reductions only (jax 0.10's default set without convolutions). The option is per
+compilation (`jax.jit(..., compiler_options=...)`), so nothing else in the process changes; an XLA that does not
+know the option is detected once and left at its default, with a warning. 'xla_default' keeps whatever the
+installed XLA chooses. With oneDNN convolutions (cpu/onednn.py) the steps are still compiled with the Eigen
+option, for any convolution left to XLA.
+
+`jax.pmap` takes no compiler options; train.Steps compiles its pmapped steps through `lower().compile()` with them.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import jax
+
+# jax 0.10's default set is INDIVIDUAL_DOT, INDIVIDUAL_CONVOLUTION and REDUCE; this is it without convolutions.
+_EIGEN_CONVOLUTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+@functools.lru_cache(maxsize=None)
+def _supported(items: tuple) -> bool:
+  """Whether this XLA accepts the options (compiles a one-op function with them, once per process)."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=dict(items)).lower(1.0).compile()
+    return True
+  except Exception as e:  # noqa: BLE001  (XLA reports an unknown option or value as a runtime error)
+    logging.warning("this XLA does not accept %s (%s); CPU convolutions stay at XLA's default", dict(items),
+                    str(e).splitlines()[0][:200])
+    return False
+
+
+def compiler_options(convolutions: str) -> dict:
+  """The CPU compiler options for the train/eval steps, given cpu.plan's settled `convolutions`."""
+  if convolutions not in ("onednn", "eigen"):
+    return {}
+  items = tuple(sorted(_EIGEN_CONVOLUTIONS.items()))
+  return dict(items) if _supported(items) else {}
