@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # runs on the CPU; a CPU build on aarch64); other releases would be downloaded (several GB).
 TORCH_PINS ?= $(if $(filter aarch64,$(shell uname -m)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
 
-.PHONY: install test test-slow test-peer train clean
+.PHONY: install lint test test-min test-slow test-peer train clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,20 @@ resnet_jax/cpu/_onednn_conv.so: resnet_jax/cpu/csrc/onednn_conv.cc $(VENV)/.inst
 
 install: $(VENV)/.installed resnet_jax/cpu/_onednn_conv.so
 
-test: install
-	$(PY) -m pytest -q -m "not slow and not peer" $(PYTEST_ARGS)
+# Lint (pyproject.toml's [tool.ruff]: unused or undefined names, one line length), then the suite.
+lint: install
+	$(VENV)/bin/ruff check resnet_jax tests benchmarks configs experiments
+
+test: lint
+	$(PY) -m pytest -q -m "not slow and not peer" -n 2 --dist loadfile $(PYTEST_ARGS)
+
+# The suite against the declared lower bounds (requirements-min.txt), in its own environment.
+test-min:
+	$(PYTHON) -m venv .venv-min
+	.venv-min/bin/python -m pip install --quiet --upgrade pip
+	.venv-min/bin/python -m pip install --quiet -e '.[test,onednn,torch]' $(TORCH_PINS) -c requirements-min.txt
+	.venv-min/bin/python -m resnet_jax.cpu.onednn build
+	.venv-min/bin/python -m pytest -q -m "not slow and not peer" $(PYTEST_ARGS)
 
 test-slow: install
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
@@ -39,4 +51,4 @@ train: install
 	$(PY) -m resnet_jax.main --config=configs/cifar20.py --workdir=runs/cifar20 --config.data_dir=$(DATA_DIR) $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info resnet_jax/cpu/_onednn_conv.so
+	rm -rf $(VENV) .venv-min build *.egg-info resnet_jax/cpu/_onednn_conv.so

@@ -274,7 +274,8 @@ def check_same_function(bench, tb) -> dict:
   import jax
   import numpy as np
   from resnet_jax import models, train
-  assert bench.num_params == tb.num_params, f"parameter counts differ: ours {bench.num_params:,} vs torch {tb.num_params:,}"
+  assert bench.num_params == tb.num_params, (f"parameter counts differ: ours {bench.num_params:,} vs torch "
+                                             f"{tb.num_params:,}")
   host = jax.device_get(bench.state)
   batch = bench.batches[0]
   # In full float32 on both sides, also for half_precision (whose bfloat16 roundings differ between the two and

@@ -31,7 +31,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 RESULTS_FILE = "layer_responses.json"

@@ -35,7 +35,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 
@@ -211,27 +211,17 @@ def input_pipeline_rate(config, *, steps: int, windows: int) -> dict:
   cfg = config_lib.resolve(config)
   t0 = time.perf_counter()
   try:
-    data = train.Data(cfg)
-  except (FileNotFoundError, RuntimeError, ValueError) as e:  # e.g. ImageNet not prepared on this machine
-    return {"input_images_per_sec": None, "input_note": f"no data: {_one_line(e)}"}
-  if cfg.get("input_backend", "tfdata") == "device":
-    import jax
-    import jax.numpy as jnp
-    data.attach(parallel.make_mesh())
-    load_s = time.perf_counter() - t0
-    counter = iter(range(10**9))
-    fetch = lambda: data.device.batch(next(counter))["label"]
+    data = train.Data(cfg, parallel.make_mesh())
+    data.train_batch(0)  # builds the pipeline (and compiles the device draw); starts filling any prefetch buffer
+  except (FileNotFoundError, RuntimeError, ValueError) as e:  # no data or no TensorFlow on this machine
+    return {"input_images_per_sec": None, "input_note": f"no input pipeline: {_one_line(e)}"}
+  load_s = time.perf_counter() - t0
+  counter = iter(range(1, 10**9))
+  fetch = lambda: data.train_batch(next(counter))["label"]
+  if cfg.input_backend == "device":
     source = f"device ({cfg.dataset}, augmentation inside jit)"
-    jax.block_until_ready(fetch())  # compiles
   else:
-    try:
-      it = data.train_iterator(0)
-    except (FileNotFoundError, RuntimeError, ValueError) as e:  # e.g. TensorFlow not installed on this machine
-      return {"input_images_per_sec": None, "input_note": f"no input pipeline: {_one_line(e)}"}
-    load_s = time.perf_counter() - t0
-    fetch = lambda: next(it)["label"]
     source = {"fake": "fake (random images, the same tf.data augmentation)"}.get(cfg.dataset, f"tfds {cfg.dataset}")
-    fetch()  # the first batch builds the pipeline and starts filling the prefetch buffer
   rate, _ = median_rate(fetch, items_per_call=cfg.batch_size, calls=steps, windows=windows)
   return {"input_images_per_sec": rate, "input_source": source, "input_load_seconds": load_s}
 
@@ -356,7 +346,8 @@ def format_result(r: dict) -> str:
       f"                {fmt(r.get('train_flops_per_sec') and r['train_flops_per_sec'] / 1e9, '.1f')} GFLOP/s "
       f"({fmt(r.get('train_step_flops') and r['train_step_flops'] / 1e9, '.2f')} GFLOP per step, XLA cost analysis)",
       f"eval:           {fmt(r['eval_images_per_sec'], '.1f')} img/s",
-      f"input pipeline: {fmt(r['input_images_per_sec'], '.1f')} img/s  ({r.get('input_source') or r.get('input_note')})",
+      f"input pipeline: {fmt(r['input_images_per_sec'], '.1f')} img/s  "
+      f"({r.get('input_source') or r.get('input_note')})",
       f"peak memory:    host {r['peak_host_memory_bytes'] / 2**20:.0f} MiB, device "
       f"{fmt(r['peak_device_memory_bytes'] and r['peak_device_memory_bytes'] / 2**20, '.0f')} MiB",
   ]

@@ -42,18 +42,44 @@ def _one_line(text: str) -> str:
   return " ".join(str(text).split())
 
 
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")  # configs/ links here
+
+
+def _config_flag(arg: str):
+  """(flag name, value) of a --NAME=VALUE argument for a config-file flag, else None."""
+  m = re.fullmatch(r"--(\w+)=(.+)", arg)
+  if m and m.group(1) in flags.FLAGS and type(flags.FLAGS[m.group(1)]).__name__ == "_ConfigFlag":
+    return m.groups()
+  return None
+
+
+def resolve_config_names(argv: list[str]) -> list[str]:
+  """--config=cifar56 (a recipe's name, optionally with :ARG) -> the packaged configs/cifar56.py, so that the
+  recipes work from an installed wheel as from a clone; paths are left alone."""
+  out = list(argv[:1])
+  for arg in argv[1:]:
+    parsed = _config_flag(arg)
+    if parsed:
+      name, value = parsed
+      recipe, sep, rest = value.partition(":")
+      packaged = os.path.join(CONFIGS_DIR, recipe + ".py")
+      if re.fullmatch(r"\w+", recipe) and not os.path.exists(recipe) and os.path.isfile(packaged):
+        arg = f"--{name}={packaged}{sep}{rest}"
+    out.append(arg)
+  return out
+
+
 def _config_file_problem(argv: list[str]) -> str | None:
   """The problem with a --config=FILE[:ARG] of the command line whose file is missing, else None."""
   for arg in argv[1:]:
-    m = re.fullmatch(r"--(\w+)=(.+)", arg)
-    if not m or m.group(1) not in flags.FLAGS or type(flags.FLAGS[m.group(1)]).__name__ != "_ConfigFlag":
+    parsed = _config_flag(arg)
+    if not parsed or os.path.isfile(parsed[1].split(":", 1)[0]):
       continue
-    path = m.group(2).split(":", 1)[0]
-    if not os.path.isfile(path):
-      here = sorted(f[:-3] for f in os.listdir("configs") if f.endswith(".py")) if os.path.isdir("configs") else []
-      close = difflib.get_close_matches(os.path.basename(path).removesuffix(".py"), here, n=1)
-      hint = f" (did you mean configs/{close[0]}.py?)" if close else " (the recipes are in configs/)"
-      return f"{arg}: no such config file{hint}"
+    path = parsed[1].split(":", 1)[0]
+    recipes = sorted(f[:-3] for f in os.listdir(CONFIGS_DIR) if f.endswith(".py") and not f.startswith("_"))
+    close = difflib.get_close_matches(os.path.basename(path).removesuffix(".py"), recipes, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else f" (recipes: {', '.join(recipes)})"
+    return f"{arg}: no such config file{hint}"
   return None
 
 
@@ -66,6 +92,7 @@ def _unknown_field(e: Exception) -> str:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with each mistake as one line and exit status 2."""
+  argv = resolve_config_names(argv)
   problem = _config_file_problem(argv)
   if problem:
     fail(problem)

@@ -29,13 +29,15 @@ def base_training_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # Data.
   c.dataset = "cifar10"            # 'cifar10', 'imagenet2012' or 'fake' (random data of the right shapes)
-  c.data_dir = ml_collections.config_dict.placeholder(str)               # tfds data dir; None -> $TFDS_DATA_DIR, then tfds's default (~/tensorflow_datasets)
+  # tfds data dir; None -> $TFDS_DATA_DIR, then tfds's default (~/tensorflow_datasets).
+  c.data_dir = ml_collections.config_dict.placeholder(str)
   c.train_split = "train"          # the paper's 45k/5k split: train[:45000] and eval_split=train[45000:]
   c.eval_split = "test"
   c.normalization = "pixel_mean"   # 'pixel_mean' (the paper: subtract the per-pixel mean image) or 'channel'
   c.image_size = 32
   c.input_backend = "tfdata"       # 'tfdata' (tf.data on the host) or 'device' (data set held on the devices)
-  c.data_file = ml_collections.config_dict.placeholder(str)              # .npz for input_backend='device' without tfds (e.g. cifar10_jpeg_bytes.npz)
+  # .npz for input_backend='device' without tfds (e.g. cifar10_jpeg_bytes.npz).
+  c.data_file = ml_collections.config_dict.placeholder(str)
   c.fake_train_size = 1024         # examples in the 'fake' data set
   c.fake_eval_size = 300
   # Optimisation (SGD with momentum; weight decay added to the gradient, as L2 in the loss).
@@ -68,10 +70,10 @@ def base_training_config() -> ml_collections.ConfigDict:
   # CPU speed settings, each the same mathematics and without effect on GPUs/TPUs (resnet_jax/cpu: what each
   # does; benchmarks/RESULTS.md: what each gains).
   c.cpu = ml_collections.ConfigDict()
-  c.cpu.convolutions = "auto"     # 'auto' (oneDNN where built and one device, else Eigen), 'onednn', 'eigen', 'xla_default'
+  c.cpu.convolutions = "auto"     # 'auto' (oneDNN if built, one device; else Eigen), 'onednn', 'eigen', 'xla_default'
   c.cpu.weight_grad_chunk = -1    # -1: 8 with XLA's convolutions on CPU, else off; 0: off; N: chunks of N examples
   c.cpu.materialize_blocks = ml_collections.config_dict.placeholder(bool)  # None: on for CPU
-  c.cpu.host_malloc = "auto"      # 'auto' (huge pages for malloc on CPU-only runs, by one restart), 'huge_pages', 'system'
+  c.cpu.host_malloc = "auto"      # 'auto' (huge pages for malloc on CPU-only runs), 'huge_pages', 'system'
   c.skip_nonfinite = False         # skip updates whose loss or gradient is not finite instead of stopping
   c.model = ml_collections.ConfigDict()
   return c

@@ -62,8 +62,8 @@ def load_split(config, which: str) -> input_pipeline.ArrayData:
   split = config.train_split if which == "train" else config.eval_split
   m = _SPLIT.match(split.replace(" ", ""))
   if not m:
-    raise input_pipeline.SplitError(f"split {split!r} is not supported with data_file: use train, test, or a slice such as "
-                     f"train[:45000] / train[45000:]")
+    raise input_pipeline.SplitError(f"split {split!r} is not supported with data_file: use train, test, or a slice "
+                                    "such as train[:45000] / train[45000:]")
   name, lo, hi = m.groups()
   data = _load_npz(os.path.abspath(os.path.expanduser(config.data_file)), name)
   sl = slice(int(lo) if lo else None, int(hi) if hi else None)

@@ -16,7 +16,7 @@ from collections import OrderedDict
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from resnet_jax import models

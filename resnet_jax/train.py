@@ -242,9 +242,9 @@ def _with_compiler_options(fn, options: dict):
 class Steps:
   """The compiled train and eval steps for one parallelism mode, with host <-> device conversions."""
 
-  def __init__(self, config, tx, schedule, devices=None, *, model_factory=None):
+  def __init__(self, config, tx, schedule, devices=None, *, mesh=None, model_factory=None):
     self.mode = config.parallelism
-    self.mesh = parallel.make_mesh(devices)
+    self.mesh = mesh if mesh is not None else parallel.make_mesh(devices)
     n_dev = self.mesh.size
     self.plan = cpu.plan(config, platform=self.mesh.devices.flat[0].platform, device_count=n_dev)
     if model_factory is None:
@@ -450,60 +450,72 @@ def _fmt_eta(seconds: float) -> str:
 
 
 class Data:
-  """The run's training iterator and evaluation batches, whatever the data set."""
+  """The run's input, whatever the data set and backend: `train_batch(step)` and `eval_batches()`.
 
-  def __init__(self, config):
+  Built once with the mesh. CIFAR through tf.data (input_backend='tfdata') and ImageNet give host batches (this
+  process's share of the global batch); CIFAR held on the devices (input_backend='device') gives global arrays
+  drawn inside jit. Batches are a function of (seed, step) in every case, so a resumed run reads what an
+  uninterrupted one would have.
+  """
+
+  def __init__(self, config, mesh):
     self.config = config
-    self.device = None  # input_backend='device' only: set by attach()
-    pc = jax.process_count()
+    self._pi, self._pc = jax.process_index(), jax.process_count()
+    self._stream, self._next_step, self._device = None, None, None
     if config.dataset == "imagenet2012":
       from resnet_jax import imagenet_input  # needs tfds; imported only for ImageNet runs
       self._imagenet = imagenet_input
-      imagenet_input.load_builder(config, process_count=pc)  # clear error now if the data is missing
+      imagenet_input.load_builder(config, process_count=self._pc)  # clear error now if the data is missing
       self.train_size = None
       logging.info("data: imagenet2012 %r, eval %r (single-crop during training; 10-crop and multi-scale "
                    "with python -m resnet_jax.evaluate)", config.train_split, config.eval_split)
       return
     self._imagenet = None
-    if config.get("input_backend", "tfdata") == "device":
+    on_device = config.input_backend == "device"
+    if on_device:
       from resnet_jax import device_input
-      self.train = device_input.load_split(config, "train")
-      self.eval = device_input.load_split(config, "eval")
+      load = device_input.load_split
     else:
-      self.train = input_pipeline.load_split(config, "train")
-      self.eval = input_pipeline.load_split(config, "eval")
+      load = input_pipeline.load_split
+    self.train, self.eval = load(config, "train"), load(config, "eval")
     self.train_size = len(self.train)
+    if config.batch_size > self.train_size:
+      raise ConfigError(f"invalid config:\n  - batch_size={config.batch_size} exceeds the {self.train_size} "
+                        f"training examples of {config.train_split!r}")
     self.norm = input_pipeline.normalizer(config, self.train)
     input_pipeline.log_data_summary(config, self.train, self.eval)
-
-  def attach(self, mesh):
-    """input_backend='device': place the training split on the mesh's devices."""
-    if self.config.get("input_backend", "tfdata") == "device":
-      from resnet_jax import device_input
-      self.device = device_input.DeviceData(self.config, self.train, self.norm, mesh)
+    if on_device:
+      self._device = device_input.DeviceData(config, self.train, self.norm, mesh)
       logging.info("data: training split held on %d device(s), batches drawn inside jit", mesh.size)
 
-  def train_iterator(self, start_step: int):
-    pi, pc = jax.process_index(), jax.process_count()
-    if self.device is not None:
-      return None
+  def _open_stream(self, start_step: int):
     if self._imagenet:
-      ds = self._imagenet.train_dataset(self.config, start_step=start_step, process_index=pi, process_count=pc,
-                                        local_batch_size=self.config.batch_size // pc)
-      return ds.as_numpy_iterator()
+      return self._imagenet.train_dataset(self.config, start_step=start_step, process_index=self._pi,
+                                          process_count=self._pc,
+                                          local_batch_size=self.config.batch_size // self._pc).as_numpy_iterator()
     return input_pipeline.train_iterator(self.config, self.train, self.norm, start_step=start_step,
-                                         process_index=pi, process_count=pc)
+                                         process_index=self._pi, process_count=self._pc)
+
+  def train_batch(self, step: int):
+    """The training batch of `step` (0-based: the state's step before the update)."""
+    if self._device is not None:
+      return self._device.batch(step)
+    if step != self._next_step:  # first call, or a jump: (re)open the stream there
+      self._stream = self._open_stream(step)
+    self._next_step = step + 1
+    return next(self._stream)
 
   def eval_batches(self):
-    pi, pc = jax.process_index(), jax.process_count()
+    """This process's share of the padded, masked evaluation batches: every example counted once."""
     if self._imagenet:
-      ds = self._imagenet.eval_dataset(self.config, protocol="single", process_index=pi, process_count=pc,
-                                       local_batch_size=self.config.eval_batch_size // pc)
+      ds = self._imagenet.eval_dataset(self.config, protocol="single", process_index=self._pi,
+                                       process_count=self._pc,
+                                       local_batch_size=self.config.eval_batch_size // self._pc)
       for batch in ds.as_numpy_iterator():
         yield {k: batch[k] for k in ("image", "label", "mask")}
       return
     yield from input_pipeline.eval_batches(self.eval, self.norm, global_batch=self.config.eval_batch_size,
-                                           process_index=pi, process_count=pc)
+                                           process_index=self._pi, process_count=self._pc)
 
 
 def evaluate(steps: Steps, state, data: Data) -> dict:
@@ -526,16 +538,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   is_chief = jax.process_index() == 0
   _check_workdir(workdir)
 
-  data = Data(config)
-  if data.train_size is not None and config.batch_size > data.train_size:
-    raise ConfigError(f"invalid config:\n  - batch_size={config.batch_size} exceeds the {data.train_size} "
-                      f"training examples of {config.train_split!r}")
+  mesh = parallel.make_mesh()
+  data = Data(config, mesh)
 
   schedule = make_schedule(config)
   tx = make_optimizer(config)
-  steps = Steps(config, tx, schedule)
+  steps = Steps(config, tx, schedule, mesh=mesh)
   logging.info("platform plan: %s", steps.plan.describe())
-  data.attach(steps.mesh)
   host_state = _host_state(steps.model, tx, config)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
   meta = ckpt_lib.meta_for(config)
@@ -555,7 +564,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = writers.make_writer(workdir, is_chief)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flat_config(config).items() if isinstance(v, (int, float, str, bool))})
-  train_iter = data.train_iterator(start_step)
   rng = jax.random.key(config.seed)
   window, infos = None, []
   last_finite = {}
@@ -573,8 +581,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   try:
     for step in range(start_step + 1, config.num_train_steps + 1):
-      batch = data.device.batch(step - 1) if data.device is not None else next(train_iter)  # step - 1 == state.step
-      state, m, info = steps.train(state, batch, rng)
+      state, m, info = steps.train(state, data.train_batch(step - 1), rng)  # step - 1 == state.step
       window = m if window is None else window.merge(m)
       infos.append(info)
       steps_in_window += 1

@@ -20,6 +20,10 @@ def pytest_configure(config):
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache))
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  # The commands' huge pages for malloc (config.cpu.host_malloc='auto') in effect from the start, so that the many
+  # command-line runs of the suite do not each restart once to get them (tests/test_host_malloc.py tests the
+  # restart itself, with this variable removed).
+  os.environ.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +50,9 @@ def read_jsonl(path):
     return [json.loads(line) for line in f if line.strip()]
 
 
-SMALL = ["--config.dataset=fake", "--config.batch_size=32", "--config.eval_batch_size=64",
+# Fake data and ResNet-8 (one block per stage: every kind of block, shortcut and downsampling of the CIFAR nets,
+# compiled in a few seconds): for tests of the machinery (resume, errors, writers), not of learning.
+SMALL = ["--config.dataset=fake", "--config.model.depth=8", "--config.batch_size=32", "--config.eval_batch_size=64",
          "--config.fake_train_size=256", "--config.fake_eval_size=100"]
 
 

@@ -65,7 +65,8 @@ def test_cli_json_reports_every_field(tiny_result):
   assert plan["convolutions"] == "onednn" and plan["weight_grad_chunk"] == 0 and plan["materialize_blocks"]
   assert r["train_step_flops"] is None and r["train_flops_per_sec"] is None
   assert plan["xla_compiler_options"] == xla_options._EIGEN_CONVOLUTIONS
-  # The entry point applied host_malloc='auto' before JAX started (restarting itself): JAX runs on this CPU alone.
+  # The entry point applied host_malloc='auto' before JAX started (in the suite, GLIBC_TUNABLES of conftest.py
+  # already asks for huge pages, so without a restart): JAX runs on this CPU alone.
   assert plan["host_malloc"] == "huge_pages", plan["host_malloc_reason"]
 
 
@@ -172,7 +173,7 @@ def test_torch_twin_is_the_same_network():
   import jax
   sys.path.insert(0, str(REPO / "benchmarks"))
   import torch_peer
-  from resnet_jax import config_lib, models
+  from resnet_jax import config_lib
   for cfg, size, n in ((config_lib.cifar(20), 32, 269_722), (config_lib.imagenet(50), 224, 25_557_032)):
     net = torch_peer.build_torch_model(cfg.model)
     assert sum(p.numel() for p in net.parameters()) == n

@@ -13,7 +13,7 @@ CIFAR = "--config=configs/cifar20.py"
 CASES = [
     # (module, args, what the message must name)
     ("resnet_jax.main", ["--config=configs/nope.py", "--workdir=W"], "configs/nope.py: no such config file"),
-    ("resnet_jax.main", ["--config=configs/cifr20.py", "--workdir=W"], "did you mean configs/cifar20.py?"),
+    ("resnet_jax.main", ["--config=configs/cifr20.py", "--workdir=W"], "did you mean cifar20?"),
     ("resnet_jax.main", [CIFAR, "--config.batchsize=64", "--workdir=W"], 'Did you mean "batch_size"'),
     ("resnet_jax.main", [CIFAR, "--config.batch_size=abc", "--workdir=W"], "--config.batch_size=abc"),
     ("resnet_jax.main", [CIFAR, "--config.model.depth=21", "--workdir=W"], "CIFAR depth must be 6n+2"),
@@ -43,7 +43,7 @@ CASES = [
 @pytest.mark.parametrize("module,args,needle", CASES, ids=[f"{m.split('.')[1]}:{' '.join(a)}" for m, a, _ in CASES])
 def test_bad_input_is_one_line_and_exit_2(module, args, needle, tmp_path):
   args = [a.replace("=W", f"={tmp_path / 'W'}").replace("MISSING_", f"{tmp_path}/MISSING_") for a in args]
-  proc = run_cli(module, *args, check=False, timeout=120)
+  proc = run_cli(module, *args, check=False, timeout=120, env={"GLIBC_TUNABLES": ""})  # a restart would be due
   assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
   errors = [line for line in proc.stderr.splitlines() if line.startswith(("error:", "FATAL"))]

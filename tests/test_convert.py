@@ -8,8 +8,6 @@ in the stride-2 blocks gives 1e-1 (ResNet-18) and 6e-2 (ResNet-50), and a transp
 statistic more still.
 """
 import json
-import os
-import subprocess
 import sys
 
 import jax

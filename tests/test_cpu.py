@@ -215,7 +215,7 @@ def test_missing_kernels_are_a_clear_error(monkeypatch, tmp_path):
   onednn._load.cache_clear()
   try:
     assert onednn.resolve("auto", "cpu", 1) is False  # 'auto' falls back to XLA's Eigen convolutions
-    with pytest.raises(ValueError, match=r"not available \(.*missing.so is not built\); build them with `make install`"):
+    with pytest.raises(ValueError, match=r"not available \(.*missing.so is not built\); build them with `make inst"):
       onednn.resolve("onednn", "cpu", 1)
     c = config_lib.cifar(20)
     c.cpu.convolutions = "onednn"

@@ -1,13 +1,10 @@
 """input_backend='device': same augmentation and normalisation as tf.data, exact resume, TF-free import path."""
-import json
 import os
-import sys
 import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from conftest import REPO, SHARED_DATA, SMALL, read_jsonl, run_cli
 from resnet_jax import config_lib, device_input, input_pipeline, parallel
@@ -39,7 +36,6 @@ def test_crop_and_flip_identical_to_tfdata():
 
 def test_augmentation_distributions_match():
   """Offsets uniform over 0..8 and flip rate 1/2 for both backends (18,000 draws each; 5-sigma bounds)."""
-  import tensorflow as tf
   n = 9000
   dev_off, dev_flip = device_input.augmentation_params(jax.random.key(0), n)
   tf_off, tf_flip = input_pipeline.augmentation_params(0, 7, n)

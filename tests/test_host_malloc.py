@@ -1,4 +1,4 @@
-"""config.cpu.host_malloc (resnet_jax/cpu/host_malloc.py): huge pages for malloc on CPU-only runs, by a one-time restart.
+"""config.cpu.host_malloc (resnet_jax/cpu/host_malloc.py): huge pages for malloc on CPU-only runs, by one restart.
 
 Tunables act on a whole process from its start, so every test that applies them runs in a subprocess.
 """

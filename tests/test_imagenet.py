@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import flax.linen as nn
@@ -20,7 +19,6 @@ import tensorflow as tf
 
 from resnet_jax import config_lib, evaluate, imagenet_input as ii, models
 
-import imagenet_fixture
 
 REPO = Path(__file__).parents[1]
 
@@ -350,32 +348,6 @@ def test_evaluate_protocol_errors_are_right(fake, protocol):
   assert r["top1_error"] == pytest.approx(1 - labels.count(top5[0]) / n)
   assert r["top5_error"] == pytest.approx(1 - sum(labels.count(c) for c in top5) / n)
   assert r["top5_error"] < r["top1_error"]
-
-
-def test_evaluate_cli_json(fake, tmp_path):
-  """The CLI end to end, with train.load_variables_for_eval replaced by freshly initialised variables."""
-  script = textwrap.dedent(f"""
-      import jax, jax.numpy as jnp
-      from absl import app
-      from resnet_jax import evaluate, models, train
-      def load_variables_for_eval(config, workdir):
-        assert workdir == {str(tmp_path)!r}
-        model = models.create_model(config.model)
-        x = jnp.zeros((1, config.image_size, config.image_size, 3))
-        return jax.jit(model.init)(jax.random.key(0), x)
-      train.load_variables_for_eval = load_variables_for_eval
-      evaluate.define_flags()
-      app.run(evaluate.main)
-      """)
-  cmd = [sys.executable, "-c", script, "--config=configs/imagenet_resnet18.py", f"--workdir={tmp_path}",
-         "--protocol=single", "--json", f"--config.data_dir={fake['data_dir']}", "--config.image_size=32",
-         "--config.eval_batch_size=8"]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
-  assert out.returncode == 0, out.stderr[-3000:]
-  result = json.loads(out.stdout.strip().splitlines()[-1])
-  assert result["count"] == fake["num_val"] and result["protocol"] == "single"
-  assert 0 <= result["top1_error"] <= 1
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -107,10 +107,12 @@ def _two_process_run(workdir, args, port):
 
 
 def test_two_processes_agree_with_one(tmp_path, tfds_dir):
-  """2 processes x 4 devices vs 1 process x 8 devices on real CIFAR-10; exact eval count; 2-process resume."""
-  args = ["--config=configs/cifar20.py", f"--config.data_dir={tfds_dir}", "--config.batch_size=32",
-          "--config.eval_batch_size=1000", "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
-          "--config.eval_every_steps=1000", "--config.learning_rate=0.01"]
+  """2 processes x 4 devices vs 1 process x 8 devices on real CIFAR-10 (ResNet-8); exact eval count over 999 test
+  images, which no batch divides; 2-process resume."""
+  args = ["--config=configs/cifar20.py", "--config.model.depth=8", f"--config.data_dir={tfds_dir}",
+          "--config.batch_size=32", "--config.eval_batch_size=200", "--config.eval_split=test[:999]",
+          "--config.log_every_steps=1", "--config.checkpoint_every_steps=2", "--config.eval_every_steps=1000",
+          "--config.learning_rate=0.01"]
   port = 20000 + os.getpid() % 20000
   errs = _two_process_run(tmp_path / "two", args + ["--config.num_train_steps=3"], port)
   assert "step 3/3" in errs[0] and "step 3/3" not in errs[1]  # only process 0 logs progress
@@ -124,10 +126,10 @@ def test_two_processes_agree_with_one(tmp_path, tfds_dir):
   # 8 devices and one with 1 device differ by 1.5e-4 in the step-3 loss here too. A wrong data split or a
   # doubled gradient would move the loss by > 1e-2.
   np.testing.assert_allclose([r["train_loss"] for r in two], [r["train_loss"] for r in one], rtol=1e-3)
-  assert two[-1]["eval_count"] == one[-1]["eval_count"] == 10_000
-  np.testing.assert_allclose(two[-1]["eval_error"], one[-1]["eval_error"], atol=1e-3)  # <= 10 of 10,000
+  assert two[-1]["eval_count"] == one[-1]["eval_count"] == 999
+  # Argmax ties within float32 rounding may flip a few of the 999 images; a wrong split would move the parameters.
+  np.testing.assert_allclose(two[-1]["eval_error"], one[-1]["eval_error"], atol=5.5e-3)  # <= 5 of 999
   # A checkpoint written by the 2-process run resumes in a 2-process run.
-  _two_process_run(tmp_path / "two", args + ["--config.num_train_steps=4", "--config.eval_split=test[:1000]"],
-                   port + 1)
+  _two_process_run(tmp_path / "two", args + ["--config.num_train_steps=4"], port + 1)
   res = json.loads((tmp_path / "two" / "results.json").read_text())
   assert res["resumed_from_step"] == 3 and res["steps"] == 4 and res["processes"] == 2

@@ -69,7 +69,9 @@ def test_report_builds_table_and_pngs(sweep_dir, tmp_path):
   md = (tmp_path / "out" / "report.md").read_text()
 
   # Table 6 layout: ours beside the paper's; parameters counted from the model (ResNet-20: 269,722).
-  assert "| method | # layers | # params | steps | train error (%) | test error (%) |" in md
+  # Errors of the final model; no "best" column, since these runs evaluate on the test set.
+  assert ("| method | # layers | # params | steps | train error (%) | final eval error (%) | paper test error (%) |"
+          in md)
   r20 = _table_rows(md, "ResNet-20 (resnet20)")[0].split(" | ")
   assert r20[1:6] == ["20", "0.270M", "400", "30.00", "35.00"] and r20[-1].rstrip(" |") == "8.75"
   r56 = _table_rows(md, "ResNet-56 (resnet56)")[0]
@@ -93,6 +95,16 @@ def test_report_builds_table_and_pngs(sweep_dir, tmp_path):
     assert 300 < h < 1000 and 400 < w < 1200, (name, h, w)
     assert path.stat().st_size < 200_000  # small enough to commit
   assert "| plain-20 | 400 | 18 | 10,000 | 1.500 |" in md
+
+
+def test_best_error_only_on_a_validation_split(sweep_dir, tmp_path):
+  from resnet_jax import report
+  runs = [report.load_run(str(sweep_dir / "resnet20"))]
+  assert report.best_validation(runs[0]) == (None, None)  # evaluated on the test set
+  runs[0].config["eval_split"] = "train[45000:]"
+  best, step = report.best_validation(runs[0])
+  assert best == min(r["eval_error"] for r in runs[0].eval_rows) and step in (100, 200, 300, 400)
+  assert "| best validation error (%) [step] |" in report.results_table(runs)
 
 
 def test_budget_means_and_paper_numbers():
