@@ -529,6 +529,76 @@ def evaluate(steps: Steps, state, data: Data) -> dict:
           "eval_accuracy": 1.0 - float(out["error"]), "eval_count": count}
 
 
+class TrainLog:
+  """The training metrics between two log lines: merged on the devices, fetched once per line, checked for
+  non-finite steps (an error naming the step, or counted with skip_nonfinite), written and printed with img/s and
+  ETA."""
+
+  def __init__(self, config, workdir: str, checkpointer):
+    self.config, self.workdir, self.checkpointer = config, workdir, checkpointer
+    self.window, self.infos, self.last_finite, self.skipped = None, [], {}, 0
+    self.restart_clock()
+
+  def restart_clock(self):
+    """Called after logging and evaluation, which the next window's img/s leaves out."""
+    self.t0 = time.time()
+
+  def add(self, m, info):
+    self.window = m if self.window is None else self.window.merge(m)
+    self.infos.append(info)
+
+  def flush(self, step: int) -> dict:
+    """The window's scalars, logged; raises NonFiniteError for a non-finite step unless skip_nonfinite."""
+    config = self.config
+    host_infos = jax.device_get(self.infos)
+    first = step - len(host_infos) + 1
+    bad = [first + i for i, x in enumerate(host_infos) if x["nonfinite"]]
+    self.skipped += len(bad)
+    if bad and not config.skip_nonfinite:
+      newest = self.checkpointer.all_steps()
+      raise NonFiniteError(
+          f"non-finite loss or gradient at step {bad[0]} (loss {host_infos[bad[0] - first]['loss']}); the update "
+          f"was not applied. Last finite metrics: {self.last_finite or 'none yet'}. Newest good checkpoint: "
+          + (f"{self.workdir}/checkpoints/{newest[-1]}" if newest else "none") + ". Lower the learning rate, or "
+          "set --config.skip_nonfinite=True to skip such updates.")
+    elapsed, n = time.time() - self.t0, len(host_infos)
+    computed = self.window.compute()
+    scalars = {"train_loss": float(computed["loss"]), "train_error": float(computed["error"]),
+               "grad_norm": float(computed["grad_norm"]), "learning_rate": float(host_infos[-1]["learning_rate"]),
+               "images_per_sec": n * config.batch_size / max(elapsed, 1e-9)}
+    if config.skip_nonfinite:
+      scalars["skipped_nonfinite"] = float(self.skipped)
+    self.last_finite = {k: round(v, 6) for k, v in scalars.items()} | {"step": step}
+    remaining = (config.num_train_steps - step) * elapsed / max(n, 1)
+    logging.info("step %d/%d  loss %.4f  train error %.4f  lr %.4g  %.0f img/s  ETA %s", step,
+                 config.num_train_steps, scalars["train_loss"], scalars["train_error"], scalars["learning_rate"],
+                 scalars["images_per_sec"], _fmt_eta(remaining))
+    self.window, self.infos = None, []
+    return scalars
+
+
+def _restore_or_init(steps: Steps, tx, config, checkpointer, workdir: str):
+  """(state on the devices, its step): the newest readable checkpoint of the workdir, or a fresh init."""
+  host_state = _host_state(steps.model, tx, config)
+  restored, start_step = checkpointer.restore_latest(steps.abstract_global(host_state), ckpt_lib.meta_for(config))
+  if restored is None:
+    return steps.to_device(host_state), 0
+  logging.info("resumed from %s/checkpoints/%d", workdir, start_step)
+  return steps.from_global(restored), start_step
+
+
+def _start_files(config, workdir: str, start_step: int, is_chief: bool):
+  """metrics.jsonl cut back to the restored step, config.json, and the metric writers."""
+  if is_chief:
+    truncate_jsonl(os.path.join(workdir, "metrics.jsonl"), start_step)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  writer = writers.make_writer(workdir, is_chief)
+  if start_step == 0:
+    writer.write_hparams({k: v for k, v in _flat_config(config).items() if isinstance(v, (int, float, str, bool))})
+  return writer
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming from workdir/checkpoints if present) and evaluates; returns results.json's content."""
   t_start = time.time()
@@ -538,81 +608,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   is_chief = jax.process_index() == 0
   _check_workdir(workdir)
 
+  # Set up: the data on the mesh, the compiled steps, the state (restored or new), the metric files.
   mesh = parallel.make_mesh()
   data = Data(config, mesh)
-
-  schedule = make_schedule(config)
   tx = make_optimizer(config)
-  steps = Steps(config, tx, schedule, mesh=mesh)
+  steps = Steps(config, tx, make_schedule(config), mesh=mesh)
   logging.info("platform plan: %s", steps.plan.describe())
-  host_state = _host_state(steps.model, tx, config)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
-  meta = ckpt_lib.meta_for(config)
-  restored, start_step = checkpointer.restore_latest(steps.abstract_global(host_state), meta)
-  if restored is not None:
-    state = steps.from_global(restored)
-    logging.info("resumed from %s/checkpoints/%d", workdir, start_step)
-  else:
-    state = steps.to_device(host_state)
-  del host_state, restored
-  jsonl = os.path.join(workdir, "metrics.jsonl")
-  if is_chief:
-    truncate_jsonl(jsonl, start_step)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-
-  writer = writers.make_writer(workdir, is_chief)
-  if start_step == 0:
-    writer.write_hparams({k: v for k, v in _flat_config(config).items() if isinstance(v, (int, float, str, bool))})
-  rng = jax.random.key(config.seed)
-  window, infos = None, []
-  last_finite = {}
-  t_window, steps_in_window = time.time(), 0
-  eval_results = {}
-  total_skipped = 0
-  step = start_step
-  stop = StopRequest()
+  state, start_step = _restore_or_init(steps, tx, config, checkpointer, workdir)
+  writer = _start_files(config, workdir, start_step, is_chief)
+  log = TrainLog(config, workdir, checkpointer)
   saved = set(checkpointer.all_steps())
 
   def save(step, force=False):
     if step not in saved:
-      checkpointer.save(step, steps.to_global(state), meta, force=force)
+      checkpointer.save(step, steps.to_global(state), ckpt_lib.meta_for(config), force=force)
       saved.add(step)
 
+  # Train, logging, evaluating and saving between steps; a signal saves this step and stops.
+  rng = jax.random.key(config.seed)
+  eval_results, step, stop = {}, start_step, StopRequest()
   try:
     for step in range(start_step + 1, config.num_train_steps + 1):
       state, m, info = steps.train(state, data.train_batch(step - 1), rng)  # step - 1 == state.step
-      window = m if window is None else window.merge(m)
-      infos.append(info)
-      steps_in_window += 1
+      log.add(m, info)
       is_last = step == config.num_train_steps
-      scalars = {}
-      if step % config.log_every_steps == 0 or is_last:
-        host_infos = jax.device_get(infos)
-        first = step - len(host_infos) + 1
-        bad = [first + i for i, x in enumerate(host_infos) if x["nonfinite"]]
-        total_skipped += len(bad)
-        if bad and not config.skip_nonfinite:
-          newest = checkpointer.all_steps()
-          raise NonFiniteError(
-              f"non-finite loss or gradient at step {bad[0]} (loss {host_infos[bad[0] - first]['loss']}); the "
-              f"update was not applied. Last finite metrics: {last_finite or 'none yet'}. Newest good checkpoint: "
-              + (f"{workdir}/checkpoints/{newest[-1]}" if newest else "none") + ". Lower the learning rate, or "
-              "set --config.skip_nonfinite=True to skip such updates.")
-        elapsed = time.time() - t_window
-        computed = window.compute()
-        scalars = {"train_loss": float(computed["loss"]), "train_error": float(computed["error"]),
-                   "grad_norm": float(computed["grad_norm"]),
-                   "learning_rate": float(host_infos[-1]["learning_rate"]),
-                   "images_per_sec": steps_in_window * config.batch_size / max(elapsed, 1e-9)}
-        if config.skip_nonfinite:
-          scalars["skipped_nonfinite"] = float(total_skipped)
-        last_finite = {k: round(v, 6) for k, v in scalars.items()} | {"step": step}
-        remaining = (config.num_train_steps - step) * elapsed / max(steps_in_window, 1)
-        logging.info("step %d/%d  loss %.4f  train error %.4f  lr %.4g  %.0f img/s  ETA %s", step,
-                     config.num_train_steps, scalars["train_loss"], scalars["train_error"],
-                     scalars["learning_rate"], scalars["images_per_sec"], _fmt_eta(remaining))
-        window, infos, steps_in_window = None, [], 0
+      scalars = log.flush(step) if step % config.log_every_steps == 0 or is_last else {}
       if step % config.eval_every_steps == 0 or is_last:
         eval_results = evaluate(steps, state, data)
         scalars.update(eval_results)
@@ -620,7 +641,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      eval_results["eval_loss"], eval_results["eval_count"])
       if scalars:
         writer.write_scalars(step, scalars)
-        t_window = time.time()  # exclude eval and logging from the next window's img/s
+        log.restart_clock()
       if step % config.checkpoint_every_steps == 0 or is_last:
         save(step, force=is_last)
       if stop.requested(step) and not is_last:
@@ -638,8 +659,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.flush()
     writer.close()
 
+  # Report.
   if not eval_results and start_step >= config.num_train_steps:  # rerun of a finished run: just report
     eval_results = evaluate(steps, state, data)
+  results = _results(config, workdir, eval_results, step=step, start_step=start_step, t_start=t_start,
+                     skipped=log.skipped, is_chief=is_chief)
+  return results
+
+
+def _results(config, workdir, eval_results, *, step, start_step, t_start, skipped, is_chief) -> dict:
+  """results.json: the final model's evaluation (and a best one only on a validation split), written atomically."""
   results = {
       "final_eval_error": eval_results.get("eval_error"),
       "final_eval_accuracy": eval_results.get("eval_accuracy"),
@@ -654,8 +683,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "config": json.loads(config.to_json_best_effort()),
   }
   if config.skip_nonfinite:
-    results["skipped_nonfinite_this_run"] = total_skipped
-  rows = [r for r in read_jsonl(jsonl) if "eval_error" in r] if is_chief else []
+    results["skipped_nonfinite_this_run"] = skipped
+  rows = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "eval_error" in r] if is_chief else []
   if rows and str(config.eval_split).startswith("train"):  # a minimum chosen on the test set is not reported
     best = min(rows, key=lambda r: r["eval_error"])
     results["best_validation_error"], results["best_validation_step"] = best["eval_error"], best["step"]

@@ -144,8 +144,8 @@ def test_cli_round_trip_evaluate_predict_and_fine_tune(fake, tmp_path):
   config = json.loads((workdir / "config.json").read_text())
   assert config["normalization"] == "torchvision" and config["eval_resize"] == 256 and config["image_size"] == 224
   assert config["model"]["stride_placement"] == "v1.5" and config["model"]["shortcut"] == "B"
-  again = run_cli("resnet_jax.convert", "from-torchvision", weights, f"--workdir={workdir}", check=False)
-  assert again.returncode == 2 and "already holds checkpoints" in again.stderr and "Traceback" not in again.stderr
+  with pytest.raises(convert.ConversionError, match="already holds checkpoints; choose an empty --workdir"):
+    convert.write_workdir(config_lib.imagenet_torchvision(18), {}, str(workdir))  # refused before anything
 
   out = run_cli("resnet_jax.evaluate", "--config=configs/imagenet_torchvision.py:18", f"--workdir={workdir}",
                 f"--config.data_dir={fake['data_dir']}", "--config.eval_batch_size=10", "--json")
@@ -165,7 +165,7 @@ def test_cli_round_trip_evaluate_predict_and_fine_tune(fake, tmp_path):
 
   run_cli("resnet_jax.main", "--config=configs/imagenet_torchvision.py:18", f"--workdir={workdir}",
           f"--config.data_dir={fake['data_dir']}", "--config.batch_size=4", "--config.num_train_steps=2",
-          "--config.image_size=64", "--config.eval_resize=72", "--config.eval_batch_size=10",
+          "--config.image_size=32", "--config.eval_resize=36", "--config.eval_batch_size=10",
           "--config.log_every_steps=1", "--config.eval_every_steps=2", "--config.checkpoint_every_steps=2",
           "--config.learning_rate=0.001")
   results = json.loads((workdir / "results.json").read_text())

@@ -249,7 +249,7 @@ def test_full_disk_stops_with_a_clear_message_and_keeps_checkpoints(tmp_path):
     pytest.fail("this test needs `mount -t tmpfs` (root in the sandbox); it is how a full disk is made")
   try:
     wd = disk / "w"
-    proc = run_cli(MAIN, *_small_run_args(wd, steps=12), check=False)
+    proc = run_cli(MAIN, *_small_run_args(wd, steps=12), "--config.model.depth=20", check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     # orbax's background threads may print their own tracebacks as the process exits; ours is one line.
     last = [l for l in proc.stderr.splitlines() if l.startswith("error: ")][-1]
