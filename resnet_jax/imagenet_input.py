@@ -190,11 +190,6 @@ def split_size(builder, split, *, process_index: int = 0, process_count: int = 1
   return _split_info(builder, sub).num_examples
 
 
-def eval_split_size(config, *, process_index: int = 0, process_count: int = 1) -> int:
-  return split_size(load_builder(config, process_count=process_count), config.get("eval_split", "validation"),
-                    process_index=process_index, process_count=process_count)
-
-
 def _file_instructions(builder, split, process_index, process_count):
   sub = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
   info = _split_info(builder, sub)

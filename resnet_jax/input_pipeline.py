@@ -259,10 +259,6 @@ def eval_batches(data: ArrayData, norm: Normalizer, *, global_batch: int, proces
     yield {"image": norm(data.images[idx]), "label": data.labels[idx], "mask": mask.astype(np.float32)}
 
 
-def num_eval_batches(n: int, global_batch: int) -> int:
-  return -(-n // global_batch)
-
-
 def log_data_summary(config, train: ArrayData, evaluation: ArrayData):
   logging.info("data: %s train %r = %d examples, eval %r = %d examples", config.dataset, config.train_split,
                len(train), config.eval_split, len(evaluation))

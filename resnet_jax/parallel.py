@@ -18,10 +18,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 AXIS = "data"
 
 
-class BatchSizeError(ValueError):
-  """A batch size that cannot be split evenly over the devices or processes."""
-
-
 def maybe_initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
   """Calls jax.distributed.initialize() when the run has several processes.
 

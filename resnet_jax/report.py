@@ -28,7 +28,6 @@ import numpy as np
 
 # The paper's errors (../shared/PAPER.md); ours are measured, these are only printed beside them.
 PAPER_CIFAR_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
-PAPER_CIFAR_PARAMS = {20: "0.27M", 32: "0.46M", 44: "0.66M", 56: "0.85M", 110: "1.7M", 1202: "19.4M"}
 # ImageNet top-1 error, 10-crop (Tables 2 and 3): (residual, depth, shortcut) -> error; plain nets have no shortcut.
 PAPER_IMAGENET_TOP1_10CROP = {(False, 18, None): 27.94, (False, 34, None): 28.54, (True, 18, "A"): 27.88,
                               (True, 34, "A"): 25.03, (True, 34, "B"): 24.52, (True, 34, "C"): 24.19,

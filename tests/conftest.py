@@ -26,6 +26,19 @@ def pytest_configure(config):
   os.environ.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
 
 
+def pytest_collection_modifyitems(config, items):
+  """`make test` spreads tests over two workers (pytest-xdist, --dist loadgroup); tests that share an expensive
+  module-scoped fixture go to one worker together, so that it is computed once."""
+  for item in items:
+    shared = [f for f in getattr(item, "fixturenames", ()) if f in SHARED_MODULE_FIXTURES]
+    if shared:
+      item.add_marker(pytest.mark.xdist_group(shared[0]))
+
+
+# Module-scoped fixtures that take tens of seconds (compiling every parallel mode, a reference training run, ...).
+SHARED_MODULE_FIXTURES = {"modes", "tiny_result", "reference_run", "resnet18_small"}
+
+
 @pytest.fixture(scope="session")
 def tfds_dir():
   if not (TFDS_DIR / "cifar10").is_dir():
