@@ -29,7 +29,7 @@ lint: install
 	$(VENV)/bin/ruff check resnet_jax tests benchmarks configs experiments
 
 test: lint
-	$(PY) -m pytest -q -m "not slow and not peer" -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not peer" -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # The suite against the declared lower bounds (requirements-min.txt), in its own environment.
 test-min:

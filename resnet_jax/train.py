@@ -593,7 +593,7 @@ def _start_files(config, workdir: str, start_step: int, is_chief: bool):
     truncate_jsonl(os.path.join(workdir, "metrics.jsonl"), start_step)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  writer = writers.make_writer(workdir, is_chief)
+  writer = writers.make_writer(workdir, is_chief, tensorflow=config.input_backend != "device")
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flat_config(config).items() if isinstance(v, (int, float, str, bool))})
   return writer

@@ -1,8 +1,9 @@
 """Metric writers: clu's (TensorBoard through TensorFlow + console) plus metrics.jsonl; a TF-free fallback.
 
-clu.metric_writers imports TensorFlow when it is imported. Where TensorFlow is not installed (GPU machines often
-have JAX without TF), the run writes to the console and metrics.jsonl, plus TensorBoard event files through
-the `tensorboard` package's own TF-free event writer when that package is installed, and says so in one line.
+clu.metric_writers imports TensorFlow when it is imported (seconds of start-up). Runs whose input needs no
+TensorFlow (input_backend='device') and machines without it (GPU machines often have JAX without TF) write to
+the console and metrics.jsonl, plus TensorBoard event files through the `tensorboard` package's own TF-free
+event writer when that package is installed; where TensorFlow is missing, one line says so.
 """
 import json
 import logging
@@ -84,7 +85,10 @@ class FallbackWriter(_JsonlMixin):
       self._events.close()
 
 
-def make_writer(workdir: str, is_chief: bool):
+def make_writer(workdir: str, is_chief: bool, *, tensorflow: bool = True):
+  """clu's writers when `tensorflow` (the run's input uses it anyway) and it is installed, else FallbackWriter."""
+  if not tensorflow:
+    return FallbackWriter(workdir, is_chief)
   try:
     return _clu_writers(workdir, is_chief)
   except ImportError as e:

@@ -26,19 +26,6 @@ def pytest_configure(config):
   os.environ.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
 
 
-def pytest_collection_modifyitems(config, items):
-  """`make test` spreads tests over two workers (pytest-xdist, --dist loadgroup); tests that share an expensive
-  module-scoped fixture go to one worker together, so that it is computed once."""
-  for item in items:
-    shared = [f for f in getattr(item, "fixturenames", ()) if f in SHARED_MODULE_FIXTURES]
-    if shared:
-      item.add_marker(pytest.mark.xdist_group(shared[0]))
-
-
-# Module-scoped fixtures that take tens of seconds (compiling every parallel mode, a reference training run, ...).
-SHARED_MODULE_FIXTURES = {"modes", "tiny_result", "reference_run", "resnet18_small"}
-
-
 @pytest.fixture(scope="session")
 def tfds_dir():
   if not (TFDS_DIR / "cifar10").is_dir():
@@ -63,10 +50,13 @@ def read_jsonl(path):
     return [json.loads(line) for line in f if line.strip()]
 
 
-# Fake data and ResNet-8 (one block per stage: every kind of block, shortcut and downsampling of the CIFAR nets,
-# compiled in a few seconds): for tests of the machinery (resume, errors, writers), not of learning.
-SMALL = ["--config.dataset=fake", "--config.model.depth=8", "--config.batch_size=32", "--config.eval_batch_size=64",
-         "--config.fake_train_size=256", "--config.fake_eval_size=100"]
+# Fake data held on the device and ResNet-8 (one block per stage: every kind of block, shortcut and downsampling
+# of the CIFAR nets, compiled in a few seconds): for tests of the machinery (resume, errors, writers), not of
+# learning. Such a run never imports TensorFlow (seconds per command); tests of the tf.data input add
+# --config.input_backend=tfdata.
+SMALL = ["--config.dataset=fake", "--config.input_backend=device", "--config.model.depth=8",
+         "--config.batch_size=32", "--config.eval_batch_size=64", "--config.fake_train_size=256",
+         "--config.fake_eval_size=100"]
 
 
 @pytest.fixture(scope="session")

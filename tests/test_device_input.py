@@ -145,10 +145,10 @@ def test_trains_without_tensorflow(tmp_path):
   """))
   env = {"PYTHONPATH": f"{block}{os.pathsep}{REPO}"}
   wd = tmp_path / "w"
-  proc = run_cli(MAIN, *_args(wd, 4), env=env)
-  assert "TensorFlow is not installed" in proc.stderr
+  run_cli(MAIN, *_args(wd, 4), env=env)
   rows = read_jsonl(wd / "metrics.jsonl")
   assert rows[-1]["step"] == 4 and rows[-1]["eval_count"] == 100
+  assert any(p.name.startswith("events.out.tfevents") for p in wd.iterdir())  # tensorboard's TF-free writer
   # The tfdata backend needs TensorFlow: it says so instead of failing obscurely.
   proc = run_cli(MAIN, *_args(tmp_path / "w2", 2), "--config.input_backend=tfdata", env=env, check=False)
   assert proc.returncode == 2 and "Traceback" not in proc.stderr

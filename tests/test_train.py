@@ -79,13 +79,15 @@ def _small_run_args(wd, steps=24):
 
 
 def test_sigkill_and_resume_is_bit_identical(tmp_path):
+  """With the step-indexed tf.data input (input_backend='device' resumes exactly too: tests/test_device_input.py)."""
+  small_run_args = lambda wd: [*_small_run_args(wd), "--config.input_backend=tfdata"]
   ref = tmp_path / "ref"
-  run_cli(MAIN, *_small_run_args(ref))
+  run_cli(MAIN, *small_run_args(ref))
   # Kill a second run with SIGKILL at a random step after its first checkpoint, then restart it.
   wd = tmp_path / "killed"
   kill_at = random.Random().randint(6, 21)
   env = dict(os.environ)
-  proc = subprocess.Popen([sys.executable, "-m", MAIN, *_small_run_args(wd)], cwd=REPO, env=env,
+  proc = subprocess.Popen([sys.executable, "-m", MAIN, *small_run_args(wd)], cwd=REPO, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   jsonl = wd / "metrics.jsonl"
   deadline = time.time() + 600
@@ -98,7 +100,7 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
   proc.wait()
   killed_rows = read_jsonl(jsonl)
   assert killed_rows[-1]["step"] < 24
-  run_cli(MAIN, *_small_run_args(wd))
+  run_cli(MAIN, *small_run_args(wd))
   assert strip_speed(read_jsonl(jsonl)) == strip_speed(read_jsonl(ref / "metrics.jsonl"))
   assert_trees_equal(load_state(wd, 24), load_state(ref, 24))
   res = json.loads((wd / "results.json").read_text())
@@ -243,13 +245,13 @@ def _mount_tmpfs(path, size):
 
 
 def test_full_disk_stops_with_a_clear_message_and_keeps_checkpoints(tmp_path):
-  """A 3 MiB tmpfs holds one ResNet-20 checkpoint (about 2 MB on disk) but not two: the second save fails."""
+  """A 1 MiB tmpfs holds one ResNet-8 checkpoint (about 0.6 MB on disk) but not two: the second save fails."""
   disk = tmp_path / "small_disk"
-  if not _mount_tmpfs(disk, "3m"):
+  if not _mount_tmpfs(disk, "1m"):
     pytest.fail("this test needs `mount -t tmpfs` (root in the sandbox); it is how a full disk is made")
   try:
     wd = disk / "w"
-    proc = run_cli(MAIN, *_small_run_args(wd, steps=12), "--config.model.depth=20", check=False)
+    proc = run_cli(MAIN, *_small_run_args(wd, steps=12), check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     # orbax's background threads may print their own tracebacks as the process exits; ours is one line.
     last = [l for l in proc.stderr.splitlines() if l.startswith("error: ")][-1]
