@@ -160,7 +160,7 @@ def main(argv):
   config, workdir, protocols = (_FLAGS[k].value for k in ("config", "workdir", "protocol"))
   if workdir is None:
     cli.fail("--workdir is required, e.g. --workdir=runs/imagenet_resnet18 (with --config=FILE, or the "
-                         "workdir's config.json)")
+             "workdir's config.json)")
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):  # at once, before JAX starts; nothing is created
     cli.fail(f"no checkpoint in {workdir}: {os.path.join(workdir, 'checkpoints')} does not exist; train first with "
              f"python -m resnet_jax.main --config=... --workdir={workdir}")
