@@ -106,6 +106,7 @@ def _two_process_run(workdir, args, port):
   return [err for _, err in outs]
 
 
+@pytest.mark.slow  # about 2.5 minutes of the 2-core machine: `make test-slow`
 def test_two_processes_agree_with_one(tmp_path, tfds_dir):
   """2 processes x 2 devices vs 1 process x 4 devices on real CIFAR-10 (ResNet-8); exact eval count over 999 test
   images, which no batch divides; 2-process resume. (Whole-batch weight gradients: the chunked ones are the same
