@@ -4,10 +4,12 @@
 
 Measures, on the devices JAX sees:
 * compile time of the train step (lower + compile, timed separately), and of the eval step;
-* train img/s: the median of `--windows` timed windows of `--steps` steps each, after `--warmup` steps; the steps
+* train img/s: the median of `--windows` timed windows of `--steps` steps each, after `--warmup` steps; the calls
   of a window are dispatched back to back (through `train.Steps`, the same compiled step and host-to-device batch
-  placement the training loop uses) and the clock stops when the window's last state is ready. Batches are
-  random, pre-normalised arrays of the config's shape held in host memory, so this excludes the input pipeline;
+  placement the training loop uses) and the clock stops when the window's last state is ready. With
+  input_backend='tfdata' batches are random, pre-normalised arrays of the config's shape held in host memory, so
+  this excludes the input pipeline; with input_backend='device' each call is `train.Steps.run` of
+  config.steps_per_call steps on batches drawn on the devices, exactly as the training loop runs them;
 * eval img/s, the same way, with the eval step on `eval_batch_size` batches;
 * input-pipeline img/s alone: the training input of train.Data, exactly as the training loop reads it, without
   the model: the tf.data pipeline (real tfds data when config.dataset names one that is present, with its
@@ -120,6 +122,9 @@ class TrainBench:
     self.tx = train.make_optimizer(config)
     schedule = train.make_schedule(config)
     self.steps = train.Steps(config, self.tx, schedule)
+    self.steps_per_call = self.steps.steps_per_call
+    self.data = train.Data(config, self.steps.mesh) if config.input_backend == "device" else None
+    self.window = self.steps.new_window()
     host_state = jax.device_get(train.init_state(self.steps.model, self.tx, config, jax.random.key(config.seed)))
     self.num_params = int(sum(x.size for x in jax.tree.leaves(host_state.params)))
     self.state = self.steps.to_device(host_state)
@@ -136,8 +141,14 @@ class TrainBench:
 
   def compile(self) -> dict:
     """Lowers and compiles the train step (the jitted/pmapped train.train_step of train.Steps); timed."""
+    import jax.numpy as jnp
     t0 = time.perf_counter()
-    lowered = self.steps._train.lower(self.state, self._placed(self.batches[0]), self.rng)
+    if self.data is None:
+      lowered = self.steps._train.lower(self.state, self._placed(self.batches[0]), self.rng)
+    else:
+      device = self.data.device
+      lowered = self.steps._on_device_call(self.steps_per_call, device.draw).lower(
+          self.state, self.window, device.source(0, self.steps_per_call), jnp.asarray(0, jnp.int32), self.rng)
     t1 = time.perf_counter()
     self.compiled = lowered.compile()
     t2 = time.perf_counter()
@@ -147,7 +158,13 @@ class TrainBench:
     return out
 
   def step(self):
-    """One training step exactly as the training loop runs it (train.Steps.train); returns what to block on."""
+    """One call exactly as the training loop makes it: one step on a host batch (train.Steps.train), or
+    steps_per_call steps on batches drawn on the devices (train.Steps.run). Returns the last step's loss."""
+    if self.data is not None:
+      k = self.steps_per_call
+      self.state, self.window, infos = self.steps.run(self.state, self.window, self.data, self._i, k, self.rng)
+      self._i += k
+      return infos["loss"][-1]
     batch = self.batches[self._i % len(self.batches)]
     self._i += 1
     self.state, m, info = self.steps.train(self.state, batch, self.rng)
@@ -155,13 +172,16 @@ class TrainBench:
 
   def train_rate(self, *, steps: int, windows: int, warmup: int) -> dict:
     import jax
+    k = self.steps_per_call if self.data is not None else 1
     losses = []
-    for _ in range(max(1, warmup)):
+    for _ in range(max(1, -(-warmup // k))):
       losses.append(float(jax.device_get(self.step())))
-    t = timed_windows(self.step, items_per_call=self.config.batch_size, calls=steps, windows=windows)
+    t = timed_windows(self.step, items_per_call=self.config.batch_size * k, calls=max(1, steps // k),
+                      windows=windows)
     losses.append(float(jax.device_get(self.step())))
     return {"train_images_per_sec": t["rate"], "train_step_seconds": self.config.batch_size / t["rate"],
-            "train_window_images_per_sec": t["rates"], "train_cpu_seconds_per_step": t["cpu_seconds_per_call"],
+            "train_window_images_per_sec": t["rates"], "train_cpu_seconds_per_step": t["cpu_seconds_per_call"] / k,
+            "train_steps_per_call": k, "train_batches_drawn_on_devices": self.data is not None,
             "train_loss_first": losses[0], "train_loss_last": losses[-1]}
 
   def eval_rate(self, *, steps: int, windows: int) -> dict:
@@ -276,13 +296,16 @@ def peak_device_memory_bytes() -> int | None:
 
 def describe(config) -> dict:
   """The config's network and run settings, and the platform plan (resnet_jax.cpu) it runs with."""
-  from resnet_jax import cpu
+  import jax
+  from resnet_jax import cpu, train
   m = config.model
   return {"family": m.get("family", "cifar"), "depth": m.depth, "residual": m.get("residual", True),
           "shortcut": m.get("shortcut"), "scan": m.get("scan", False), "remat": m.get("remat", False),
           "batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size,
           "image_size": config.image_size, "half_precision": config.half_precision,
           "parallelism": config.parallelism, "bn_sync": config.bn_sync, "dataset": config.dataset,
+          "input_backend": config.input_backend,
+          "steps_per_call": train.resolve_steps_per_call(config, jax.default_backend()),
           "cpu": cpu.plan(config).describe()}
 
 
@@ -332,6 +355,7 @@ def _cpu_settings(p: dict) -> str:
 def format_result(r: dict) -> str:
   c, mach = r["config"], r["machine"]
   fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
+  drawn = ", batches drawn on the devices"
   lines = [
       f"{c['family']} {'resnet' if c['residual'] else 'plain'}{c['depth']}  batch {c['batch_size']}"
       f"{'  bf16' if c['half_precision'] else ''}{'  scan' if c['scan'] else ''}  ({r['params']:,} params)"
@@ -340,7 +364,8 @@ def format_result(r: dict) -> str:
       f", load {mach['load_average_1min']:.2f}; jax {mach['jax_version']}, flax {mach['flax_version']}",
       f"compile train:  {r['train_lower_compile_seconds']:.2f} s (lower {r['train_lower_seconds']:.2f} s + "
       f"compile {r['train_compile_seconds']:.2f} s)",
-      f"train:          {r['train_images_per_sec']:.1f} img/s  ({1e3 * r['train_step_seconds']:.1f} ms/step; "
+      f"train:          {r['train_images_per_sec']:.1f} img/s  ({1e3 * r['train_step_seconds']:.1f} ms/step, "
+      f"{r['train_steps_per_call']} per call{drawn if r['train_batches_drawn_on_devices'] else ''}; "
       f"windows {', '.join(f'{x:.1f}' for x in r['train_window_images_per_sec'])}; "
       f"loss {r['train_loss_first']:.3f} -> {r['train_loss_last']:.3f})",
       f"                {fmt(r.get('train_flops_per_sec') and r['train_flops_per_sec'] / 1e9, '.1f')} GFLOP/s "

@@ -18,7 +18,7 @@ LEGACY_CONV_PADDING = "same"
 # reuses a run directory and a run resumes a checkpoint when only these differ; any other difference is refused.
 BOOKKEEPING_FIELDS = frozenset({
     "data_dir", "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-    "eval_batch_size", "input_backend", "data_file", "model.remat",
+    "eval_batch_size", "input_backend", "data_file", "model.remat", "steps_per_call",
     "cpu.convolutions", "cpu.weight_grad_chunk", "cpu.materialize_blocks", "cpu.host_malloc",
     # The same settings under their names before 2026-11-30 (CHANGELOG), as older run directories hold them.
     "cpu_convolutions", "host_malloc", "model.weight_grad_chunk", "model.materialize_blocks"})
@@ -66,6 +66,10 @@ def base_training_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.half_precision = False         # bfloat16 compute, float32 parameters, BN statistics and loss
   c.parallelism = "jit"            # 'jit' (mesh + NamedSharding) or 'pmap'
+  # Training steps per compiled call, so that a GPU does not wait for the host to launch each small step; needs
+  # input_backend='device' and parallelism='jit', and divides the log/eval/checkpoint intervals. Same results for
+  # any value. 0: auto (up to 100 on GPUs/TPUs with input_backend='device', 1 elsewhere).
+  c.steps_per_call = 0
   c.bn_sync = True                 # BN statistics over the global batch (True) or each device's sub-batch
   # CPU speed settings, each the same mathematics and without effect on GPUs/TPUs (resnet_jax/cpu: what each
   # does; benchmarks/RESULTS.md: what each gains).

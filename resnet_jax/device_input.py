@@ -71,7 +71,12 @@ def load_split(config, which: str) -> input_pipeline.ArrayData:
 
 
 class DeviceData:
-  """The training split on the devices, and a jitted `batch(step)` that draws global batch `step`."""
+  """The training split on the devices, and the draw of global batch `step` from it.
+
+  `batch(step)` draws one batch (a jitted call of its own); `draw(*source(first, n), step)` is the same pure
+  function for use inside a larger jitted computation, such as `n` training steps in one call
+  (config.steps_per_call), with `source(first, n)` the device arrays that steps first..first+n-1 read.
+  """
 
   def __init__(self, config, data: input_pipeline.ArrayData, norm: input_pipeline.Normalizer, mesh):
     n_dev = mesh.size
@@ -93,25 +98,38 @@ class DeviceData:
     seed = int(config.seed)
     fn = functools.partial(_local_batch, seed=seed, local_batch=self.local_batch, mean=mean, std=std)
     shard = P(parallel.AXIS)
-    self._batch = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(shard, shard, shard, shard, P()),
-                                        out_specs=(shard, shard)))
+    self.draw = jax.shard_map(fn, mesh=mesh, in_specs=(shard, shard, P(None, parallel.AXIS), P(), P()),
+                              out_specs=(shard, shard))
+    self._batch = jax.jit(self.draw)
     self._order = jax.jit(jax.shard_map(functools.partial(_epoch_order, seed=seed, n_local=self.n_local),
                                         mesh=mesh, in_specs=P(), out_specs=shard))
     self._orders: dict[int, jax.Array] = {}
 
   def order(self, epoch: int) -> jax.Array:
-    """Each device's permutation of its shard for `epoch` (computed once per epoch, kept for two epochs)."""
+    """Each device's permutation of its shard for `epoch` (computed once per epoch, kept while still needed)."""
     if epoch not in self._orders:
-      self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
       self._orders[epoch] = self._order(jnp.asarray(epoch, jnp.int32))
     return self._orders[epoch]
+
+  def epochs_spanned(self, n: int) -> int:
+    """How many epochs of a shard n consecutive batches can touch (the length of source's orders)."""
+    return -(-n * self.local_batch // self.n_local) + 1
+
+  def source(self, first: int, n: int) -> tuple:
+    """(images, labels, orders, first_epoch): what batches first..first+n-1 are drawn from, as device arrays.
+
+    `orders` stacks each device's permutations of its shard for the epochs those batches touch, from the epoch of
+    batch `first` on; epochs before it are dropped from the cache.
+    """
+    first_epoch = first * self.local_batch // self.n_local
+    self._orders = {e: o for e, o in self._orders.items() if e >= first_epoch}
+    orders = jnp.stack([self.order(first_epoch + i) for i in range(self.epochs_spanned(n))])
+    return self.images, self.labels, orders, jnp.asarray(first_epoch, jnp.int32)
 
   def batch(self, step) -> dict:
     """Global batch number `step` (an int; a device scalar is read back to the host), sharded over the mesh."""
     step = int(step)
-    first = step * self.local_batch // self.n_local  # a batch spans at most this epoch and the next
-    images, labels = self._batch(self.images, self.labels, self.order(first), self.order(first + 1),
-                                 jnp.asarray(step, jnp.int32))
+    images, labels = self._batch(*self.source(step, 1), jnp.asarray(step, jnp.int32))
     return {"image": images, "label": labels}
 
 
@@ -147,15 +165,17 @@ def _epoch_order(epoch, *, seed, n_local):
   return jax.random.permutation(jax.random.fold_in(_order_key(seed), epoch), n_local)
 
 
-def _local_batch(images, labels, order, next_order, step, *, seed, local_batch, mean, std):
-  """Runs on each device (under shard_map) on its own shard of the training split and epoch orders."""
+def _local_batch(images, labels, orders, first_epoch, step, *, seed, local_batch, mean, std):
+  """Runs on each device (under shard_map) on its own shard of the training split and of the epoch orders.
+
+  `orders[e]` is the permutation of the shard in epoch first_epoch + e; a batch takes the next `local_batch`
+  positions of that sequence of epochs.
+  """
   n_local = images.shape[0]
   device = jax.lax.axis_index(parallel.AXIS)
   key = jax.random.fold_in(jax.random.key(seed), device)
   pos = step.astype(jnp.int64 if jax.config.jax_enable_x64 else jnp.int32) * local_batch + jnp.arange(local_batch)
-  epoch = pos // n_local
-  # A batch spans at most two epochs of the shard: `order` is the first one's, `next_order` the next one's.
-  idx = jnp.where(epoch == epoch[0], order[pos % n_local], next_order[pos % n_local])
+  idx = orders[pos // n_local - first_epoch, pos % n_local]
   x = (images[idx].astype(jnp.float32) / 255.0 - mean) / std
   x, _, _ = augment(x, jax.random.fold_in(jax.random.fold_in(key, 1), step))
   return x, labels[idx]

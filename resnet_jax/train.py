@@ -10,6 +10,7 @@ metrics (TensorBoard, console, metrics.jsonl) and results.json.
 import functools
 import json
 import logging
+import math
 import os
 import time
 from typing import Any
@@ -26,6 +27,10 @@ from jax.sharding import PartitionSpec as P
 
 from resnet_jax import checkpoint as ckpt_lib
 from resnet_jax import config_lib, cpu, input_pipeline, models, parallel, writers
+
+
+# The loop's events (log, evaluate, save) happen between calls, so these must be multiples of steps_per_call.
+INTERVAL_FIELDS = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps")
 
 
 class NonFiniteError(FloatingPointError):
@@ -197,6 +202,23 @@ def train_step(state: TrainState, batch, rng, *, model, tx, schedule, forward=No
   return new_state, (m, step_info)
 
 
+def train_steps(state: TrainState, window: TrainMetrics, source, first_step, rng, *, n: int, draw, step):
+  """n training steps in one computation (config.steps_per_call), each on a batch drawn on the devices.
+
+  `draw(*source, s)` gives the images and labels of batch s (device_input.DeviceData); `step` is train_step with
+  its model and optimiser bound. Returns (state, window merged with each step's metrics in order, the steps' infos
+  stacked). One call per n steps is what lets a GPU run a CIFAR step without waiting for the host to launch it.
+  """
+  def body(carry, i):
+    state, window = carry
+    images, labels = draw(*source, first_step + i)
+    state, (m, info) = step(state, {"image": images, "label": labels}, rng)
+    return (state, window.merge(m)), info
+
+  (state, window), infos = jax.lax.scan(body, (state, window), jnp.arange(n, dtype=jnp.int32))
+  return state, window, infos
+
+
 def eval_step(state: TrainState, batch, *, model, axis_name: str | None = None):
   logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False)
   loss = cross_entropy(logits, batch["label"])
@@ -239,6 +261,26 @@ def _with_compiler_options(fn, options: dict):
   return _PmapWithOptions(fn, options) if options else fn
 
 
+# Automatic steps_per_call: at most this many steps per call, on GPUs and TPUs with batches drawn on the devices.
+AUTO_STEPS_PER_CALL = 100
+
+
+def resolve_steps_per_call(config, platform: str) -> int:
+  """config.steps_per_call, with 0 (auto) settled for the platform.
+
+  Auto is 1 on CPUs (the host is not the bottleneck there) and with host batches; on GPUs and TPUs with
+  input_backend='device' it is the largest divisor of the log, eval and checkpoint intervals and of
+  num_train_steps that is at most AUTO_STEPS_PER_CALL (100 for the CIFAR recipes).
+  """
+  k = int(config.get("steps_per_call", 1))
+  if k:
+    return k
+  if platform == "cpu" or config.input_backend != "device" or config.parallelism != "jit":
+    return 1
+  g = functools.reduce(math.gcd, [int(config.get(f)) for f in INTERVAL_FIELDS] + [int(config.num_train_steps)])
+  return max(d for d in range(1, AUTO_STEPS_PER_CALL + 1) if g % d == 0)
+
+
 class Steps:
   """The compiled train and eval steps for one parallelism mode, with host <-> device conversions."""
 
@@ -258,6 +300,7 @@ class Steps:
       if not config.bn_sync and n_dev > 1:
         forward = _per_device_bn_forward(model, self.mesh)
       step = functools.partial(train_step, model=model, forward=forward, **kw)
+      self._step, self._on_device_calls = step, {}
       rep, data = parallel.replicated(self.mesh), parallel.data_sharded(self.mesh)
       self._train = jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=0,
                             compiler_options=options)
@@ -274,6 +317,7 @@ class Steps:
           options)
     else:
       raise ValueError(f"unknown parallelism {self.mode!r}: valid values are ['jit', 'pmap']")
+    self.steps_per_call = resolve_steps_per_call(config, self.mesh.devices.flat[0].platform)
 
   # State placement.
   def to_device(self, host_state):
@@ -297,7 +341,38 @@ class Steps:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=rep),
                         host_state)
 
+  def new_window(self) -> TrainMetrics:
+    """Empty training metrics, placed where `run` merges into them."""
+    empty = TrainMetrics.empty()
+    return parallel.put_replicated(empty, self.mesh) if self.mode == "jit" else empty
+
   # Steps.
+  def run(self, state, window, data, first_step: int, n: int, rng):
+    """Training steps first_step .. first_step + n - 1 (0-based: the state's step before each update).
+
+    Returns (state, `window` merged with their metrics, their step infos stacked along a leading axis of length
+    n). Batches drawn on the devices (input_backend='device') run all n steps in one compiled call, the metrics
+    merged on the devices in step order; host batches (tf.data, ImageNet) run one step per call.
+    """
+    if data.device is None:
+      if n != 1:
+        raise ValueError(f"{n} steps per call need batches drawn on the devices (input_backend='device')")
+      state, m, info = self.train(state, data.train_batch(first_step), rng)
+      return state, window.merge(m), jax.tree.map(lambda x: x[None], info)
+    call = self._on_device_call(n, data.device.draw)
+    return call(state, window, data.device.source(first_step, n), jnp.asarray(first_step, jnp.int32), rng)
+
+  def _on_device_call(self, n: int, draw):
+    """The jitted `train_steps` of n steps (compiled once for each n a run uses: normally steps_per_call only)."""
+    if self.mode != "jit":
+      raise ValueError("batches drawn on the devices need parallelism='jit'")
+    if n not in self._on_device_calls:
+      rep = parallel.replicated(self.mesh)
+      self._on_device_calls[n] = jax.jit(functools.partial(train_steps, n=n, draw=draw, step=self._step),
+                                         out_shardings=(rep, rep, rep), donate_argnums=0,
+                                         compiler_options=self.plan.options)
+    return self._on_device_calls[n]
+
   def train(self, state, local_batch, rng):
     if self.mode == "jit":
       if not isinstance(local_batch["image"], jax.Array):  # host batch -> global sharded arrays
@@ -394,6 +469,20 @@ def validate_config(config, *, with_devices: bool = True) -> None:
         problems.append(str(e))
   if config.parallelism == "pmap" and config.get("input_backend") == "device":
     problems.append("input_backend='device' supports parallelism='jit' only; set --config.parallelism=jit")
+  k = config.get("steps_per_call", 1)
+  if not (isinstance(k, int) and not isinstance(k, bool) and k >= 0):
+    problems.append(f"steps_per_call={k!r}: must be 0 (auto) or a positive integer")
+  elif k > 1:
+    if config.get("input_backend") != "device" or config.parallelism != "jit":
+      problems.append(f"steps_per_call={k} runs {k} steps in one compiled call, which needs batches drawn on the "
+                      "devices: set --config.input_backend=device and --config.parallelism=jit, or "
+                      "--config.steps_per_call=1")
+    for field in INTERVAL_FIELDS:
+      v = config.get(field)
+      if isinstance(v, int) and v > 0 and v % k:
+        problems.append(f"{field}={v} is not a multiple of steps_per_call={k}: logging, evaluation and "
+                        f"checkpoints happen between calls of {k} steps; use a multiple of {k} (e.g. "
+                        f"{max(k, v // k * k)}) or a steps_per_call that divides {v}")
   try:
     models.create_model(config.model)
   except (ValueError, AttributeError, KeyError) as e:
@@ -454,14 +543,15 @@ class Data:
 
   Built once with the mesh. CIFAR through tf.data (input_backend='tfdata') and ImageNet give host batches (this
   process's share of the global batch); CIFAR held on the devices (input_backend='device') gives global arrays
-  drawn inside jit. Batches are a function of (seed, step) in every case, so a resumed run reads what an
-  uninterrupted one would have.
+  drawn inside jit, and `device` (a device_input.DeviceData, else None) from which Steps.run draws several
+  steps' batches inside one compiled call. Batches are a function of (seed, step) in every case, so a resumed run
+  reads what an uninterrupted one would have.
   """
 
   def __init__(self, config, mesh):
     self.config = config
     self._pi, self._pc = jax.process_index(), jax.process_count()
-    self._stream, self._next_step, self._device = None, None, None
+    self._stream, self._next_step, self.device = None, None, None
     if config.dataset == "imagenet2012":
       from resnet_jax import imagenet_input  # needs tfds; imported only for ImageNet runs
       self._imagenet = imagenet_input
@@ -485,7 +575,7 @@ class Data:
     self.norm = input_pipeline.normalizer(config, self.train)
     input_pipeline.log_data_summary(config, self.train, self.eval)
     if on_device:
-      self._device = device_input.DeviceData(config, self.train, self.norm, mesh)
+      self.device = device_input.DeviceData(config, self.train, self.norm, mesh)
       logging.info("data: training split held on %d device(s), batches drawn inside jit", mesh.size)
 
   def _open_stream(self, start_step: int):
@@ -498,8 +588,8 @@ class Data:
 
   def train_batch(self, step: int):
     """The training batch of `step` (0-based: the state's step before the update)."""
-    if self._device is not None:
-      return self._device.batch(step)
+    if self.device is not None:
+      return self.device.batch(step)
     if step != self._next_step:  # first call, or a jump: (re)open the stream there
       self._stream = self._open_stream(step)
     self._next_step = step + 1
@@ -534,37 +624,40 @@ class TrainLog:
   non-finite steps (an error naming the step, or counted with skip_nonfinite), written and printed with img/s and
   ETA."""
 
-  def __init__(self, config, workdir: str, checkpointer):
+  def __init__(self, config, workdir: str, checkpointer, new_window):
     self.config, self.workdir, self.checkpointer = config, workdir, checkpointer
-    self.window, self.infos, self.last_finite, self.skipped = None, [], {}, 0
+    self.new_window = new_window
+    self.window, self.infos, self.last_finite, self.skipped = new_window(), [], {}, 0
     self.restart_clock()
 
   def restart_clock(self):
     """Called after logging and evaluation, which the next window's img/s leaves out."""
     self.t0 = time.time()
 
-  def add(self, m, info):
-    self.window = m if self.window is None else self.window.merge(m)
-    self.infos.append(info)
+  def add(self, window, infos):
+    """The window with the latest steps' metrics merged in (Steps.run), and those steps' infos (stacked)."""
+    self.window = window
+    self.infos.append(infos)
 
   def flush(self, step: int) -> dict:
     """The window's scalars, logged; raises NonFiniteError for a non-finite step unless skip_nonfinite."""
     config = self.config
-    host_infos = jax.device_get(self.infos)
-    first = step - len(host_infos) + 1
-    bad = [first + i for i, x in enumerate(host_infos) if x["nonfinite"]]
+    infos = {k: np.concatenate([x[k] for x in jax.device_get(self.infos)]) for k in self.infos[0]}
+    n = len(infos["loss"])
+    first = step - n + 1
+    bad = [int(first + i) for i in np.flatnonzero(infos["nonfinite"])]
     self.skipped += len(bad)
     if bad and not config.skip_nonfinite:
       newest = self.checkpointer.all_steps()
       raise NonFiniteError(
-          f"non-finite loss or gradient at step {bad[0]} (loss {host_infos[bad[0] - first]['loss']}); the update "
+          f"non-finite loss or gradient at step {bad[0]} (loss {infos['loss'][bad[0] - first]}); the update "
           f"was not applied. Last finite metrics: {self.last_finite or 'none yet'}. Newest good checkpoint: "
           + (f"{self.workdir}/checkpoints/{newest[-1]}" if newest else "none") + ". Lower the learning rate, or "
           "set --config.skip_nonfinite=True to skip such updates.")
-    elapsed, n = time.time() - self.t0, len(host_infos)
+    elapsed = time.time() - self.t0
     computed = self.window.compute()
     scalars = {"train_loss": float(computed["loss"]), "train_error": float(computed["error"]),
-               "grad_norm": float(computed["grad_norm"]), "learning_rate": float(host_infos[-1]["learning_rate"]),
+               "grad_norm": float(computed["grad_norm"]), "learning_rate": float(infos["learning_rate"][-1]),
                "images_per_sec": n * config.batch_size / max(elapsed, 1e-9)}
     if config.skip_nonfinite:
       scalars["skipped_nonfinite"] = float(self.skipped)
@@ -573,7 +666,7 @@ class TrainLog:
     logging.info("step %d/%d  loss %.4f  train error %.4f  lr %.4g  %.0f img/s  ETA %s", step,
                  config.num_train_steps, scalars["train_loss"], scalars["train_error"], scalars["learning_rate"],
                  scalars["images_per_sec"], _fmt_eta(remaining))
-    self.window, self.infos = None, []
+    self.window, self.infos = self.new_window(), []
     return scalars
 
 
@@ -599,6 +692,20 @@ def _start_files(config, workdir: str, start_step: int, is_chief: bool):
   return writer
 
 
+def call_lengths(start_step: int, num_train_steps: int, steps_per_call: int):
+  """(first step, number of steps) of each compiled call from start_step to num_train_steps.
+
+  A call ends at the next multiple of steps_per_call (or at num_train_steps), so that the log, eval and checkpoint
+  steps, multiples of it, fall between calls; a run resumed from a step that is not a multiple starts with a
+  shorter call, as does a last call when num_train_steps is not a multiple (each other length compiles once).
+  """
+  step = start_step
+  while step < num_train_steps:
+    n = min(steps_per_call - step % steps_per_call, num_train_steps - step)
+    yield step, n
+    step += n
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming from workdir/checkpoints if present) and evaluates; returns results.json's content."""
   t_start = time.time()
@@ -613,11 +720,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data = Data(config, mesh)
   tx = make_optimizer(config)
   steps = Steps(config, tx, make_schedule(config), mesh=mesh)
-  logging.info("platform plan: %s", steps.plan.describe())
+  logging.info("platform plan: %s; %d training step(s) per compiled call", steps.plan.describe(),
+               steps.steps_per_call)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
   state, start_step = _restore_or_init(steps, tx, config, checkpointer, workdir)
   writer = _start_files(config, workdir, start_step, is_chief)
-  log = TrainLog(config, workdir, checkpointer)
+  log = TrainLog(config, workdir, checkpointer, steps.new_window)
   saved = set(checkpointer.all_steps())
 
   def save(step, force=False):
@@ -625,13 +733,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       checkpointer.save(step, steps.to_global(state), ckpt_lib.meta_for(config), force=force)
       saved.add(step)
 
-  # Train, logging, evaluating and saving between steps; a signal saves this step and stops.
+  # Train, logging, evaluating and saving between calls; a signal saves the step reached and stops.
   rng = jax.random.key(config.seed)
   eval_results, step, stop = {}, start_step, StopRequest()
   try:
-    for step in range(start_step + 1, config.num_train_steps + 1):
-      state, m, info = steps.train(state, data.train_batch(step - 1), rng)  # step - 1 == state.step
-      log.add(m, info)
+    for first, n in call_lengths(start_step, config.num_train_steps, steps.steps_per_call):
+      state, window, infos = steps.run(state, log.window, data, first, n, rng)  # first == state.step
+      log.add(window, infos)
+      step = first + n
       is_last = step == config.num_train_steps
       scalars = log.flush(step) if step % config.log_every_steps == 0 or is_last else {}
       if step % config.eval_every_steps == 0 or is_last:

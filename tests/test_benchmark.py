@@ -14,17 +14,19 @@ from resnet_jax import config_lib, models, train
 from resnet_jax.cpu import xla_options
 
 # ResNet-8 (n=1, the smallest CIFAR net) keeps the compile short; the persistent cache of conftest.py makes
-# reruns of the suite shorter still.
+# reruns of the suite shorter still. Batches drawn on the device, two steps per call (the GPU recipe's path).
 TINY = ["--config=configs/cifar20.py", "--config.model.depth=8", "--config.dataset=fake", "--config.batch_size=8",
         "--config.eval_batch_size=16", "--config.fake_train_size=64", "--config.fake_eval_size=32",
-        "--steps=2", "--windows=2", "--warmup=1", "--eval_steps=1", "--input_steps=2", "--compilation_cache"]
+        "--config.input_backend=device", "--config.steps_per_call=2",
+        "--steps=4", "--windows=2", "--warmup=1", "--eval_steps=1", "--input_steps=2", "--compilation_cache"]
 RESNET8_PARAMS = 75_290
 
 FIELDS = {
     "params": int, "train_lower_seconds": float, "train_compile_seconds": float,
     "train_lower_compile_seconds": float, "train_images_per_sec": float, "train_step_seconds": float,
     "train_window_images_per_sec": list, "train_cpu_seconds_per_step": float, "train_loss_first": float,
-    "train_loss_last": float, "eval_images_per_sec": float, "eval_first_call_seconds": float,
+    "train_loss_last": float, "train_steps_per_call": int, "train_batches_drawn_on_devices": bool,
+    "eval_images_per_sec": float, "eval_first_call_seconds": float,
     "input_images_per_sec": float, "input_source": str, "input_load_seconds": float,
     "peak_host_memory_bytes": int, "peak_device_memory_bytes": (int, type(None)),
     "train_step_flops": (float, type(None)), "train_flops_per_sec": (float, type(None)),
@@ -51,6 +53,7 @@ def test_cli_json_reports_every_field(tiny_result):
     assert isinstance(r["machine"].get(key), kind), (key, r["machine"].get(key))
   assert r["params"] == RESNET8_PARAMS
   assert r["config"]["batch_size"] == 8 and r["config"]["depth"] == 8 and r["config"]["dataset"] == "fake"
+  assert r["config"]["steps_per_call"] == r["train_steps_per_call"] == 2 and r["train_batches_drawn_on_devices"]
   assert len(r["train_window_images_per_sec"]) == 2
   assert min(r["train_images_per_sec"], r["eval_images_per_sec"], r["input_images_per_sec"]) > 0
   assert r["train_lower_compile_seconds"] >= r["train_compile_seconds"] > 0

@@ -104,28 +104,47 @@ def test_npz_decodes_to_the_tfds_pixels(tfds_dir):
   del theirs
 
 
-def _args(wd, steps):
-  # 64 fake examples: 2 steps an epoch, so 12 steps fit them (the loss must fall) and cross epoch boundaries.
+def _args(wd, steps, steps_per_call=1):
+  # 64 fake examples: 2 steps an epoch, so 12 steps fit them (the loss must fall) and cross epoch boundaries (a
+  # call of 4 steps spans three epochs).
   return ["--config=configs/cifar20.py", f"--workdir={wd}", *SMALL, "--config.fake_train_size=64",
-          "--config.input_backend=device",
-          f"--config.num_train_steps={steps}", "--config.log_every_steps=2", "--config.eval_every_steps=6",
-          "--config.checkpoint_every_steps=3", "--config.learning_rate=0.05", "--config.lr_decay_factor=1.0"]
+          "--config.input_backend=device", f"--config.steps_per_call={steps_per_call}",
+          f"--config.num_train_steps={steps}", "--config.log_every_steps=4", "--config.eval_every_steps=8",
+          "--config.checkpoint_every_steps=4", "--config.learning_rate=0.05", "--config.lr_decay_factor=1.0"]
 
 
-def test_device_backend_trains_and_resumes_exactly(tmp_path):
+def _state(wd, step):
   import orbax.checkpoint as ocp
-  run_cli(MAIN, *_args(tmp_path / "ref", 12))
-  run_cli(MAIN, *_args(tmp_path / "split", 6))  # stops at 6 (a checkpoint), then the same run goes on to 12
-  run_cli(MAIN, *_args(tmp_path / "split", 12))
-  ref, split = read_jsonl(tmp_path / "ref" / "metrics.jsonl"), read_jsonl(tmp_path / "split" / "metrics.jsonl")
-  drop = lambda rows: [{k: v for k, v in r.items() if k != "images_per_sec"} for r in rows]
-  assert drop(ref) == drop(split)
-  losses = [r["train_loss"] for r in ref if "train_loss" in r]
-  assert losses[-1] < losses[0]
-  a = ocp.StandardCheckpointer().restore(tmp_path / "ref" / "checkpoints" / "12" / "state")
-  b = ocp.StandardCheckpointer().restore(tmp_path / "split" / "checkpoints" / "12" / "state")
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+  return ocp.StandardCheckpointer().restore(wd / "checkpoints" / str(step) / "state")
+
+
+def _assert_same_state(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb) and la
+  for x, y in zip(la, lb):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_steps_per_call_is_bit_identical_and_resumes_exactly(tmp_path):
+  """4 steps per compiled call: the same metrics and checkpoints as one step per call, bit for bit; resumed from a
+  step that is not a multiple of 4 (a shorter first call), the same final state again."""
+  drop = lambda rows: [{k: v for k, v in r.items() if k != "images_per_sec"} for r in rows]
+  run_cli(MAIN, *_args(tmp_path / "ref", 12))
+  proc = run_cli(MAIN, *_args(tmp_path / "k4", 12, steps_per_call=4))
+  assert "4 training step(s) per compiled call" in proc.stderr
+  ref, k4 = read_jsonl(tmp_path / "ref" / "metrics.jsonl"), read_jsonl(tmp_path / "k4" / "metrics.jsonl")
+  assert [r["step"] for r in ref] == [4, 8, 12] and drop(k4) == drop(ref)
+  losses = [r["train_loss"] for r in ref]
+  assert losses[-1] < losses[0]
+  for step in (4, 8, 12):
+    _assert_same_state(_state(tmp_path / "k4", step), _state(tmp_path / "ref", step))
+  # A run stopped at step 6 (one step per call), resumed with 4 per call: steps 7-8 in one call, then 9-12.
+  run_cli(MAIN, *_args(tmp_path / "split", 6))
+  run_cli(MAIN, *_args(tmp_path / "split", 12, steps_per_call=4))
+  split = read_jsonl(tmp_path / "split" / "metrics.jsonl")
+  assert [r["step"] for r in split] == [4, 6, 8, 12]
+  assert drop(split)[-1] == drop(ref)[-1]  # the window of steps 9-12 and the evaluation at 12
+  _assert_same_state(_state(tmp_path / "split", 12), _state(tmp_path / "ref", 12))
 
 
 def test_trains_without_tensorflow(tmp_path):

@@ -157,23 +157,33 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
 
 
 def test_nonfinite_loss_stops_with_step_and_metrics(tmp_path):
-  wd = tmp_path / "nan"
-  proc = run_cli(MAIN, *_small_run_args(wd, steps=12), "--config.learning_rate=1e30",
-                 "--config.lr_boundaries=(0.9,)", "--config.checkpoint_every_steps=1", check=False)
-  _assert_user_error(proc, "non-finite loss or gradient at step", "Newest good checkpoint", code=3)
-  # Every checkpoint left behind holds finite values.
-  for step in os.listdir(wd / "checkpoints"):
-    import jax
-    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(load_state(wd, int(step))))
+  """The error names the first non-finite step, the same one whether steps run one or four per compiled call."""
+  named = []
+  for k in (1, 4):
+    wd = tmp_path / f"nan{k}"
+    proc = run_cli(MAIN, *_small_run_args(wd, steps=12), "--config.learning_rate=1e30",
+                   "--config.lr_boundaries=(0.9,)", "--config.log_every_steps=4", f"--config.steps_per_call={k}",
+                   check=False)
+    _assert_user_error(proc, "non-finite loss or gradient at step", "Newest good checkpoint", code=3)
+    named.append(proc.stderr.split("non-finite loss or gradient at step ")[1].split()[0])
+    # Every checkpoint left behind holds finite values.
+    for step in os.listdir(wd / "checkpoints"):
+      import jax
+      assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(load_state(wd, int(step))))
+  assert named[0] == named[1], named
 
 
 def test_skip_nonfinite_counts_skipped_updates(tmp_path):
-  wd = tmp_path / "skip"
-  run_cli(MAIN, *_small_run_args(wd, steps=6), "--config.learning_rate=1e30", "--config.lr_boundaries=(0.9,)",
-          "--config.skip_nonfinite=True")
-  res = json.loads((wd / "results.json").read_text())
-  assert res["skipped_nonfinite_this_run"] >= 1
-  assert read_jsonl(wd / "metrics.jsonl")[-1]["skipped_nonfinite"] >= 1
+  rows = []
+  for k in (1, 4):
+    wd = tmp_path / f"skip{k}"
+    run_cli(MAIN, *_small_run_args(wd, steps=8), "--config.learning_rate=1e30", "--config.lr_boundaries=(0.9,)",
+            "--config.skip_nonfinite=True", "--config.log_every_steps=4", f"--config.steps_per_call={k}")
+    res = json.loads((wd / "results.json").read_text())
+    assert res["skipped_nonfinite_this_run"] >= 1
+    rows.append(strip_speed(read_jsonl(wd / "metrics.jsonl")))
+    assert rows[-1][-1]["skipped_nonfinite"] == res["skipped_nonfinite_this_run"]
+  assert rows[0] == rows[1]  # the same steps skipped, counted the same, with 1 or 4 steps per call
 
 
 # Preemption, damaged checkpoints, full disks (issue: survive preemption and damage).
