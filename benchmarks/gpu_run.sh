@@ -48,12 +48,15 @@ run() {  # run NAME CAP_SECONDS COMMAND...: one measurement, limited to CAP and 
 bench="python3 -m resnet_jax.benchmark --json"
 run r50_bf16_b256 150 $bench $fake50 --config.half_precision=True --steps 20 --windows 5 --warmup 3 \
   --eval_steps 5 --input_steps 0
-run r56_f32_b128 110 $bench --config=configs/cifar56.py $cifar --steps 100 --windows 5 --warmup 5 --eval_steps 10 \
+# CIFAR: batches drawn on the GPU, config.steps_per_call auto (100 steps per compiled call), and K=1 beside it.
+run r56_f32_b128 110 $bench --config=configs/cifar56.py $cifar --steps 300 --windows 5 --warmup 100 --eval_steps 10 \
   --input_steps 200
+run r56_f32_b128_k1 90 $bench --config=configs/cifar56.py $cifar --config.steps_per_call=1 --steps 100 --windows 5 \
+  --warmup 5 --eval_steps 0 --input_steps 0
 XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 run peer_r50_bf16_b256 120 python3 benchmarks/torch_peer.py --json $fake50 \
   --config.half_precision=True --torch_device=cuda --channels_last --steps 10 --windows 5 --warmup 3
-run r56_bf16_b128 100 $bench --config=configs/cifar56.py $cifar --config.half_precision=True --steps 100 \
-  --windows 5 --warmup 5 --eval_steps 10 --input_steps 0
+run r56_bf16_b128 100 $bench --config=configs/cifar56.py $cifar --config.half_precision=True --steps 300 \
+  --windows 5 --warmup 100 --eval_steps 10 --input_steps 0
 XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 run peer_r56_f32_b128 100 python3 benchmarks/torch_peer.py --json \
   --config=configs/cifar56.py --torch_device=cuda --channels_last --steps 50 --windows 5 --warmup 5
 run r50_f32_b256 120 $bench $fake50 --steps 10 --windows 5 --warmup 3 --eval_steps 0 --input_steps 0

@@ -14,8 +14,8 @@ def _f(v, spec=".0f"):
 
 
 def table(rows: list[dict]) -> str:
-  lines = ["| run | device | model | batch | precision | train img/s | compile s | eval img/s | input img/s | "
-           "peak device MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+  lines = ["| run | device | model | batch | precision | steps per call | train img/s | compile s | eval img/s | "
+           "input img/s | peak device MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
   peers = []
   for r in rows:
     c, m = r["config"], r["machine"]
@@ -29,7 +29,8 @@ def table(rows: list[dict]) -> str:
       continue
     peak = r.get("peak_device_memory_bytes")
     lines.append(f"| {r['name']} | {m['device_kind']} | {model} | {c['batch_size']} | {prec} | "
-                 f"{_f(r['train_images_per_sec'])} | {_f(r['train_lower_compile_seconds'], '.1f')} | "
+                 f"{r.get('train_steps_per_call', 1)} | {_f(r['train_images_per_sec'])} | "
+                 f"{_f(r['train_lower_compile_seconds'], '.1f')} | "
                  f"{_f(r.get('eval_images_per_sec'))} | {_f(r.get('input_images_per_sec'))} | "
                  f"{_f(peak and peak / 2**20)} |")
   if peers:

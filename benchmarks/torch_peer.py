@@ -350,12 +350,12 @@ def compare(config, *, steps: int, windows: int, warmup: int, channels_last: boo
           "window_warmup": window_warmup}
 
 
-_F: dict = {}
+_FLAGS: dict = {}
 
 
 def define_flags() -> None:
   """Command-line flags (defined only when run as a program, so that importing this module defines none)."""
-  _F.update(
+  _FLAGS.update(
       config=config_flags.DEFINE_config_file("config", "configs/cifar20.py", "Config file (configs/*.py).",
                                              lock_config=True),
       steps=flags.DEFINE_integer("steps", 5, "Train steps per timed window."),
@@ -376,7 +376,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from resnet_jax import benchmark, cli
-  f = {k: v.value for k, v in _F.items()}
+  f = {k: v.value for k, v in _FLAGS.items()}
   if f["window_warmup"] < 0:
     raise app.UsageError(f"--window_warmup={f['window_warmup']}: use 0 or more untimed steps per window")
   # As the training loop does; one process, so PyTorch runs with the same malloc settings as ours.

@@ -54,7 +54,7 @@ if (( left < 30 )); then say "no time left for training (${left} s)"; exit 1; fi
 say "sweep of $runs for at most $left s"
 timeout --signal=TERM --kill-after=$(( reserve / 2 )) "$left" \
   python3 -m resnet_jax.sweep experiments/table6.py --workdir="$work" --only="$runs" --set=input_backend=device \
-  --set=data_file="$data" "$@" 2>&1 | tee -a "$log" | grep -E "^\[|error|Error|step [0-9]+/|eval error"
+  --set=data_file="$data" "$@" 2>&1 | tee -a "$log" | grep -E "^sweep:|rror|step [0-9]+/|resumed from"
 rc=${PIPESTATUS[0]}
 say "sweep exit status $rc (0: all runs finished; 75 or 124: stopped at the deadline, resumable)"
 

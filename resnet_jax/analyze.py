@@ -189,19 +189,36 @@ def analyze_run(config, workdir: str, *, num_examples: int | None = None, batch_
 # ----------------------------------------------------------------------------------------------------------
 # Command line.
 
-def main(argv):
+_FLAGS: dict = {}
+
+
+def define_flags():
+  """The command's flags (defined only when run as a program: importing this module defines none)."""
   from absl import flags
+  from ml_collections import config_flags
+  _FLAGS["config"] = config_flags.DEFINE_config_file(
+      "config", None, "Config that trained the run (default: RUN/config.json).", lock_config=True)
+  _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Training run directory whose newest checkpoint is "
+                                          "analysed.")
+  _FLAGS["num_examples"] = flags.DEFINE_integer("num_examples", None, "Analyse only the first N examples of the "
+                                                "eval split.")
+  _FLAGS["batch_stats"] = flags.DEFINE_bool(
+      "batch_stats", False, "Diagnostic: normalise with each batch's statistics instead of the checkpoint's "
+      "running ones; writes RUN/" + BATCH_STATS_FILE + ".")
+
+
+def main(argv):
   from resnet_jax import cli, config_lib
-  FLAGS = flags.FLAGS
+  f = {name: holder.value for name, holder in _FLAGS.items()}
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS.workdir:
+  if not f["workdir"]:
     cli.fail("--workdir is required: the training run to analyse, e.g. runs/degradation/plain56")
   with cli.user_errors():
-    config = FLAGS.config if FLAGS.config is not None else config_lib.load_workdir_config(FLAGS.workdir)
+    config = f["config"] if f["config"] is not None else config_lib.load_workdir_config(f["workdir"])
   cli.start(config, restart=__name__ == "__main__")
   with cli.user_errors():
-    out = analyze_run(config, FLAGS.workdir, num_examples=FLAGS.num_examples, batch_stats=FLAGS.batch_stats)
+    out = analyze_run(config, f["workdir"], num_examples=f["num_examples"], batch_stats=f["batch_stats"])
   print(f"{out['model']} (step {out['step']}): std of {len(out['std'])} 3x3 conv responses over "
         f"{out['num_examples']} examples of {out['split']!r}: mean {out['mean_std']:.3f}, "
         f"min {min(out['std']):.3f}, max {max(out['std']):.3f} ({out['bn_statistics']} BN statistics) -> "
@@ -209,13 +226,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import flags
-  from ml_collections import config_flags
   from resnet_jax import cli
-  config_flags.DEFINE_config_file("config", None, "Config that trained the run (default: RUN/config.json).",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Training run directory whose newest checkpoint is analysed.")
-  flags.DEFINE_integer("num_examples", None, "Analyse only the first N examples of the eval split.")
-  flags.DEFINE_bool("batch_stats", False, "Diagnostic: normalise with each batch's statistics instead of the "
-                    "checkpoint's running ones; writes RUN/" + BATCH_STATS_FILE + ".")
+  define_flags()
   cli.run(main)

@@ -19,6 +19,9 @@ Measures, on the devices JAX sees:
   memory (`memory_stats()['peak_bytes_in_use']`, null on CPU);
 * the compiled step's FLOPs (XLA cost analysis) and the achieved FLOP/s.
 
+`--compare_steps_per_call=1,4` measures instead the train img/s of each config.steps_per_call value given, with
+their windows interleaved in one process (input_backend='device'), and the ratios to the first.
+
 `--json` prints one JSON object with all of these plus the machine (platform, device kind and count, CPU count)
 and the jax / flax versions. On CPU the device count can be raised before JAX starts with `--cpu_devices=N`
 (the same as XLA_FLAGS=--xla_force_host_platform_device_count=N); the global batch is then split over N
@@ -41,9 +44,12 @@ from absl import flags
 from ml_collections import config_flags
 
 
-def define_flags() -> dict:
+_FLAGS: dict = {}
+
+
+def define_flags():
   """The command-line flags (defined only when run as a program, so that importing this module defines none)."""
-  return {
+  _FLAGS.update({
       "config": config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True),
       "json": flags.DEFINE_bool("json", False, "Print one JSON object instead of a table."),
       "steps": flags.DEFINE_integer("steps", 10, "Train steps per timed window."),
@@ -53,12 +59,12 @@ def define_flags() -> dict:
       "input_steps": flags.DEFINE_integer("input_steps", 20, "Batches per timed input-pipeline window (0: skip)."),
       "cpu_devices": flags.DEFINE_integer("cpu_devices", None, "On CPU: split the host into N JAX devices and the "
                                           "batch over them (must be set before JAX starts, as this flag is)."),
+      "compare_steps_per_call": flags.DEFINE_list(
+          "compare_steps_per_call", None, "Instead of the measurements above: train img/s for each of these "
+          "config.steps_per_call values (e.g. 1,4), their timed windows interleaved in one process."),
       "compilation_cache": flags.DEFINE_bool("compilation_cache", False, "Use the persistent compilation cache "
                                              "(JAX_COMPILATION_CACHE_DIR); compile times then measure cache reads."),
-  }
-
-
-_FLAGS: dict = {}
+  })
 
 
 def _set_cpu_devices(n: int | None) -> None:
@@ -343,6 +349,57 @@ def run(config, *, steps: int = 10, windows: int = 3, warmup: int = 2, eval_step
   return out
 
 
+def compare_steps_per_call(config, values, *, steps: int, windows: int, warmup: int) -> dict:
+  """Train img/s for each config.steps_per_call in `values`, measured side by side.
+
+  One TrainBench per value, each compiled and warmed up first; then the timed windows alternate between them
+  (v1, v2, v1, v2, ...), so that a machine's drift in speed (other programs, clocks) falls on each alike. Each
+  window is `steps` steps (rounded down to whole calls). Returns the medians, every window, and each median's
+  ratio to the first value's.
+  """
+  import jax
+  from resnet_jax import config_lib, train
+  config = config_lib.resolve(config)
+  if config.input_backend != "device":
+    raise ValueError("--compare_steps_per_call needs --config.input_backend=device (several steps per call draw "
+                     "their batches on the devices)")
+  configs = {}
+  for v in values:
+    configs[v] = c = config.copy_and_resolve_references()
+    c.steps_per_call = v
+    train.validate_config(c)  # every value before the first compilation
+  benches = {}
+  for v, c in configs.items():
+    benches[v] = bench = TrainBench(c)
+    bench.compile()
+    for _ in range(max(1, -(-warmup // bench.steps_per_call))):
+      jax.block_until_ready(bench.step())
+  rates = {v: [] for v in benches}
+  for _ in range(windows):
+    for v, bench in benches.items():
+      k = bench.steps_per_call
+      rates[v].append(timed_windows(bench.step, items_per_call=config.batch_size * k, calls=max(1, steps // k),
+                                    windows=1)["rate"])
+  medians = {v: statistics.median(r) for v, r in rates.items()}
+  first = medians[next(iter(medians))]
+  return {"config": describe(config), "steps_per_call": {str(v): {"train_images_per_sec": medians[v],
+                                                                  "train_window_images_per_sec": rates[v],
+                                                                  "ratio_to_first": medians[v] / first}
+                                                         for v in benches},
+          "machine": machine_info(), "settings": {"steps": steps, "windows": windows, "warmup": warmup}}
+
+
+def format_comparison(r: dict) -> str:
+  mach = r["machine"]
+  lines = [f"{r['config']['family']} depth {r['config']['depth']}  batch {r['config']['batch_size']}; "
+           f"{mach['device_count']} x {mach['device_kind']} ({mach['platform']}), {mach['cpu_count']} CPUs",
+           "steps_per_call | train img/s (median) | ratio | windows"]
+  for v, x in r["steps_per_call"].items():
+    lines.append(f"{v:>14} | {x['train_images_per_sec']:20.1f} | {x['ratio_to_first']:5.2f} | "
+                 + ", ".join(f"{w:.1f}" for w in x["train_window_images_per_sec"]))
+  return "\n".join(lines)
+
+
 def _cpu_settings(p: dict) -> str:
   chunk = p.get("weight_grad_chunk")
   convolutions = {"onednn": "oneDNN", "eigen": "XLA Eigen", "xla_default": "XLA default (YNNPACK)"}[p["convolutions"]]
@@ -389,6 +446,12 @@ def main(argv):
   cli.start(f["config"], restart=__name__ == "__main__")
   _set_cpu_devices(f["cpu_devices"])
   with cli.user_errors():
+    if f["compare_steps_per_call"]:
+      values = [int(v) for v in f["compare_steps_per_call"]]
+      result = compare_steps_per_call(f["config"], values, steps=f["steps"], windows=f["windows"],
+                                      warmup=f["warmup"])
+      print(json.dumps(result) if f["json"] else format_comparison(result))
+      return
     result = run(f["config"], steps=f["steps"], windows=f["windows"], warmup=f["warmup"],
                  eval_steps=f["eval_steps"], input_steps=f["input_steps"],
                  compilation_cache=f["compilation_cache"])
@@ -400,6 +463,6 @@ def main(argv):
 
 if __name__ == "__main__":
   from resnet_jax import cli
-  _FLAGS.update(define_flags())
+  define_flags()
   flags.mark_flags_as_required(["config"])
   cli.run(main)

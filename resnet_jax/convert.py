@@ -305,10 +305,19 @@ USAGE = ("usage: python -m resnet_jax.convert from-torchvision WEIGHTS --workdir
          "       python -m resnet_jax.convert to-torchvision --workdir=DIR OUT")
 
 
-def main(argv):
+_FLAGS: dict = {}
+
+
+def define_flags():
+  """The command's flags (defined only when run as a program: importing this module defines none)."""
   from absl import flags
+  _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "The run directory to write (from-torchvision) or read "
+                                          "(to-torchvision).")
+
+
+def main(argv):
   from resnet_jax import cli
-  args, workdir = argv[1:], flags.FLAGS.workdir
+  args, workdir = argv[1:], _FLAGS["workdir"].value
   if len(args) != 2 or args[0] not in ("from-torchvision", "to-torchvision") or not workdir:
     cli.fail(f"expected a command, a file and --workdir\n{USAGE}")
   command, path = args
@@ -329,8 +338,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import flags
   from resnet_jax import cli
   from resnet_jax import convert  # the module's own classes, which cli.user_errors knows, not __main__'s copies
-  flags.DEFINE_string("workdir", None, "The run directory to write (from-torchvision) or read (to-torchvision).")
+  convert.define_flags()
   cli.run(convert.main)

@@ -89,14 +89,14 @@ def predict(config, variables, paths, *, top: int = 5):
     yield path, [{"class": int(c), "label": labels[c], "probability": float(p[c])} for c in best], None
 
 
-_F: dict = {}
+_FLAGS: dict = {}
 
 
 def define_flags():
-  _F["config"] = config_flags.DEFINE_config_file("config", None, "Config file; default: the workdir's config.json.")
-  _F["workdir"] = flags.DEFINE_string("workdir", None, "Training (or converted) directory; its newest checkpoint.")
-  _F["top"] = flags.DEFINE_integer("top", 5, "Classes to print per image.", lower_bound=1)
-  _F["json"] = flags.DEFINE_bool("json", False, "One JSON object per image instead of text.")
+  _FLAGS["config"] = config_flags.DEFINE_config_file("config", None, "Config file; default: the workdir's config.json.")
+  _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Training (or converted) directory; its newest checkpoint.")
+  _FLAGS["top"] = flags.DEFINE_integer("top", 5, "Classes to print per image.", lower_bound=1)
+  _FLAGS["json"] = flags.DEFINE_bool("json", False, "One JSON object per image instead of text.")
   flags.mark_flag_as_required("workdir")
 
 
@@ -105,19 +105,19 @@ def main(argv):
   images = argv[1:]
   if not images:
     cli.fail("give one or more image files: python -m resnet_jax.predict --workdir=DIR IMAGE ...")
-  workdir = _F["workdir"].value
+  workdir = _FLAGS["workdir"].value
   with cli.user_errors():
-    config = _F["config"].value or config_lib.load_workdir_config(workdir)
+    config = _FLAGS["config"].value or config_lib.load_workdir_config(workdir)
   cli.start(config, restart=__name__ == "__main__")
   from resnet_jax import train
   failed = 0
   with cli.user_errors():
     variables = train.load_variables_for_eval(config, workdir)
-    for path, top, error in predict(config, variables, images, top=_F["top"].value):
+    for path, top, error in predict(config, variables, images, top=_FLAGS["top"].value):
       if error:
         failed += 1
         print(f"error: {path}: {error}", file=sys.stderr)
-      elif _F["json"].value:
+      elif _FLAGS["json"].value:
         print(json.dumps({"image": path, "top": top}), flush=True)
       else:
         print(f"{path}: " + ", ".join(f"{t['label']} ({100 * t['probability']:.1f}%)" for t in top), flush=True)

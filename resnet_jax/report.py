@@ -455,21 +455,28 @@ def build_report(sweep_dir: str, out_dir: str | None = None) -> dict:
   return {"report": report, "figures": figures, "runs": [r.name for r in runs]}
 
 
-def main(argv):
+_FLAGS: dict = {}
+
+
+def define_flags():
+  """The command's flags (defined only when run as a program: importing this module defines none)."""
   from absl import flags
+  _FLAGS["out"] = flags.DEFINE_string("out", None, "Output directory (default: SWEEP_DIR/report).")
+
+
+def main(argv):
   from resnet_jax import cli  # absl only: the report needs none of the training stack
   if len(argv) != 2:
     cli.fail("usage: python -m resnet_jax.report SWEEP_DIR [--out=SWEEP_DIR/report]")
   cli.start(restart=False)
   try:
-    out = build_report(argv[1], flags.FLAGS.out)
+    out = build_report(argv[1], _FLAGS["out"].value)
   except (FileNotFoundError, ValueError) as e:
     cli.fail(str(e))
   print(f"wrote {out['report']} ({len(out['runs'])} runs) and {', '.join(out['figures']) or 'no figures'}")
 
 
 if __name__ == "__main__":
-  from absl import flags
   from resnet_jax import cli
-  flags.DEFINE_string("out", None, "Output directory (default: SWEEP_DIR/report).")
+  define_flags()
   cli.run(main)

@@ -114,13 +114,13 @@ def format_summary(s: dict) -> str:
   return "\n".join(lines)
 
 
-_F: dict = {}
+_FLAGS: dict = {}
 
 
 def define_flags():
   """The command's flags (defined only when run as a program: importing this module defines none)."""
-  _F["config"] = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
-  _F["json"] = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+  _FLAGS["config"] = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+  _FLAGS["json"] = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
   flags.mark_flags_as_required(["config"])
 
 
@@ -128,10 +128,10 @@ def main(argv):
   from resnet_jax import cli
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {argv[1:]}")
-  config = cli.start(_F["config"].value, restart=False)
+  config = cli.start(_FLAGS["config"].value, restart=False)
   with cli.user_errors():
     s = summarize(config)
-  print(json.dumps(s) if _F["json"].value else format_summary(s))
+  print(json.dumps(s) if _FLAGS["json"].value else format_summary(s))
 
 
 if __name__ == "__main__":

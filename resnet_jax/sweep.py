@@ -401,16 +401,18 @@ def run_sweep(specs: Sequence[RunSpec], *, log=print) -> list[dict]:
 # ----------------------------------------------------------------------------------------------------------
 # Command line.
 
-FLAGS = flags.FLAGS
+_FLAGS: dict = {}
 
 
 def define_flags():
   """The CLI's flags; defined only when run as a program (sweep files import this module as a library)."""
-  flags.DEFINE_string("workdir", None, "Sweep directory; run NAME goes to WORKDIR/NAME.")
-  flags.DEFINE_bool("dry_run", False, "Print one `python -m resnet_jax.main` command per run; run none.")
-  flags.DEFINE_string("only", None, "Comma-separated glob patterns of run names, e.g. 'plain*,resnet20'.")
-  flags.DEFINE_multi_string("set", [], "FIELD=VALUE override for every run (repeatable), e.g. "
-                            "num_train_steps=2000; parsed as --config.FIELD=VALUE.")
+  _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Sweep directory; run NAME goes to WORKDIR/NAME.")
+  _FLAGS["dry_run"] = flags.DEFINE_bool("dry_run", False, "Print one `python -m resnet_jax.main` command per run; "
+                                        "run none.")
+  _FLAGS["only"] = flags.DEFINE_string("only", None, "Comma-separated glob patterns of run names, e.g. "
+                                       "'plain*,resnet20'.")
+  _FLAGS["set"] = flags.DEFINE_multi_string("set", [], "FIELD=VALUE override for every run (repeatable), e.g. "
+                                            "num_train_steps=2000; parsed as --config.FIELD=VALUE.")
 
 
 def main(argv):
@@ -418,24 +420,25 @@ def main(argv):
   if len(argv) != 2:
     cli.fail("usage: python -m resnet_jax.sweep experiments/NAME.py --workdir=DIR "
              "[--dry_run] [--only=PATTERN] [--set=FIELD=VALUE ...]")
-  if not FLAGS.workdir:
+  f = {name: holder.value for name, holder in _FLAGS.items()}
+  if not f["workdir"]:
     cli.fail("--workdir is required: the sweep's runs go to WORKDIR/NAME")
   cli.start(restart=False)
   try:
-    specs = build_runs(argv[1], FLAGS.workdir, only=FLAGS.only, sets=FLAGS.set)
+    specs = build_runs(argv[1], f["workdir"], only=f["only"], sets=f["set"])
   except SweepError as e:
     cli.fail(str(e))
   with cli.user_errors():
-    if FLAGS.dry_run:
+    if f["dry_run"]:
       for spec in specs:
         print(spec.command)
       return
-    write_manifest(argv[1], FLAGS.workdir, specs, FLAGS.set)
+    write_manifest(argv[1], f["workdir"], specs, f["set"])
     t0 = time.time()
     summary = run_sweep(specs, log=lambda s: print(f"sweep: {s}", flush=True))
   failed = [s for s in summary if s["status"] == "non-finite"]
   print(f"sweep: {len(summary) - len(failed)} of {len(summary)} runs complete in {time.time() - t0:.0f} s; "
-        f"tables and plots: python -m resnet_jax.report {FLAGS.workdir}", flush=True)
+        f"tables and plots: python -m resnet_jax.report {f['workdir']}", flush=True)
   if failed:
     print("sweep: failed runs: " + ", ".join(s["name"] for s in failed), file=sys.stderr)
     sys.exit(cli.EXIT_NONFINITE)

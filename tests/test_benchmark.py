@@ -99,7 +99,7 @@ def test_gpu_results_table():
   import summarize_gpu_results
   rows = [json.loads(line) for line in open(REPO / "benchmarks/results/2026-11-27-gpu-h100.jsonl")]
   text = summarize_gpu_results.table(rows)
-  assert "| r50_bf16_b256 | NVIDIA H100 80GB HBM3 | imagenet resnet50 | 256 | bf16 | 5304 |" in text
+  assert "| r50_bf16_b256 | NVIDIA H100 80GB HBM3 | imagenet resnet50 | 256 | bf16 | 1 | 5304 |" in text
   assert "**1.16x**" in text and "25,557,032" in text and "jax 0.11.2" in text
 
 
