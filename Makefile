@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # runs on the CPU; a CPU build on aarch64); other releases would be downloaded (several GB).
 TORCH_PINS ?= $(if $(filter aarch64,$(shell uname -m)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
 
-.PHONY: install lint test test-min test-slow test-peer train clean
+.PHONY: install lint format test test-min test-slow test-peer train clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,15 @@ resnet_jax/cpu/_onednn_conv.so: resnet_jax/cpu/csrc/onednn_conv.cc $(VENV)/.inst
 
 install: $(VENV)/.installed resnet_jax/cpu/_onednn_conv.so
 
-# Lint (pyproject.toml's [tool.ruff]: unused or undefined names, one line length), then the suite.
+# Lint (pyproject.toml's [tool.ruff]: unused or undefined names, one line length) and the formatter's check
+# ([tool.pyink]); `make format` formats every file.
+SOURCES := resnet_jax tests benchmarks configs experiments
 lint: install
-	$(VENV)/bin/ruff check resnet_jax tests benchmarks configs experiments
+	$(VENV)/bin/ruff check $(SOURCES)
+	$(VENV)/bin/pyink --check --diff $(SOURCES)
+
+format: install
+	$(VENV)/bin/pyink $(SOURCES)
 
 test: lint
 	$(PY) -m pytest -q -m "not slow and not peer" -n 2 --dist loadfile $(PYTEST_ARGS)

@@ -1,7 +1,8 @@
 """Markdown tables from the JSON files that benchmarks/run_cpu_results.sh writes.
 
-    python benchmarks/summarize_cpu_results.py /tmp/resnet_jax_cpu_results
+python benchmarks/summarize_cpu_results.py /tmp/resnet_jax_cpu_results
 """
+
 import json
 import os
 import sys
@@ -35,14 +36,19 @@ def main(out):
         f"{m['device_count']} | {r['train_lower_compile_seconds']:.1f} | {r['train_images_per_sec']:.1f} | "
         f"{r['train_cpu_seconds_per_step']:.2f} | {fmt(r['eval_images_per_sec'])} | "
         f"{fmt(r['input_images_per_sec'], '.0f')} | {r['peak_host_memory_bytes'] / 2**20:.0f} | "
-        f"{r['train_loss_first']:.2f} -> {r['train_loss_last']:.2f} | {m['load_average_1min']:.1f} |")
-  print("| run | model | batch | dtype | devices | compile s | train img/s | CPU s/step | eval img/s | "
-        "input img/s | peak host MiB | loss first -> last | load |")
+        f"{r['train_loss_first']:.2f} -> {r['train_loss_last']:.2f} | {m['load_average_1min']:.1f} |"
+    )
+  print(
+      "| run | model | batch | dtype | devices | compile s | train img/s | CPU s/step | eval img/s | "
+      "input img/s | peak host MiB | loss first -> last | load |"
+  )
   print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   print("\n".join(rows))
   print()
-  print("| run | params | ours img/s | PyTorch img/s | ours / PyTorch | ours CPU s/step | PyTorch CPU s/step | "
-        "max logit diff | load |")
+  print(
+      "| run | params | ours img/s | PyTorch img/s | ours / PyTorch | ours CPU s/step | PyTorch CPU s/step | "
+      "max logit diff | load |"
+  )
   print("|---|---|---|---|---|---|---|---|---|")
   for name in ("peer_r20", "peer_r56", "peer_r50"):
     r = load(out, name)
@@ -50,11 +56,13 @@ def main(out):
       print(f"| {name} | failed or not run |" + " |" * 7)
       continue
     loads = r["load_average_1min"]
-    print(f"| {name} ({r['machine']['device_count']} dev, batch {r['config']['batch_size']}) | "
-          f"{r['check']['params']:,} | {r['jax_images_per_sec']:.1f} | {r['torch_images_per_sec']:.1f} | "
-          f"{r['ratio_jax_over_torch']:.2f}x | {r['jax_cpu_seconds_per_step']:.2f} | "
-          f"{r['torch_cpu_seconds_per_step']:.2f} | {r['check']['max_abs_logit_diff']:.1e} | "
-          f"{min(loads):.1f}-{max(loads):.1f} |")
+    print(
+        f"| {name} ({r['machine']['device_count']} dev, batch {r['config']['batch_size']}) | "
+        f"{r['check']['params']:,} | {r['jax_images_per_sec']:.1f} | {r['torch_images_per_sec']:.1f} | "
+        f"{r['ratio_jax_over_torch']:.2f}x | {r['jax_cpu_seconds_per_step']:.2f} | "
+        f"{r['torch_cpu_seconds_per_step']:.2f} | {r['check']['max_abs_logit_diff']:.1e} | "
+        f"{min(loads):.1f}-{max(loads):.1f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ parameters and optimiser, as NVIDIA's reference trainer does), which is the PyTo
 compute with float32 parameters. Windows end with `torch.cuda.synchronize()`. Give JAX only part of the GPU's
 memory so that both fit: XLA_PYTHON_CLIENT_MEM_FRACTION=0.45.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,6 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 # ----------------------------------------------------------------------------------------------------------
 # The PyTorch twin of resnet_jax.models.ResNet (names mirror the flax parameter tree).
+
 
 def build_torch_model(model_config):
   import torch
@@ -77,6 +79,7 @@ def build_torch_model(model_config):
   conv = Conv
 
   class Shortcut(nn.Module):
+
     def __init__(self, cin, cout, stride):
       super().__init__()
       self.stride, self.cin, self.cout = stride, cin, cout
@@ -89,7 +92,7 @@ def build_torch_model(model_config):
       if self.project:
         return self.proj_bn(self.proj_conv(x))
       if self.stride != 1:
-        x = x[:, :, ::self.stride, ::self.stride]
+        x = x[:, :, :: self.stride, :: self.stride]
       if self.cout > self.cin:  # option A: zero channels appended
         x = nn.functional.pad(x, (0, 0, 0, 0, 0, self.cout - self.cin))
       return x
@@ -134,6 +137,7 @@ def build_torch_model(model_config):
   block_cls = Basic if block_kind == "basic" else Bottleneck
 
   class Net(nn.Module):
+
     def __init__(self):
       super().__init__()
       if stem == "cifar":
@@ -178,6 +182,7 @@ def copy_flax_params(net, flax_params) -> None:
   """Loads our (unscanned) flax parameters into the PyTorch twin; fails on any missing or extra tensor."""
   import numpy as np
   import torch
+
   flat = _flat(flax_params)
   used = set()
   tnamed = dict(net.named_parameters())
@@ -186,8 +191,7 @@ def copy_flax_params(net, flax_params) -> None:
     if parts[0] == "blocks":
       parts = parts[1:]
     *mod, leaf = parts
-    flax_leaf = {"weight": "kernel" if ("conv" in mod[-1] or mod[-1] == "head") else "scale",
-                 "bias": "bias"}[leaf]
+    flax_leaf = {"weight": "kernel" if ("conv" in mod[-1] or mod[-1] == "head") else "scale", "bias": "bias"}[leaf]
     key = tuple(mod) + (flax_leaf,)
     if key not in flat:
       raise KeyError(f"no flax parameter {'/'.join(key)} for torch {tname}")
@@ -212,23 +216,37 @@ class TorchBench:
   def __init__(self, config, flax_params, host_batches, *, channels_last: bool, device: str = "cpu"):
     import contextlib
     import torch
+
     self.torch = torch
     self.device = torch.device(device)
     self.cuda = self.device.type == "cuda"
     if self.cuda:
       torch.backends.cudnn.benchmark = True
     # AMP in bfloat16 for config.half_precision (float32 parameters, optimiser and loss, like ours).
-    self.autocast = ((lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if config.half_precision
-                     else contextlib.nullcontext)
+    self.autocast = (
+        (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16))
+        if config.half_precision
+        else contextlib.nullcontext
+    )
     self.net = build_torch_model(config.model)
     copy_flax_params(self.net, flax_params)
     self.fmt = torch.channels_last if channels_last else torch.contiguous_format
     self.net = self.net.to(device=self.device, memory_format=self.fmt)
     self.net.train()
-    self.opt = torch.optim.SGD(self.net.parameters(), lr=config.learning_rate, momentum=config.momentum,
-                               weight_decay=config.weight_decay, nesterov=config.nesterov)
-    self.batches = [(torch.from_numpy(b["image"]).permute(0, 3, 1, 2).to(self.device).contiguous(
-        memory_format=self.fmt), torch.from_numpy(b["label"]).long().to(self.device)) for b in host_batches]
+    self.opt = torch.optim.SGD(
+        self.net.parameters(),
+        lr=config.learning_rate,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
+    self.batches = [
+        (
+            torch.from_numpy(b["image"]).permute(0, 3, 1, 2).to(self.device).contiguous(memory_format=self.fmt),
+            torch.from_numpy(b["label"]).long().to(self.device),
+        )
+        for b in host_batches
+    ]
     self.num_params = sum(p.numel() for p in self.net.parameters())
     self._i = 0
 
@@ -274,8 +292,10 @@ def check_same_function(bench, tb) -> dict:
   import jax
   import numpy as np
   from resnet_jax import models, train
-  assert bench.num_params == tb.num_params, (f"parameter counts differ: ours {bench.num_params:,} vs torch "
-                                             f"{tb.num_params:,}")
+
+  assert (
+      bench.num_params == tb.num_params
+  ), f"parameter counts differ: ours {bench.num_params:,} vs torch {tb.num_params:,}"
   host = jax.device_get(bench.state)
   batch = bench.batches[0]
   # In full float32 on both sides, also for half_precision (whose bfloat16 roundings differ between the two and
@@ -288,22 +308,31 @@ def check_same_function(bench, tb) -> dict:
   ours = np.asarray(ours)
   theirs = tb.logits(batch["image"])
   loss_ours = float(np.asarray(train.cross_entropy(ours, batch["label"]).mean()))
-  loss_theirs = float(tb.torch.nn.functional.cross_entropy(tb.torch.from_numpy(theirs),
-                                                           tb.torch.from_numpy(batch["label"]).long()))
+  loss_theirs = float(
+      tb.torch.nn.functional.cross_entropy(tb.torch.from_numpy(theirs), tb.torch.from_numpy(batch["label"]).long())
+  )
   diff = float(np.abs(ours - theirs).max())
   scale = float(np.abs(ours).max())
   tol = 1e-3 * max(1.0, scale)
   assert diff <= tol, f"logits differ by {diff} (scale {scale}, bound {tol}): not the same function"
-  return {"params": bench.num_params, "max_abs_logit_diff": diff, "loss_ours": loss_ours,
-          "loss_torch": loss_theirs}
+  return {"params": bench.num_params, "max_abs_logit_diff": diff, "loss_ours": loss_ours, "loss_torch": loss_theirs}
 
 
-def compare(config, *, steps: int, windows: int, warmup: int, channels_last: bool = False,
-            skip_jax: bool = False, torch_device: str = "cpu",
-            window_warmup: int = 1) -> dict:
+def compare(
+    config,
+    *,
+    steps: int,
+    windows: int,
+    warmup: int,
+    channels_last: bool = False,
+    skip_jax: bool = False,
+    torch_device: str = "cpu",
+    window_warmup: int = 1,
+) -> dict:
   import jax
   import torch
   from resnet_jax import benchmark
+
   bench = benchmark.TrainBench(config)
   host = jax.device_get(bench.state)
   tb = TorchBench(config, host.params, bench.batches, channels_last=channels_last, device=torch_device)
@@ -336,18 +365,30 @@ def compare(config, *, steps: int, windows: int, warmup: int, channels_last: boo
   tm = statistics.median(torch_rates)
   jc = statistics.median(jax_cpu) if jax_cpu else None
   tc = statistics.median(torch_cpu)
-  return {"config": benchmark.describe(config), "check": check, "jax_images_per_sec": jm,
-          "torch_images_per_sec": tm, "ratio_jax_over_torch": jm / tm if jm else None,
-          "jax_cpu_seconds_per_step": jc, "torch_cpu_seconds_per_step": tc,
-          "cpu_time_ratio_torch_over_jax": tc / jc if jc else None,
-          "jax_windows": jax_rates, "torch_windows": torch_rates, "jax_compile_seconds": compile_s,
-          "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
-          "torch_channels_last": channels_last, "load_average_1min": loads,
-          "torch_device": str(tb.device), "torch_device_name": (torch.cuda.get_device_name(tb.device) if tb.cuda
-                                                                else None),
-          "torch_autocast_bf16": bool(config.half_precision),
-          "machine": benchmark.machine_info(), "steps": steps, "windows": windows,
-          "window_warmup": window_warmup}
+  return {
+      "config": benchmark.describe(config),
+      "check": check,
+      "jax_images_per_sec": jm,
+      "torch_images_per_sec": tm,
+      "ratio_jax_over_torch": jm / tm if jm else None,
+      "jax_cpu_seconds_per_step": jc,
+      "torch_cpu_seconds_per_step": tc,
+      "cpu_time_ratio_torch_over_jax": tc / jc if jc else None,
+      "jax_windows": jax_rates,
+      "torch_windows": torch_rates,
+      "jax_compile_seconds": compile_s,
+      "torch_version": torch.__version__,
+      "torch_threads": torch.get_num_threads(),
+      "torch_channels_last": channels_last,
+      "load_average_1min": loads,
+      "torch_device": str(tb.device),
+      "torch_device_name": (torch.cuda.get_device_name(tb.device) if tb.cuda else None),
+      "torch_autocast_bf16": bool(config.half_precision),
+      "machine": benchmark.machine_info(),
+      "steps": steps,
+      "windows": windows,
+      "window_warmup": window_warmup,
+  }
 
 
 _FLAGS: dict = {}
@@ -356,8 +397,9 @@ _FLAGS: dict = {}
 def define_flags() -> None:
   """Command-line flags (defined only when run as a program, so that importing this module defines none)."""
   _FLAGS.update(
-      config=config_flags.DEFINE_config_file("config", "configs/cifar20.py", "Config file (configs/*.py).",
-                                             lock_config=True),
+      config=config_flags.DEFINE_config_file(
+          "config", "configs/cifar20.py", "Config file (configs/*.py).", lock_config=True
+      ),
       steps=flags.DEFINE_integer("steps", 5, "Train steps per timed window."),
       windows=flags.DEFINE_integer("windows", 5, "Timed windows per framework (medians are reported)."),
       warmup=flags.DEFINE_integer("warmup", 2, "Untimed steps per framework before timing."),
@@ -367,8 +409,9 @@ def define_flags() -> None:
       cpu_devices=flags.DEFINE_integer("cpu_devices", None, "JAX on CPU: split the batch over N virtual devices."),
       json=flags.DEFINE_bool("json", False, "Print one JSON object."),
       skip_jax=flags.DEFINE_bool("skip_jax", False, "Time PyTorch only (still builds ours for the checks)."),
-      torch_device=flags.DEFINE_string("torch_device", "cpu", "PyTorch device: cpu, or cuda (then with "
-                                       "half_precision under bfloat16 autocast)."),
+      torch_device=flags.DEFINE_string(
+          "torch_device", "cpu", "PyTorch device: cpu, or cuda (then with half_precision under bfloat16 autocast)."
+      ),
   )
 
 
@@ -376,6 +419,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from resnet_jax import benchmark, cli
+
   f = {k: v.value for k, v in _FLAGS.items()}
   if f["window_warmup"] < 0:
     raise app.UsageError(f"--window_warmup={f['window_warmup']}: use 0 or more untimed steps per window")
@@ -383,34 +427,53 @@ def main(argv):
   cli.start(f["config"], restart=__name__ == "__main__")
   benchmark._set_cpu_devices(f["cpu_devices"])
   import torch
+
   if f["torch_threads"]:
     torch.set_num_threads(f["torch_threads"])
-  r = compare(f["config"], steps=f["steps"], windows=f["windows"], warmup=f["warmup"],
-              channels_last=f["channels_last"], skip_jax=f["skip_jax"],
-              torch_device=f["torch_device"], window_warmup=f["window_warmup"])
+  r = compare(
+      f["config"],
+      steps=f["steps"],
+      windows=f["windows"],
+      warmup=f["warmup"],
+      channels_last=f["channels_last"],
+      skip_jax=f["skip_jax"],
+      torch_device=f["torch_device"],
+      window_warmup=f["window_warmup"],
+  )
   if f["json"]:
     print(json.dumps(r))
     return
   c, ck = r["config"], r["check"]
-  print(f"{c['family']} resnet{c['depth']} batch {c['batch_size']}: {ck['params']:,} parameters in both; "
-        f"training-mode logits differ by at most {ck['max_abs_logit_diff']:.2e} (loss {ck['loss_ours']:.5f} "
-        f"vs {ck['loss_torch']:.5f})")
+  print(
+      f"{c['family']} resnet{c['depth']} batch {c['batch_size']}: {ck['params']:,} parameters in both; "
+      f"training-mode logits differ by at most {ck['max_abs_logit_diff']:.2e} (loss {ck['loss_ours']:.5f} "
+      f"vs {ck['loss_torch']:.5f})"
+  )
   fmt = lambda xs: ", ".join(f"{x:.1f}" for x in xs)
   if r["jax_images_per_sec"]:
-    print(f"ours (jax {r['machine']['jax_version']}, {r['machine']['device_count']} device(s)): "
-          f"{r['jax_images_per_sec']:.1f} img/s  [{fmt(r['jax_windows'])}]")
-  print(f"pytorch {r['torch_version']} eager on {r['torch_device_name'] or r['torch_device']} "
-        f"({r['torch_threads']} threads{', bf16 autocast' if r['torch_autocast_bf16'] else ''}"
-        f"{', channels_last' if r['torch_channels_last'] else ''}): {r['torch_images_per_sec']:.1f} img/s  "
-        f"[{fmt(r['torch_windows'])}]")
+    print(
+        f"ours (jax {r['machine']['jax_version']}, {r['machine']['device_count']} device(s)): "
+        f"{r['jax_images_per_sec']:.1f} img/s  [{fmt(r['jax_windows'])}]"
+    )
+  print(
+      f"pytorch {r['torch_version']} eager on {r['torch_device_name'] or r['torch_device']} "
+      f"({r['torch_threads']} threads{', bf16 autocast' if r['torch_autocast_bf16'] else ''}"
+      f"{', channels_last' if r['torch_channels_last'] else ''}): {r['torch_images_per_sec']:.1f} img/s  "
+      f"[{fmt(r['torch_windows'])}]"
+  )
   if r["ratio_jax_over_torch"]:
-    print(f"ratio ours / pytorch: {r['ratio_jax_over_torch']:.2f}x   (load average "
-          f"{min(r['load_average_1min']):.1f}-{max(r['load_average_1min']):.1f} on {r['machine']['cpu_count']} CPUs)")
-    print(f"process CPU seconds per step: ours {r['jax_cpu_seconds_per_step']:.3f}, pytorch "
-          f"{r['torch_cpu_seconds_per_step']:.3f} (pytorch / ours {r['cpu_time_ratio_torch_over_jax']:.2f}x)")
+    print(
+        f"ratio ours / pytorch: {r['ratio_jax_over_torch']:.2f}x   (load average "
+        f"{min(r['load_average_1min']):.1f}-{max(r['load_average_1min']):.1f} on {r['machine']['cpu_count']} CPUs)"
+    )
+    print(
+        f"process CPU seconds per step: ours {r['jax_cpu_seconds_per_step']:.3f}, pytorch "
+        f"{r['torch_cpu_seconds_per_step']:.3f} (pytorch / ours {r['cpu_time_ratio_torch_over_jax']:.2f}x)"
+    )
 
 
 if __name__ == "__main__":
   from resnet_jax import cli
+
   define_flags()
   cli.run(main)

@@ -31,6 +31,7 @@ paper's first 32k iterations are), evaluated on the first 1,000 test images ever
 It took 52 minutes of training (plain-20 5, ResNet-20 7, plain-56 17, ResNet-56 24); what it showed is in
 experiments/results/degradation_cpu/ (README.md, report.md and the figures).
 """
+
 from resnet_jax import config_lib
 from resnet_jax.sweep import Run, overrides_between
 
@@ -44,6 +45,11 @@ def get_config():
 
 def get_sweep():
   base = get_config()
-  return [Run(f"{'resnet' if residual else 'plain'}{depth}",
-              overrides_between(base, config_lib.cifar(depth, residual=residual)))
-          for residual in (False, True) for depth in DEPTHS]
+  return [
+      Run(
+          f"{'resnet' if residual else 'plain'}{depth}",
+          overrides_between(base, config_lib.cifar(depth, residual=residual)),
+      )
+      for residual in (False, True)
+      for depth in DEPTHS
+  ]

@@ -18,6 +18,7 @@ experiments/results/degradation_cpu), growing linearly with depth: about 12 days
 accelerator. One GPU: an estimate, not measured here, is 10-60 minutes per run in float32 (ResNet-110 the
 longest) and about 8-10 hours for ResNet-1202 alone (it is 11x ResNet-110's compute).
 """
+
 from resnet_jax import config_lib
 from resnet_jax.sweep import Run, overrides_between
 
@@ -31,5 +32,7 @@ def get_config():
 
 def get_sweep():
   base = get_config()
-  return [Run(f"resnet{d}", overrides_between(base, config_lib.cifar(d)), optional=d in OPTIONAL_DEPTHS)
-          for d in DEPTHS + OPTIONAL_DEPTHS]
+  return [
+      Run(f"resnet{d}", overrides_between(base, config_lib.cifar(d)), optional=d in OPTIONAL_DEPTHS)
+      for d in DEPTHS + OPTIONAL_DEPTHS
+  ]

@@ -22,6 +22,7 @@ impossible on a CPU and, estimated (not measured), about 2-4 days on one GPU (8 
 The report's ImageNet error is the in-training single-crop evaluation; the paper's Table 3 is 10-crop
 (python -m resnet_jax.evaluate --protocol=10crop --workdir=runs/shortcuts/imagenet_resnet34_optA ...).
 """
+
 from resnet_jax import config_lib
 from resnet_jax.sweep import Run, overrides_between, product
 

@@ -15,6 +15,7 @@ this on a lent GPU machine, within a deadline, resumable across calls):
 Anywhere else, the same with --set=data_dir=../shared/data/tfds (tf.data input). On this project's 2-core CPU it
 is weeks (experiments/depth.py gives the per-step cost).
 """
+
 from resnet_jax import config_lib
 from resnet_jax.sweep import Run, overrides_between
 
@@ -29,6 +30,10 @@ def get_config():
 
 def get_sweep():
   base = get_config()
-  return [Run(f"{'resnet' if residual else 'plain'}{depth}",
-              overrides_between(base, config_lib.cifar(depth, residual=residual)))
-          for residual, depth in RUNS]
+  return [
+      Run(
+          f"{'resnet' if residual else 'plain'}{depth}",
+          overrides_between(base, config_lib.cifar(depth, residual=residual)),
+      )
+      for residual, depth in RUNS
+  ]

@@ -10,6 +10,15 @@
 #   .gpudata/  cifar10_jpeg_bytes.npz (../shared/data), read by input_backend='device' without TensorFlow
 # Batches are drawn on the GPU and steps_per_call is left to 'auto' (100 steps per compiled call there).
 #
+# Preparing the two folders here (Python 3.12 wheels, pure Python, about 0.3 MiB; the npz is 18 MiB):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ml_collections==1.1.0 \
+#       clu==0.0.12
+#   mkdir -p .gpudata && cp ../shared/data/cifar10_jpeg_bytes.npz .gpudata/
+# and the call of the lent machine (device `run`, carry [".whl", ".gpudata"] plus any resume.tar.gz of an earlier
+# call placed in .gpudata/), leaving a minute of its 10-minute limit for packing and the transfer back:
+#   bash experiments/table6_gpu.sh /tmp/table6 540 && cp /tmp/table6/*.tar.gz "$OUT"/
+#   (with TABLE6_RESUME=.gpudata/resume.tar.gz in front when continuing)
+#
 # The sweep stops at DEADLINE_SECONDS (default 690) minus a reserve for packing: the run in progress gets SIGTERM,
 # saves a checkpoint at the step it reached and exits (train.Preempted). Then, in WORKDIR:
 #   results.tar.gz  every run's metrics.jsonl, results.json and config.json, sweep.json, and report/ (report.md,

@@ -22,6 +22,7 @@ with depth, so a response's std can be far from the BN scale it was trained to. 
 normalises with each batch's own statistics instead and writes RUN/layer_responses_batch_stats.json, to tell
 the two effects apart.
 """
+
 from __future__ import annotations
 
 import json
@@ -121,7 +122,7 @@ def combine(acc, batch):
   n = na + nb
   safe = np.maximum(n, 1.0)
   delta = mb - ma
-  return n, ma + delta * nb / safe, qa + qb + delta ** 2 * na * nb / safe
+  return n, ma + delta * nb / safe, qa + qb + delta**2 * na * nb / safe
 
 
 def response_stds(model, variables, batches, *, batch_stats: bool = False) -> tuple[list[str], np.ndarray, int]:
@@ -142,6 +143,7 @@ def analyze_run(config, workdir: str, *, num_examples: int | None = None, batch_
   """Computes the response std of every 3x3 conv layer of the run's newest checkpoint; writes RESULTS_FILE
   (BATCH_STATS_FILE with batch_stats=True)."""
   from resnet_jax import input_pipeline, models, train
+
   t0 = time.time()
   variables = train.load_variables_for_eval(config, workdir)
   model = models.create_model(config.model, half_precision=config.get("half_precision", False))
@@ -196,19 +198,27 @@ def define_flags():
   """The command's flags (defined only when run as a program: importing this module defines none)."""
   from absl import flags
   from ml_collections import config_flags
+
   _FLAGS["config"] = config_flags.DEFINE_config_file(
-      "config", None, "Config that trained the run (default: RUN/config.json).", lock_config=True)
-  _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Training run directory whose newest checkpoint is "
-                                          "analysed.")
-  _FLAGS["num_examples"] = flags.DEFINE_integer("num_examples", None, "Analyse only the first N examples of the "
-                                                "eval split.")
+      "config", None, "Config that trained the run (default: RUN/config.json).", lock_config=True
+  )
+  _FLAGS["workdir"] = flags.DEFINE_string(
+      "workdir", None, "Training run directory whose newest checkpoint is analysed."
+  )
+  _FLAGS["num_examples"] = flags.DEFINE_integer(
+      "num_examples", None, "Analyse only the first N examples of the eval split."
+  )
   _FLAGS["batch_stats"] = flags.DEFINE_bool(
-      "batch_stats", False, "Diagnostic: normalise with each batch's statistics instead of the checkpoint's "
-      "running ones; writes RUN/" + BATCH_STATS_FILE + ".")
+      "batch_stats",
+      False,
+      "Diagnostic: normalise with each batch's statistics instead of the checkpoint's "
+      "running ones; writes RUN/" + BATCH_STATS_FILE + ".",
+  )
 
 
 def main(argv):
   from resnet_jax import cli, config_lib
+
   f = {name: holder.value for name, holder in _FLAGS.items()}
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {argv[1:]}")
@@ -219,13 +229,16 @@ def main(argv):
   cli.start(config, restart=__name__ == "__main__")
   with cli.user_errors():
     out = analyze_run(config, f["workdir"], num_examples=f["num_examples"], batch_stats=f["batch_stats"])
-  print(f"{out['model']} (step {out['step']}): std of {len(out['std'])} 3x3 conv responses over "
-        f"{out['num_examples']} examples of {out['split']!r}: mean {out['mean_std']:.3f}, "
-        f"min {min(out['std']):.3f}, max {max(out['std']):.3f} ({out['bn_statistics']} BN statistics) -> "
-        f"{out['path']}")
+  print(
+      f"{out['model']} (step {out['step']}): std of {len(out['std'])} 3x3 conv responses over "
+      f"{out['num_examples']} examples of {out['split']!r}: mean {out['mean_std']:.3f}, "
+      f"min {min(out['std']):.3f}, max {max(out['std']):.3f} ({out['bn_statistics']} BN statistics) -> "
+      f"{out['path']}"
+  )
 
 
 if __name__ == "__main__":
   from resnet_jax import cli
+
   define_flags()
   cli.run(main)

@@ -29,6 +29,7 @@ devices (same mathematics: BN statistics stay global with config.bn_sync=True).
 
 Results of this machine: benchmarks/RESULTS.md. The PyTorch peer comparison: benchmarks/torch_peer.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,28 +44,40 @@ from typing import Any, Callable
 from absl import flags
 from ml_collections import config_flags
 
-
 _FLAGS: dict = {}
 
 
 def define_flags():
   """The command-line flags (defined only when run as a program, so that importing this module defines none)."""
-  _FLAGS.update({
-      "config": config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True),
-      "json": flags.DEFINE_bool("json", False, "Print one JSON object instead of a table."),
-      "steps": flags.DEFINE_integer("steps", 10, "Train steps per timed window."),
-      "windows": flags.DEFINE_integer("windows", 3, "Timed train windows (the median is reported)."),
-      "warmup": flags.DEFINE_integer("warmup", 2, "Untimed train steps after compilation."),
-      "eval_steps": flags.DEFINE_integer("eval_steps", 2, "Eval batches per timed eval window (0: skip eval)."),
-      "input_steps": flags.DEFINE_integer("input_steps", 20, "Batches per timed input-pipeline window (0: skip)."),
-      "cpu_devices": flags.DEFINE_integer("cpu_devices", None, "On CPU: split the host into N JAX devices and the "
-                                          "batch over them (must be set before JAX starts, as this flag is)."),
-      "compare_steps_per_call": flags.DEFINE_list(
-          "compare_steps_per_call", None, "Instead of the measurements above: train img/s for each of these "
-          "config.steps_per_call values (e.g. 1,4), their timed windows interleaved in one process."),
-      "compilation_cache": flags.DEFINE_bool("compilation_cache", False, "Use the persistent compilation cache "
-                                             "(JAX_COMPILATION_CACHE_DIR); compile times then measure cache reads."),
-  })
+  _FLAGS.update(
+      {
+          "config": config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True),
+          "json": flags.DEFINE_bool("json", False, "Print one JSON object instead of a table."),
+          "steps": flags.DEFINE_integer("steps", 10, "Train steps per timed window."),
+          "windows": flags.DEFINE_integer("windows", 3, "Timed train windows (the median is reported)."),
+          "warmup": flags.DEFINE_integer("warmup", 2, "Untimed train steps after compilation."),
+          "eval_steps": flags.DEFINE_integer("eval_steps", 2, "Eval batches per timed eval window (0: skip eval)."),
+          "input_steps": flags.DEFINE_integer("input_steps", 20, "Batches per timed input-pipeline window (0: skip)."),
+          "cpu_devices": flags.DEFINE_integer(
+              "cpu_devices",
+              None,
+              "On CPU: split the host into N JAX devices and the "
+              "batch over them (must be set before JAX starts, as this flag is).",
+          ),
+          "compare_steps_per_call": flags.DEFINE_list(
+              "compare_steps_per_call",
+              None,
+              "Instead of the measurements above: train img/s for each of these "
+              "config.steps_per_call values (e.g. 1,4), their timed windows interleaved in one process.",
+          ),
+          "compilation_cache": flags.DEFINE_bool(
+              "compilation_cache",
+              False,
+              "Use the persistent compilation cache "
+              "(JAX_COMPILATION_CACHE_DIR); compile times then measure cache reads.",
+          ),
+      }
+  )
 
 
 def _set_cpu_devices(n: int | None) -> None:
@@ -72,11 +85,13 @@ def _set_cpu_devices(n: int | None) -> None:
   if not n:
     return
   import jax
+
   jax.config.update("jax_num_cpu_devices", int(n))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Building blocks (also used by benchmarks/torch_peer.py).
+
 
 def timed_windows(fn: Callable[[], Any], *, items_per_call: int, calls: int, windows: int) -> dict:
   """`windows` windows of `calls` back-to-back calls of fn (which returns what to block on).
@@ -86,6 +101,7 @@ def timed_windows(fn: Callable[[], Any], *, items_per_call: int, calls: int, win
   threads spinning while they wait for work).
   """
   import jax
+
   rates, cpu = [], []
   for _ in range(windows):
     t0, c0 = time.perf_counter(), time.process_time()
@@ -107,10 +123,13 @@ def median_rate(fn: Callable[[], Any], *, items_per_call: int, calls: int, windo
 def random_batch(config, batch_size: int, seed: int, *, eval_mask: bool = False) -> dict:
   """A host batch of pre-normalised random images and labels of the config's shape."""
   import numpy as np
+
   rng = np.random.default_rng(seed)
   size = config.image_size
-  batch = {"image": rng.standard_normal((batch_size, size, size, 3), dtype=np.float32),
-           "label": rng.integers(0, config.model.num_classes, (batch_size,), dtype=np.int32)}
+  batch = {
+      "image": rng.standard_normal((batch_size, size, size, 3), dtype=np.float32),
+      "label": rng.integers(0, config.model.num_classes, (batch_size,), dtype=np.int32),
+  }
   if eval_mask:
     batch["mask"] = np.ones((batch_size,), np.float32)
   return batch
@@ -122,6 +141,7 @@ class TrainBench:
   def __init__(self, config):
     import jax
     from resnet_jax import config_lib, train
+
     config = config_lib.resolve(config)  # epoch-based lengths and batch-relative learning rates, as training does
     train.validate_config(config)
     self.config = config
@@ -141,6 +161,7 @@ class TrainBench:
 
   def _placed(self, local_batch):
     from resnet_jax import parallel
+
     if self.steps.mode == "jit":
       return parallel.put_batch(local_batch, self.steps.mesh)
     return parallel.pmap_split(local_batch)
@@ -148,13 +169,15 @@ class TrainBench:
   def compile(self) -> dict:
     """Lowers and compiles the train step (the jitted/pmapped train.train_step of train.Steps); timed."""
     import jax.numpy as jnp
+
     t0 = time.perf_counter()
     if self.data is None:
       lowered = self.steps._train.lower(self.state, self._placed(self.batches[0]), self.rng)
     else:
       device = self.data.device
       lowered = self.steps._on_device_call(self.steps_per_call, device.draw).lower(
-          self.state, self.window, device.source(0, self.steps_per_call), jnp.asarray(0, jnp.int32), self.rng)
+          self.state, self.window, device.source(0, self.steps_per_call), jnp.asarray(0, jnp.int32), self.rng
+      )
     t1 = time.perf_counter()
     self.compiled = lowered.compile()
     t2 = time.perf_counter()
@@ -178,26 +201,37 @@ class TrainBench:
 
   def train_rate(self, *, steps: int, windows: int, warmup: int) -> dict:
     import jax
+
     k = self.steps_per_call if self.data is not None else 1
     losses = []
     for _ in range(max(1, -(-warmup // k))):
       losses.append(float(jax.device_get(self.step())))
-    t = timed_windows(self.step, items_per_call=self.config.batch_size * k, calls=max(1, steps // k),
-                      windows=windows)
+    t = timed_windows(self.step, items_per_call=self.config.batch_size * k, calls=max(1, steps // k), windows=windows)
     losses.append(float(jax.device_get(self.step())))
-    return {"train_images_per_sec": t["rate"], "train_step_seconds": self.config.batch_size / t["rate"],
-            "train_window_images_per_sec": t["rates"], "train_cpu_seconds_per_step": t["cpu_seconds_per_call"] / k,
-            "train_steps_per_call": k, "train_batches_drawn_on_devices": self.data is not None,
-            "train_loss_first": losses[0], "train_loss_last": losses[-1]}
+    return {
+        "train_images_per_sec": t["rate"],
+        "train_step_seconds": self.config.batch_size / t["rate"],
+        "train_window_images_per_sec": t["rates"],
+        "train_cpu_seconds_per_step": t["cpu_seconds_per_call"] / k,
+        "train_steps_per_call": k,
+        "train_batches_drawn_on_devices": self.data is not None,
+        "train_loss_first": losses[0],
+        "train_loss_last": losses[-1],
+    }
 
   def eval_rate(self, *, steps: int, windows: int) -> dict:
     batch = random_batch(self.config, self.config.eval_batch_size, seed=7, eval_mask=True)
     t0 = time.perf_counter()
     import jax
+
     jax.block_until_ready(self.steps.eval(self.state, batch))  # compiles
     compile_s = time.perf_counter() - t0
-    rate, _ = median_rate(lambda: self.steps.eval(self.state, batch), items_per_call=self.config.eval_batch_size,
-                          calls=steps, windows=windows)
+    rate, _ = median_rate(
+        lambda: self.steps.eval(self.state, batch),
+        items_per_call=self.config.eval_batch_size,
+        calls=steps,
+        windows=windows,
+    )
     return {"eval_images_per_sec": rate, "eval_first_call_seconds": compile_s}
 
 
@@ -210,6 +244,7 @@ def _flops(compiled) -> float | None:
   there rather than a figure 60x too small.
   """
   import jax
+
   if jax.default_backend() == "gpu":
     return None
   try:
@@ -234,6 +269,7 @@ def input_pipeline_rate(config, *, steps: int, windows: int) -> dict:
   input_backend='device': the jitted draw-and-augment of device_input.DeviceData on this host's devices.
   """
   from resnet_jax import config_lib, parallel, train
+
   cfg = config_lib.resolve(config)
   t0 = time.perf_counter()
   try:
@@ -255,17 +291,29 @@ def input_pipeline_rate(config, *, steps: int, windows: int) -> dict:
 def machine_info() -> dict:
   import flax
   import jax
+
   dev = jax.devices()[0]
-  return {"platform": dev.platform, "device_kind": dev.device_kind, "device_count": jax.device_count(),
-          "local_device_count": jax.local_device_count(), "process_count": jax.process_count(),
-          "cpu_count": os.cpu_count(), "cpu_model": _cpu_model(), "python": platform.python_version(),
-          "jax_version": jax.__version__, "jaxlib_version": _jaxlib_version(), "flax_version": flax.__version__,
-          "xla_flags": os.environ.get("XLA_FLAGS", ""), "load_average_1min": os.getloadavg()[0]}
+  return {
+      "platform": dev.platform,
+      "device_kind": dev.device_kind,
+      "device_count": jax.device_count(),
+      "local_device_count": jax.local_device_count(),
+      "process_count": jax.process_count(),
+      "cpu_count": os.cpu_count(),
+      "cpu_model": _cpu_model(),
+      "python": platform.python_version(),
+      "jax_version": jax.__version__,
+      "jaxlib_version": _jaxlib_version(),
+      "flax_version": flax.__version__,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "load_average_1min": os.getloadavg()[0],
+  }
 
 
 def _jaxlib_version():
   try:
     import jaxlib
+
     return jaxlib.__version__
   except Exception:
     return None
@@ -289,6 +337,7 @@ def peak_host_memory_bytes() -> int:
 
 def peak_device_memory_bytes() -> int | None:
   import jax
+
   peaks = []
   for d in jax.local_devices():
     try:
@@ -304,19 +353,38 @@ def describe(config) -> dict:
   """The config's network and run settings, and the platform plan (resnet_jax.cpu) it runs with."""
   import jax
   from resnet_jax import cpu, train
+
   m = config.model
-  return {"family": m.get("family", "cifar"), "depth": m.depth, "residual": m.get("residual", True),
-          "shortcut": m.get("shortcut"), "scan": m.get("scan", False), "remat": m.get("remat", False),
-          "batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size,
-          "image_size": config.image_size, "half_precision": config.half_precision,
-          "parallelism": config.parallelism, "bn_sync": config.bn_sync, "dataset": config.dataset,
-          "input_backend": config.input_backend,
-          "steps_per_call": train.resolve_steps_per_call(config, jax.default_backend()),
-          "cpu": cpu.plan(config).describe()}
+  return {
+      "family": m.get("family", "cifar"),
+      "depth": m.depth,
+      "residual": m.get("residual", True),
+      "shortcut": m.get("shortcut"),
+      "scan": m.get("scan", False),
+      "remat": m.get("remat", False),
+      "batch_size": config.batch_size,
+      "eval_batch_size": config.eval_batch_size,
+      "image_size": config.image_size,
+      "half_precision": config.half_precision,
+      "parallelism": config.parallelism,
+      "bn_sync": config.bn_sync,
+      "dataset": config.dataset,
+      "input_backend": config.input_backend,
+      "steps_per_call": train.resolve_steps_per_call(config, jax.default_backend()),
+      "cpu": cpu.plan(config).describe(),
+  }
 
 
-def run(config, *, steps: int = 10, windows: int = 3, warmup: int = 2, eval_steps: int = 2,
-        input_steps: int = 20, compilation_cache: bool = False) -> dict:
+def run(
+    config,
+    *,
+    steps: int = 10,
+    windows: int = 3,
+    warmup: int = 2,
+    eval_steps: int = 2,
+    input_steps: int = 20,
+    compilation_cache: bool = False,
+) -> dict:
   """Every measurement of the module docstring; returns the JSON object that --json prints.
 
   The persistent compilation cache (JAX_COMPILATION_CACHE_DIR) is off unless `compilation_cache`: a cache hit
@@ -324,6 +392,7 @@ def run(config, *, steps: int = 10, windows: int = 3, warmup: int = 2, eval_step
   """
   import jax
   from resnet_jax import config_lib
+
   jax.config.update("jax_enable_compilation_cache", bool(compilation_cache))
   config = config_lib.resolve(config)
   out: dict[str, Any] = {"config": describe(config)}
@@ -331,8 +400,9 @@ def run(config, *, steps: int = 10, windows: int = 3, warmup: int = 2, eval_step
   out["params"] = bench.num_params
   out.update(bench.compile())
   out.update(bench.train_rate(steps=steps, windows=windows, warmup=warmup))
-  out["train_flops_per_sec"] = (out["train_step_flops"] / out["train_step_seconds"] if out.get("train_step_flops")
-                                else None)
+  out["train_flops_per_sec"] = (
+      out["train_step_flops"] / out["train_step_seconds"] if out.get("train_step_flops") else None
+  )
   if eval_steps > 0:
     out.update(bench.eval_rate(steps=eval_steps, windows=windows))
   else:
@@ -344,8 +414,14 @@ def run(config, *, steps: int = 10, windows: int = 3, warmup: int = 2, eval_step
   out["peak_host_memory_bytes"] = peak_host_memory_bytes()
   out["peak_device_memory_bytes"] = peak_device_memory_bytes()
   out["machine"] = machine_info()
-  out["settings"] = {"steps": steps, "windows": windows, "warmup": warmup, "eval_steps": eval_steps,
-                     "input_steps": input_steps, "compilation_cache": bool(compilation_cache)}
+  out["settings"] = {
+      "steps": steps,
+      "windows": windows,
+      "warmup": warmup,
+      "eval_steps": eval_steps,
+      "input_steps": input_steps,
+      "compilation_cache": bool(compilation_cache),
+  }
   return out
 
 
@@ -359,10 +435,13 @@ def compare_steps_per_call(config, values, *, steps: int, windows: int, warmup: 
   """
   import jax
   from resnet_jax import config_lib, train
+
   config = config_lib.resolve(config)
   if config.input_backend != "device":
-    raise ValueError("--compare_steps_per_call needs --config.input_backend=device (several steps per call draw "
-                     "their batches on the devices)")
+    raise ValueError(
+        "--compare_steps_per_call needs --config.input_backend=device (several steps per call draw "
+        "their batches on the devices)"
+    )
   configs = {}
   for v in values:
     configs[v] = c = config.copy_and_resolve_references()
@@ -378,35 +457,54 @@ def compare_steps_per_call(config, values, *, steps: int, windows: int, warmup: 
   for _ in range(windows):
     for v, bench in benches.items():
       k = bench.steps_per_call
-      rates[v].append(timed_windows(bench.step, items_per_call=config.batch_size * k, calls=max(1, steps // k),
-                                    windows=1)["rate"])
+      rates[v].append(
+          timed_windows(bench.step, items_per_call=config.batch_size * k, calls=max(1, steps // k), windows=1)["rate"]
+      )
   medians = {v: statistics.median(r) for v, r in rates.items()}
   first = medians[next(iter(medians))]
-  return {"config": describe(config), "steps_per_call": {str(v): {"train_images_per_sec": medians[v],
-                                                                  "train_window_images_per_sec": rates[v],
-                                                                  "ratio_to_first": medians[v] / first}
-                                                         for v in benches},
-          "machine": machine_info(), "settings": {"steps": steps, "windows": windows, "warmup": warmup}}
+  return {
+      "config": describe(config),
+      "steps_per_call": {
+          str(v): {
+              "train_images_per_sec": medians[v],
+              "train_window_images_per_sec": rates[v],
+              "ratio_to_first": medians[v] / first,
+          }
+          for v in benches
+      },
+      "machine": machine_info(),
+      "settings": {"steps": steps, "windows": windows, "warmup": warmup},
+  }
 
 
 def format_comparison(r: dict) -> str:
   mach = r["machine"]
-  lines = [f"{r['config']['family']} depth {r['config']['depth']}  batch {r['config']['batch_size']}; "
-           f"{mach['device_count']} x {mach['device_kind']} ({mach['platform']}), {mach['cpu_count']} CPUs",
-           "steps_per_call | train img/s (median) | ratio | windows"]
+  lines = [
+      f"{r['config']['family']} depth {r['config']['depth']}  batch {r['config']['batch_size']}; "
+      f"{mach['device_count']} x {mach['device_kind']} ({mach['platform']}), {mach['cpu_count']} CPUs",
+      "steps_per_call | train img/s (median) | ratio | windows",
+  ]
   for v, x in r["steps_per_call"].items():
-    lines.append(f"{v:>14} | {x['train_images_per_sec']:20.1f} | {x['ratio_to_first']:5.2f} | "
-                 + ", ".join(f"{w:.1f}" for w in x["train_window_images_per_sec"]))
+    lines.append(
+        f"{v:>14} | {x['train_images_per_sec']:20.1f} | {x['ratio_to_first']:5.2f} | "
+        + ", ".join(f"{w:.1f}" for w in x["train_window_images_per_sec"])
+    )
   return "\n".join(lines)
 
 
 def _cpu_settings(p: dict) -> str:
   chunk = p.get("weight_grad_chunk")
   convolutions = {"onednn": "oneDNN", "eigen": "XLA Eigen", "xla_default": "XLA default (YNNPACK)"}[p["convolutions"]]
-  return (f"\ncpu settings:   weight gradients over chunks of {chunk}" if chunk else
-          "\ncpu settings:   whole-batch weight gradients") + f", {convolutions} convolutions" + (
-              ", block outputs materialized" if p.get("materialize_blocks") else "") + (
-              ", huge pages for malloc" if p.get("host_malloc") == "huge_pages" else "")
+  return (
+      (
+          f"\ncpu settings:   weight gradients over chunks of {chunk}"
+          if chunk
+          else "\ncpu settings:   whole-batch weight gradients"
+      )
+      + f", {convolutions} convolutions"
+      + (", block outputs materialized" if p.get("materialize_blocks") else "")
+      + (", huge pages for malloc" if p.get("host_malloc") == "huge_pages" else "")
+  )
 
 
 def format_result(r: dict) -> str:
@@ -438,6 +536,7 @@ def format_result(r: dict) -> str:
 
 def main(argv):
   from resnet_jax import cli
+
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {argv[1:]}")
   f = {k: v.value for k, v in _FLAGS.items()}
@@ -448,13 +547,18 @@ def main(argv):
   with cli.user_errors():
     if f["compare_steps_per_call"]:
       values = [int(v) for v in f["compare_steps_per_call"]]
-      result = compare_steps_per_call(f["config"], values, steps=f["steps"], windows=f["windows"],
-                                      warmup=f["warmup"])
+      result = compare_steps_per_call(f["config"], values, steps=f["steps"], windows=f["windows"], warmup=f["warmup"])
       print(json.dumps(result) if f["json"] else format_comparison(result))
       return
-    result = run(f["config"], steps=f["steps"], windows=f["windows"], warmup=f["warmup"],
-                 eval_steps=f["eval_steps"], input_steps=f["input_steps"],
-                 compilation_cache=f["compilation_cache"])
+    result = run(
+        f["config"],
+        steps=f["steps"],
+        windows=f["windows"],
+        warmup=f["warmup"],
+        eval_steps=f["eval_steps"],
+        input_steps=f["input_steps"],
+        compilation_cache=f["compilation_cache"],
+    )
   if f["json"]:
     print(json.dumps(result))
   else:
@@ -463,6 +567,7 @@ def main(argv):
 
 if __name__ == "__main__":
   from resnet_jax import cli
+
   define_flags()
   flags.mark_flags_as_required(["config"])
   cli.run(main)

@@ -4,6 +4,7 @@ A checkpoint is a directory `checkpoints/<step>/` holding two items: `state` (th
 (JSON: the config that wrote it). Orbax writes into a temporary directory and renames it only once every file is
 complete, so a process killed mid-save never leaves a directory that a restart takes as a finished checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,6 +31,7 @@ class CheckpointSaveError(OSError):
 
 def _free_space(path: str) -> str:
   import shutil
+
   while path and not os.path.exists(path):
     path = os.path.dirname(path)
   try:
@@ -52,8 +54,11 @@ def model_differences(saved: dict, current: dict) -> list[str]:
   """['model.depth: checkpoint 56, this run 20', ...]: model fields that both configs hold and that change what
   the network computes (config_lib.BOOKKEEPING_FIELDS do not)."""
   a, b = _flat(saved.get("model", {}), "model"), _flat(current.get("model", {}), "model")
-  return [f"{k}: checkpoint {a[k]!r}, this run {b[k]!r}" for k in sorted(set(a) & set(b))
-          if a[k] != b[k] and k not in config_lib.BOOKKEEPING_FIELDS]
+  return [
+      f"{k}: checkpoint {a[k]!r}, this run {b[k]!r}"
+      for k in sorted(set(a) & set(b))
+      if a[k] != b[k] and k not in config_lib.BOOKKEEPING_FIELDS
+  ]
 
 
 def _key(p):
@@ -74,13 +79,15 @@ def _shape_tree(tree):
 
 
 class Checkpointer:
+
   def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=async_save)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(
-        self.directory, options=options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+        self.directory,
+        options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+    )
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -93,23 +100,32 @@ class Checkpointer:
       kept = sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
     text = str(e)
     import re
+
     m = re.search(r"/(\d+)\.orbax-checkpoint-tmp", text)
     step = int(m.group(1)) if m else step  # an async save's error surfaces during the next call
-    reason = next((r for r in ("No space left on device", "Permission denied", "Read-only file system",
-                               "Disk quota exceeded") if r in text), None)
+    reason = next(
+        (
+            r
+            for r in ("No space left on device", "Permission denied", "Read-only file system", "Disk quota exceeded")
+            if r in text
+        ),
+        None,
+    )
     reason = reason or f"{type(e).__name__}: {(text.splitlines() or [''])[0][:200]}"
     return CheckpointSaveError(
         f"saving the checkpoint of step {step} in {self.directory} failed ({reason}); "
         f"{_free_space(self.directory)}. The checkpoints "
         f"already there are intact ({', '.join(map(str, kept)) or 'none'}); free space or fix permissions and "
-        f"rerun the same command to resume from the newest.")
+        f"rerun the same command to resume from the newest."
+    )
 
   def save(self, step: int, state, meta: dict, *, force: bool = False) -> bool:
     """Starts an async save; errors of the previous async save surface here or in wait()."""
     self._pending = step
     try:
-      return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                             meta=ocp.args.JsonSave(meta)), force=force)
+      return self.manager.save(
+          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force
+      )
     except Exception as e:  # noqa: BLE001 - orbax wraps OSErrors in several ways
       raise self._failed(step, e) from e
 
@@ -133,8 +149,12 @@ class Checkpointer:
       dst = f"{src}.unreadable{n}"
     if jax.process_index() == 0:
       os.rename(src, dst)
-    logging.warning("checkpoint %s is unreadable (%s); moved it to %s (kept for inspection) and falling back "
-                    "to an older one", src, reason, dst)
+    logging.warning(
+        "checkpoint %s is unreadable (%s); moved it to %s (kept for inspection) and falling back to an older one",
+        src,
+        reason,
+        dst,
+    )
     self.manager.reload()
     return dst
 
@@ -174,27 +194,33 @@ class Checkpointer:
             + ("; ".join(diffs) if diffs else "config fields agree")
             + f"; first differing array: {bad[0]} (checkpoint {found.get(bad[0])}, this run "
             f"{expected.get(bad[0])}). Use a new --workdir for this config, or rerun with the checkpoint's "
-            f"config.")
+            f"config."
+        )
       if diffs:  # same arrays, another function (e.g. stride placement, BN epsilon, no shortcuts)
         raise CheckpointMismatchError(
             f"the checkpoint in {path} belongs to a different model: {'; '.join(diffs)}. Use a new --workdir for "
-            f"this config, or rerun with the checkpoint's config.")
+            f"this config, or rerun with the checkpoint's config."
+        )
       try:
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))[
+            "state"
+        ]
       except Exception as e:  # noqa: BLE001
         if diffs:  # a structure the config explains is a different model, not damage
           raise CheckpointMismatchError(
               f"the checkpoint in {path} belongs to a different model: {'; '.join(diffs)}. Use a new "
-              f"--workdir for this config, or rerun with the checkpoint's config.") from None
+              f"--workdir for this config, or rerun with the checkpoint's config."
+          ) from None
         failures.append(f"step {step}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
         self.set_aside(step, failures[-1])
         continue
       return restored, step
     raise CheckpointUnreadableError(
-        f"none of the checkpoints in {self.directory} can be read: " + "; ".join(failures)
+        f"none of the checkpoints in {self.directory} can be read: "
+        + "; ".join(failures)
         + ". They were renamed to <step>.unreadable (nothing was deleted); rerun to start from scratch, or "
-        "restore a backup.")
+        "restore a backup."
+    )
 
 
 def _check_conv_padding(saved: dict, meta: dict, path: str) -> None:
@@ -205,7 +231,8 @@ def _check_conv_padding(saved: dict, meta: dict, path: str) -> None:
     raise CheckpointMismatchError(
         f"the checkpoint in {path} was trained with model.conv_padding={was!r} and this run asks for {now!r}: "
         f"the arrays fit, but the network would compute another function. Rerun with "
-        f"--config.model.conv_padding={was}, or use a new --workdir.")
+        f"--config.model.conv_padding={was}, or use a new --workdir."
+    )
 
 
 def meta_for(config) -> dict:

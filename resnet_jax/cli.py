@@ -12,6 +12,7 @@ A mistake on the command line (an unknown flag or config field, a value of the w
 missing or does not load) and an error the user can fix (bad config values, missing data or checkpoint) is one
 line on stderr and exit status 2, never a traceback.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,9 +25,9 @@ import sys
 from absl import app, flags, logging
 
 # Exit codes of the command-line tools.
-EXIT_USER_ERROR = 2     # bad flags or config, missing data, checkpoint of another model, ...
-EXIT_NONFINITE = 3      # the loss or the gradient became NaN/Inf
-EXIT_PREEMPTED = 75     # SIGTERM/SIGINT: checkpoint saved, rerun to resume (EX_TEMPFAIL: "try again")
+EXIT_USER_ERROR = 2  # bad flags or config, missing data, checkpoint of another model, ...
+EXIT_NONFINITE = 3  # the loss or the gradient became NaN/Inf
+EXIT_PREEMPTED = 75  # SIGTERM/SIGINT: checkpoint saved, rerun to resume (EX_TEMPFAIL: "try again")
 
 
 class UserError(Exception):
@@ -116,6 +117,7 @@ def run(main) -> None:
 
 class _QuietLibraries(logging_std.Filter):
   """Drops the INFO chatter of orbax, clu and tfds (their warnings and errors still show)."""
+
   NOISY = ("/orbax/", "/clu/", "/tensorflow_datasets/", "/jax/_src/")
 
   def filter(self, record):
@@ -138,10 +140,12 @@ def start(config=None, *, restart: bool, validate: bool = True):
   """
   if config is not None and validate:
     from resnet_jax import config_lib, train
+
     with user_errors():
       train.validate_config(config_lib.resolve(config), with_devices=False)
   if config is not None:
     from resnet_jax.cpu import host_malloc
+
     host_malloc.apply((config.get("cpu") or {}).get("host_malloc", "auto"), restart=restart)
   quiet_library_logs()
   return config
@@ -151,10 +155,20 @@ def start(config=None, *, restart: bool, validate: bool = True):
 def user_errors():
   """Errors a user can fix are printed as one message, not a stack trace."""
   from resnet_jax import checkpoint, convert, input_pipeline, train
-  expected = (UserError, train.ConfigError, convert.ConversionError, input_pipeline.DataNotFoundError,
-              input_pipeline.MissingDependencyError, input_pipeline.SplitError, checkpoint.CheckpointMismatchError,
-              checkpoint.CheckpointUnreadableError, checkpoint.CheckpointSaveError, PermissionError,
-              FileNotFoundError)
+
+  expected = (
+      UserError,
+      train.ConfigError,
+      convert.ConversionError,
+      input_pipeline.DataNotFoundError,
+      input_pipeline.MissingDependencyError,
+      input_pipeline.SplitError,
+      checkpoint.CheckpointMismatchError,
+      checkpoint.CheckpointUnreadableError,
+      checkpoint.CheckpointSaveError,
+      PermissionError,
+      FileNotFoundError,
+  )
   try:
     yield
   except train.Preempted as e:

@@ -3,6 +3,7 @@
 Every training hyper-parameter lives here or in a config file, never in library code. Field names are part of
 the command-line interface (`--config.FIELD=VALUE`), so changing one is a user-visible change.
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -16,32 +17,49 @@ LEGACY_CONV_PADDING = "same"
 # Fields that say how a run is observed or computed, not what it computes: results agree to float32 rounding
 # whatever their values (a data_dir spelling, logging intervals, the CPU kernels and malloc settings, ...). A sweep
 # reuses a run directory and a run resumes a checkpoint when only these differ; any other difference is refused.
-BOOKKEEPING_FIELDS = frozenset({
-    "data_dir", "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-    "eval_batch_size", "input_backend", "data_file", "model.remat", "steps_per_call",
-    "cpu.convolutions", "cpu.weight_grad_chunk", "cpu.materialize_blocks", "cpu.host_malloc",
-    # The same settings under their names before 2026-11-30 (CHANGELOG), as older run directories hold them.
-    "cpu_convolutions", "host_malloc", "model.weight_grad_chunk", "model.materialize_blocks"})
+BOOKKEEPING_FIELDS = frozenset(
+    {
+        "data_dir",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "eval_batch_size",
+        "input_backend",
+        "data_file",
+        "model.remat",
+        "steps_per_call",
+        "cpu.convolutions",
+        "cpu.weight_grad_chunk",
+        "cpu.materialize_blocks",
+        "cpu.host_malloc",
+        # The same settings under their names before 2026-11-30 (CHANGELOG), as older run directories hold them.
+        "cpu_convolutions",
+        "host_malloc",
+        "model.weight_grad_chunk",
+        "model.materialize_blocks",
+    }
+)
 
 
 def base_training_config() -> ml_collections.ConfigDict:
   """Fields shared by every training config (values are the CIFAR recipe of section 4.2)."""
   c = ml_collections.ConfigDict()
   # Data.
-  c.dataset = "cifar10"            # 'cifar10', 'imagenet2012' or 'fake' (random data of the right shapes)
+  c.dataset = "cifar10"  # 'cifar10', 'imagenet2012' or 'fake' (random data of the right shapes)
   # tfds data dir; None -> $TFDS_DATA_DIR, then tfds's default (~/tensorflow_datasets).
   c.data_dir = ml_collections.config_dict.placeholder(str)
-  c.train_split = "train"          # the paper's 45k/5k split: train[:45000] and eval_split=train[45000:]
+  c.train_split = "train"  # the paper's 45k/5k split: train[:45000] and eval_split=train[45000:]
   c.eval_split = "test"
-  c.normalization = "pixel_mean"   # 'pixel_mean' (the paper: subtract the per-pixel mean image) or 'channel'
+  c.normalization = "pixel_mean"  # 'pixel_mean' (the paper: subtract the per-pixel mean image) or 'channel'
   c.image_size = 32
-  c.input_backend = "tfdata"       # 'tfdata' (tf.data on the host) or 'device' (data set held on the devices)
+  c.input_backend = "tfdata"  # 'tfdata' (tf.data on the host) or 'device' (data set held on the devices)
   # .npz for input_backend='device' without tfds (e.g. cifar10_jpeg_bytes.npz).
   c.data_file = ml_collections.config_dict.placeholder(str)
-  c.fake_train_size = 1024         # examples in the 'fake' data set
+  c.fake_train_size = 1024  # examples in the 'fake' data set
   c.fake_eval_size = 300
   # Optimisation (SGD with momentum; weight decay added to the gradient, as L2 in the loss).
-  c.batch_size = 128               # global batch, over all devices and hosts
+  c.batch_size = 128  # global batch, over all devices and hosts
   c.eval_batch_size = 1000
   c.num_train_steps = 64_000
   c.learning_rate = 0.1
@@ -50,10 +68,10 @@ def base_training_config() -> ml_collections.ConfigDict:
   # a run is shortened with --config.num_train_steps=N.
   c.lr_boundaries = (0.5, 0.75)
   c.lr_decay_factor = 0.1
-  c.warmup_steps = 0               # constant warm-up lr for this many steps (ResNet-110: 400 at 0.01)
+  c.warmup_steps = 0  # constant warm-up lr for this many steps (ResNet-110: 400 at 0.01)
   c.warmup_learning_rate = 0.01
-  c.warmup_mode = "constant"       # 'constant' at warmup_learning_rate, or 'linear' from it to learning_rate
-  c.lr_schedule = "step"           # 'step' (divide at lr_boundaries) or 'cosine'
+  c.warmup_mode = "constant"  # 'constant' at warmup_learning_rate, or 'linear' from it to learning_rate
+  c.lr_schedule = "step"  # 'step' (divide at lr_boundaries) or 'cosine'
   c.momentum = 0.9
   c.nesterov = False
   c.weight_decay = 1e-4
@@ -64,21 +82,21 @@ def base_training_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 2_000
   c.keep_checkpoints = 3
   c.seed = 0
-  c.half_precision = False         # bfloat16 compute, float32 parameters, BN statistics and loss
-  c.parallelism = "jit"            # 'jit' (mesh + NamedSharding) or 'pmap'
+  c.half_precision = False  # bfloat16 compute, float32 parameters, BN statistics and loss
+  c.parallelism = "jit"  # 'jit' (mesh + NamedSharding) or 'pmap'
   # Training steps per compiled call, so that a GPU does not wait for the host to launch each small step; needs
   # input_backend='device' and parallelism='jit', and divides the log/eval/checkpoint intervals. Same results for
   # any value. 0: auto (up to 100 on GPUs/TPUs with input_backend='device', 1 elsewhere).
   c.steps_per_call = 0
-  c.bn_sync = True                 # BN statistics over the global batch (True) or each device's sub-batch
+  c.bn_sync = True  # BN statistics over the global batch (True) or each device's sub-batch
   # CPU speed settings, each the same mathematics and without effect on GPUs/TPUs (resnet_jax/cpu: what each
   # does; benchmarks/RESULTS.md: what each gains).
   c.cpu = ml_collections.ConfigDict()
-  c.cpu.convolutions = "auto"     # 'auto' (oneDNN if built, one device; else Eigen), 'onednn', 'eigen', 'xla_default'
-  c.cpu.weight_grad_chunk = -1    # -1: 8 with XLA's convolutions on CPU, else off; 0: off; N: chunks of N examples
+  c.cpu.convolutions = "auto"  # 'auto' (oneDNN if built, one device; else Eigen), 'onednn', 'eigen', 'xla_default'
+  c.cpu.weight_grad_chunk = -1  # -1: 8 with XLA's convolutions on CPU, else off; 0: off; N: chunks of N examples
   c.cpu.materialize_blocks = ml_collections.config_dict.placeholder(bool)  # None: on for CPU
-  c.cpu.host_malloc = "auto"      # 'auto' (huge pages for malloc on CPU-only runs), 'huge_pages', 'system'
-  c.skip_nonfinite = False         # skip updates whose loss or gradient is not finite instead of stopping
+  c.cpu.host_malloc = "auto"  # 'auto' (huge pages for malloc on CPU-only runs), 'huge_pages', 'system'
+  c.skip_nonfinite = False  # skip updates whose loss or gradient is not finite instead of stopping
   c.model = ml_collections.ConfigDict()
   return c
 
@@ -129,26 +147,26 @@ def imagenet(depth: int, residual: bool = True, shortcut: str | None = None) -> 
   c.num_epochs = 120.0
   c.num_train_steps = ml_collections.config_dict.placeholder(int)  # None: num_epochs of train_size
   c.learning_rate = 0.1
-  c.lr_reference_batch_size = 256   # lr = learning_rate * batch_size / 256 (linear scaling rule)
+  c.lr_reference_batch_size = 256  # lr = learning_rate * batch_size / 256 (linear scaling rule)
   c.lr_boundaries = (0.25, 0.5, 0.75)  # epochs 30, 60 and 90 of 120
-  c.warmup_epochs = 0.0             # e.g. 5 epochs of linear warm-up for large batches
+  c.warmup_epochs = 0.0  # e.g. 5 epochs of linear warm-up for large batches
   c.warmup_mode = "linear"
   c.warmup_learning_rate = 0.0
   c.log_every_steps = 100
   c.eval_every_steps = 5 * IMAGENET_TRAIN_SIZE // 256
   c.checkpoint_every_steps = 2_000
   # Input (resnet_jax/imagenet_input.py).
-  c.augmentation = "paper"          # 'paper' (scale 256-480, crop, flip, PCA colour) or 'inception'
-  c.scale_range = (256, 480)        # shorter side, uniform ('paper')
-  c.pca_std = 0.1                   # AlexNet-style colour augmentation ('paper'); 0 turns it off
-  c.crop_area_range = (0.08, 1.0)   # 'inception'
+  c.augmentation = "paper"  # 'paper' (scale 256-480, crop, flip, PCA colour) or 'inception'
+  c.scale_range = (256, 480)  # shorter side, uniform ('paper')
+  c.pca_std = 0.1  # AlexNet-style colour augmentation ('paper'); 0 turns it off
+  c.crop_area_range = (0.08, 1.0)  # 'inception'
   c.crop_aspect_range = (3 / 4, 4 / 3)
-  c.eval_resize = 256               # 'single' and '10crop': shorter side before the 224 crops
+  c.eval_resize = 256  # 'single' and '10crop': shorter side before the 224 crops
   c.multiscale_sizes = (224, 256, 384, 480, 640)
   c.multiscale_aspects = (1.0, 4 / 3, 3 / 2)
   c.shuffle_buffer_size = ml_collections.config_dict.placeholder(int)  # None: 16 x local batch
-  c.manual_dir = ml_collections.config_dict.placeholder(str)           # None: <data_dir>/downloads/manual
-  c.normalization = "pixel_mean"    # ImageNet: per-channel mean subtraction (see imagenet_input.py)
+  c.manual_dir = ml_collections.config_dict.placeholder(str)  # None: <data_dir>/downloads/manual
+  c.normalization = "pixel_mean"  # ImageNet: per-channel mean subtraction (see imagenet_input.py)
   c.model.family = "imagenet"
   c.model.depth = depth
   c.model.residual = residual
@@ -192,13 +210,16 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained (or converted) with: its config.json, as main.py writes it."""
   import json
   import os
+
   path = os.path.join(workdir, "config.json")
   try:
     with open(path) as f:
       return ml_collections.ConfigDict(json.load(f))
   except FileNotFoundError:
-    raise FileNotFoundError(f"{path} does not exist: {workdir} is not a training directory of resnet_jax (pass "
-                            "--config=..., or train or convert into it first)") from None
+    raise FileNotFoundError(
+        f"{path} does not exist: {workdir} is not a training directory of resnet_jax (pass "
+        "--config=..., or train or convert into it first)"
+    ) from None
   except (OSError, ValueError) as e:
     raise FileNotFoundError(f"{path} is unreadable ({e}); pass --config=... instead") from None
 

@@ -15,6 +15,7 @@ library functions; the command writes or reads a workdir (a step-0 checkpoint an
 `resnet_jax.evaluate`, `resnet_jax.predict` and `resnet_jax.main` (fine-tuning) accept. `.safetensors` files need
 only the `safetensors` package; `.pth` files (torch.save of a state dict) need PyTorch.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,11 +28,20 @@ import numpy as np
 from resnet_jax import config_lib, models
 
 # Blocks per stage of torchvision's resnet18 ... resnet152.
-DEPTHS = {(2, 2, 2, 2, "basic"): 18, (3, 4, 6, 3, "basic"): 34, (3, 4, 6, 3, "bottleneck"): 50,
-          (3, 4, 23, 3, "bottleneck"): 101, (3, 8, 36, 3, "bottleneck"): 152}
+DEPTHS = {
+    (2, 2, 2, 2, "basic"): 18,
+    (3, 4, 6, 3, "basic"): 34,
+    (3, 4, 6, 3, "bottleneck"): 50,
+    (3, 4, 23, 3, "bottleneck"): 101,
+    (3, 8, 36, 3, "bottleneck"): 152,
+}
 WIDTHS = (64, 128, 256, 512)
-_BN_LEAVES = {("params", "scale"): "weight", ("params", "bias"): "bias", ("batch_stats", "mean"): "running_mean",
-              ("batch_stats", "var"): "running_var"}
+_BN_LEAVES = {
+    ("params", "scale"): "weight",
+    ("params", "bias"): "bias",
+    ("batch_stats", "mean"): "running_mean",
+    ("batch_stats", "var"): "running_var",
+}
 _OPTIONAL = "num_batches_tracked"  # a BN counter that torchvision saves and our BN does not need
 
 
@@ -41,6 +51,7 @@ class ConversionError(ValueError):
 
 # ----------------------------------------------------------------------------------------------------------
 # Names.
+
 
 def torchvision_name(collection: str, path: tuple[str, ...]) -> str:
   """torchvision's key for our variable `collection/path` (e.g. params/stage2_block1/shortcut/proj_conv/kernel)."""
@@ -55,7 +66,8 @@ def torchvision_name(collection: str, path: tuple[str, ...]) -> str:
       raise ConversionError(f"{'/'.join(path)} has no torchvision counterpart (a scanned model? use model.scan=False)")
     layer = f"layer{m.group(1)}.{int(m.group(2)) - 1}"
     inner = {("shortcut", "proj_conv"): "downsample.0", ("shortcut", "proj_bn"): "downsample.1"}.get(
-        tuple(modules[1:3]), modules[1])
+        tuple(modules[1:3]), modules[1]
+    )
     prefix = f"{layer}.{inner}"
   if leaf == "kernel":
     return f"{prefix}.weight"
@@ -101,6 +113,7 @@ def _unflatten(items) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 # State dict -> model.
 
+
 def _numpy(value) -> np.ndarray:
   if hasattr(value, "detach"):  # a torch tensor
     value = value.detach().cpu()
@@ -120,36 +133,47 @@ def infer_model_config(state_dict: dict):
   if "conv1.weight" not in keys or "fc.weight" not in keys or not any(k.startswith("layer1.") for k in keys):
     found = ", ".join(sorted(keys)[:4]) or "no keys"
     hint = " (a deep-stem ResNet such as timm's resnet50d: not supported)" if "conv1.0.weight" in keys else ""
-    raise ConversionError(f"not a torchvision/timm ResNet state dict: expected conv1.weight, layer1.0...., fc.weight; "
-                          f"found {found}{hint}")
+    raise ConversionError(
+        f"not a torchvision/timm ResNet state dict: expected conv1.weight, layer1.0...., fc.weight; "
+        f"found {found}{hint}"
+    )
   stem = _shape(state_dict, "conv1.weight")
   if stem != (64, 3, 7, 7):
-    raise ConversionError(f"unsupported variant: conv1.weight has shape {stem}, torchvision's ResNets have "
-                          "(64, 3, 7, 7)")
+    raise ConversionError(
+        f"unsupported variant: conv1.weight has shape {stem}, torchvision's ResNets have (64, 3, 7, 7)"
+    )
   blocks = []
   for i in range(1, 5):
     ids = {int(m.group(1)) for k in keys if (m := re.match(rf"layer{i}\.(\d+)\.", k))}
     if not ids or ids != set(range(len(ids))):
-      raise ConversionError(f"unsupported variant: layer{i} has blocks {sorted(ids)}; expected 0..n-1 in each of "
-                            "layer1..layer4")
+      raise ConversionError(
+          f"unsupported variant: layer{i} has blocks {sorted(ids)}; expected 0..n-1 in each of layer1..layer4"
+      )
     blocks.append(len(ids))
   if any(k.startswith("layer5.") for k in keys):
     raise ConversionError("unsupported variant: a layer5 (torchvision's ResNets have four stages)")
   block = "bottleneck" if "layer1.0.conv3.weight" in keys else "basic"
   depth = DEPTHS.get((*blocks, block))
   if depth is None:
-    raise ConversionError(f"unsupported variant: {block} blocks per stage {blocks}; torchvision's ResNets are "
-                          + ", ".join(f"{d} = {list(k[:4])} {k[4]}" for k, d in DEPTHS.items()))
+    raise ConversionError(
+        f"unsupported variant: {block} blocks per stage {blocks}; torchvision's ResNets are "
+        + ", ".join(f"{d} = {list(k[:4])} {k[4]}" for k, d in DEPTHS.items())
+    )
   for i, width in enumerate(WIDTHS, start=1):
     conv1, conv2 = _shape(state_dict, f"layer{i}.0.conv1.weight"), _shape(state_dict, f"layer{i}.0.conv2.weight")
     if conv2[1] != conv2[0]:
-      raise ConversionError(f"unsupported variant: layer{i}.0.conv2.weight has shape {conv2}, a grouped "
-                            "convolution (ResNeXt?); only ungrouped ResNets are supported")
+      raise ConversionError(
+          f"unsupported variant: layer{i}.0.conv2.weight has shape {conv2}, a grouped "
+          "convolution (ResNeXt?); only ungrouped ResNets are supported"
+      )
     if conv1[0] != width:
-      raise ConversionError(f"unsupported variant: layer{i}.0.conv1.weight has {conv1[0]} output channels, "
-                            f"torchvision's ResNet-{depth} has {width} (a wide ResNet?)")
-  projections = [f"layer{i}.{j}" for i, n in enumerate(blocks, 1) for j in range(n)
-                 if f"layer{i}.{j}.downsample.0.weight" in keys]
+      raise ConversionError(
+          f"unsupported variant: layer{i}.0.conv1.weight has {conv1[0]} output channels, "
+          f"torchvision's ResNet-{depth} has {width} (a wide ResNet?)"
+      )
+  projections = [
+      f"layer{i}.{j}" for i, n in enumerate(blocks, 1) for j in range(n) if f"layer{i}.{j}.downsample.0.weight" in keys
+  ]
   everywhere = len(projections) == sum(blocks)
   shortcut = "C" if everywhere else "B"
   c = config_lib.imagenet_torchvision(depth).model
@@ -178,18 +202,24 @@ def from_torchvision(state_dict: dict):
       used.add(name)
       value = _to_ours(name, _numpy(state_dict[name]))
       if value.shape != tuple(spec.shape):
-        misfit.append(f"{name}: {tuple(_numpy(state_dict[name]).shape)} in the file, "
-                      f"{_to_theirs(name, np.zeros(spec.shape)).shape} expected")
+        misfit.append(
+            f"{name}: {tuple(_numpy(state_dict[name]).shape)} in the file, "
+            f"{_to_theirs(name, np.zeros(spec.shape)).shape} expected"
+        )
         continue
       items[collection].append((path, value))
   unexpected = sorted(k for k in state_dict if k not in used and not k.endswith(_OPTIONAL))
   what = f"ResNet-{model_config.depth} (option {model_config.shortcut})"
   if missing:
-    raise ConversionError(f"missing keys for {what}: {', '.join(missing[:5])}"
-                          + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    raise ConversionError(
+        f"missing keys for {what}: {', '.join(missing[:5])}"
+        + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    )
   if unexpected:
-    raise ConversionError(f"unexpected keys for {what}: {', '.join(unexpected[:5])}"
-                          + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""))
+    raise ConversionError(
+        f"unexpected keys for {what}: {', '.join(unexpected[:5])}"
+        + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
+    )
   if misfit:
     raise ConversionError(f"shapes that do not fit {what}: {'; '.join(misfit[:3])}")
   return model_config, {k: _unflatten(v) for k, v in items.items()}
@@ -201,15 +231,19 @@ def to_torchvision(model_config, variables) -> dict[str, np.ndarray]:
   c = model_config
   problems = []
   if c.get("family", "cifar") != "imagenet" or c.depth not in (18, 34, 50, 101, 152):
-    problems.append(f"model.family={c.get('family')!r}, depth {c.get('depth')}: torchvision has ImageNet ResNet-18/34/"
-                    "50/101/152 only")
+    problems.append(
+        f"model.family={c.get('family')!r}, depth {c.get('depth')}: torchvision has ImageNet ResNet-18/34/"
+        "50/101/152 only"
+    )
   if c.get("shortcut") != "B":
     problems.append(f"model.shortcut={c.get('shortcut')!r}: torchvision's blocks are option B")
   if not c.get("residual", True):
     problems.append("model.residual=False: torchvision has no plain nets")
   if c.get("depth", 0) >= 50 and c.get("stride_placement") != "v1.5":
-    problems.append(f"model.stride_placement={c.get('stride_placement')!r}: torchvision's bottlenecks are v1.5 "
-                    "(stride on the 3x3), the same weights would compute another function")
+    problems.append(
+        f"model.stride_placement={c.get('stride_placement')!r}: torchvision's bottlenecks are v1.5 "
+        "(stride on the 3x3), the same weights would compute another function"
+    )
   if c.get("conv_padding", "symmetric") != "symmetric":
     problems.append(f"model.conv_padding={c.get('conv_padding')!r}: torchvision pads k // 2 on each side")
   if c.get("scan", False):
@@ -229,12 +263,15 @@ def to_torchvision(model_config, variables) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------------------------------------
 # Files.
 
+
 def _needs_torch(path: str):
   try:
     import torch
   except ImportError:
-    raise ConversionError(f"{path}: .pth files need PyTorch (pip install -e '.[torch]', or pip install torch); "
-                          "or convert the file to .safetensors") from None
+    raise ConversionError(
+        f"{path}: .pth files need PyTorch (pip install -e '.[torch]', or pip install torch); "
+        "or convert the file to .safetensors"
+    ) from None
   return torch
 
 
@@ -245,6 +282,7 @@ def load_state_dict(path: str) -> dict:
   try:
     if path.endswith(".safetensors"):
       from safetensors.numpy import load_file
+
       return load_file(path)
     if path.endswith((".pth", ".pt", ".bin")):
       torch = _needs_torch(path)
@@ -256,14 +294,16 @@ def load_state_dict(path: str) -> dict:
   except ConversionError:
     raise
   except Exception as e:  # noqa: BLE001 - every reader has its own exception types for a damaged file
-    raise ConversionError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
-                          ) from None
+    raise ConversionError(
+        f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+    ) from None
   raise ConversionError(f"{path}: unknown format; give a .safetensors or .pth file")
 
 
 def save_state_dict(state_dict: dict, path: str) -> None:
   if path.endswith(".safetensors"):
     from safetensors.numpy import save_file
+
     save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path)
   elif path.endswith((".pth", ".pt")):
     torch = _needs_torch(path)
@@ -276,14 +316,19 @@ def write_workdir(config, variables, workdir: str) -> str:
   """Writes `variables` as the step-0 checkpoint of a run of `config` in workdir (plus config.json)."""
   from resnet_jax import checkpoint as ckpt_lib
   from resnet_jax import parallel, train
+
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
     raise ConversionError(f"{ckpt_dir} already holds checkpoints; choose an empty --workdir (nothing was written)")
   config = config_lib.resolve(config)
   tx = train.make_optimizer(config)
   params = jax.tree.map(jnp.asarray, variables["params"])
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                           batch_stats=jax.tree.map(jnp.asarray, variables["batch_stats"]), opt_state=tx.init(params))
+  state = train.TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=jax.tree.map(jnp.asarray, variables["batch_stats"]),
+      opt_state=tx.init(params),
+  )
   os.makedirs(workdir, exist_ok=True)
   state = parallel.put_replicated(state, parallel.make_mesh())
   checkpointer = ckpt_lib.Checkpointer(ckpt_dir)
@@ -297,12 +342,15 @@ def write_workdir(config, variables, workdir: str) -> str:
 def read_workdir(workdir: str):
   """(config, variables) of the newest checkpoint of a workdir, with the config it was written with."""
   from resnet_jax import train
+
   config = config_lib.load_workdir_config(workdir)
   return config, train.load_variables_for_eval(config, workdir)
 
 
-USAGE = ("usage: python -m resnet_jax.convert from-torchvision WEIGHTS --workdir=DIR\n"
-         "       python -m resnet_jax.convert to-torchvision --workdir=DIR OUT")
+USAGE = (
+    "usage: python -m resnet_jax.convert from-torchvision WEIGHTS --workdir=DIR\n"
+    "       python -m resnet_jax.convert to-torchvision --workdir=DIR OUT"
+)
 
 
 _FLAGS: dict = {}
@@ -311,12 +359,15 @@ _FLAGS: dict = {}
 def define_flags():
   """The command's flags (defined only when run as a program: importing this module defines none)."""
   from absl import flags
-  _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "The run directory to write (from-torchvision) or read "
-                                          "(to-torchvision).")
+
+  _FLAGS["workdir"] = flags.DEFINE_string(
+      "workdir", None, "The run directory to write (from-torchvision) or read (to-torchvision)."
+  )
 
 
 def main(argv):
   from resnet_jax import cli
+
   args, workdir = argv[1:], _FLAGS["workdir"].value
   if len(args) != 2 or args[0] not in ("from-torchvision", "to-torchvision") or not workdir:
     cli.fail(f"expected a command, a file and --workdir\n{USAGE}")
@@ -328,8 +379,10 @@ def main(argv):
       config = config_lib.imagenet_torchvision(model_config.depth)
       config.model = model_config
       written = write_workdir(config, variables, workdir)
-      print(f"ResNet-{model_config.depth} (v1.5, option {model_config.shortcut}, {model_config.num_classes} classes) "
-            f"written to {written}; evaluate with python -m resnet_jax.evaluate --workdir={workdir}")
+      print(
+          f"ResNet-{model_config.depth} (v1.5, option {model_config.shortcut}, {model_config.num_classes} classes) "
+          f"written to {written}; evaluate with python -m resnet_jax.evaluate --workdir={workdir}"
+      )
     else:
       config, variables = read_workdir(workdir)
       state_dict = to_torchvision(config.model, variables)
@@ -340,5 +393,6 @@ def main(argv):
 if __name__ == "__main__":
   from resnet_jax import cli
   from resnet_jax import convert  # the module's own classes, which cli.user_errors knows, not __main__'s copies
+
   convert.define_flags()
   cli.run(convert.main)

@@ -13,6 +13,7 @@ over the mesh's data axis. Each step, every device draws its share of the batch 
 Everything is a function of (seed, step), so resumed runs stay exact. The random numbers differ from the
 tfdata backend's (JAX's PRNG instead of TensorFlow's); the distributions are the same (tests check them).
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,8 +35,13 @@ _SPLIT = re.compile(r"^(train|test)(?:\[(-?\d*):(-?\d*)\])?$")
 
 def _decode_jpegs(buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
   from PIL import Image  # Pillow decodes these JPEGs to exactly the tfds pixels (../shared/data/README.md)
-  return np.stack([np.asarray(Image.open(io.BytesIO(buf[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
-                   for i in range(len(offsets) - 1)])
+
+  return np.stack(
+      [
+          np.asarray(Image.open(io.BytesIO(buf[offsets[i] : offsets[i + 1]].tobytes())).convert("RGB"))
+          for i in range(len(offsets) - 1)
+      ]
+  )
 
 
 @functools.lru_cache(maxsize=4)
@@ -43,7 +49,8 @@ def _load_npz(path: str, which: str) -> input_pipeline.ArrayData:
   if not os.path.exists(path):
     raise input_pipeline.DataNotFoundError(
         f"data_file {path} does not exist; point --config.data_file at an .npz with x_{which}/y_{which} uint8 "
-        f"arrays or {which}_jpeg/{which}_offsets/y_{which} (e.g. ../shared/data/cifar10_jpeg_bytes.npz)")
+        f"arrays or {which}_jpeg/{which}_offsets/y_{which} (e.g. ../shared/data/cifar10_jpeg_bytes.npz)"
+    )
   with np.load(path) as z:
     if f"x_{which}" in z:
       images = np.asarray(z[f"x_{which}"], np.uint8)
@@ -62,8 +69,10 @@ def load_split(config, which: str) -> input_pipeline.ArrayData:
   split = config.train_split if which == "train" else config.eval_split
   m = _SPLIT.match(split.replace(" ", ""))
   if not m:
-    raise input_pipeline.SplitError(f"split {split!r} is not supported with data_file: use train, test, or a slice "
-                                    "such as train[:45000] / train[45000:]")
+    raise input_pipeline.SplitError(
+        f"split {split!r} is not supported with data_file: use train, test, or a slice "
+        "such as train[:45000] / train[45000:]"
+    )
   name, lo, hi = m.groups()
   data = _load_npz(os.path.abspath(os.path.expanduser(config.data_file)), name)
   sl = slice(int(lo) if lo else None, int(hi) if hi else None)
@@ -82,8 +91,12 @@ class DeviceData:
     n_dev = mesh.size
     n = len(data) - len(data) % n_dev
     if n != len(data):
-      logging.warning("device input: dropping the last %d of %d training examples so that the %d devices hold "
-                      "equal shards", len(data) - n, len(data), n_dev)
+      logging.warning(
+          "device input: dropping the last %d of %d training examples so that the %d devices hold equal shards",
+          len(data) - n,
+          len(data),
+          n_dev,
+      )
     sharding = NamedSharding(mesh, P(parallel.AXIS))
     local = {"image": data.images[:n], "label": data.labels[:n]}
     # Every process holds the whole split in host memory and places only its devices' shards.
@@ -98,11 +111,15 @@ class DeviceData:
     seed = int(config.seed)
     fn = functools.partial(_local_batch, seed=seed, local_batch=self.local_batch, mean=mean, std=std)
     shard = P(parallel.AXIS)
-    self.draw = jax.shard_map(fn, mesh=mesh, in_specs=(shard, shard, P(None, parallel.AXIS), P(), P()),
-                              out_specs=(shard, shard))
+    self.draw = jax.shard_map(
+        fn, mesh=mesh, in_specs=(shard, shard, P(None, parallel.AXIS), P(), P()), out_specs=(shard, shard)
+    )
     self._batch = jax.jit(self.draw)
-    self._order = jax.jit(jax.shard_map(functools.partial(_epoch_order, seed=seed, n_local=self.n_local),
-                                        mesh=mesh, in_specs=P(), out_specs=shard))
+    self._order = jax.jit(
+        jax.shard_map(
+            functools.partial(_epoch_order, seed=seed, n_local=self.n_local), mesh=mesh, in_specs=P(), out_specs=shard
+        )
+    )
     self._orders: dict[int, jax.Array] = {}
 
   def order(self, epoch: int) -> jax.Array:
@@ -145,8 +162,7 @@ def pad_crop_flip(images, offsets, flips):
 def augmentation_params(key, batch: int):
   """Crop offsets uniform over 0..8 in each direction and flips with probability 1/2."""
   k_off, k_flip = jax.random.split(key)
-  return (jax.random.randint(k_off, (batch, 2), 0, 2 * PAD + 1),
-          jax.random.bernoulli(k_flip, 0.5, (batch,)))
+  return (jax.random.randint(k_off, (batch, 2), 0, 2 * PAD + 1), jax.random.bernoulli(k_flip, 0.5, (batch,)))
 
 
 def augment(images, key):

@@ -10,6 +10,7 @@ scales) and reports top-1 / top-5 error (fractions; printed as percentages) and 
 The views of an image come from resnet_jax.imagenet_input.eval_dataset; see its docstring for the crops and for the
 number of compilations each protocol needs (1, 1, and at most 25 with the default multi-scale settings).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,6 +29,7 @@ from resnet_jax import config_lib
 def _forward_fn(model, compiler_options=None):
   import jax
   import jax.numpy as jnp
+
   def forward(variables, images):
     """Summed softmax over each element's views: images [b, (V,) H, W, 3] -> [b, classes] float32."""
     if images.ndim == 4:
@@ -36,31 +38,46 @@ def _forward_fn(model, compiler_options=None):
     logits = model.apply(variables, images.reshape((b * v,) + images.shape[2:]), train=False)
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     return probs.reshape(b, v, -1).sum(axis=1)
+
   return jax.jit(forward, compiler_options=compiler_options or None)
 
 
 def _local_sharding(batch_size):
   """Splits the batch over this process's devices when it divides evenly; else one device does all of it."""
   import jax
+
   devices = jax.local_devices()
   if len(devices) > 1 and batch_size % len(devices) == 0:
     mesh = jax.sharding.Mesh(np.array(devices), ("data",))
-    return (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")),
-            jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    return (
+        jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")),
+        jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+    )
   single = jax.sharding.SingleDeviceSharding(devices[0])
   return single, single
 
 
 def _sum_over_processes(values: np.ndarray) -> np.ndarray:
   import jax
+
   if jax.process_count() == 1:
     return values
   from jax.experimental import multihost_utils
+
   return np.asarray(multihost_utils.process_allgather(values)).sum(axis=0)
 
 
-def evaluate_protocol(model, variables, config, protocol: str = "single", *, eval_fn_cache: dict | None = None,
-                      builder=None, process_index: int | None = None, process_count: int | None = None) -> dict:
+def evaluate_protocol(
+    model,
+    variables,
+    config,
+    protocol: str = "single",
+    *,
+    eval_fn_cache: dict | None = None,
+    builder=None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> dict:
   """Top-1 / top-5 error of `model` with `variables` ({'params', 'batch_stats'}) on config.eval_split.
 
   `eval_fn_cache`: a dict kept by the caller (e.g. the training loop) so that repeated evaluations reuse the jitted
@@ -70,6 +87,7 @@ def evaluate_protocol(model, variables, config, protocol: str = "single", *, eva
   """
   import jax
   from resnet_jax import cpu, imagenet_input
+
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   global_batch = int(config.eval_batch_size)
@@ -77,10 +95,17 @@ def evaluate_protocol(model, variables, config, protocol: str = "single", *, eva
     raise ValueError(f"eval_batch_size {global_batch} is not divisible by the {process_count} processes")
   local_batch = global_batch // process_count
   builder = builder or imagenet_input.load_builder(config, process_count=process_count)
-  n_local = imagenet_input.split_size(builder, config.get("eval_split", "validation"),
-                                      process_index=process_index, process_count=process_count)
-  ds = imagenet_input.eval_dataset(config, protocol=protocol, process_index=process_index,
-                                   process_count=process_count, local_batch_size=local_batch, builder=builder)
+  n_local = imagenet_input.split_size(
+      builder, config.get("eval_split", "validation"), process_index=process_index, process_count=process_count
+  )
+  ds = imagenet_input.eval_dataset(
+      config,
+      protocol=protocol,
+      process_index=process_index,
+      process_count=process_count,
+      local_batch_size=local_batch,
+      builder=builder,
+  )
 
   cache = {} if eval_fn_cache is None else eval_fn_cache
   cached = cache.get("forward")
@@ -117,8 +142,10 @@ def evaluate_protocol(model, variables, config, protocol: str = "single", *, eva
   expected_views = 2 * len(sizes) if protocol == "multiscale" else imagenet_input.VIEWS_PER_IMAGE[protocol]
   if n_local and (views_seen != expected_views).any():
     bad = np.flatnonzero(views_seen != expected_views)
-    raise RuntimeError(f"{protocol}: {bad.size} of {n_local} images did not get exactly {expected_views} views "
-                       f"(e.g. image {bad[0]} got {views_seen[bad[0]]}); the eval input pipeline is inconsistent")
+    raise RuntimeError(
+        f"{protocol}: {bad.size} of {n_local} images did not get exactly {expected_views} views "
+        f"(e.g. image {bad[0]} got {views_seen[bad[0]]}); the eval input pipeline is inconsistent"
+    )
   if n_local:
     top5 = np.argsort(-prob_sums, axis=1)[:, :5]
     correct1 = int((top5[:, 0] == labels).sum())
@@ -126,14 +153,21 @@ def evaluate_protocol(model, variables, config, protocol: str = "single", *, eva
   else:
     correct1 = correct5 = 0
   correct1, correct5, count = (int(x) for x in _sum_over_processes(np.array([correct1, correct5, n_local])))
-  return {"protocol": protocol, "top1_error": 1.0 - correct1 / max(count, 1),
-          "top5_error": 1.0 - correct5 / max(count, 1), "count": count, "views_per_image": expected_views,
-          "input_shapes": len(shapes)}
+  return {
+      "protocol": protocol,
+      "top1_error": 1.0 - correct1 / max(count, 1),
+      "top5_error": 1.0 - correct5 / max(count, 1),
+      "count": count,
+      "views_per_image": expected_views,
+      "input_shapes": len(shapes),
+  }
 
 
 def format_result(r: dict) -> str:
-  return (f"{r['protocol']}: top-1 error {100 * r['top1_error']:.2f}%, top-5 error {100 * r['top5_error']:.2f}% "
-          f"on {r['count']} images ({r['views_per_image']} views each, {r['input_shapes']} input shapes)")
+  return (
+      f"{r['protocol']}: top-1 error {100 * r['top1_error']:.2f}%, top-5 error {100 * r['top5_error']:.2f}% "
+      f"on {r['count']} images ({r['views_per_image']} views each, {r['input_shapes']} input shapes)"
+  )
 
 
 _FLAGS: dict = {}
@@ -145,30 +179,40 @@ def define_flags():
   if _FLAGS:
     return
   _FLAGS["config"] = config_flags.DEFINE_config_file(
-      "config", None, "Config file (configs/imagenet_*.py); default: the workdir's config.json.", lock_config=True)
+      "config", None, "Config file (configs/imagenet_*.py); default: the workdir's config.json.", lock_config=True
+  )
   _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Training directory whose latest checkpoint is evaluated.")
   _FLAGS["protocol"] = flags.DEFINE_multi_enum(
-      "protocol", ["single"], list(config_lib.EVAL_PROTOCOLS),
-      "Evaluation protocol; repeat the flag for several (one checkpoint load, one result each).")
+      "protocol",
+      ["single"],
+      list(config_lib.EVAL_PROTOCOLS),
+      "Evaluation protocol; repeat the flag for several (one checkpoint load, one result each).",
+  )
   _FLAGS["json"] = flags.DEFINE_bool("json", False, "Print one JSON object per protocol instead of a line of text.")
 
 
 def main(argv):
   from resnet_jax import cli
+
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {argv[1:]}")
   config, workdir, protocols = (_FLAGS[k].value for k in ("config", "workdir", "protocol"))
   if workdir is None:
-    cli.fail("--workdir is required, e.g. --workdir=runs/imagenet_resnet18 (with --config=FILE, or the "
-             "workdir's config.json)")
+    cli.fail(
+        "--workdir is required, e.g. --workdir=runs/imagenet_resnet18 (with --config=FILE, or the "
+        "workdir's config.json)"
+    )
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):  # at once, before JAX starts; nothing is created
-    cli.fail(f"no checkpoint in {workdir}: {os.path.join(workdir, 'checkpoints')} does not exist; train first with "
-             f"python -m resnet_jax.main --config=... --workdir={workdir}")
+    cli.fail(
+        f"no checkpoint in {workdir}: {os.path.join(workdir, 'checkpoints')} does not exist; train first with "
+        f"python -m resnet_jax.main --config=... --workdir={workdir}"
+    )
   if config is None:
     with cli.user_errors():
       config = config_lib.load_workdir_config(workdir)
   cli.start(config, restart=__name__ == "__main__")
   from resnet_jax import models, train  # train imports the whole training stack: only the CLI needs it
+
   with cli.user_errors():
     variables = train.load_variables_for_eval(config, workdir)
     model = models.create_model(config.model, half_precision=config.get("half_precision", False))
@@ -182,5 +226,6 @@ def main(argv):
 
 if __name__ == "__main__":
   from resnet_jax import cli
+
   define_flags()
   cli.run(main)

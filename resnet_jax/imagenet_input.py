@@ -58,6 +58,7 @@ number of batches (ceil of the largest shard over the batch size), so a sharded 
 Throughput (decode + augment, img/s per core) on the sample JPEGs of ../shared/data/imagenet-sample:
     python -m resnet_jax.imagenet_input benchmark [--images_dir=...] [--threads=1]
 """
+
 from __future__ import annotations
 
 import os
@@ -76,7 +77,7 @@ MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 AUGMENTATIONS = ("paper", "inception")
 PROTOCOLS = config_lib.EVAL_PROTOCOLS
 NORMALIZATIONS = ("pixel_mean", "channel", "torchvision")
-VIEWS_PER_IMAGE = {"single": 1, "10crop": 10}   # multiscale: 2 per scale
+VIEWS_PER_IMAGE = {"single": 1, "10crop": 10}  # multiscale: 2 per scale
 
 # Data-set statistics (facts about ImageNet, not tunable hyper-parameters).
 # Per-channel RGB mean of the ImageNet training set (Caffe/VGG), and std (torchvision), both on the 0..255 scale.
@@ -88,9 +89,7 @@ TORCHVISION_STD_RGB = (0.229, 0.224, 0.225)
 # Principal components of ImageNet RGB pixels (Krizhevsky et al. 2012; values as in fb.resnet.torch), for pixels
 # on the 0..1 scale; PCA_EIGVEC[:, j] is the j-th eigenvector.
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
-PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009),
-              (-0.5808, -0.0045, -0.8140),
-              (-0.5836, -0.6948, 0.4203))
+PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 
 # Defaults of the config fields read with config.get (config_lib.imagenet may set them explicitly).
 DEFAULTS = dict(
@@ -102,8 +101,8 @@ DEFAULTS = dict(
     eval_resize=256,
     multiscale_sizes=(224, 256, 384, 480, 640),
     multiscale_aspects=(1.0, 4 / 3, 3 / 2),
-    shuffle_buffer_size=None,   # None: 16 * local_batch_size records (encoded JPEGs, about 110 kB each)
-    manual_dir=None,            # None: <data_dir>/downloads/manual
+    shuffle_buffer_size=None,  # None: 16 * local_batch_size records (encoded JPEGs, about 110 kB each)
+    manual_dir=None,  # None: <data_dir>/downloads/manual
 )
 
 
@@ -118,6 +117,7 @@ class ImageNetNotFoundError(FileNotFoundError):
 
 # ----------------------------------------------------------------------------------------------------------
 # tfds builder helpers.
+
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str:
   """config.data_dir, else $TFDS_DATA_DIR, else tfds's default data dir."""
@@ -140,7 +140,8 @@ def check_manual_download(data_dir=None, manual_dir=None) -> str:
         f"(missing: {', '.join(missing)}). Download them from https://image-net.org/download-images "
         f"(registration required), put them there (or set config.manual_dir / --manual_dir), then prepare once "
         f"with `python -m resnet_jax.imagenet_input prepare --data_dir={data_dir}` (hours for the full data set). "
-        f"The data dir comes from config.data_dir, else $TFDS_DATA_DIR, else {tfds.core.constants.DATA_DIR}.")
+        f"The data dir comes from config.data_dir, else $TFDS_DATA_DIR, else {tfds.core.constants.DATA_DIR}."
+    )
   return manual_dir
 
 
@@ -154,8 +155,9 @@ def prepare(data_dir=None, manual_dir=None, *, num_shards: int | None = None) ->
   if builder.is_prepared():
     return builder
   manual_dir = check_manual_download(data_dir, manual_dir)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, try_download_gcs=False, num_shards=num_shards))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False, num_shards=num_shards)
+  )
   return builder
 
 
@@ -164,15 +166,18 @@ def load_builder(config, *, process_count: int = 1) -> tfds.core.DatasetBuilder:
   builder = get_builder(config.get("data_dir"))
   if builder.is_prepared():
     if builder.info.file_format.value != "tfrecord":
-      raise ValueError(f"{builder.data_dir} is stored as {builder.info.file_format.value}; this pipeline reads "
-                       "tfrecord files (tfds's default): prepare it again without --file_format")
+      raise ValueError(
+          f"{builder.data_dir} is stored as {builder.info.file_format.value}; this pipeline reads "
+          "tfrecord files (tfds's default): prepare it again without --file_format"
+      )
     return builder
   manual_dir = check_manual_download(config.get("data_dir"), setting(config, "manual_dir"))
   if process_count > 1:
     raise ImageNetNotFoundError(
         f"ImageNet 2012 is not prepared in {builder.data_dir}; prepare it once, before a multi-process run, with "
         f"`python -m resnet_jax.imagenet_input prepare --data_dir={resolve_data_dir(config.get('data_dir'))} "
-        f"--manual_dir={manual_dir}`")
+        f"--manual_dir={manual_dir}`"
+    )
   return prepare(config.get("data_dir"), manual_dir)
 
 
@@ -180,8 +185,10 @@ def _split_info(builder, split):
   try:
     return builder.info.splits[split]
   except KeyError as e:
-    raise ValueError(f"split {split!r} is not in {builder.data_dir} (splits: {list(builder.info.splits)}); "
-                     "was its tar in the manual directory when the data set was prepared?") from e
+    raise ValueError(
+        f"split {split!r} is not in {builder.data_dir} (splits: {list(builder.info.splits)}); "
+        "was its tar in the manual directory when the data set was prepared?"
+    ) from e
 
 
 def split_size(builder, split, *, process_index: int = 0, process_count: int = 1) -> int:
@@ -201,11 +208,16 @@ def _file_instructions(builder, split, process_index, process_count):
 
 
 def _read(filenames, skips, takes, cycle_length: int) -> tf.data.Dataset:
-  files = tf.data.Dataset.from_tensor_slices((tf.convert_to_tensor(filenames, tf.string),
-                                              tf.cast(skips, tf.int64), tf.cast(takes, tf.int64)))
-  return files.interleave(lambda f, s, t: tf.data.TFRecordDataset(f, buffer_size=4 << 20).skip(s).take(t),
-                          cycle_length=cycle_length, block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
-                          deterministic=True)
+  files = tf.data.Dataset.from_tensor_slices(
+      (tf.convert_to_tensor(filenames, tf.string), tf.cast(skips, tf.int64), tf.cast(takes, tf.int64))
+  )
+  return files.interleave(
+      lambda f, s, t: tf.data.TFRecordDataset(f, buffer_size=4 << 20).skip(s).take(t),
+      cycle_length=cycle_length,
+      block_length=1,
+      num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=True,
+  )
 
 
 def _parser(builder):
@@ -214,6 +226,7 @@ def _parser(builder):
   def parse(record):
     ex = features.deserialize_example(record, decoders={"image": tfds.decode.SkipDecoding()})
     return {"image": ex["image"], "label": tf.cast(ex["label"], tf.int32), "file_name": ex["file_name"]}
+
   return parse
 
 
@@ -229,6 +242,7 @@ def _options(threads: int | None = None) -> tf.data.Options:
 # ----------------------------------------------------------------------------------------------------------
 # Preprocessing on one image. `image` is either an encoded JPEG (tf.string scalar) or a decoded [H, W, C] tensor
 # (uint8 or float), so that every function can be unit tested on synthetic pixels.
+
 
 def image_hw(image) -> tf.Tensor:
   """[height, width] (int32) of an encoded JPEG (from its header) or of a decoded image."""
@@ -254,7 +268,7 @@ def decode_and_crop(image, window) -> tf.Tensor:
   """The [y, x, h, w] window of the image; for a JPEG only that window is decoded."""
   if image.dtype == tf.string:
     return tf.image.decode_and_crop_jpeg(image, window, channels=3, dct_method="INTEGER_ACCURATE")
-  return _to_rgb(image[window[0]:window[0] + window[2], window[1]:window[1] + window[3]])
+  return _to_rgb(image[window[0] : window[0] + window[2], window[1] : window[1] + window[3]])
 
 
 def resize(image, hw) -> tf.Tensor:
@@ -287,7 +301,7 @@ def paper_crop_window(hw, seed, *, crop_size: int, scale_range: Sequence[int]):
   big = resized_hw(hw, s)
   oy = tf.random.stateless_uniform([], s_y, minval=0, maxval=big[0] - crop_size + 1, dtype=tf.int32)
   ox = tf.random.stateless_uniform([], s_x, minval=0, maxval=big[1] - crop_size + 1, dtype=tf.int32)
-  ratio = tf.cast(tf.reduce_min(hw), tf.float32) / tf.cast(s, tf.float32)   # source pixels per resized pixel
+  ratio = tf.cast(tf.reduce_min(hw), tf.float32) / tf.cast(s, tf.float32)  # source pixels per resized pixel
   y0 = tf.minimum(tf.cast(tf.floor(tf.cast(oy, tf.float32) * ratio), tf.int32), hw[0] - 1)
   x0 = tf.minimum(tf.cast(tf.floor(tf.cast(ox, tf.float32) * ratio), tf.int32), hw[1] - 1)
   size = tf.maximum(tf.cast(tf.round(crop_size * ratio), tf.int32), 1)
@@ -300,9 +314,15 @@ def inception_crop_window(hw, seed, *, area_range: Sequence[float], aspect_range
   """Random-resized-crop window [y, x, h, w] (Szegedy et al. 2015) via tf.image's bounding-box sampler."""
   hw = tf.cast(hw, tf.int32)
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.concat([hw, [3]], 0), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
-      min_object_covered=0.1, aspect_ratio_range=list(aspect_range), area_range=list(area_range),
-      max_attempts=10, use_image_if_no_bounding_boxes=True)
+      tf.concat([hw, [3]], 0),
+      bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+      seed=seed,
+      min_object_covered=0.1,
+      aspect_ratio_range=list(aspect_range),
+      area_range=list(area_range),
+      max_attempts=10,
+      use_image_if_no_bounding_boxes=True,
+  )
   return tf.stack([begin[0], begin[1], size[0], size[1]])
 
 
@@ -333,9 +353,17 @@ def normalize(image, mode: str):
   return image
 
 
-def train_image(image, seed, *, augmentation: str = "paper", image_size: int = 224,
-                scale_range=DEFAULTS["scale_range"], pca_std: float = DEFAULTS["pca_std"],
-                area_range=DEFAULTS["crop_area_range"], aspect_range=DEFAULTS["crop_aspect_range"]):
+def train_image(
+    image,
+    seed,
+    *,
+    augmentation: str = "paper",
+    image_size: int = 224,
+    scale_range=DEFAULTS["scale_range"],
+    pca_std: float = DEFAULTS["pca_std"],
+    area_range=DEFAULTS["crop_area_range"],
+    aspect_range=DEFAULTS["crop_aspect_range"],
+):
   """One augmented training image, float32 [image_size, image_size, 3] on the 0..255 scale (not normalised)."""
   s_crop, s_flip, s_colour = _seeds(seed, 3)
   hw = image_hw(image)
@@ -360,7 +388,7 @@ def resize_shorter_side(image, size: int):
 
 def center_crop(image, size: int):
   h, w = tf.shape(image)[0], tf.shape(image)[1]
-  return image[(h - size) // 2:(h - size) // 2 + size, (w - size) // 2:(w - size) // 2 + size]
+  return image[(h - size) // 2 : (h - size) // 2 + size, (w - size) // 2 : (w - size) // 2 + size]
 
 
 def single_view(image, *, resize_to: int = 256, crop: int = 224):
@@ -372,7 +400,7 @@ def ten_crop_views(image, *, resize_to: int = 256, crop: int = 224):
   """'10crop': corners tl, tr, bl, br, centre of the resize_to image, then their flips. [10, crop, crop, 3]."""
   big = resize_shorter_side(image, resize_to)
   h, w = tf.shape(big)[0], tf.shape(big)[1]
-  crops = [big[y:y + crop, x:x + crop] for y, x in ((0, 0), (0, w - crop), (h - crop, 0), (h - crop, w - crop))]
+  crops = [big[y : y + crop, x : x + crop] for y, x in ((0, 0), (0, w - crop), (h - crop, 0), (h - crop, w - crop))]
   crops.append(center_crop(big, crop))
   views = tf.stack(crops)
   views = tf.concat([views, tf.reverse(views, [2])], 0)
@@ -387,7 +415,7 @@ def multiscale_bucket(hw, aspects: Sequence[float]):
   hw = tf.cast(hw, tf.float32)
   ratio = tf.reduce_max(hw) / tf.reduce_min(hw)
   idx = tf.reduce_sum(tf.cast(tf.constant(aspects, tf.float32) <= ratio * 1.002, tf.int32)) - 1
-  portrait = tf.cast(hw[0] > hw[1], tf.int32) * tf.cast(idx > 0, tf.int32)   # squares count as landscape
+  portrait = tf.cast(hw[0] > hw[1], tf.int32) * tf.cast(idx > 0, tf.int32)  # squares count as landscape
   return portrait, idx
 
 
@@ -411,32 +439,37 @@ def multiscale_views(image, size: int, *, aspects: Sequence[float] = DEFAULTS["m
   big_hw = tf.maximum(resized_hw(hw, size), tf.stack([th, tw]))
   big = resize(image, big_hw)
   y0, x0 = (big_hw[0] - th) // 2, (big_hw[1] - tw) // 2
-  view = big[y0:y0 + th, x0:x0 + tw]
+  view = big[y0 : y0 + th, x0 : x0 + tw]
   return tf.stack([view, tf.reverse(view, [1])]), 2 * idx + portrait
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Training stream.
 
+
 def _validate_train(config, local_batch_size, start_step, process_index, process_count):
   if local_batch_size <= 0 or start_step < 0 or not 0 <= process_index < process_count:
-    raise ValueError(f"bad train_dataset arguments: local_batch_size={local_batch_size}, start_step={start_step}, "
-                     f"process_index={process_index}, process_count={process_count}")
+    raise ValueError(
+        f"bad train_dataset arguments: local_batch_size={local_batch_size}, start_step={start_step}, "
+        f"process_index={process_index}, process_count={process_count}"
+    )
   aug = setting(config, "augmentation")
   if aug not in AUGMENTATIONS:
     raise ValueError(f"unknown config.augmentation {aug!r}: valid values are {list(AUGMENTATIONS)}")
   normalize(tf.zeros([1, 1, 3]), config.get("normalization", "pixel_mean"))  # validates the mode
 
 
-def train_records(config, *, start_step: int = 0, process_index: int = 0, process_count: int = 1,
-                  local_batch_size: int, builder=None) -> tf.data.Dataset:
+def train_records(
+    config, *, start_step: int = 0, process_index: int = 0, process_count: int = 1, local_batch_size: int, builder=None
+) -> tf.data.Dataset:
   """Unbatched, undecoded training examples of this process, from start_step on, with their global positions.
 
   Elements: dict(image=encoded JPEG, label int32, file_name, position int64 global example position).
   """
   builder = builder or load_builder(config, process_count=process_count)
-  filenames, skips, takes, n_local = _file_instructions(builder, config.get("train_split", "train"),
-                                                       process_index, process_count)
+  filenames, skips, takes, n_local = _file_instructions(
+      builder, config.get("train_split", "train"), process_index, process_count
+  )
   if n_local == 0:
     raise ValueError(f"process {process_index} of {process_count} has no training examples")
   buffer = setting(config, "shuffle_buffer_size") or 16 * local_batch_size
@@ -455,38 +488,59 @@ def train_records(config, *, start_step: int = 0, process_index: int = 0, proces
   local_start = start_step * local_batch_size
   first_epoch = local_start // n_local
   ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_records)
-  ds = ds.skip(local_start - first_epoch * n_local)      # records only: nothing parsed or decoded
+  ds = ds.skip(local_start - first_epoch * n_local)  # records only: nothing parsed or decoded
   ds = ds.enumerate(start=local_start)
   global_batch = local_batch_size * process_count
   parse = _parser(builder)
 
   def with_position(local_pos, record):
     ex = parse(record)
-    ex["position"] = ((local_pos // local_batch_size) * global_batch + process_index * local_batch_size
-                      + local_pos % local_batch_size)
+    ex["position"] = (
+        (local_pos // local_batch_size) * global_batch + process_index * local_batch_size + local_pos % local_batch_size
+    )
     return ex
+
   return ds.map(with_position, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def train_dataset(config, *, start_step: int = 0, process_index: int = 0, process_count: int = 1,
-                  local_batch_size: int, builder=None, threads: int | None = None) -> tf.data.Dataset:
+def train_dataset(
+    config,
+    *,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    local_batch_size: int,
+    builder=None,
+    threads: int | None = None,
+) -> tf.data.Dataset:
   """Infinite, batched, prefetched training batches dict(image float32 [b, S, S, 3] normalised, label int32 [b]).
 
   Batch k of the returned stream is global training step start_step + k (see the module docstring).
   """
   _validate_train(config, local_batch_size, start_step, process_index, process_count)
-  ds = train_records(config, start_step=start_step, process_index=process_index, process_count=process_count,
-                     local_batch_size=local_batch_size, builder=builder)
-  kwargs = dict(augmentation=setting(config, "augmentation"), image_size=int(config.get("image_size", 224)),
-                scale_range=tuple(setting(config, "scale_range")), pca_std=float(setting(config, "pca_std")),
-                area_range=tuple(setting(config, "crop_area_range")),
-                aspect_range=tuple(setting(config, "crop_aspect_range")))
+  ds = train_records(
+      config,
+      start_step=start_step,
+      process_index=process_index,
+      process_count=process_count,
+      local_batch_size=local_batch_size,
+      builder=builder,
+  )
+  kwargs = dict(
+      augmentation=setting(config, "augmentation"),
+      image_size=int(config.get("image_size", 224)),
+      scale_range=tuple(setting(config, "scale_range")),
+      pca_std=float(setting(config, "pca_std")),
+      area_range=tuple(setting(config, "crop_area_range")),
+      aspect_range=tuple(setting(config, "crop_aspect_range")),
+  )
   mode = config.get("normalization", "pixel_mean")
   seed = int(config.get("seed", 0))
 
   def preprocess(ex):
     image = train_image(ex["image"], tf.stack([tf.constant(seed, tf.int64), ex["position"]]), **kwargs)
     return {"image": normalize(image, mode), "label": ex["label"]}
+
   ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(local_batch_size, drop_remainder=True)
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(threads))
@@ -494,6 +548,7 @@ def train_dataset(config, *, start_step: int = 0, process_index: int = 0, proces
 
 # ----------------------------------------------------------------------------------------------------------
 # Evaluation stream.
+
 
 def multiscale_batch_size(local_batch_size: int, image_size: int, hw: tuple[int, int]) -> int:
   return max(1, local_batch_size * image_size * image_size // (hw[0] * hw[1]))
@@ -524,8 +579,16 @@ def _pad_batch(batch, size):
   return out
 
 
-def eval_dataset(config, *, protocol: str = "single", process_index: int = 0, process_count: int = 1,
-                 local_batch_size: int, builder=None, threads: int | None = None) -> tf.data.Dataset:
+def eval_dataset(
+    config,
+    *,
+    protocol: str = "single",
+    process_index: int = 0,
+    process_count: int = 1,
+    local_batch_size: int,
+    builder=None,
+    threads: int | None = None,
+) -> tf.data.Dataset:
   """Batches of this process's shard of config.eval_split under `protocol` (see the module docstring).
 
   Fields: image float32 normalised ('single' [b, S, S, 3], '10crop' [b, 10, S, S, 3], 'multiscale'
@@ -535,8 +598,10 @@ def eval_dataset(config, *, protocol: str = "single", process_index: int = 0, pr
   if protocol not in PROTOCOLS:
     raise ValueError(f"unknown eval protocol {protocol!r}: valid values are {list(PROTOCOLS)}")
   if local_batch_size <= 0 or not 0 <= process_index < process_count:
-    raise ValueError(f"bad eval_dataset arguments: local_batch_size={local_batch_size}, "
-                     f"process_index={process_index}, process_count={process_count}")
+    raise ValueError(
+        f"bad eval_dataset arguments: local_batch_size={local_batch_size}, "
+        f"process_index={process_index}, process_count={process_count}"
+    )
   builder = builder or load_builder(config, process_count=process_count)
   split = config.get("eval_split", "validation")
   filenames, skips, takes, n_local = _file_instructions(builder, split, process_index, process_count)
@@ -558,12 +623,18 @@ def eval_dataset(config, *, protocol: str = "single", process_index: int = 0, pr
     views = single_view if protocol == "single" else ten_crop_views
 
     def preprocess(image, label, index):
-      return {"image": normalize(views(image, resize_to=resize_to, crop=image_size), mode), "label": label,
-              "index": index, "mask": tf.constant(1, tf.int32)}
+      return {
+          "image": normalize(views(image, resize_to=resize_to, crop=image_size), mode),
+          "label": label,
+          "index": index,
+          "mask": tf.constant(1, tf.int32),
+      }
+
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     # Same number of batches on every process: ceil(largest shard / batch); the rest is padding.
-    largest = max(split_size(builder, split, process_index=p, process_count=process_count)
-                  for p in range(process_count))
+    largest = max(
+        split_size(builder, split, process_index=p, process_count=process_count) for p in range(process_count)
+    )
     n_pad = -(-largest // local_batch_size) * local_batch_size - n_local
     if n_pad:
       pad = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
@@ -587,8 +658,7 @@ def _multiscale(ds, config, local_batch_size, mode):
   for size in sizes:
     for key in range(n_keys):
       idx, portrait = divmod(key, 2)
-      table.append(multiscale_batch_size(local_batch_size, image_size, multiscale_shape(size, portrait,
-                                                                                      aspects[idx])))
+      table.append(multiscale_batch_size(local_batch_size, image_size, multiscale_shape(size, portrait, aspects[idx])))
   batch_sizes = tf.constant(table, tf.int64)
 
   def all_scales(image, label, index):
@@ -597,8 +667,15 @@ def _multiscale(ds, config, local_batch_size, mode):
     out = []
     for i, size in enumerate(sizes):
       views, key = multiscale_views(image, size, aspects=aspects)
-      out.append({"image": normalize(views, mode), "label": label, "index": index,
-                  "mask": tf.constant(1, tf.int32), "key": tf.cast(i * n_keys + key, tf.int64)})
+      out.append(
+          {
+              "image": normalize(views, mode),
+              "label": label,
+              "index": index,
+              "mask": tf.constant(1, tf.int32),
+              "key": tf.cast(i * n_keys + key, tf.int64),
+          }
+      )
     return tuple(out)
 
   def split_scales(*elements):
@@ -615,15 +692,18 @@ def _multiscale(ds, config, local_batch_size, mode):
     window = window.map(lambda e: {k: v for k, v in e.items() if k != "key"})
     return window.batch(size).map(lambda b: _pad_batch(b, tf.cast(size, tf.int32)))
 
-  return ds.group_by_window(key_func=lambda e: e["key"], reduce_func=batch_window,
-                            window_size_func=lambda key: tf.gather(batch_sizes, key))
+  return ds.group_by_window(
+      key_func=lambda e: e["key"], reduce_func=batch_window, window_size_func=lambda key: tf.gather(batch_sizes, key)
+  )
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Throughput of decode + augment.
 
-def benchmark_train_preprocessing(images_dir, *, augmentation: str, threads: int = 1, image_size: int = 224,
-                                  seconds: float = 20.0, warmup: int = 200) -> dict:
+
+def benchmark_train_preprocessing(
+    images_dir, *, augmentation: str, threads: int = 1, image_size: int = 224, seconds: float = 20.0, warmup: int = 200
+) -> dict:
   """img/s of the training decode + augment + normalise on the JPEG files of `images_dir`, with `threads`
   tf.data threads (one image per thread at a time; intra-op parallelism 1): a per-core figure for threads=1."""
   paths = sorted(os.path.join(images_dir, f) for f in os.listdir(images_dir) if f.upper().endswith((".JPEG", ".JPG")))
@@ -632,9 +712,11 @@ def benchmark_train_preprocessing(images_dir, *, augmentation: str, threads: int
   blobs = [open(p, "rb").read() for p in paths]
   kwargs = dict(augmentation=augmentation, image_size=image_size)
   ds = tf.data.Dataset.from_tensor_slices(blobs).repeat().enumerate()
-  ds = ds.map(lambda i, b: normalize(train_image(b, tf.stack([tf.constant(0, tf.int64), i]), **kwargs),
-                                     "pixel_mean"),
-              num_parallel_calls=threads, deterministic=True)
+  ds = ds.map(
+      lambda i, b: normalize(train_image(b, tf.stack([tf.constant(0, tf.int64), i]), **kwargs), "pixel_mean"),
+      num_parallel_calls=threads,
+      deterministic=True,
+  )
   ds = ds.batch(32).prefetch(2).with_options(_options(threads))
   it = iter(ds)
   for _ in range(max(1, warmup // 32)):
@@ -645,21 +727,30 @@ def benchmark_train_preprocessing(images_dir, *, augmentation: str, threads: int
     n += 32
   dt = time.perf_counter() - t0
   mean_bytes = float(np.mean([len(b) for b in blobs]))
-  return {"augmentation": augmentation, "threads": threads, "images": n, "seconds": round(dt, 2),
-          "img_per_s": round(n / dt, 1), "img_per_s_per_thread": round(n / dt / threads, 1),
-          "files": len(blobs), "mean_file_kB": round(mean_bytes / 1e3, 1)}
+  return {
+      "augmentation": augmentation,
+      "threads": threads,
+      "images": n,
+      "seconds": round(dt, 2),
+      "img_per_s": round(n / dt, 1),
+      "img_per_s_per_thread": round(n / dt / threads, 1),
+      "files": len(blobs),
+      "mean_file_kB": round(mean_bytes / 1e3, 1),
+  }
 
 
 def _main(argv):
   import argparse
+
   parser = argparse.ArgumentParser(prog="python -m resnet_jax.imagenet_input")
   sub = parser.add_subparsers(dest="command", required=True)
   p = sub.add_parser("prepare", help="build tfds imagenet2012 from the ILSVRC2012 tars")
   p.add_argument("--data_dir", default=None)
   p.add_argument("--manual_dir", default=None)
   b = sub.add_parser("benchmark", help="decode + augment throughput on a folder of JPEGs")
-  b.add_argument("--images_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                                                      "imagenet-sample"))
+  b.add_argument(
+      "--images_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "imagenet-sample")
+  )
   b.add_argument("--threads", type=int, nargs="+", default=[1])
   b.add_argument("--seconds", type=float, default=20.0)
   b.add_argument("--augmentation", nargs="+", default=list(AUGMENTATIONS))
@@ -669,10 +760,15 @@ def _main(argv):
     print(f"prepared {builder.data_dir}: " + ", ".join(f"{k} {v.num_examples}" for k, v in builder.info.splits.items()))
     return
   import json
+
   for aug in args.augmentation:
     for threads in args.threads:
-      print(json.dumps(benchmark_train_preprocessing(args.images_dir, augmentation=aug, threads=threads,
-                                                     seconds=args.seconds)), flush=True)
+      print(
+          json.dumps(
+              benchmark_train_preprocessing(args.images_dir, augmentation=aug, threads=threads, seconds=args.seconds)
+          ),
+          flush=True,
+      )
 
 
 if __name__ == "__main__":

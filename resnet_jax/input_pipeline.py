@@ -12,6 +12,7 @@ value is the mean image, as in the Torch reference code), a random 32x32 crop an
 Evaluation batches are padded to a whole number of global batches and carry a `mask` (1 real, 0 padding), so
 every example is counted exactly once whatever the batch size, device count or process count.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,7 +40,8 @@ def require_tensorflow(what: str):
     raise MissingDependencyError(
         f"{what} needs TensorFlow and tensorflow-datasets ({e}). Install them (pip install tensorflow-cpu "
         f"tensorflow-datasets), or train without them: --config.input_backend=device "
-        f"--config.data_file=../shared/data/cifar10_jpeg_bytes.npz (or --config.dataset=fake)") from None
+        f"--config.data_file=../shared/data/cifar10_jpeg_bytes.npz (or --config.dataset=fake)"
+    ) from None
 
 
 class SplitError(ValueError):
@@ -58,6 +60,7 @@ def resolve_data_dir(config) -> str | None:
 @dataclasses.dataclass(frozen=True)
 class ArrayData:
   """A split held in host memory."""
+
   images: np.ndarray  # uint8 [N, H, W, 3]
   labels: np.ndarray  # int32 [N]
 
@@ -78,8 +81,10 @@ def _load_tfds_split(name: str, split: str, data_dir: str | None) -> ArrayData:
   """
   import hashlib
   import glob
+
   require_tensorflow(f"reading {name!r} with tfds")
   import tensorflow_datasets as tfds  # imported here: only the tfds path needs TensorFlow
+
   cache_root = _cache_dir()
   cache_file = None
   if cache_root and data_dir:
@@ -111,7 +116,8 @@ def _decode_tfds_split(tfds, name: str, split: str, data_dir: str | None) -> Arr
           f"environment variable) at a directory that holds {name}/<version>/ (in this repository: "
           f"--config.data_dir=../shared/data/tfds), or download and prepare it once with internet access: "
           f"python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='DIR')"
-          f".download_and_prepare()\"")
+          f'.download_and_prepare()"'
+      )
     ds = builder.as_dataset(split=split, batch_size=-1, as_supervised=True)
   except DataNotFoundError:
     raise
@@ -135,8 +141,10 @@ def load_split(config, which: str) -> ArrayData:
   if config.dataset == "fake":
     return _fake_split(config, "train" if which == "train" else "eval")
   if config.dataset not in CIFAR_DATASETS:
-    raise ValueError(f"dataset {config.dataset!r} is not an in-memory data set; valid values here are "
-                     f"{list(CIFAR_DATASETS) + ['fake']}")
+    raise ValueError(
+        f"dataset {config.dataset!r} is not an in-memory data set; valid values here are "
+        f"{list(CIFAR_DATASETS) + ['fake']}"
+    )
   split = config.train_split if which == "train" else config.eval_split
   return _load_tfds_split(config.dataset, split, resolve_data_dir(config))
 
@@ -144,11 +152,13 @@ def load_split(config, which: str) -> ArrayData:
 # ----------------------------------------------------------------------------------------------------------
 # Normalisation.
 
+
 @dataclasses.dataclass(frozen=True)
 class Normalizer:
   """x -> (x / 255 - mean) / std, with a per-pixel mean image (std 1) or per-channel mean and std."""
+
   mean: np.ndarray  # float32 [H, W, 3] or [3]
-  std: np.ndarray   # float32, broadcastable
+  std: np.ndarray  # float32, broadcastable
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     return ((images.astype(np.float32) / 255.0 - self.mean) / self.std).astype(np.float32)
@@ -168,16 +178,19 @@ def normalizer(config, train: ArrayData) -> Normalizer:
 # ----------------------------------------------------------------------------------------------------------
 # Training: step-indexed, deterministic, tf.data.
 
+
 def example_indices(seed: int, step, global_batch: int, n: int):
   """Indices (into the split) of global batch `step`: epoch-wise stateless permutations. TensorFlow ops."""
   import tensorflow as tf
+
   pos = tf.cast(step, tf.int64) * global_batch + tf.range(global_batch, dtype=tf.int64)
   epoch = pos // n
   first = epoch[0]
 
   def perm(e):
     return tf.random.experimental.stateless_shuffle(
-        tf.range(n, dtype=tf.int64), seed=tf.stack([tf.cast(seed, tf.int64), e]))
+        tf.range(n, dtype=tf.int64), seed=tf.stack([tf.cast(seed, tf.int64), e])
+    )
 
   # A batch spans at most two epochs (global_batch <= n is checked by the config validation).
   p0, p1 = perm(first), perm(first + 1)
@@ -187,18 +200,25 @@ def example_indices(seed: int, step, global_batch: int, n: int):
 def augmentation_params(seed: int, step, global_batch: int):
   """Crop offsets (uniform over 0..2*PAD) and flips (probability 1/2) of global batch `step`."""
   import tensorflow as tf
+
   step = tf.cast(step, tf.int64)
   seed = tf.cast(seed, tf.int64)
-  offsets = tf.random.stateless_uniform([global_batch, 2], seed=tf.stack([seed + 1_000_003, step]),
-                                        minval=0, maxval=2 * PAD + 1, dtype=tf.int32)
-  flips = tf.random.stateless_uniform([global_batch], seed=tf.stack([seed + 2_000_003, step]),
-                                      minval=0, maxval=2, dtype=tf.int32) > 0
+  offsets = tf.random.stateless_uniform(
+      [global_batch, 2], seed=tf.stack([seed + 1_000_003, step]), minval=0, maxval=2 * PAD + 1, dtype=tf.int32
+  )
+  flips = (
+      tf.random.stateless_uniform(
+          [global_batch], seed=tf.stack([seed + 2_000_003, step]), minval=0, maxval=2, dtype=tf.int32
+      )
+      > 0
+  )
   return offsets, flips
 
 
 def pad_crop_flip(images, offsets, flips):
   """Vectorised 4-pixel zero pad, crop at `offsets` and horizontal flip (TensorFlow ops, [B,H,W,C])."""
   import tensorflow as tf
+
   h, w = images.shape[1], images.shape[2]
   x = tf.pad(images, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]])
   rows = offsets[:, :1] + tf.range(h)[None, :]
@@ -208,11 +228,13 @@ def pad_crop_flip(images, offsets, flips):
   return tf.where(flips[:, None, None, None], tf.reverse(x, axis=[2]), x)
 
 
-def train_dataset(config, data: ArrayData, norm: Normalizer, *, start_step: int, process_index: int,
-                  process_count: int):
+def train_dataset(
+    config, data: ArrayData, norm: Normalizer, *, start_step: int, process_index: int, process_count: int
+):
   """tf.data.Dataset of this process's slices of global batches start_step, start_step + 1, ..."""
   require_tensorflow("input_backend='tfdata'")
   import tensorflow as tf
+
   tf.config.set_visible_devices([], "GPU")  # keep TensorFlow off the accelerators JAX uses
   global_batch = config.batch_size
   local_batch = global_batch // process_count
@@ -223,9 +245,9 @@ def train_dataset(config, data: ArrayData, norm: Normalizer, *, start_step: int,
   seed = int(config.seed)
 
   def make_batch(step):
-    idx = example_indices(seed, step, global_batch, n)[lo:lo + local_batch]
+    idx = example_indices(seed, step, global_batch, n)[lo : lo + local_batch]
     offsets, flips = augmentation_params(seed, step, global_batch)
-    x = pad_crop_flip(tf.gather(images, idx), offsets[lo:lo + local_batch], flips[lo:lo + local_batch])
+    x = pad_crop_flip(tf.gather(images, idx), offsets[lo : lo + local_batch], flips[lo : lo + local_batch])
     return {"image": x, "label": tf.gather(labels, idx)}
 
   ds = tf.data.Dataset.range(start_step, config.num_train_steps)
@@ -237,16 +259,19 @@ def train_dataset(config, data: ArrayData, norm: Normalizer, *, start_step: int,
 
 
 def train_iterator(config, data, norm, *, start_step, process_index=0, process_count=1) -> Iterator[dict]:
-  ds = train_dataset(config, data, norm, start_step=start_step, process_index=process_index,
-                     process_count=process_count)
+  ds = train_dataset(
+      config, data, norm, start_step=start_step, process_index=process_index, process_count=process_count
+  )
   return ds.as_numpy_iterator()
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Evaluation: padded and masked, every example exactly once.
 
-def eval_batches(data: ArrayData, norm: Normalizer, *, global_batch: int, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[dict]:
+
+def eval_batches(
+    data: ArrayData, norm: Normalizer, *, global_batch: int, process_index: int = 0, process_count: int = 1
+) -> Iterator[dict]:
   """This process's slices of padded global eval batches: dict(image, label, mask)."""
   n = len(data)
   local = global_batch // process_count
@@ -260,5 +285,11 @@ def eval_batches(data: ArrayData, norm: Normalizer, *, global_batch: int, proces
 
 
 def log_data_summary(config, train: ArrayData, evaluation: ArrayData):
-  logging.info("data: %s train %r = %d examples, eval %r = %d examples", config.dataset, config.train_split,
-               len(train), config.eval_split, len(evaluation))
+  logging.info(
+      "data: %s train %r = %d examples, eval %r = %d examples",
+      config.dataset,
+      config.train_split,
+      len(train),
+      config.eval_split,
+      len(evaluation),
+  )

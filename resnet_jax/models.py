@@ -22,6 +22,7 @@ Platform-specific formulations of the same function (CPU convolution kernels, a 
 as plain arguments, `conv_general_dilated` and `block_output` (resnet_jax/cpu chooses them); building a model never
 asks which backend is running.
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,9 +42,13 @@ SHORTCUT_OPTIONS = ("A", "B", "C")
 CONV_PADDINGS = ("symmetric", "same")
 STRIDE_PLACEMENTS = ("v1", "v1.5")
 FAMILIES = ("cifar", "imagenet")
-IMAGENET_DEPTHS = {18: ([2, 2, 2, 2], "basic"), 34: ([3, 4, 6, 3], "basic"),
-                   50: ([3, 4, 6, 3], "bottleneck"), 101: ([3, 4, 23, 3], "bottleneck"),
-                   152: ([3, 8, 36, 3], "bottleneck")}
+IMAGENET_DEPTHS = {
+    18: ([2, 2, 2, 2], "basic"),
+    34: ([3, 4, 6, 3], "basic"),
+    50: ([3, 4, 6, 3], "bottleneck"),
+    101: ([3, 4, 23, 3], "bottleneck"),
+    152: ([3, 8, 36, 3], "bottleneck"),
+}
 CIFAR_PAPER_DEPTHS = (20, 32, 44, 56, 110, 1202)
 
 # He et al. (2015, "Delving deep into rectifiers") initialisation, in torchvision's fan-out form.
@@ -52,6 +57,7 @@ he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 class Shortcut(nn.Module):
   """The shortcut path of a block: identity (A, or B/C where allowed) or a 1x1 projection + BN."""
+
   features: int
   strides: int
   option: str
@@ -66,7 +72,7 @@ class Shortcut(nn.Module):
       x = self.conv(self.features, (1, 1), (self.strides, self.strides), name="proj_conv")(x)
       return self.norm(name="proj_bn")(x)
     if self.strides != 1:
-      x = x[:, ::self.strides, ::self.strides, :]
+      x = x[:, :: self.strides, :: self.strides, :]
     if in_features < self.features:  # option A: zero-pad the extra channels (no parameters)
       x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.features - in_features)))
     elif in_features > self.features:
@@ -76,6 +82,7 @@ class Shortcut(nn.Module):
 
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions (Figure 2 / Figure 5 left)."""
+
   features: int
   strides: int = 1
   residual: bool = True
@@ -104,6 +111,7 @@ class BasicBlock(nn.Module):
 
 class BottleneckBlock(nn.Module):
   """1x1 (reduce) - 3x3 - 1x1 (expand 4x) (Figure 5 right)."""
+
   features: int
   strides: int = 1
   residual: bool = True
@@ -128,22 +136,24 @@ class BottleneckBlock(nn.Module):
     last_scale = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
     y = self.norm(name="bn3", scale_init=last_scale)(y)
     if self.residual:
-      y = y + Shortcut(self.features * 4, self.strides, self.shortcut, self.conv, self.norm,
-                       name="shortcut")(x)
+      y = y + Shortcut(self.features * 4, self.strides, self.shortcut, self.conv, self.norm, name="shortcut")(x)
     return self.act(y)
 
 
 def padded_conv(conv: ModuleDef, conv_padding: str) -> Callable:
   """`conv` (an nn.Conv partial) with each layer's padding set by `conv_padding` (CONV_PADDINGS) unless given."""
+
   def make(features, kernel_size, strides=(1, 1), **kwargs):
     if "padding" not in kwargs:
       kwargs["padding"] = "SAME" if conv_padding == "same" else tuple((k // 2, k // 2) for k in kernel_size)
     return conv(features, kernel_size, strides, **kwargs)
+
   return make
 
 
 class _ScanCell(nn.Module):
   """Adapts a block to nn.scan's (carry, x) -> (carry, y) signature."""
+
   block_cls: ModuleDef
   block_kwargs: Any
 
@@ -177,6 +187,7 @@ class ResNet(nn.Module):
       replicated parameter (the stem BN scale) for hooks that need a value XLA cannot see at compile time. It
       must return y unchanged in value (resnet_jax/cpu's `materialize` changes only how XLA fuses it).
   """
+
   stage_sizes: Sequence[int]
   block: str = "basic"
   stem: str = "cifar"
@@ -197,9 +208,16 @@ class ResNet(nn.Module):
   block_output: Callable | None = None
 
   def __post_init__(self):
-    validate_architecture(block=self.block, stem=self.stem, shortcut=self.shortcut,
-                          stride_placement=self.stride_placement, stage_sizes=self.stage_sizes,
-                          widths=self.widths, num_classes=self.num_classes, conv_padding=self.conv_padding)
+    validate_architecture(
+        block=self.block,
+        stem=self.stem,
+        shortcut=self.shortcut,
+        stride_placement=self.stride_placement,
+        stage_sizes=self.stage_sizes,
+        widths=self.widths,
+        num_classes=self.num_classes,
+        conv_padding=self.conv_padding,
+    )
     super().__post_init__()
 
   @nn.compact
@@ -208,8 +226,14 @@ class ResNet(nn.Module):
     if self.conv_general_dilated is not None:
       conv_kwargs["conv_general_dilated"] = self.conv_general_dilated
     conv = padded_conv(functools.partial(nn.Conv, **conv_kwargs), self.conv_padding)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                             epsilon=self.bn_epsilon, dtype=self.dtype, axis_name=self.bn_axis_name)
+    norm = functools.partial(
+        nn.BatchNorm,
+        use_running_average=not train,
+        momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon,
+        dtype=self.dtype,
+        axis_name=self.bn_axis_name,
+    )
     block_cls = BLOCKS[self.block]
     if self.remat:
       block_cls = nn.remat(block_cls)
@@ -227,16 +251,26 @@ class ResNet(nn.Module):
     else:
       keep = lambda y: y
     for i, (n_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
-      kwargs = dict(features=width, residual=self.residual, shortcut=self.shortcut,
-                    stride_placement=self.stride_placement, conv=conv, norm=norm,
-                    zero_init_last_bn=self.zero_init_last_bn)
+      kwargs = dict(
+          features=width,
+          residual=self.residual,
+          shortcut=self.shortcut,
+          stride_placement=self.stride_placement,
+          conv=conv,
+          norm=norm,
+          zero_init_last_bn=self.zero_init_last_bn,
+      )
       x = keep(block_cls(strides=1 if i == 0 else 2, name=f"stage{i + 1}_block1", **kwargs)(x))
       if n_blocks == 1:
         continue
       if self.scan:
         # The remaining blocks share one shape: one compiled body, parameters stacked on a leading axis.
-        scan = nn.scan(_ScanCell, variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
-                       split_rngs={"params": True}, length=n_blocks - 1)
+        scan = nn.scan(
+            _ScanCell,
+            variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
+            split_rngs={"params": True},
+            length=n_blocks - 1,
+        )
         x, _ = scan(block_cls, tuple(sorted(kwargs.items())), name=f"stage{i + 1}_rest")(x, None)
       else:
         for j in range(1, n_blocks):
@@ -246,8 +280,9 @@ class ResNet(nn.Module):
     return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # float32 logits for bfloat16 compute
 
 
-def validate_architecture(*, block, stem, shortcut, stride_placement, stage_sizes, widths, num_classes,
-                          conv_padding="symmetric"):
+def validate_architecture(
+    *, block, stem, shortcut, stride_placement, stage_sizes, widths, num_classes, conv_padding="symmetric"
+):
   if block not in BLOCKS:
     raise ValueError(f"unknown block {block!r}: valid values are {sorted(BLOCKS)}")
   if stem not in FAMILIES:
@@ -255,11 +290,12 @@ def validate_architecture(*, block, stem, shortcut, stride_placement, stage_size
   if shortcut not in SHORTCUT_OPTIONS:
     raise ValueError(f"unknown shortcut option {shortcut!r}: valid values are {list(SHORTCUT_OPTIONS)}")
   if stride_placement not in STRIDE_PLACEMENTS:
-    raise ValueError(f"unknown stride placement {stride_placement!r}: valid values are "
-                     f"{list(STRIDE_PLACEMENTS)}")
+    raise ValueError(f"unknown stride placement {stride_placement!r}: valid values are {list(STRIDE_PLACEMENTS)}")
   if conv_padding not in CONV_PADDINGS:
-    raise ValueError(f"unknown conv_padding {conv_padding!r}: valid values are {list(CONV_PADDINGS)} ('same' "
-                     "only for checkpoints written before 2026-11-30)")
+    raise ValueError(
+        f"unknown conv_padding {conv_padding!r}: valid values are {list(CONV_PADDINGS)} ('same' "
+        "only for checkpoints written before 2026-11-30)"
+    )
   if len(stage_sizes) != len(widths) or not stage_sizes or min(stage_sizes) < 1:
     raise ValueError(f"stage_sizes {list(stage_sizes)} must be positive and match widths {list(widths)}")
   if num_classes < 1:
@@ -269,10 +305,10 @@ def validate_architecture(*, block, stem, shortcut, stride_placement, stage_size
 # ----------------------------------------------------------------------------------------------------------
 # Named networks.
 
+
 def cifar_stage_sizes(depth: int) -> list[int]:
   if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-    raise ValueError(f"CIFAR depth must be 6n+2 with n >= 1 (the paper uses {list(CIFAR_PAPER_DEPTHS)}), "
-                     f"got {depth!r}")
+    raise ValueError(f"CIFAR depth must be 6n+2 with n >= 1 (the paper uses {list(CIFAR_PAPER_DEPTHS)}), got {depth!r}")
   n = (depth - 2) // 6
   return [n, n, n]
 
@@ -285,16 +321,23 @@ def imagenet_stage_sizes(depth: int) -> tuple[list[int], str]:
 
 def cifar_net(depth: int, residual: bool = True, **kwargs) -> ResNet:
   kwargs.setdefault("shortcut", "A")
-  return ResNet(stage_sizes=cifar_stage_sizes(depth), block="basic", stem="cifar", widths=(16, 32, 64),
-                residual=residual, **kwargs)
+  return ResNet(
+      stage_sizes=cifar_stage_sizes(depth),
+      block="basic",
+      stem="cifar",
+      widths=(16, 32, 64),
+      residual=residual,
+      **kwargs,
+  )
 
 
 def imagenet_net(depth: int, residual: bool = True, **kwargs) -> ResNet:
   stage_sizes, block = imagenet_stage_sizes(depth)
   kwargs.setdefault("shortcut", "A" if depth < 50 else "B")  # Table 2 uses A for 18/34, B for 50+
   kwargs.setdefault("num_classes", 1000)
-  return ResNet(stage_sizes=stage_sizes, block=block, stem="imagenet", widths=(64, 128, 256, 512),
-                residual=residual, **kwargs)
+  return ResNet(
+      stage_sizes=stage_sizes, block=block, stem="imagenet", widths=(64, 128, 256, 512), residual=residual, **kwargs
+  )
 
 
 cifar_resnet20 = functools.partial(cifar_net, 20)
@@ -318,8 +361,14 @@ imagenet_plain18 = functools.partial(imagenet_net, 18, residual=False)
 imagenet_plain34 = functools.partial(imagenet_net, 34, residual=False)
 
 
-def create_model(model_config, *, half_precision: bool = False, bn_axis_name: str | None = None,
-                 conv_general_dilated: Callable | None = None, block_output: Callable | None = None) -> ResNet:
+def create_model(
+    model_config,
+    *,
+    half_precision: bool = False,
+    bn_axis_name: str | None = None,
+    conv_general_dilated: Callable | None = None,
+    block_output: Callable | None = None,
+) -> ResNet:
   """Builds the network described by `config.model` (the single way configs make models).
 
   `conv_general_dilated` and `block_output` are the platform's formulations of the same function (see ResNet);
@@ -329,14 +378,21 @@ def create_model(model_config, *, half_precision: bool = False, bn_axis_name: st
   family = c.get("family", "cifar")
   if family not in FAMILIES:
     raise ValueError(f"unknown model.family {family!r}: valid values are {list(FAMILIES)}")
-  kwargs = dict(residual=c.get("residual", True), num_classes=c.num_classes,
-                stride_placement=c.get("stride_placement", "v1"),
-                conv_padding=c.get("conv_padding", "symmetric"),
-                zero_init_last_bn=c.get("zero_init_last_bn", False),
-                bn_momentum=c.get("bn_momentum", 0.9), bn_epsilon=c.get("bn_epsilon", 1e-5),
-                scan=c.get("scan", False), remat=c.get("remat", False), bn_axis_name=bn_axis_name,
-                dtype=jnp.bfloat16 if half_precision else jnp.float32,
-                conv_general_dilated=conv_general_dilated, block_output=block_output)
+  kwargs = dict(
+      residual=c.get("residual", True),
+      num_classes=c.num_classes,
+      stride_placement=c.get("stride_placement", "v1"),
+      conv_padding=c.get("conv_padding", "symmetric"),
+      zero_init_last_bn=c.get("zero_init_last_bn", False),
+      bn_momentum=c.get("bn_momentum", 0.9),
+      bn_epsilon=c.get("bn_epsilon", 1e-5),
+      scan=c.get("scan", False),
+      remat=c.get("remat", False),
+      bn_axis_name=bn_axis_name,
+      dtype=jnp.bfloat16 if half_precision else jnp.float32,
+      conv_general_dilated=conv_general_dilated,
+      block_output=block_output,
+  )
   if c.get("shortcut"):
     kwargs["shortcut"] = c.shortcut
   builder = cifar_net if family == "cifar" else imagenet_net
@@ -346,13 +402,13 @@ def create_model(model_config, *, half_precision: bool = False, bn_axis_name: st
 # ----------------------------------------------------------------------------------------------------------
 # Scanned <-> unscanned parameter layouts.
 
+
 def scanned_variables(variables, stage_sizes: Sequence[int]):
   """Converts variables of an unscanned ResNet to the layout of the same net with `scan=True`."""
   out = {}
   for collection, tree in variables.items():
     tree = dict(tree)
-    new = {k: v for k, v in tree.items() if not (k.startswith("stage") and "_block" in k
-                                                  and not k.endswith("_block1"))}
+    new = {k: v for k, v in tree.items() if not (k.startswith("stage") and "_block" in k and not k.endswith("_block1"))}
     for i, n in enumerate(stage_sizes):
       if n > 1:
         rest = [tree[f"stage{i + 1}_block{j + 1}"] for j in range(1, n)]

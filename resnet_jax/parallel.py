@@ -6,6 +6,7 @@ Two ways to run the same step on many devices:
   statistics over the global (sharded) batch; per-device BN runs the forward pass under `jax.shard_map`.
 * 'pmap': `jax.pmap` over the local devices with axis name 'data'; the state carries a leading device axis.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,14 +26,20 @@ def maybe_initialize_distributed(coordinator_address=None, num_processes=None, p
   process with no cluster around it is left alone.
   """
   if coordinator_address or (num_processes or 0) > 1:
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
   elif _in_cluster():
     jax.distributed.initialize()
   else:
     return False
-  logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  logging.info(
+      "jax.distributed: process %d of %d, %d local / %d global devices",
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+  )
   return True
 
 
@@ -40,7 +47,8 @@ def _in_cluster() -> bool:
   if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_NODELIST" in os.environ:
     return True
   return bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",")) or bool(
-      os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))
+      os.environ.get("MEGASCALE_COORDINATOR_ADDRESS")
+  )
 
 
 def process_index() -> int:
@@ -53,11 +61,15 @@ def check_batch(batch_size: int, field: str = "batch_size") -> list[str]:
   problems = []
   if batch_size % n_dev:
     lo = max(n_dev, batch_size // n_dev * n_dev)
-    problems.append(f"{field}={batch_size} is not divisible by the {n_dev} devices; use a multiple of "
-                    f"{n_dev}, e.g. {lo} or {lo + n_dev}")
+    problems.append(
+        f"{field}={batch_size} is not divisible by the {n_dev} devices; use a multiple of "
+        f"{n_dev}, e.g. {lo} or {lo + n_dev}"
+    )
   elif (batch_size // n_proc) % n_local:
-    problems.append(f"{field}={batch_size} gives {batch_size // n_proc} examples per process, which the "
-                    f"{n_local} local devices cannot share evenly; use a multiple of {n_dev}")
+    problems.append(
+        f"{field}={batch_size} gives {batch_size // n_proc} examples per process, which the "
+        f"{n_local} local devices cannot share evenly; use a multiple of {n_dev}"
+    )
   return problems
 
 
@@ -91,6 +103,7 @@ def put_batch(local_batch: dict, mesh: Mesh) -> dict:
 
 
 # pmap helpers -------------------------------------------------------------------------------------------------
+
 
 def pmap_replicate(tree):
   """Host values -> [local_devices, ...] arrays; the first pmapped call places them (outputs stay there)."""

@@ -11,6 +11,7 @@ which reads the training split once). The config is the workdir's config.json un
 An image that cannot be read (missing, not an image, truncated) gets one line on stderr; the others are still
 classified, and the exit status is then 2.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,6 +41,7 @@ def class_labels(config) -> list[str]:
 def read_image(path: str) -> np.ndarray:
   """uint8 [H, W, 3] RGB; OSError/ValueError with the reason for a missing, unreadable or truncated file."""
   from PIL import Image, UnidentifiedImageError
+
   try:
     with Image.open(path) as im:
       return np.asarray(im.convert("RGB"))
@@ -55,19 +57,24 @@ def preprocessor(config):
   """image uint8 [H, W, 3] -> float32 [S, S, 3], the single-crop evaluation input of the workdir's network."""
   if config.get("dataset") == "imagenet2012" or config.model.get("family") == "imagenet":
     from resnet_jax import imagenet_input
+
     mode, size = config.get("normalization", "pixel_mean"), config.image_size
     resize_to = imagenet_input.setting(config, "eval_resize")
     return lambda image: imagenet_input.normalize(
-        imagenet_input.single_view(image, resize_to=resize_to, crop=size), mode).numpy()
+        imagenet_input.single_view(image, resize_to=resize_to, crop=size), mode
+    ).numpy()
   from resnet_jax import input_pipeline
+
   normalize = input_pipeline.normalizer(config, input_pipeline.load_split(config, "train"))
   size = config.image_size
 
   def cifar(image):
     if image.shape[:2] != (size, size):
       from PIL import Image
+
       image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
     return normalize(image[None])[0]
+
   return cifar
 
 
@@ -75,6 +82,7 @@ def predict(config, variables, paths, *, top: int = 5):
   """Yields (path, top-k list or None, error or None) per path, in order."""
   import jax
   from resnet_jax import models
+
   model = models.create_model(config.model, half_precision=config.get("half_precision", False))
   probabilities = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False), axis=-1))
   prepare, labels = preprocessor(config), class_labels(config)
@@ -102,6 +110,7 @@ def define_flags():
 
 def main(argv):
   from resnet_jax import cli, config_lib
+
   images = argv[1:]
   if not images:
     cli.fail("give one or more image files: python -m resnet_jax.predict --workdir=DIR IMAGE ...")
@@ -110,6 +119,7 @@ def main(argv):
     config = _FLAGS["config"].value or config_lib.load_workdir_config(workdir)
   cli.start(config, restart=__name__ == "__main__")
   from resnet_jax import train
+
   failed = 0
   with cli.user_errors():
     variables = train.load_variables_for_eval(config, workdir)
@@ -127,5 +137,6 @@ def main(argv):
 
 if __name__ == "__main__":
   from resnet_jax import cli
+
   define_flags()
   cli.run(main)

@@ -15,6 +15,7 @@ order of DIR/sweep.json when there is one) and writes to --out:
 
 Errors are percentages. A run still in progress is reported up to its last logged step.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,9 +30,17 @@ import numpy as np
 # The paper's errors (../shared/PAPER.md); ours are measured, these are only printed beside them.
 PAPER_CIFAR_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
 # ImageNet top-1 error, 10-crop (Tables 2 and 3): (residual, depth, shortcut) -> error; plain nets have no shortcut.
-PAPER_IMAGENET_TOP1_10CROP = {(False, 18, None): 27.94, (False, 34, None): 28.54, (True, 18, "A"): 27.88,
-                              (True, 34, "A"): 25.03, (True, 34, "B"): 24.52, (True, 34, "C"): 24.19,
-                              (True, 50, "B"): 22.85, (True, 101, "B"): 21.75, (True, 152, "B"): 21.43}
+PAPER_IMAGENET_TOP1_10CROP = {
+    (False, 18, None): 27.94,
+    (False, 34, None): 28.54,
+    (True, 18, "A"): 27.88,
+    (True, 34, "A"): 25.03,
+    (True, 34, "B"): 24.52,
+    (True, 34, "C"): 24.19,
+    (True, 50, "B"): 22.85,
+    (True, 101, "B"): 21.75,
+    (True, 152, "B"): 21.43,
+}
 RESPONSES_FILE = "layer_responses.json"
 BATCH_STATS_RESPONSES_FILE = "layer_responses_batch_stats.json"  # analyze --batch_stats (a diagnostic)
 MAX_BUDGET_COLUMNS = 6
@@ -111,17 +120,30 @@ def load_run(path: str) -> RunData | None:
   rows = _read_jsonl(os.path.join(path, "metrics.jsonl"))
   if config is None or (not rows and results is None):
     return None
-  return RunData(os.path.basename(os.path.normpath(path)), path, config, rows, results,
-                 _read_json(os.path.join(path, RESPONSES_FILE)),
-                 _read_json(os.path.join(path, BATCH_STATS_RESPONSES_FILE)))
+  return RunData(
+      os.path.basename(os.path.normpath(path)),
+      path,
+      config,
+      rows,
+      results,
+      _read_json(os.path.join(path, RESPONSES_FILE)),
+      _read_json(os.path.join(path, BATCH_STATS_RESPONSES_FILE)),
+  )
 
 
 def discover(sweep_dir: str) -> list[RunData]:
   """The runs under sweep_dir, in the sweep's order (sweep.json), else plain before residual, by depth."""
   if not os.path.isdir(sweep_dir):
     raise FileNotFoundError(f"{sweep_dir} is not a directory; give the --workdir of a sweep")
-  runs = [r for r in (load_run(os.path.join(sweep_dir, d)) for d in sorted(os.listdir(sweep_dir))
-                      if os.path.isdir(os.path.join(sweep_dir, d))) if r is not None]
+  runs = [
+      r
+      for r in (
+          load_run(os.path.join(sweep_dir, d))
+          for d in sorted(os.listdir(sweep_dir))
+          if os.path.isdir(os.path.join(sweep_dir, d))
+      )
+      if r is not None
+  ]
   if not runs:
     raise FileNotFoundError(f"no training runs (metrics.jsonl / results.json) under {sweep_dir}")
   manifest = _read_json(os.path.join(sweep_dir, "sweep.json")) or {}
@@ -135,6 +157,7 @@ def _count_params(model_json: str, image_size: int) -> int:
   import jax.numpy as jnp
   import ml_collections
   from resnet_jax import models
+
   model = models.create_model(ml_collections.ConfigDict(json.loads(model_json)))
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)))
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(shapes["params"])))
@@ -194,9 +217,13 @@ def results_table(runs: Sequence[RunData]) -> str:
   """Markdown, in the layout of the paper's Table 6 (method, # layers, # params, error), ours beside theirs."""
   shortcuts = len({r.shortcut for r in runs if r.residual}) > 1
   validation = any(evaluates_on_validation(r) for r in runs)
-  head = ["method", "# layers"] + (["shortcut"] if shortcuts else []) + [
-      "# params", "steps", "train error (%)", "final eval error (%)"] + (
-          ["best validation error (%) [step]"] if validation else []) + ["paper test error (%)"]
+  head = (
+      ["method", "# layers"]
+      + (["shortcut"] if shortcuts else [])
+      + ["# params", "steps", "train error (%)", "final eval error (%)"]
+      + (["best validation error (%) [step]"] if validation else [])
+      + ["paper test error (%)"]
+  )
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in runs:
     best, best_step = best_validation(r)
@@ -206,18 +233,24 @@ def results_table(runs: Sequence[RunData]) -> str:
       paper_s = "– (curves only, Fig. 6)"
     else:
       paper_s = "–" if paper is None else f"{paper:.2f}" + (" (10-crop)" if r.family == "imagenet" else "")
-    cells = [f"{r.label} ({r.name})", str(r.depth)] + ([r.shortcut or "–"] if shortcuts else []) + [
-        _params_str(count_params(r)), steps, _pct(final_train_error(r)), _pct(final_eval(r))] + (
-            ["–" if best is None else f"{100 * best:.2f} [{best_step:,}]"] if validation else []) + [paper_s]
+    cells = (
+        [f"{r.label} ({r.name})", str(r.depth)]
+        + ([r.shortcut or "–"] if shortcuts else [])
+        + [_params_str(count_params(r)), steps, _pct(final_train_error(r)), _pct(final_eval(r))]
+        + (["–" if best is None else f"{100 * best:.2f} [{best_step:,}]"] if validation else [])
+        + [paper_s]
+    )
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
 def budgets(runs: Sequence[RunData], max_columns: int = MAX_BUDGET_COLUMNS) -> list[int]:
   """Up to max_columns steps, evenly spread, at which every run has been evaluated (or, failing that, logged)."""
+
   def common(key):
     sets = [{row["step"] for row in r.rows if key in row} for r in runs]
     return sorted(set.intersection(*sets)) if sets else []
+
   steps = common("eval_error") or common("train_error")
   if len(steps) <= max_columns:
     return steps
@@ -245,8 +278,13 @@ def budget_tables(runs: Sequence[RunData]) -> str:
     ev = {row["step"]: row["eval_error"] for row in r.eval_rows}
     train_lines.append(f"| {r.label} | " + " | ".join(_pct(v) for v in tr) + " |")
     test_lines.append(f"| {r.label} | " + " | ".join(_pct(ev.get(s)) for s in steps) + " |")
-  return ("Training error (%), mean of the logged windows since the previous column, by iteration:\n\n"
-          + "\n".join(train_lines) + "\n\nTest error (%) at the iteration:\n\n" + "\n".join(test_lines) + "\n")
+  return (
+      "Training error (%), mean of the logged windows since the previous column, by iteration:\n\n"
+      + "\n".join(train_lines)
+      + "\n\nTest error (%) at the iteration:\n\n"
+      + "\n".join(test_lines)
+      + "\n"
+  )
 
 
 def depth_comparisons(runs: Sequence[RunData]) -> list[str]:
@@ -268,16 +306,17 @@ def depth_comparisons(runs: Sequence[RunData]) -> list[str]:
     ev_hi = {row["step"]: row["eval_error"] for row in hi.eval_rows}
     test = [(s, 100 * (ev_hi[s] - ev_lo[s])) for s in steps if s in ev_lo and s in ev_hi]
     fmt = lambda pairs: ", ".join(f"{d:+.1f} at {s:,}" for s, d in pairs)
-    out.append(f"- {hi.label} minus {lo.label}, training error (points): {fmt(diffs)}; test error: "
-               f"{fmt(test) or '–'}.")
+    out.append(f"- {hi.label} minus {lo.label}, training error (points): {fmt(diffs)}; test error: {fmt(test) or '–'}.")
   return out
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Figures.
 
+
 def _colors(depths):
   import matplotlib
+
   cmap = matplotlib.colormaps["viridis"]
   depths = sorted(set(depths))
   n = max(len(depths) - 1, 1)
@@ -292,8 +331,10 @@ def _labels(runs):
 def plot_curves(runs: Sequence[RunData], path: str, title: str) -> str:
   """Error vs iterations, training thin and test bold; plain left, residual right, one error scale."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   groups = [("plain", [r for r in runs if not r.residual]), ("residual", [r for r in runs if r.residual])]
   groups = [(g, rs) for g, rs in groups if rs]
   colors = _colors(r.depth for r in runs)
@@ -308,8 +349,14 @@ def plot_curves(runs: Sequence[RunData], path: str, title: str) -> str:
         all_vals += [100 * x["train_error"] for x in tr]
       ev = r.eval_rows
       if ev:
-        ax.plot([x["step"] for x in ev], [100 * x["eval_error"] for x in ev], color=c, lw=2.4,
-                marker="o" if len(ev) < 30 else None, ms=3.5)
+        ax.plot(
+            [x["step"] for x in ev],
+            [100 * x["eval_error"] for x in ev],
+            color=c,
+            lw=2.4,
+            marker="o" if len(ev) < 30 else None,
+            ms=3.5,
+        )
         all_vals += [100 * x["eval_error"] for x in ev]
       ax.plot([], [], color=c, lw=2.4, label=label)  # one legend entry per run
     ax.set_title("plain networks" if group == "plain" else "residual networks (ResNets)")
@@ -329,8 +376,10 @@ def plot_curves(runs: Sequence[RunData], path: str, title: str) -> str:
 def plot_responses(runs: Sequence[RunData], path: str) -> str:
   """Figure 7: response std per 3x3 layer, in network order (top) and sorted by magnitude (bottom)."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   runs = [r for r in runs if r.responses]
   colors = _colors(r.depth for r in runs)
   fig, axes = plt.subplots(2, 1, figsize=(7, 6))
@@ -350,8 +399,11 @@ def plot_responses(runs: Sequence[RunData], path: str) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
   steps = sorted({r.responses.get("step") for r in runs if r.responses.get("step")})
-  fig.suptitle("std of 3x3 conv responses (after BN, before ReLU/addition); plain dashed"
-               + (f"; step {', '.join(map(str, steps))}" if steps else ""), fontsize=9)
+  fig.suptitle(
+      "std of 3x3 conv responses (after BN, before ReLU/addition); plain dashed"
+      + (f"; step {', '.join(map(str, steps))}" if steps else ""),
+      fontsize=9,
+  )
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)
@@ -361,9 +413,11 @@ def plot_responses(runs: Sequence[RunData], path: str) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # The report.
 
+
 def sweep_commands(sweep_dir: str, runs: Sequence[RunData]) -> list[str]:
   """The sweep commands that reproduce these runs (one per distinct set of --set values), from sweep.json."""
   import shlex
+
   manifest = _read_json(os.path.join(sweep_dir, "sweep.json"))
   if not manifest:
     return []
@@ -372,9 +426,20 @@ def sweep_commands(sweep_dir: str, runs: Sequence[RunData]) -> list[str]:
     entry = manifest.get("runs", {}).get(r.name)
     if entry is not None:
       groups.setdefault(tuple(entry.get("set", manifest.get("set", []))), []).append(r.name)
-  return [shlex.join(["python", "-m", "resnet_jax.sweep", manifest["sweep_file"], f"--workdir={sweep_dir}",
-                      "--only=" + ",".join(names)] + [f"--set={s}" for s in sets])
-          for sets, names in groups.items()]
+  return [
+      shlex.join(
+          [
+              "python",
+              "-m",
+              "resnet_jax.sweep",
+              manifest["sweep_file"],
+              f"--workdir={sweep_dir}",
+              "--only=" + ",".join(names),
+          ]
+          + [f"--set={s}" for s in sets]
+      )
+      for sets, names in groups.items()
+  ]
 
 
 def _responses_section(runs: Sequence[RunData]) -> str:
@@ -389,8 +454,16 @@ def _responses_section(runs: Sequence[RunData]) -> str:
     for layer in resp["layers"]:
       stages.setdefault(layer["name"].split("_")[0], []).append(layer["std"])
     by_stage = ", ".join(f"{k} {np.mean(v):.3f}" for k, v in stages.items())
-    cells = [r.label, str(resp.get("step")), str(len(resp["std"])), f"{resp['num_examples']:,}",
-             f"{resp['mean_std']:.3f}", f"{min(resp['std']):.3f}", f"{max(resp['std']):.3f}", by_stage]
+    cells = [
+        r.label,
+        str(resp.get("step")),
+        str(len(resp["std"])),
+        f"{resp['num_examples']:,}",
+        f"{resp['mean_std']:.3f}",
+        f"{min(resp['std']):.3f}",
+        f"{max(resp['std']):.3f}",
+        by_stage,
+    ]
     if batch:
       cells.append(f"{r.responses_batch_stats['mean_std']:.3f}" if r.responses_batch_stats else "–")
     lines.append("| " + " | ".join(cells) + " |")
@@ -406,26 +479,31 @@ def build_report(sweep_dir: str, out_dir: str | None = None) -> dict:
   md = [f"# Results of {os.path.basename(os.path.normpath(sweep_dir))}", ""]
   cmds = sweep_commands(sweep_dir, runs)
   if cmds:
-    md += ["Reproduce with:", "", "```", *cmds, f"python -m resnet_jax.report {sweep_dir} --out={out_dir}",
-           "```", ""]
+    md += ["Reproduce with:", "", "```", *cmds, f"python -m resnet_jax.report {sweep_dir} --out={out_dir}", "```", ""]
   wall = sum((r.results or {}).get("wall_time_sec", 0) for r in runs)
   devices = sorted({(r.results or {}).get("devices") for r in runs} - {None})
   ev_counts = sorted({row.get("eval_count") for r in runs for row in r.eval_rows} - {None})
-  md.append(f"{len(runs)} runs; training wall time {wall / 60:.1f} min in total (last invocation of each run)"
-            + (f" on {', '.join(map(str, devices))} device(s)" if devices else "")
-            + (f"; test error over {', '.join(f'{int(c):,}' for c in ev_counts)} test images" if ev_counts else "")
-            + ". Errors in %; 'train error' is the mean over the last logged window of iterations.")
+  md.append(
+      f"{len(runs)} runs; training wall time {wall / 60:.1f} min in total (last invocation of each run)"
+      + (f" on {', '.join(map(str, devices))} device(s)" if devices else "")
+      + (f"; test error over {', '.join(f'{int(c):,}' for c in ev_counts)} test images" if ev_counts else "")
+      + ". Errors in %; 'train error' is the mean over the last logged window of iterations."
+  )
   md.append("")
-  for family, fig_name, paper_ref in (("cifar", "figure6.png", "Table 6 / Figure 6"),
-                                      ("imagenet", "figure4.png", "Tables 2-3 / Figure 4")):
+  for family, fig_name, paper_ref in (
+      ("cifar", "figure6.png", "Table 6 / Figure 6"),
+      ("imagenet", "figure4.png", "Tables 2-3 / Figure 4"),
+  ):
     fam = [r for r in runs if r.family == family]
     if not fam:
       continue
-    md += [f"## {'CIFAR-10' if family == 'cifar' else 'ImageNet'} (paper: {paper_ref})", "",
-           results_table(fam), ""]
+    md += [f"## {'CIFAR-10' if family == 'cifar' else 'ImageNet'} (paper: {paper_ref})", "", results_table(fam), ""]
     if family == "imagenet":
-      md += ["Our test error is the in-training single-crop evaluation; the paper's is 10-crop (use "
-             "`python -m resnet_jax.evaluate --protocol=10crop`).", ""]
+      md += [
+          "Our test error is the in-training single-crop evaluation; the paper's is 10-crop (use "
+          "`python -m resnet_jax.evaluate --protocol=10crop`).",
+          "",
+      ]
     table = budget_tables(fam)
     if table:
       md += [table]
@@ -434,21 +512,31 @@ def build_report(sweep_dir: str, out_dir: str | None = None) -> dict:
       md += ["Deeper against shallower at the same budgets (positive: the deeper net's error is higher):", ""]
       md += comparisons + [""]
     if any(r.rows for r in fam):
-      path = plot_curves(fam, os.path.join(out_dir, fig_name),
-                         "CIFAR-10" if family == "cifar" else "ImageNet")
+      path = plot_curves(fam, os.path.join(out_dir, fig_name), "CIFAR-10" if family == "cifar" else "ImageNet")
       figures.append(path)
       md += [f"![error vs iterations]({fig_name})", ""]
   if any(r.responses for r in runs):
     path = plot_responses(runs, os.path.join(out_dir, "figure7.png"))
     figures.append(path)
-    md += ["## Layer responses (paper: Figure 7)", "",
-           "Standard deviation of each 3x3 conv layer's response (after BN, before the ReLU and the addition) "
-           "over the test images with the checkpoint's running BN statistics (inference mode), from "
-           "`python -m resnet_jax.analyze --workdir=RUN`"
-           + ("; the last column normalises with each batch's own statistics instead (`--batch_stats`), "
-              "which separates learned magnitudes from running statistics that lag behind the weights"
-              if any(r.responses_batch_stats for r in runs) else "") + ".", "",
-           _responses_section(runs), "", "![layer responses](figure7.png)", ""]
+    md += [
+        "## Layer responses (paper: Figure 7)",
+        "",
+        "Standard deviation of each 3x3 conv layer's response (after BN, before the ReLU and the addition) "
+        "over the test images with the checkpoint's running BN statistics (inference mode), from "
+        "`python -m resnet_jax.analyze --workdir=RUN`"
+        + (
+            "; the last column normalises with each batch's own statistics instead (`--batch_stats`), "
+            "which separates learned magnitudes from running statistics that lag behind the weights"
+            if any(r.responses_batch_stats for r in runs)
+            else ""
+        )
+        + ".",
+        "",
+        _responses_section(runs),
+        "",
+        "![layer responses](figure7.png)",
+        "",
+    ]
   report = os.path.join(out_dir, "report.md")
   with open(report, "w") as f:
     f.write("\n".join(md))
@@ -461,11 +549,13 @@ _FLAGS: dict = {}
 def define_flags():
   """The command's flags (defined only when run as a program: importing this module defines none)."""
   from absl import flags
+
   _FLAGS["out"] = flags.DEFINE_string("out", None, "Output directory (default: SWEEP_DIR/report).")
 
 
 def main(argv):
   from resnet_jax import cli  # absl only: the report needs none of the training stack
+
   if len(argv) != 2:
     cli.fail("usage: python -m resnet_jax.report SWEEP_DIR [--out=SWEEP_DIR/report]")
   cli.start(restart=False)
@@ -478,5 +568,6 @@ def main(argv):
 
 if __name__ == "__main__":
   from resnet_jax import cli
+
   define_flags()
   cli.run(main)

@@ -6,6 +6,7 @@ Multiply-adds are counted from the model itself: every nn.Conv and nn.Dense call
 abstract forward pass (no FLOPs are spent) and its output size times its kernel's fan-in is summed. Batch norm,
 ReLU, pooling and additions are not counted, as in the paper.
 """
+
 from __future__ import annotations
 
 import json
@@ -94,8 +95,10 @@ def summarize(config) -> dict:
 
 
 def format_summary(s: dict) -> str:
-  lines = [f"{s['model']}  (shortcut {s['shortcut']}, input {s['image_size']}x{s['image_size']}x3, "
-           f"{s['num_classes']} classes)"]
+  lines = [
+      f"{s['model']}  (shortcut {s['shortcut']}, input {s['image_size']}x{s['image_size']}x3, "
+      f"{s['num_classes']} classes)"
+  ]
   lines.append(f"{'stage':<8} {'layers':<40} output")
   for stage, entry in s["stages"].items():
     layers = ", ".join(f"{n} x {k}" for k, n in entry.items() if k != "output")
@@ -126,6 +129,7 @@ def define_flags():
 
 def main(argv):
   from resnet_jax import cli
+
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {argv[1:]}")
   config = cli.start(_FLAGS["config"].value, restart=False)
@@ -136,5 +140,6 @@ def main(argv):
 
 if __name__ == "__main__":
   from resnet_jax import cli
+
   define_flags()
   cli.run(main)

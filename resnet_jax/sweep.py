@@ -28,6 +28,7 @@ checkpoint (train_and_evaluate does that by itself). A run that stops on a non-f
 sweep goes on with the next; any other error stops the sweep, and so does a preemption (SIGTERM/SIGINT: the run
 saves a checkpoint and the sweep exits with train's preemption status; rerun the same command to go on).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,6 +60,7 @@ class SweepError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Run:
   """One run of a sweep: its name (directory), overrides of the base config, and an optional get_config arg."""
+
   name: str
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   config_arg: str | None = None
@@ -68,11 +70,12 @@ class Run:
 @dataclasses.dataclass
 class RunSpec:
   """A validated run: the config it trains, where, and the command that trains it on its own."""
+
   name: str
   config: ml_collections.ConfigDict  # as train_and_evaluate resolves it (config_lib.resolve)
   workdir: str
-  argv: list[str]           # arguments of `python -m resnet_jax.main`
-  overrides: dict           # field -> value, the run's own and --set's (what differs from the base)
+  argv: list[str]  # arguments of `python -m resnet_jax.main`
+  overrides: dict  # field -> value, the run's own and --set's (what differs from the base)
 
   @property
   def command(self) -> str:
@@ -81,6 +84,7 @@ class RunSpec:
 
 # ----------------------------------------------------------------------------------------------------------
 # Helpers for sweep files.
+
 
 def product(*axes: Sequence[Run], sep: str = "_") -> list[Run]:
   """Every combination of one run from each axis: names joined with `sep`, overrides merged.
@@ -94,13 +98,18 @@ def product(*axes: Sequence[Run], sep: str = "_") -> list[Run]:
     for r in combo:
       clash = set(overrides) & set(r.overrides)
       if clash:
-        raise SweepError(f"product: {', '.join(sorted(clash))} set by more than one axis in "
-                         f"{[r.name for r in combo]}")
+        raise SweepError(f"product: {', '.join(sorted(clash))} set by more than one axis in {[r.name for r in combo]}")
       overrides.update(r.overrides)
     if len(args) > 1:
       raise SweepError(f"product: runs {[r.name for r in combo]} ask for different bases {sorted(args)}")
-    out.append(Run(sep.join(r.name for r in combo if r.name), overrides, args.pop() if args else None,
-                   optional=any(r.optional for r in combo)))
+    out.append(
+        Run(
+            sep.join(r.name for r in combo if r.name),
+            overrides,
+            args.pop() if args else None,
+            optional=any(r.optional for r in combo),
+        )
+    )
   return out
 
 
@@ -127,10 +136,10 @@ def overrides_between(base, target) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 # Loading and validating a sweep.
 
+
 def load_sweep_file(path: str):
   if not os.path.isfile(path):
-    raise SweepError(f"sweep file {path} not found; sweep files live in experiments/ (e.g. "
-                     f"experiments/degradation.py)")
+    raise SweepError(f"sweep file {path} not found; sweep files live in experiments/ (e.g. experiments/degradation.py)")
   name = "resnet_jax_sweep_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
@@ -209,8 +218,9 @@ def parse_set(items: Sequence[str]) -> list[tuple[str, str]]:
 def config_from_argv(argv: Sequence[str]) -> ml_collections.ConfigDict:
   """The config `python -m resnet_jax.main ARGV` trains (same config_flags definition as main.py)."""
   fv = flags.FlagValues()
-  holder = config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv, lock_config=True,
-                                           sys_argv=["main", *argv])
+  holder = config_flags.DEFINE_config_file(
+      "config", None, "config file", flag_values=fv, lock_config=True, sys_argv=["main", *argv]
+  )
   flags.DEFINE_string("workdir", None, "workdir", flag_values=fv)
   fv(["main", *argv])
   return holder.value
@@ -239,8 +249,11 @@ def config_conflicts(stored: dict, wanted: dict) -> list[str]:
   a, b = flatten(stored), flatten(wanted)
   if "model.depth" in a and "model.conv_padding" in b:
     a.setdefault("model.conv_padding", config_lib.LEGACY_CONV_PADDING)
-  return [f"{k}: directory has {a.get(k)!r}, this sweep {b.get(k)!r}" for k in sorted(set(a) | set(b))
-          if k not in config_lib.BOOKKEEPING_FIELDS and k in a and a.get(k) != b.get(k)]
+  return [
+      f"{k}: directory has {a.get(k)!r}, this sweep {b.get(k)!r}"
+      for k in sorted(set(a) | set(b))
+      if k not in config_lib.BOOKKEEPING_FIELDS and k in a and a.get(k) != b.get(k)
+  ]
 
 
 def select(runs: Sequence[Run], only: str | None) -> list[Run]:
@@ -251,15 +264,15 @@ def select(runs: Sequence[Run], only: str | None) -> list[Run]:
   if not only:
     return [r for r in runs if not r.optional]
   patterns = [p.strip() for p in only.split(",") if p.strip()]
-  picked = [r for r in runs if (r.name in patterns if r.optional else
-                                any(fnmatch.fnmatchcase(r.name, p) for p in patterns))]
+  picked = [
+      r for r in runs if (r.name in patterns if r.optional else any(fnmatch.fnmatchcase(r.name, p) for p in patterns))
+  ]
   if not picked:
     raise SweepError(f"--only={only} matches none of the runs {[r.name for r in runs]}")
   return picked
 
 
-def build_runs(sweep_file: str, workdir: str, *, only: str | None = None,
-               sets: Sequence[str] = ()) -> list[RunSpec]:
+def build_runs(sweep_file: str, workdir: str, *, only: str | None = None, sets: Sequence[str] = ()) -> list[RunSpec]:
   """Loads, selects and validates the runs of a sweep; raises SweepError listing every problem found."""
   module = load_sweep_file(sweep_file)
   runs = list(module.get_sweep())
@@ -283,6 +296,7 @@ def build_runs(sweep_file: str, workdir: str, *, only: str | None = None,
 def _build_run(module, sweep_file: str, workdir: str, run: Run, set_items) -> tuple[RunSpec | None, list[str]]:
   """(spec, []) for a valid run, else (None, problems)."""
   from resnet_jax import config_lib, train  # the training stack; imported here so that `--help` stays fast
+
   base_args = () if run.config_arg is None else (run.config_arg,)
   # 1. The overrides applied directly, with their Python types checked against the fields'.
   config = module.get_config(*base_args)
@@ -315,8 +329,9 @@ def _build_run(module, sweep_file: str, workdir: str, run: Run, set_items) -> tu
   direct, from_argv = flatten(_json(config)), flatten(_json(parsed))
   mismatch = [k for k, v in direct.items() if from_argv.get(k) != v]
   if mismatch:
-    return None, [f"the command line cannot express {mismatch} exactly; give these overrides values of the "
-                  f"fields' own types"]
+    return None, [
+        f"the command line cannot express {mismatch} exactly; give these overrides values of the fields' own types"
+    ]
   # 4. The training code's own checks (on the config as training resolves it: epochs to steps, lr scaled to
   # the batch), and the run directory (if any) must hold a run of this config.
   resolved = config_lib.resolve(parsed)
@@ -327,8 +342,10 @@ def _build_run(module, sweep_file: str, workdir: str, run: Run, set_items) -> tu
   stored = _stored_config(run_dir)
   conflicts = config_conflicts(stored, _json(resolved)) if stored is not None else []
   if conflicts:
-    return None, [f"{run_dir} holds a run of another config ({'; '.join(conflicts)}); use another --workdir "
-                  f"or move that directory aside"]
+    return None, [
+        f"{run_dir} holds a run of another config ({'; '.join(conflicts)}); use another --workdir "
+        f"or move that directory aside"
+    ]
   base = flatten(_json(module.get_config(*base_args)))
   overrides = {k: v for k, v in from_argv.items() if base.get(k) != v}
   return RunSpec(run.name, resolved, run_dir, argv, overrides), []
@@ -336,6 +353,7 @@ def _build_run(module, sweep_file: str, workdir: str, run: Run, set_items) -> tu
 
 # ----------------------------------------------------------------------------------------------------------
 # Running.
+
 
 def run_state(spec: RunSpec) -> tuple[str, int]:
   """('complete', steps) | ('partial', newest checkpoint step) | ('new', 0)."""
@@ -375,6 +393,7 @@ def write_manifest(sweep_file: str, workdir: str, specs: Sequence[RunSpec], sets
 def run_sweep(specs: Sequence[RunSpec], *, log=print) -> list[dict]:
   """Runs the specs in order (skipping finished ones); returns one summary dict per run."""
   from resnet_jax import train
+
   summary = []
   for i, spec in enumerate(specs, 1):
     state, step = run_state(spec)
@@ -391,10 +410,19 @@ def run_sweep(specs: Sequence[RunSpec], *, log=print) -> list[dict]:
       log(f"{head}: FAILED after {time.time() - t0:.0f} s: {e}")
       summary.append({"name": spec.name, "status": "non-finite", "error": str(e)})
       continue
-    log(f"{head}: done in {time.time() - t0:.0f} s, test error {100 * res['final_eval_error']:.2f}% "
-        f"after {res['steps']} steps")
-    summary.append({"name": spec.name, "status": "done", "steps": res["steps"],
-                    "final_eval_error": res["final_eval_error"], "seconds": time.time() - t0})
+    log(
+        f"{head}: done in {time.time() - t0:.0f} s, test error {100 * res['final_eval_error']:.2f}% "
+        f"after {res['steps']} steps"
+    )
+    summary.append(
+        {
+            "name": spec.name,
+            "status": "done",
+            "steps": res["steps"],
+            "final_eval_error": res["final_eval_error"],
+            "seconds": time.time() - t0,
+        }
+    )
   return summary
 
 
@@ -407,19 +435,27 @@ _FLAGS: dict = {}
 def define_flags():
   """The CLI's flags; defined only when run as a program (sweep files import this module as a library)."""
   _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Sweep directory; run NAME goes to WORKDIR/NAME.")
-  _FLAGS["dry_run"] = flags.DEFINE_bool("dry_run", False, "Print one `python -m resnet_jax.main` command per run; "
-                                        "run none.")
-  _FLAGS["only"] = flags.DEFINE_string("only", None, "Comma-separated glob patterns of run names, e.g. "
-                                       "'plain*,resnet20'.")
-  _FLAGS["set"] = flags.DEFINE_multi_string("set", [], "FIELD=VALUE override for every run (repeatable), e.g. "
-                                            "num_train_steps=2000; parsed as --config.FIELD=VALUE.")
+  _FLAGS["dry_run"] = flags.DEFINE_bool(
+      "dry_run", False, "Print one `python -m resnet_jax.main` command per run; run none."
+  )
+  _FLAGS["only"] = flags.DEFINE_string(
+      "only", None, "Comma-separated glob patterns of run names, e.g. 'plain*,resnet20'."
+  )
+  _FLAGS["set"] = flags.DEFINE_multi_string(
+      "set",
+      [],
+      "FIELD=VALUE override for every run (repeatable), e.g. num_train_steps=2000; parsed as --config.FIELD=VALUE.",
+  )
 
 
 def main(argv):
   from resnet_jax import cli
+
   if len(argv) != 2:
-    cli.fail("usage: python -m resnet_jax.sweep experiments/NAME.py --workdir=DIR "
-             "[--dry_run] [--only=PATTERN] [--set=FIELD=VALUE ...]")
+    cli.fail(
+        "usage: python -m resnet_jax.sweep experiments/NAME.py --workdir=DIR "
+        "[--dry_run] [--only=PATTERN] [--set=FIELD=VALUE ...]"
+    )
   f = {name: holder.value for name, holder in _FLAGS.items()}
   if not f["workdir"]:
     cli.fail("--workdir is required: the sweep's runs go to WORKDIR/NAME")
@@ -437,8 +473,11 @@ def main(argv):
     t0 = time.time()
     summary = run_sweep(specs, log=lambda s: print(f"sweep: {s}", flush=True))
   failed = [s for s in summary if s["status"] == "non-finite"]
-  print(f"sweep: {len(summary) - len(failed)} of {len(summary)} runs complete in {time.time() - t0:.0f} s; "
-        f"tables and plots: python -m resnet_jax.report {f['workdir']}", flush=True)
+  print(
+      f"sweep: {len(summary) - len(failed)} of {len(summary)} runs complete in {time.time() - t0:.0f} s; "
+      f"tables and plots: python -m resnet_jax.report {f['workdir']}",
+      flush=True,
+  )
   if failed:
     print("sweep: failed runs: " + ", ".join(s["name"] for s in failed), file=sys.stderr)
     sys.exit(cli.EXIT_NONFINITE)
@@ -446,5 +485,6 @@ def main(argv):
 
 if __name__ == "__main__":
   from resnet_jax import cli
+
   define_flags()
   cli.run(main)

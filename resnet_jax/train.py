@@ -6,7 +6,6 @@
 metrics (TensorBoard, console, metrics.jsonl) and results.json.
 """
 
-
 import functools
 import json
 import logging
@@ -27,7 +26,6 @@ from jax.sharding import PartitionSpec as P
 
 from resnet_jax import checkpoint as ckpt_lib
 from resnet_jax import config_lib, cpu, input_pipeline, models, parallel, writers
-
 
 # The loop's events (log, evaluate, save) happen between calls, so these must be multiples of steps_per_call.
 INTERVAL_FIELDS = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps")
@@ -54,6 +52,7 @@ class StopRequest:
 
   def __init__(self):
     import signal
+
     self.signum = None
     self._old = {}
     self._multi = jax.process_count() > 1
@@ -66,16 +65,20 @@ class StopRequest:
 
   def _handle(self, signum, frame):
     import signal
+
     if self.signum is not None and signum == signal.SIGINT:
       raise KeyboardInterrupt("second interrupt: stopping at once (the newest checkpoint is intact)")
     self.signum = signum
-    logging.warning("received %s: finishing this step, saving a checkpoint and exiting (press Ctrl-C again to "
-                    "stop at once)", signal.Signals(signum).name)
+    logging.warning(
+        "received %s: finishing this step, saving a checkpoint and exiting (press Ctrl-C again to stop at once)",
+        signal.Signals(signum).name,
+    )
 
   def requested(self, step: int) -> bool:
     if self._multi:
       try:
         from jax.experimental import multihost_utils
+
         return bool(multihost_utils.reached_preemption_sync_point(step))
       except Exception:  # noqa: BLE001 - no preemption service (e.g. CPU without it): local signals only
         return False
@@ -83,6 +86,7 @@ class StopRequest:
 
   def restore(self):
     import signal
+
     for sig, old in self._old.items():
       signal.signal(sig, old)
 
@@ -110,6 +114,7 @@ class EvalMetrics(metrics.Collection):
 
 # ----------------------------------------------------------------------------------------------------------
 # Optimiser.
+
 
 def lr_boundaries(config) -> list[int]:
   """config.lr_boundaries as iterations; values below 1 are fractions of num_train_steps."""
@@ -146,11 +151,13 @@ def make_optimizer(config) -> optax.GradientTransformation:
   """SGD with momentum; weight decay added to the gradient (L2 in the loss), as the paper's Caffe/Torch runs."""
   return optax.chain(
       optax.add_decayed_weights(config.weight_decay, mask=functools.partial(weight_decay_mask, config=config)),
-      optax.sgd(make_schedule(config), momentum=config.momentum, nesterov=config.nesterov))
+      optax.sgd(make_schedule(config), momentum=config.momentum, nesterov=config.nesterov),
+  )
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Pure steps.
+
 
 def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -160,8 +167,12 @@ def init_state(model, tx, config, rng) -> TrainState:
   x = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
   variables = jax.jit(functools.partial(model.init, train=False))(rng, x)
   params = variables["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=variables.get("batch_stats", {}),
+      opt_state=tx.init(params),
+  )
 
 
 def train_step(state: TrainState, batch, rng, *, model, tx, schedule, forward=None, axis_name: str | None = None):
@@ -174,9 +185,11 @@ def train_step(state: TrainState, batch, rng, *, model, tx, schedule, forward=No
   """
   del rng  # No stochastic layers in these nets; kept for the step signature (fold in state.step if needed).
   if forward is None:
+
     def forward(params, batch_stats, images):
-      logits, upd = model.apply({"params": params, "batch_stats": batch_stats}, images, train=True,
-                                mutable=["batch_stats"])
+      logits, upd = model.apply(
+          {"params": params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
+      )
       return logits, upd["batch_stats"]
 
   def loss_fn(params):
@@ -193,11 +206,17 @@ def train_step(state: TrainState, batch, rng, *, model, tx, schedule, forward=No
   params = optax.apply_updates(state.params, updates)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-  new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
-                         batch_stats=keep(new_stats, state.batch_stats), opt_state=keep(opt_state, state.opt_state))
-  m = TrainMetrics.single_from_model_output(loss=jnp.where(finite, loss, 0.0),
-                                            error=jnp.where(finite, error, 0.0),
-                                            grad_norm=jnp.where(finite, grad_norm, 0.0))
+  new_state = TrainState(
+      step=state.step + 1,
+      params=keep(params, state.params),
+      batch_stats=keep(new_stats, state.batch_stats),
+      opt_state=keep(opt_state, state.opt_state),
+  )
+  m = TrainMetrics.single_from_model_output(
+      loss=jnp.where(finite, loss, 0.0),
+      error=jnp.where(finite, error, 0.0),
+      grad_norm=jnp.where(finite, grad_norm, 0.0),
+  )
   step_info = {"loss": loss, "nonfinite": (~finite).astype(jnp.int32), "learning_rate": schedule(state.step)}
   return new_state, (m, step_info)
 
@@ -209,6 +228,7 @@ def train_steps(state: TrainState, window: TrainMetrics, source, first_step, rng
   its model and optimiser bound. Returns (state, window merged with each step's metrics in order, the steps' infos
   stacked). One call per n steps is what lets a GPU run a CIFAR step without waiting for the host to launch it.
   """
+
   def body(carry, i):
     state, window = carry
     images, labels = draw(*source, first_step + i)
@@ -231,6 +251,7 @@ def eval_step(state: TrainState, batch, *, model, axis_name: str | None = None):
 
 # ----------------------------------------------------------------------------------------------------------
 # Parallel wrappers.
+
 
 class _PmapWithOptions:
   """A jax.pmap'd function compiled with XLA compiler options (pmap, unlike jit, takes none itself).
@@ -302,19 +323,25 @@ class Steps:
       step = functools.partial(train_step, model=model, forward=forward, **kw)
       self._step, self._on_device_calls = step, {}
       rep, data = parallel.replicated(self.mesh), parallel.data_sharded(self.mesh)
-      self._train = jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=0,
-                            compiler_options=options)
-      self._eval = jax.jit(functools.partial(eval_step, model=model), in_shardings=(rep, data),
-                           out_shardings=rep, compiler_options=options)
+      self._train = jax.jit(
+          step, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=0, compiler_options=options
+      )
+      self._eval = jax.jit(
+          functools.partial(eval_step, model=model),
+          in_shardings=(rep, data),
+          out_shardings=rep,
+          compiler_options=options,
+      )
     elif self.mode == "pmap":
       model = model_factory(parallel.AXIS if config.bn_sync else None)
       self.model = model
       step = functools.partial(train_step, model=model, axis_name=parallel.AXIS, **kw)
       self._train = _with_compiler_options(
-          jax.pmap(step, axis_name=parallel.AXIS, in_axes=(0, 0, None), donate_argnums=0), options)
+          jax.pmap(step, axis_name=parallel.AXIS, in_axes=(0, 0, None), donate_argnums=0), options
+      )
       self._eval = _with_compiler_options(
-          jax.pmap(functools.partial(eval_step, model=model, axis_name=parallel.AXIS), axis_name=parallel.AXIS),
-          options)
+          jax.pmap(functools.partial(eval_step, model=model, axis_name=parallel.AXIS), axis_name=parallel.AXIS), options
+      )
     else:
       raise ValueError(f"unknown parallelism {self.mode!r}: valid values are ['jit', 'pmap']")
     self.steps_per_call = resolve_steps_per_call(config, self.mesh.devices.flat[0].platform)
@@ -338,8 +365,7 @@ class Steps:
 
   def abstract_global(self, host_state):
     rep = parallel.replicated(self.mesh)
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=rep),
-                        host_state)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=rep), host_state)
 
   def new_window(self) -> TrainMetrics:
     """Empty training metrics, placed where `run` merges into them."""
@@ -368,9 +394,12 @@ class Steps:
       raise ValueError("batches drawn on the devices need parallelism='jit'")
     if n not in self._on_device_calls:
       rep = parallel.replicated(self.mesh)
-      self._on_device_calls[n] = jax.jit(functools.partial(train_steps, n=n, draw=draw, step=self._step),
-                                         out_shardings=(rep, rep, rep), donate_argnums=0,
-                                         compiler_options=self.plan.options)
+      self._on_device_calls[n] = jax.jit(
+          functools.partial(train_steps, n=n, draw=draw, step=self._step),
+          out_shardings=(rep, rep, rep),
+          donate_argnums=0,
+          compiler_options=self.plan.options,
+      )
     return self._on_device_calls[n]
 
   def train(self, state, local_batch, rng):
@@ -390,8 +419,12 @@ class Steps:
 
 def make_model(config, bn_axis_name=None, *, plan: cpu.Plan | None = None):
   """The run's network: config.model in the config's precision, with the platform plan's formulations."""
-  return models.create_model(config.model, half_precision=config.half_precision, bn_axis_name=bn_axis_name,
-                             **(plan.model_kwargs() if plan else {}))
+  return models.create_model(
+      config.model,
+      half_precision=config.half_precision,
+      bn_axis_name=bn_axis_name,
+      **(plan.model_kwargs() if plan else {}),
+  )
 
 
 def _per_device_bn_forward(model, mesh):
@@ -400,17 +433,19 @@ def _per_device_bn_forward(model, mesh):
   The gradient is taken outside this shard_map, so JAX sums the per-device contributions to the replicated
   parameters' gradients itself; the running statistics are averaged so they stay identical on all devices.
   """
+
   def local(params, batch_stats, images):
-    logits, upd = model.apply({"params": params, "batch_stats": batch_stats}, images, train=True,
-                              mutable=["batch_stats"])
+    logits, upd = model.apply(
+        {"params": params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
+    )
     return logits, jax.lax.pmean(upd["batch_stats"], parallel.AXIS)
 
-  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(parallel.AXIS)),
-                       out_specs=(P(parallel.AXIS), P()))
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(parallel.AXIS)), out_specs=(P(parallel.AXIS), P()))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Config validation.
+
 
 def validate_config(config, *, with_devices: bool = True) -> None:
   """Checks every field a run needs before any compilation or data loading; lists every problem found.
@@ -430,30 +465,49 @@ def validate_config(config, *, with_devices: bool = True) -> None:
     check(ok, f"{field}={v!r}: must be a positive integer")
     return ok
 
-  for f in ("batch_size", "eval_batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
-            "checkpoint_every_steps", "keep_checkpoints"):
+  for f in (
+      "batch_size",
+      "eval_batch_size",
+      "num_train_steps",
+      "log_every_steps",
+      "eval_every_steps",
+      "checkpoint_every_steps",
+      "keep_checkpoints",
+  ):
     positive_int(f)
-  check(isinstance(config.learning_rate, (int, float)) and config.learning_rate > 0,
-        f"learning_rate={config.learning_rate!r}: must be a positive number")
+  check(
+      isinstance(config.learning_rate, (int, float)) and config.learning_rate > 0,
+      f"learning_rate={config.learning_rate!r}: must be a positive number",
+  )
   check(0 <= config.momentum < 1, f"momentum={config.momentum!r}: must be in [0, 1)")
   check(config.weight_decay >= 0, f"weight_decay={config.weight_decay!r}: must be >= 0")
   check(config.parallelism in ("jit", "pmap"), f"parallelism={config.parallelism!r}: use 'jit' or 'pmap'")
   normalizations = ("pixel_mean", "channel") + (("torchvision",) if config.dataset == "imagenet2012" else ())
-  check(config.normalization in normalizations,
-        f"normalization={config.normalization!r}: valid values for {config.dataset} are {list(normalizations)}")
-  check(config.get("input_backend", "tfdata") in ("tfdata", "device"),
-        f"input_backend={config.get('input_backend')!r}: use 'tfdata' or 'device'")
-  check(config.get("input_backend", "tfdata") == "tfdata" or config.dataset in ("cifar10", "cifar100", "fake"),
-        f"input_backend='device' holds small data sets (cifar10, fake) in device memory, not "
-        f"{config.dataset!r}; use input_backend='tfdata'")
+  check(
+      config.normalization in normalizations,
+      f"normalization={config.normalization!r}: valid values for {config.dataset} are {list(normalizations)}",
+  )
+  check(
+      config.get("input_backend", "tfdata") in ("tfdata", "device"),
+      f"input_backend={config.get('input_backend')!r}: use 'tfdata' or 'device'",
+  )
+  check(
+      config.get("input_backend", "tfdata") == "tfdata" or config.dataset in ("cifar10", "cifar100", "fake"),
+      f"input_backend='device' holds small data sets (cifar10, fake) in device memory, not "
+      f"{config.dataset!r}; use input_backend='tfdata'",
+  )
   if isinstance(config.num_train_steps, int) and config.num_train_steps > 0:
     bounds = lr_boundaries(config)
-    check(all(0 < b <= config.num_train_steps for b in bounds) and bounds == sorted(bounds),
-          f"lr_boundaries={list(config.lr_boundaries)} -> steps {bounds}: must increase and lie inside the run "
-          f"(0, num_train_steps={config.num_train_steps}]; give fractions such as [0.5, 0.75] to scale with "
-          f"num_train_steps")
-    check(0 <= config.warmup_steps < config.num_train_steps,
-          f"warmup_steps={config.warmup_steps}: must be in [0, num_train_steps={config.num_train_steps})")
+    check(
+        all(0 < b <= config.num_train_steps for b in bounds) and bounds == sorted(bounds),
+        f"lr_boundaries={list(config.lr_boundaries)} -> steps {bounds}: must increase and lie inside the run "
+        f"(0, num_train_steps={config.num_train_steps}]; give fractions such as [0.5, 0.75] to scale with "
+        f"num_train_steps",
+    )
+    check(
+        0 <= config.warmup_steps < config.num_train_steps,
+        f"warmup_steps={config.warmup_steps}: must be in [0, num_train_steps={config.num_train_steps})",
+    )
   if config.warmup_steps:
     check(config.warmup_learning_rate > 0, f"warmup_learning_rate={config.warmup_learning_rate}: must be > 0")
   cpu_problems = cpu.check(config)
@@ -474,15 +528,19 @@ def validate_config(config, *, with_devices: bool = True) -> None:
     problems.append(f"steps_per_call={k!r}: must be 0 (auto) or a positive integer")
   elif k > 1:
     if config.get("input_backend") != "device" or config.parallelism != "jit":
-      problems.append(f"steps_per_call={k} runs {k} steps in one compiled call, which needs batches drawn on the "
-                      "devices: set --config.input_backend=device and --config.parallelism=jit, or "
-                      "--config.steps_per_call=1")
+      problems.append(
+          f"steps_per_call={k} runs {k} steps in one compiled call, which needs batches drawn on the "
+          "devices: set --config.input_backend=device and --config.parallelism=jit, or "
+          "--config.steps_per_call=1"
+      )
     for field in INTERVAL_FIELDS:
       v = config.get(field)
       if isinstance(v, int) and v > 0 and v % k:
-        problems.append(f"{field}={v} is not a multiple of steps_per_call={k}: logging, evaluation and "
-                        f"checkpoints happen between calls of {k} steps; use a multiple of {k} (e.g. "
-                        f"{max(k, v // k * k)}) or a steps_per_call that divides {v}")
+        problems.append(
+            f"{field}={v} is not a multiple of steps_per_call={k}: logging, evaluation and "
+            f"checkpoints happen between calls of {k} steps; use a multiple of {k} (e.g. "
+            f"{max(k, v // k * k)}) or a steps_per_call that divides {v}"
+        )
   try:
     models.create_model(config.model)
   except (ValueError, AttributeError, KeyError) as e:
@@ -493,6 +551,7 @@ def validate_config(config, *, with_devices: bool = True) -> None:
 
 # ----------------------------------------------------------------------------------------------------------
 # Writers.
+
 
 def truncate_jsonl(path: str, last_step: int) -> None:
   """Drops rows after `last_step` (written after the checkpoint a resumed run restarts from)."""
@@ -516,6 +575,7 @@ def read_jsonl(path: str) -> list[dict]:
 # ----------------------------------------------------------------------------------------------------------
 # The loop.
 
+
 def _check_workdir(workdir: str) -> None:
   """Creates the workdir and proves it writable before any compilation or data loading."""
   try:
@@ -525,8 +585,9 @@ def _check_workdir(workdir: str) -> None:
       f.write("ok")
     os.remove(probe)
   except OSError as e:
-    raise PermissionError(f"workdir {workdir} is not a writable directory ({e.strerror or e}); choose another "
-                          f"--workdir") from None
+    raise PermissionError(
+        f"workdir {workdir} is not a writable directory ({e.strerror or e}); choose another --workdir"
+    ) from None
 
 
 def _host_state(model, tx, config) -> TrainState:
@@ -554,24 +615,32 @@ class Data:
     self._stream, self._next_step, self.device = None, None, None
     if config.dataset == "imagenet2012":
       from resnet_jax import imagenet_input  # needs tfds; imported only for ImageNet runs
+
       self._imagenet = imagenet_input
       imagenet_input.load_builder(config, process_count=self._pc)  # clear error now if the data is missing
       self.train_size = None
-      logging.info("data: imagenet2012 %r, eval %r (single-crop during training; 10-crop and multi-scale "
-                   "with python -m resnet_jax.evaluate)", config.train_split, config.eval_split)
+      logging.info(
+          "data: imagenet2012 %r, eval %r (single-crop during training; 10-crop and multi-scale "
+          "with python -m resnet_jax.evaluate)",
+          config.train_split,
+          config.eval_split,
+      )
       return
     self._imagenet = None
     on_device = config.input_backend == "device"
     if on_device:
       from resnet_jax import device_input
+
       load = device_input.load_split
     else:
       load = input_pipeline.load_split
     self.train, self.eval = load(config, "train"), load(config, "eval")
     self.train_size = len(self.train)
     if config.batch_size > self.train_size:
-      raise ConfigError(f"invalid config:\n  - batch_size={config.batch_size} exceeds the {self.train_size} "
-                        f"training examples of {config.train_split!r}")
+      raise ConfigError(
+          f"invalid config:\n  - batch_size={config.batch_size} exceeds the {self.train_size} "
+          f"training examples of {config.train_split!r}"
+      )
     self.norm = input_pipeline.normalizer(config, self.train)
     input_pipeline.log_data_summary(config, self.train, self.eval)
     if on_device:
@@ -580,11 +649,16 @@ class Data:
 
   def _open_stream(self, start_step: int):
     if self._imagenet:
-      return self._imagenet.train_dataset(self.config, start_step=start_step, process_index=self._pi,
-                                          process_count=self._pc,
-                                          local_batch_size=self.config.batch_size // self._pc).as_numpy_iterator()
-    return input_pipeline.train_iterator(self.config, self.train, self.norm, start_step=start_step,
-                                         process_index=self._pi, process_count=self._pc)
+      return self._imagenet.train_dataset(
+          self.config,
+          start_step=start_step,
+          process_index=self._pi,
+          process_count=self._pc,
+          local_batch_size=self.config.batch_size // self._pc,
+      ).as_numpy_iterator()
+    return input_pipeline.train_iterator(
+        self.config, self.train, self.norm, start_step=start_step, process_index=self._pi, process_count=self._pc
+    )
 
   def train_batch(self, step: int):
     """The training batch of `step` (0-based: the state's step before the update)."""
@@ -598,14 +672,19 @@ class Data:
   def eval_batches(self):
     """This process's share of the padded, masked evaluation batches: every example counted once."""
     if self._imagenet:
-      ds = self._imagenet.eval_dataset(self.config, protocol="single", process_index=self._pi,
-                                       process_count=self._pc,
-                                       local_batch_size=self.config.eval_batch_size // self._pc)
+      ds = self._imagenet.eval_dataset(
+          self.config,
+          protocol="single",
+          process_index=self._pi,
+          process_count=self._pc,
+          local_batch_size=self.config.eval_batch_size // self._pc,
+      )
       for batch in ds.as_numpy_iterator():
         yield {k: batch[k] for k in ("image", "label", "mask")}
       return
-    yield from input_pipeline.eval_batches(self.eval, self.norm, global_batch=self.config.eval_batch_size,
-                                           process_index=self._pi, process_count=self._pc)
+    yield from input_pipeline.eval_batches(
+        self.eval, self.norm, global_batch=self.config.eval_batch_size, process_index=self._pi, process_count=self._pc
+    )
 
 
 def evaluate(steps: Steps, state, data: Data) -> dict:
@@ -615,8 +694,12 @@ def evaluate(steps: Steps, state, data: Data) -> dict:
     total = m if total is None else total.merge(m)
   out = total.compute()
   count = int(jax.device_get(total.loss.count))
-  return {"eval_loss": float(out["loss"]), "eval_error": float(out["error"]),
-          "eval_accuracy": 1.0 - float(out["error"]), "eval_count": count}
+  return {
+      "eval_loss": float(out["loss"]),
+      "eval_error": float(out["error"]),
+      "eval_accuracy": 1.0 - float(out["error"]),
+      "eval_count": count,
+  }
 
 
 class TrainLog:
@@ -652,20 +735,33 @@ class TrainLog:
       raise NonFiniteError(
           f"non-finite loss or gradient at step {bad[0]} (loss {infos['loss'][bad[0] - first]}); the update "
           f"was not applied. Last finite metrics: {self.last_finite or 'none yet'}. Newest good checkpoint: "
-          + (f"{self.workdir}/checkpoints/{newest[-1]}" if newest else "none") + ". Lower the learning rate, or "
-          "set --config.skip_nonfinite=True to skip such updates.")
+          + (f"{self.workdir}/checkpoints/{newest[-1]}" if newest else "none")
+          + ". Lower the learning rate, or "
+          "set --config.skip_nonfinite=True to skip such updates."
+      )
     elapsed = time.time() - self.t0
     computed = self.window.compute()
-    scalars = {"train_loss": float(computed["loss"]), "train_error": float(computed["error"]),
-               "grad_norm": float(computed["grad_norm"]), "learning_rate": float(infos["learning_rate"][-1]),
-               "images_per_sec": n * config.batch_size / max(elapsed, 1e-9)}
+    scalars = {
+        "train_loss": float(computed["loss"]),
+        "train_error": float(computed["error"]),
+        "grad_norm": float(computed["grad_norm"]),
+        "learning_rate": float(infos["learning_rate"][-1]),
+        "images_per_sec": n * config.batch_size / max(elapsed, 1e-9),
+    }
     if config.skip_nonfinite:
       scalars["skipped_nonfinite"] = float(self.skipped)
     self.last_finite = {k: round(v, 6) for k, v in scalars.items()} | {"step": step}
     remaining = (config.num_train_steps - step) * elapsed / max(n, 1)
-    logging.info("step %d/%d  loss %.4f  train error %.4f  lr %.4g  %.0f img/s  ETA %s", step,
-                 config.num_train_steps, scalars["train_loss"], scalars["train_error"], scalars["learning_rate"],
-                 scalars["images_per_sec"], _fmt_eta(remaining))
+    logging.info(
+        "step %d/%d  loss %.4f  train error %.4f  lr %.4g  %.0f img/s  ETA %s",
+        step,
+        config.num_train_steps,
+        scalars["train_loss"],
+        scalars["train_error"],
+        scalars["learning_rate"],
+        scalars["images_per_sec"],
+        _fmt_eta(remaining),
+    )
     self.window, self.infos = self.new_window(), []
     return scalars
 
@@ -720,8 +816,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data = Data(config, mesh)
   tx = make_optimizer(config)
   steps = Steps(config, tx, make_schedule(config), mesh=mesh)
-  logging.info("platform plan: %s; %d training step(s) per compiled call", steps.plan.describe(),
-               steps.steps_per_call)
+  logging.info("platform plan: %s; %d training step(s) per compiled call", steps.plan.describe(), steps.steps_per_call)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
   state, start_step = _restore_or_init(steps, tx, config, checkpointer, workdir)
   writer = _start_files(config, workdir, start_step, is_chief)
@@ -746,8 +841,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if step % config.eval_every_steps == 0 or is_last:
         eval_results = evaluate(steps, state, data)
         scalars.update(eval_results)
-        logging.info("step %d  eval error %.4f  loss %.4f  (%d examples)", step, eval_results["eval_error"],
-                     eval_results["eval_loss"], eval_results["eval_count"])
+        logging.info(
+            "step %d  eval error %.4f  loss %.4f  (%d examples)",
+            step,
+            eval_results["eval_error"],
+            eval_results["eval_loss"],
+            eval_results["eval_count"],
+        )
       if scalars:
         writer.write_scalars(step, scalars)
         log.restart_clock()
@@ -756,8 +856,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if stop.requested(step) and not is_last:
         save(step, force=True)
         checkpointer.close()
-        raise Preempted(f"stopped by a signal after step {step}; checkpoint saved in "
-                        f"{checkpointer.directory}/{step}. Rerun the same command to resume exactly there.")
+        raise Preempted(
+            f"stopped by a signal after step {step}; checkpoint saved in "
+            f"{checkpointer.directory}/{step}. Rerun the same command to resume exactly there."
+        )
     checkpointer.close()
   finally:
     stop.restore()
@@ -771,8 +873,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Report.
   if not eval_results and start_step >= config.num_train_steps:  # rerun of a finished run: just report
     eval_results = evaluate(steps, state, data)
-  results = _results(config, workdir, eval_results, step=step, start_step=start_step, t_start=t_start,
-                     skipped=log.skipped, is_chief=is_chief)
+  results = _results(
+      config,
+      workdir,
+      eval_results,
+      step=step,
+      start_step=start_step,
+      t_start=t_start,
+      skipped=log.skipped,
+      is_chief=is_chief,
+  )
   return results
 
 
@@ -813,20 +923,23 @@ def load_variables_for_eval(config, workdir: str) -> dict:
   """{'params', 'batch_stats'} of the newest readable checkpoint in workdir (host arrays)."""
   ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
   if not os.path.isdir(ckpt_dir):  # before building anything, and without creating it
-    raise FileNotFoundError(f"no checkpoint in {workdir}: {ckpt_dir} does not exist; train first with "
-                            f"python -m resnet_jax.main --config=... --workdir={workdir}")
+    raise FileNotFoundError(
+        f"no checkpoint in {workdir}: {ckpt_dir} does not exist; train first with "
+        f"python -m resnet_jax.main --config=... --workdir={workdir}"
+    )
   config = config_lib.resolve(config)
   tx = make_optimizer(config)
   host_state = _host_state(make_model(config), tx, config)
   mesh = parallel.make_mesh()
   rep = parallel.replicated(mesh)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=rep),
-                          host_state)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=rep), host_state)
   checkpointer = ckpt_lib.Checkpointer(ckpt_dir)
   state, step = checkpointer.restore_latest(abstract, ckpt_lib.meta_for(config))
   checkpointer.close()
   if state is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first with "
-                            f"python -m resnet_jax.main --config=... --workdir={workdir}")
+    raise FileNotFoundError(
+        f"no checkpoint in {workdir}/checkpoints; train first with "
+        f"python -m resnet_jax.main --config=... --workdir={workdir}"
+    )
   logging.info("evaluating %s/checkpoints/%d", workdir, step)
   return {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}

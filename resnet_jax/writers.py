@@ -5,6 +5,7 @@ TensorFlow (input_backend='device') and machines without it (GPU machines often 
 the console and metrics.jsonl, plus TensorBoard event files through the `tensorboard` package's own TF-free
 event writer when that package is installed; where TensorFlow is missing, one line says so.
 """
+
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ def _jsonl_row(step, scalars) -> str:
 
 
 class _JsonlMixin:
+
   def __init__(self, path: str):
     self.path = path
 
@@ -32,15 +34,32 @@ def _clu_writers(workdir: str, is_chief: bool):
   class JsonlWriter(_JsonlMixin, metric_writers.MetricWriter):
     """metrics.jsonl: one JSON object per logged step."""
 
-    def write_summaries(self, step, values, metadata=None): pass
-    def write_images(self, step, images): pass
-    def write_videos(self, step, videos): pass
-    def write_audios(self, step, audios, *, sample_rate): pass
-    def write_texts(self, step, texts): pass
-    def write_histograms(self, step, arrays, num_buckets=None): pass
-    def write_hparams(self, hparams): pass
-    def flush(self): pass
-    def close(self): pass
+    def write_summaries(self, step, values, metadata=None):
+      pass
+
+    def write_images(self, step, images):
+      pass
+
+    def write_videos(self, step, videos):
+      pass
+
+    def write_audios(self, step, audios, *, sample_rate):
+      pass
+
+    def write_texts(self, step, texts):
+      pass
+
+    def write_histograms(self, step, arrays, num_buckets=None):
+      pass
+
+    def write_hparams(self, hparams):
+      pass
+
+    def flush(self):
+      pass
+
+    def close(self):
+      pass
 
   writers = [metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=False)]
   if is_chief:
@@ -58,6 +77,7 @@ class FallbackWriter(_JsonlMixin):
     if is_chief:
       try:
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
         self._events = EventFileWriter(workdir)
       except Exception:  # noqa: BLE001 - TensorBoard is optional here
         self._events = None
@@ -70,6 +90,7 @@ class FallbackWriter(_JsonlMixin):
     if self._events is not None:
       from tensorboard.compat.proto.event_pb2 import Event
       from tensorboard.compat.proto.summary_pb2 import Summary
+
       values = [Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
       self._events.add_event(Event(wall_time=time.time(), step=int(step), summary=Summary(value=values)))
 
@@ -93,6 +114,9 @@ def make_writer(workdir: str, is_chief: bool, *, tensorflow: bool = True):
     return _clu_writers(workdir, is_chief)
   except ImportError as e:
     writer = FallbackWriter(workdir, is_chief)
-    logging.warning("TensorFlow is not installed (%s): metrics go to the console and metrics.jsonl%s", e,
-                    " and TensorBoard event files (tensorboard's TF-free writer)" if writer._events else "")
+    logging.warning(
+        "TensorFlow is not installed (%s): metrics go to the console and metrics.jsonl%s",
+        e,
+        " and TensorBoard event files (tensorboard's TF-free writer)" if writer._events else "",
+    )
     return writer

@@ -1,4 +1,5 @@
 """Shared fixtures: paths, the real CIFAR-10 location, and a runner for the command-line tools."""
+
 import json
 import os
 import subprocess
@@ -37,11 +38,16 @@ def run_cli(module, *args, env=None, check=True, timeout=900):
   """Runs `python -m module args...` from the repository root; returns the CompletedProcess."""
   full_env = dict(os.environ)
   full_env.update(env or {})
-  proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, capture_output=True,
-                        text=True, env=full_env, timeout=timeout)
+  proc = subprocess.run(
+      [sys.executable, "-m", module, *map(str, args)],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      env=full_env,
+      timeout=timeout,
+  )
   if check and proc.returncode != 0:
-    raise AssertionError(f"{module} {' '.join(map(str, args))} exited {proc.returncode}:\n"
-                         f"{proc.stderr[-6000:]}")
+    raise AssertionError(f"{module} {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-6000:]}")
   return proc
 
 
@@ -54,15 +60,22 @@ def read_jsonl(path):
 # of the CIFAR nets, compiled in a few seconds): for tests of the machinery (resume, errors, writers), not of
 # learning. Such a run never imports TensorFlow (seconds per command); tests of the tf.data input add
 # --config.input_backend=tfdata.
-SMALL = ["--config.dataset=fake", "--config.input_backend=device", "--config.model.depth=8",
-         "--config.batch_size=32", "--config.eval_batch_size=64", "--config.fake_train_size=256",
-         "--config.fake_eval_size=100"]
+SMALL = [
+    "--config.dataset=fake",
+    "--config.input_backend=device",
+    "--config.model.depth=8",
+    "--config.batch_size=32",
+    "--config.eval_batch_size=64",
+    "--config.fake_train_size=256",
+    "--config.fake_eval_size=100",
+]
 
 
 @pytest.fixture(scope="session")
 def fake(tmp_path_factory):
   """A small imagenet2012 prepared with tfds from the real JPEGs of imagenet-sample (tests/imagenet_fixture.py)."""
   import imagenet_fixture
+
   if not (imagenet_fixture.SAMPLE_DIR / "labels.csv").exists():
     pytest.fail(f"real ImageNet JPEGs are expected in {imagenet_fixture.SAMPLE_DIR} (see ../shared/data/README.md)")
   data_dir = tmp_path_factory.mktemp("imagenet_tfds")

@@ -14,6 +14,7 @@ Train: NUM_TRAIN_CLASSES wnids with TRAIN_PER_CLASS images each; the images are 
 other classes (the sample has one image per class), so again content and label need not agree. Three grayscale
 JPEGs and one CMYK JPEG (a sample image re-encoded by Pillow, under a name tfds does not convert) are included.
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,7 +26,7 @@ SAMPLE_DIR = Path(__file__).parents[1] / ".." / "shared" / "data" / "imagenet-sa
 NUM_TRAIN_CLASSES = 6
 TRAIN_PER_CLASS = 5
 NUM_VAL = 20
-MAX_SIDE = 640          # small images keep the tests fast
+MAX_SIDE = 640  # small images keep the tests fast
 
 
 def sample_rows():
@@ -35,6 +36,7 @@ def sample_rows():
 
 def tfds_validation_labels() -> list[str]:
   import tensorflow_datasets as tfds
+
   path = tfds.core.tfds_path("datasets/imagenet2012/validation_labels.txt")
   return path.read_text().split()
 
@@ -51,6 +53,7 @@ def _tar_bytes(members: dict[str, bytes]) -> bytes:
 
 def _cmyk_jpeg(data: bytes) -> bytes:
   from PIL import Image
+
   buf = io.BytesIO()
   Image.open(io.BytesIO(data)).convert("CMYK").save(buf, "JPEG", quality=90)
   return buf.getvalue()
@@ -60,8 +63,9 @@ def write_manual_download(manual_dir) -> dict:
   """Writes both tars into manual_dir; returns what a test needs to know about them."""
   manual_dir = Path(manual_dir)
   manual_dir.mkdir(parents=True, exist_ok=True)
-  rows = sorted((r for r in sample_rows() if max(int(r["width"]), int(r["height"])) <= MAX_SIDE),
-                key=lambda r: r["file"])
+  rows = sorted(
+      (r for r in sample_rows() if max(int(r["width"]), int(r["height"])) <= MAX_SIDE), key=lambda r: r["file"]
+  )
   by_wnid = {r["wnid"]: r for r in rows}
   read = lambda r: (SAMPLE_DIR / r["file"]).read_bytes()
 
@@ -81,7 +85,7 @@ def write_manual_download(manual_dir) -> dict:
   # Train: grayscale ones first so that they are surely included, then colour ones.
   rest = [r for r in rows if r["file"] not in used]
   gray = [r for r in rest if r["mode"] == "L"][:3]
-  colour = [r for r in rest if r["mode"] != "L"][:NUM_TRAIN_CLASSES * TRAIN_PER_CLASS - len(gray)]
+  colour = [r for r in rest if r["mode"] != "L"][: NUM_TRAIN_CLASSES * TRAIN_PER_CLASS - len(gray)]
   chosen = gray + colour
   wnids = sorted({r["wnid"] for r in colour[:NUM_TRAIN_CLASSES]})
   train_members, train_files = {}, {}
@@ -99,14 +103,21 @@ def write_manual_download(manual_dir) -> dict:
     train_members[f"{wnid}.tar"] = _tar_bytes(members)
   (manual_dir / "ILSVRC2012_img_train.tar").write_bytes(_tar_bytes(train_members))
   (manual_dir / "ILSVRC2012_img_val.tar").write_bytes(_tar_bytes(val_members))
-  return {"train_files": train_files, "train_wnids": wnids, "val_names": list(val_members),
-          "val_labels": val_labels, "val_matching_content": val_matching,
-          "num_train": len(train_files), "num_val": len(val_members)}
+  return {
+      "train_files": train_files,
+      "train_wnids": wnids,
+      "val_names": list(val_members),
+      "val_labels": val_labels,
+      "val_matching_content": val_matching,
+      "num_train": len(train_files),
+      "num_val": len(val_members),
+  }
 
 
 def prepare_fake_imagenet(data_dir, *, num_shards: int = 3) -> dict:
   """Writes the manual download under <data_dir>/downloads/manual (tfds's default) and prepares it."""
   from resnet_jax import imagenet_input
+
   meta = write_manual_download(Path(data_dir) / "downloads" / "manual")
   builder = imagenet_input.prepare(data_dir, num_shards=num_shards)
   meta["builder"] = builder

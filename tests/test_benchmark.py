@@ -3,6 +3,7 @@
 No timing thresholds here (benchmarks are not unit tests): these check that the tools run and report every
 field, and that the PyTorch twin is the same network as ours. Figures live in benchmarks/RESULTS.md.
 """
+
 import json
 import sys
 
@@ -15,26 +16,64 @@ from resnet_jax.cpu import xla_options
 
 # ResNet-8 (n=1, the smallest CIFAR net) keeps the compile short; the persistent cache of conftest.py makes
 # reruns of the suite shorter still. Batches drawn on the device, two steps per call (the GPU recipe's path).
-TINY = ["--config=configs/cifar20.py", "--config.model.depth=8", "--config.dataset=fake", "--config.batch_size=8",
-        "--config.eval_batch_size=16", "--config.fake_train_size=64", "--config.fake_eval_size=32",
-        "--config.input_backend=device", "--config.steps_per_call=2",
-        "--steps=4", "--windows=2", "--warmup=1", "--eval_steps=1", "--input_steps=2", "--compilation_cache"]
+TINY = [
+    "--config=configs/cifar20.py",
+    "--config.model.depth=8",
+    "--config.dataset=fake",
+    "--config.batch_size=8",
+    "--config.eval_batch_size=16",
+    "--config.fake_train_size=64",
+    "--config.fake_eval_size=32",
+    "--config.input_backend=device",
+    "--config.steps_per_call=2",
+    "--steps=4",
+    "--windows=2",
+    "--warmup=1",
+    "--eval_steps=1",
+    "--input_steps=2",
+    "--compilation_cache",
+]
 RESNET8_PARAMS = 75_290
 
 FIELDS = {
-    "params": int, "train_lower_seconds": float, "train_compile_seconds": float,
-    "train_lower_compile_seconds": float, "train_images_per_sec": float, "train_step_seconds": float,
-    "train_window_images_per_sec": list, "train_cpu_seconds_per_step": float, "train_loss_first": float,
-    "train_loss_last": float, "train_steps_per_call": int, "train_batches_drawn_on_devices": bool,
-    "eval_images_per_sec": float, "eval_first_call_seconds": float,
-    "input_images_per_sec": float, "input_source": str, "input_load_seconds": float,
-    "peak_host_memory_bytes": int, "peak_device_memory_bytes": (int, type(None)),
-    "train_step_flops": (float, type(None)), "train_flops_per_sec": (float, type(None)),
-    "config": dict, "machine": dict, "settings": dict,
+    "params": int,
+    "train_lower_seconds": float,
+    "train_compile_seconds": float,
+    "train_lower_compile_seconds": float,
+    "train_images_per_sec": float,
+    "train_step_seconds": float,
+    "train_window_images_per_sec": list,
+    "train_cpu_seconds_per_step": float,
+    "train_loss_first": float,
+    "train_loss_last": float,
+    "train_steps_per_call": int,
+    "train_batches_drawn_on_devices": bool,
+    "eval_images_per_sec": float,
+    "eval_first_call_seconds": float,
+    "input_images_per_sec": float,
+    "input_source": str,
+    "input_load_seconds": float,
+    "peak_host_memory_bytes": int,
+    "peak_device_memory_bytes": (int, type(None)),
+    "train_step_flops": (float, type(None)),
+    "train_flops_per_sec": (float, type(None)),
+    "config": dict,
+    "machine": dict,
+    "settings": dict,
 }
-MACHINE = {"platform": str, "device_kind": str, "device_count": int, "local_device_count": int,
-           "process_count": int, "cpu_count": int, "jax_version": str, "jaxlib_version": str, "flax_version": str,
-           "python": str, "load_average_1min": float}
+MACHINE = {
+    "platform": str,
+    "device_kind": str,
+    "device_count": int,
+    "local_device_count": int,
+    "process_count": int,
+    "cpu_count": int,
+    "jax_version": str,
+    "jaxlib_version": str,
+    "flax_version": str,
+    "python": str,
+    "load_average_1min": float,
+}
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +114,7 @@ def test_cli_json_reports_every_field(tiny_result):
 
 def test_table_format(tiny_result):
   from resnet_jax import benchmark
+
   text = benchmark.format_result(tiny_result)
   for label in ("compile train:", "train:", "eval:", "input pipeline:", "peak memory:", "machine:"):
     assert label in text
@@ -85,6 +125,7 @@ def test_input_rate_without_tensorflow_is_reported_not_fatal(monkeypatch):
   """On a machine without TensorFlow (the lent GPU machines) the tf.data input rate is n/a with the reason, and
   the train measurements made before it are kept; input_backend='device' needs no TensorFlow."""
   from resnet_jax import benchmark
+
   config = config_lib.resolve(config_lib.cifar(8))
   config.dataset, config.batch_size, config.fake_train_size, config.fake_eval_size = "fake", 8, 64, 32
   monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` now raises ImportError
@@ -97,6 +138,7 @@ def test_gpu_results_table():
   """benchmarks/summarize_gpu_results.py on the recorded H100 run: every row, the peer ratio, the device."""
   sys.path.insert(0, str(REPO / "benchmarks"))
   import summarize_gpu_results
+
   rows = [json.loads(line) for line in open(REPO / "benchmarks/results/2026-11-27-gpu-h100.jsonl")]
   text = summarize_gpu_results.table(rows)
   assert "| r50_bf16_b256 | NVIDIA H100 80GB HBM3 | imagenet resnet50 | 256 | bf16 | 1 | 5304 |" in text
@@ -112,21 +154,25 @@ def test_cli_names_a_bad_batch_size():
 
 def _compiled_train_step(config):
   import jax
+
   config = config_lib.resolve(config)
   tx, schedule = train.make_optimizer(config), train.make_schedule(config)
   steps = train.Steps(config, tx, schedule)
   state = steps.to_device(jax.device_get(train.init_state(steps.model, tx, config, jax.random.key(0))))
-  batch = {"image": np.zeros((config.batch_size, 32, 32, 3), np.float32),
-           "label": np.zeros((config.batch_size,), np.int32)}
+  batch = {
+      "image": np.zeros((config.batch_size, 32, 32, 3), np.float32),
+      "label": np.zeros((config.batch_size,), np.int32),
+  }
   from resnet_jax import parallel
+
   placed = parallel.put_batch(batch, steps.mesh) if steps.mode == "jit" else parallel.pmap_split(batch)
   return steps._train.lower(state, placed, jax.random.key(0)).compile().as_text()
 
 
 def _convolutions(hlo: str):
   """(convolutions in the entry computation, convolutions anywhere) of an optimised HLO module."""
-  entry = hlo[hlo.index("\nENTRY"):]
-  entry = entry[:entry.index("\n}")]
+  entry = hlo[hlo.index("\nENTRY") :]
+  entry = entry[: entry.index("\n}")]
   return entry.count(" convolution("), hlo.count(" convolution(")
 
 
@@ -153,14 +199,18 @@ def test_cpu_block_outputs_are_not_recomputed():
   consumer (up to 7 convolution outputs per fusion here, 11 in ResNet-56): see cpu/kernels.materialize.
   """
   import re
+
   config = config_lib.cifar(32)
   config.batch_size = 16
   config.cpu.convolutions = "eigen"
   hlo = _compiled_train_step(config)
   convs = set(re.findall(r"%([\w.-]+) = \S+ convolution\(", hlo))
-  entry = hlo[hlo.index("\nENTRY"):]
-  widest = max(sum(op in convs for op in re.findall(r"%([\w.-]+)", line.split(" fusion(")[1].split(")")[0]))
-               for line in entry.splitlines() if " fusion(" in line)
+  entry = hlo[hlo.index("\nENTRY") :]
+  widest = max(
+      sum(op in convs for op in re.findall(r"%([\w.-]+)", line.split(" fusion(")[1].split(")")[0]))
+      for line in entry.splitlines()
+      if " fusion(" in line
+  )
   assert len(convs) > 60 and widest <= 3, widest
 
 
@@ -174,14 +224,17 @@ def test_torch_twin_is_the_same_network():
   """
   import torch
   import jax
+
   sys.path.insert(0, str(REPO / "benchmarks"))
   import torch_peer
   from resnet_jax import config_lib
+
   for cfg, size, n in ((config_lib.cifar(20), 32, 269_722), (config_lib.imagenet(50), 224, 25_557_032)):
     net = torch_peer.build_torch_model(cfg.model)
     assert sum(p.numel() for p in net.parameters()) == n
-    params = jax.eval_shape(lambda: models.create_model(cfg.model).init(
-        jax.random.key(0), jax.numpy.zeros((1, size, size, 3))))["params"]
+    params = jax.eval_shape(
+        lambda: models.create_model(cfg.model).init(jax.random.key(0), jax.numpy.zeros((1, size, size, 3)))
+    )["params"]
     torch_peer.copy_flax_params(net, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params))  # every shape
   x = np.random.default_rng(0).standard_normal((4, 32, 32, 3), dtype=np.float32)
   for depth in (20, 56):
@@ -207,6 +260,7 @@ def test_torch_peer_half_precision_checks_the_float32_function():
   compares the float32 networks on the same parameters (bf16 roundings differ between the two frameworks)."""
   sys.path.insert(0, str(REPO / "benchmarks"))
   import torch_peer
+
   config = config_lib.cifar(8)
   config.dataset, config.batch_size, config.half_precision = "fake", 8, True
   r = torch_peer.compare(config, steps=1, windows=1, warmup=1)

@@ -4,6 +4,7 @@ Each case is a command line a user could type; the test checks the exit status, 
 flag or path at fault, that it is printed once, and that no Python traceback appears. None of these reach
 compilation or data loading, so each takes about a second.
 """
+
 import pytest
 
 from conftest import run_cli
@@ -18,8 +19,11 @@ CASES = [
     ("resnet_jax.main", [CIFAR, "--config.batch_size=abc", "--workdir=W"], "--config.batch_size=abc"),
     ("resnet_jax.main", [CIFAR, "--config.model.depth=21", "--workdir=W"], "CIFAR depth must be 6n+2"),
     ("resnet_jax.main", [CIFAR, "--config.cpu.host_malloc=jemalloc", "--workdir=W"], "cpu.host_malloc='jemalloc'"),
-    ("resnet_jax.main", [CIFAR, "--config.input_backend=device", "--config.steps_per_call=3", "--workdir=W"],
-     "log_every_steps=100 is not a multiple of steps_per_call=3"),
+    (
+        "resnet_jax.main",
+        [CIFAR, "--config.input_backend=device", "--config.steps_per_call=3", "--workdir=W"],
+        "log_every_steps=100 is not a multiple of steps_per_call=3",
+    ),
     ("resnet_jax.main", [CIFAR, "--config.steps_per_call=4", "--workdir=W"], "--config.input_backend=device"),
     ("resnet_jax.main", [CIFAR], "--workdir"),
     ("resnet_jax.main", [CIFAR, "--workdir=W", "extra"], "unexpected arguments"),
@@ -27,8 +31,11 @@ CASES = [
     ("resnet_jax.summary", [CIFAR, "--config.model.shortcut=D"], "unknown shortcut option 'D'"),
     ("resnet_jax.summary", ["--config=configs/missing.py"], "configs/missing.py: no such config file"),
     ("resnet_jax.evaluate", ["--workdir=MISSING_RUN"], "MISSING_RUN/checkpoints does not exist"),
-    ("resnet_jax.evaluate", ["--config=configs/imagenet_resnet18.py", "--config.eval_bach_size=8", "--workdir=W"],
-     "unknown config field 'eval_bach_size'"),
+    (
+        "resnet_jax.evaluate",
+        ["--config=configs/imagenet_resnet18.py", "--config.eval_bach_size=8", "--workdir=W"],
+        "unknown config field 'eval_bach_size'",
+    ),
     ("resnet_jax.evaluate", ["--workdir=W", "--protocol=12crop"], "--protocol"),
     ("resnet_jax.predict", ["--workdir=MISSING_RUN", "x.jpg"], "MISSING_RUN/config.json does not exist"),
     ("resnet_jax.predict", ["--workdir=W"], "give one or more image files"),

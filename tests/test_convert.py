@@ -7,6 +7,7 @@ gives relative differences of about 1e-6 through 152 layers; the one-pixel misal
 in the stride-2 blocks gives 1e-1 (ResNet-18) and 6e-2 (ResNet-50), and a transposed kernel or a swapped BN
 statistic more still.
 """
+
 import json
 import sys
 
@@ -95,18 +96,30 @@ def test_option_c_is_inferred():
   assert convert.from_torchvision(sd)[0].shortcut == "C"
 
 
-@pytest.mark.parametrize("make,needle", [
-    (lambda: {"weight": np.zeros(3)}, "not a torchvision/timm ResNet state dict"),
-    (lambda: numpy_state(torchvision.models.wide_resnet50_2()), "128 output channels, torchvision's ResNet-50 has 64"),
-    (lambda: numpy_state(torchvision.models.resnext50_32x4d()), "grouped convolution (ResNeXt?)"),
-    (lambda: {k: v for k, v in numpy_state(random_torchvision(18)).items() if k != "layer2.1.bn2.running_var"},
-     "missing keys for ResNet-18 (option B): layer2.1.bn2.running_var"),
-    (lambda: {**numpy_state(random_torchvision(18)), "extra.weight": np.zeros(1)}, "unexpected keys for ResNet-18"),
-    (lambda: {**numpy_state(random_torchvision(18)), "layer3.0.conv2.weight": np.zeros((256, 256, 5, 5))},
-     "layer3.0.conv2.weight: (256, 256, 5, 5) in the file, (256, 256, 3, 3) expected"),
-    (lambda: {k: v for k, v in numpy_state(random_torchvision(18)).items() if not k.startswith("layer4.1.")},
-     "basic blocks per stage [2, 2, 2, 1]"),
-])
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (lambda: {"weight": np.zeros(3)}, "not a torchvision/timm ResNet state dict"),
+        (
+            lambda: numpy_state(torchvision.models.wide_resnet50_2()),
+            "128 output channels, torchvision's ResNet-50 has 64",
+        ),
+        (lambda: numpy_state(torchvision.models.resnext50_32x4d()), "grouped convolution (ResNeXt?)"),
+        (
+            lambda: {k: v for k, v in numpy_state(random_torchvision(18)).items() if k != "layer2.1.bn2.running_var"},
+            "missing keys for ResNet-18 (option B): layer2.1.bn2.running_var",
+        ),
+        (lambda: {**numpy_state(random_torchvision(18)), "extra.weight": np.zeros(1)}, "unexpected keys for ResNet-18"),
+        (
+            lambda: {**numpy_state(random_torchvision(18)), "layer3.0.conv2.weight": np.zeros((256, 256, 5, 5))},
+            "layer3.0.conv2.weight: (256, 256, 5, 5) in the file, (256, 256, 3, 3) expected",
+        ),
+        (
+            lambda: {k: v for k, v in numpy_state(random_torchvision(18)).items() if not k.startswith("layer4.1.")},
+            "basic blocks per stage [2, 2, 2, 1]",
+        ),
+    ],
+)
 def test_bad_state_dicts_name_the_problem(make, needle):
   with pytest.raises(convert.ConversionError) as e:
     convert.from_torchvision(make())
@@ -147,27 +160,52 @@ def test_cli_round_trip_evaluate_predict_and_fine_tune(fake, tmp_path):
   with pytest.raises(convert.ConversionError, match="already holds checkpoints; choose an empty --workdir"):
     convert.write_workdir(config_lib.imagenet_torchvision(18), {}, str(workdir))  # refused before anything
 
-  out = run_cli("resnet_jax.evaluate", "--config=configs/imagenet_torchvision.py:18", f"--workdir={workdir}",
-                f"--config.data_dir={fake['data_dir']}", "--config.eval_batch_size=10", "--json")
+  out = run_cli(
+      "resnet_jax.evaluate",
+      "--config=configs/imagenet_torchvision.py:18",
+      f"--workdir={workdir}",
+      f"--config.data_dir={fake['data_dir']}",
+      "--config.eval_batch_size=10",
+      "--json",
+  )
   row = json.loads(out.stdout.strip().splitlines()[-1])
   assert row["count"] == fake["num_val"] and row["protocol"] == "single"
 
   images = sorted(SAMPLES.glob("*.JPEG"))[:2]
   broken = tmp_path / "broken.jpg"
   broken.write_bytes(images[0].read_bytes()[:2000])
-  out = run_cli("resnet_jax.predict", f"--workdir={workdir}", "--json", "--top=3", images[0], broken,
-                tmp_path / "missing.png", images[1], check=False)
+  out = run_cli(
+      "resnet_jax.predict",
+      f"--workdir={workdir}",
+      "--json",
+      "--top=3",
+      images[0],
+      broken,
+      tmp_path / "missing.png",
+      images[1],
+      check=False,
+  )
   assert out.returncode == 2 and "Traceback" not in out.stderr
   rows = [json.loads(line) for line in out.stdout.strip().splitlines()]
   assert [r["image"] for r in rows] == [str(images[0]), str(images[1])]
   assert all(len(r["top"]) == 3 and r["top"][0]["label"].startswith("n") for r in rows)
   assert "broken.jpg" in out.stderr and "missing.png: no such file" in out.stderr
 
-  run_cli("resnet_jax.main", "--config=configs/imagenet_torchvision.py:18", f"--workdir={workdir}",
-          f"--config.data_dir={fake['data_dir']}", "--config.batch_size=4", "--config.num_train_steps=2",
-          "--config.image_size=32", "--config.eval_resize=36", "--config.eval_batch_size=10",
-          "--config.log_every_steps=1", "--config.eval_every_steps=2", "--config.checkpoint_every_steps=2",
-          "--config.learning_rate=0.001")
+  run_cli(
+      "resnet_jax.main",
+      "--config=configs/imagenet_torchvision.py:18",
+      f"--workdir={workdir}",
+      f"--config.data_dir={fake['data_dir']}",
+      "--config.batch_size=4",
+      "--config.num_train_steps=2",
+      "--config.image_size=32",
+      "--config.eval_resize=36",
+      "--config.eval_batch_size=10",
+      "--config.log_every_steps=1",
+      "--config.eval_every_steps=2",
+      "--config.checkpoint_every_steps=2",
+      "--config.learning_rate=0.001",
+  )
   results = json.loads((workdir / "results.json").read_text())
   assert results["resumed_from_step"] == 0 and results["steps"] == 2
 
@@ -186,8 +224,15 @@ def test_predict_preprocessing_is_torchvisions_eval_transform():
   from PIL import Image
   from torchvision import transforms
   from resnet_jax import predict
-  theirs_fn = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-                                  transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+
+  theirs_fn = transforms.Compose(
+      [
+          transforms.Resize(256),
+          transforms.CenterCrop(224),
+          transforms.ToTensor(),
+          transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+      ]
+  )
   ours_fn = predict.preprocessor(config_lib.imagenet_torchvision(18))
   for path in sorted(SAMPLES.glob("*.JPEG"))[:3]:
     image = predict.read_image(str(path))

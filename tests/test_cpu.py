@@ -4,6 +4,7 @@ oneDNN convolutions (cpu/onednn.py): the same function and gradients as XLA's, w
 install` builds the kernels (resnet_jax/cpu/_onednn_conv.so); these tests fail, not skip, when they are missing.
 Chunked weight gradients and materialised block outputs (cpu/kernels.py): the same gradients and outputs.
 """
+
 import re
 import subprocess
 import sys
@@ -26,6 +27,7 @@ KEEP = dict(block_output=kernels.materialize)
 def chunked(n):
   return dict(conv_general_dilated=kernels.conv_with_chunked_weight_grad(n))
 
+
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -36,9 +38,14 @@ def test_kernels_are_built_and_load():
 # (batch, size, in, out, kernel, stride, padding): the CIFAR 3x3s, the ImageNet stem, 1x1 projections (option B/C),
 # stride-2 3x3s with flax's SAME padding (0 before, 1 after) and explicit asymmetric padding, a non-square input.
 CASES = [
-    (4, 32, 16, 16, 3, 1, "SAME"), (3, 16, 32, 64, 3, 2, "SAME"), (2, 8, 64, 64, 3, 1, "SAME"),
-    (2, 32, 3, 16, 3, 1, "SAME"), (2, 224, 3, 64, 7, 2, ((3, 3), (3, 3))), (3, 16, 32, 64, 1, 2, "SAME"),
-    (2, 14, 8, 16, 3, 2, ((0, 1), (1, 0))), (2, (12, 20), 8, 8, 3, 1, "VALID"),
+    (4, 32, 16, 16, 3, 1, "SAME"),
+    (3, 16, 32, 64, 3, 2, "SAME"),
+    (2, 8, 64, 64, 3, 1, "SAME"),
+    (2, 32, 3, 16, 3, 1, "SAME"),
+    (2, 224, 3, 64, 7, 2, ((3, 3), (3, 3))),
+    (3, 16, 32, 64, 1, 2, "SAME"),
+    (2, 14, 8, 16, 3, 2, ((0, 1), (1, 0))),
+    (2, (12, 20), 8, 8, 3, 1, "VALID"),
 ]
 
 
@@ -48,8 +55,9 @@ def test_same_convolution_and_gradients_as_xla(n, size, cin, cout, k, stride, pa
   x = jax.random.normal(jax.random.key(0), (n, h, w, cin))
   kernel = jax.random.normal(jax.random.key(1), (k, k, cin, cout)) / np.sqrt(k * k * cin)
   ours = lambda x, kernel: onednn.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=NHWC)
-  xla = lambda x, kernel: lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=NHWC,
-                                                   precision=lax.Precision.HIGHEST)
+  xla = lambda x, kernel: lax.conv_general_dilated(
+      x, kernel, (stride, stride), padding, dimension_numbers=NHWC, precision=lax.Precision.HIGHEST
+  )
   assert "resnet_jax_onednn_conv_fwd" in jax.jit(ours).lower(x, kernel).as_text()  # oneDNN, not a fallback
   y, y_ref = jax.jit(ours)(x, kernel), jax.jit(xla)(x, kernel)
   assert y.shape == y_ref.shape and y.dtype == jnp.float32
@@ -89,8 +97,9 @@ def test_what_onednn_does_not_cover_falls_back_to_xla():
     text = jax.jit(lambda: onednn.conv_general_dilated(**args)).lower().as_text()
     assert "onednn" not in text and "convolution" in text, name
     ref = lax.conv_general_dilated(**args)
-    np.testing.assert_allclose(np.asarray(onednn.conv_general_dilated(**args), np.float32),
-                               np.asarray(ref, np.float32), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(onednn.conv_general_dilated(**args), np.float32), np.asarray(ref, np.float32), rtol=1e-6
+    )
 
 
 def test_resnet_with_onednn_is_the_same_network():
@@ -105,9 +114,11 @@ def test_resnet_with_onednn_is_the_same_network():
 
     def grads(model):
       def loss(params):
-        logits, stats = model.apply({"params": params, "batch_stats": v["batch_stats"]}, x, train=True,
-                                    mutable=["batch_stats"])
+        logits, stats = model.apply(
+            {"params": params, "batch_stats": v["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+        )
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1)), stats
+
       return jax.jit(jax.value_and_grad(loss, has_aux=True))(v["params"])
 
     ((la, sa), ga), ((lb, sb), gb) = grads(xla), grads(ours)
@@ -129,8 +140,9 @@ def test_scanned_deep_net_uses_onednn():
   vs = models.scanned_variables(v, [5, 5, 5])
   text = jax.jit(lambda v: scanned.apply(v, x)).lower(vs).as_text()
   assert "resnet_jax_onednn_conv_fwd" in text and "stablehlo.while" in text
-  np.testing.assert_allclose(jax.jit(lambda v: scanned.apply(v, x))(vs), jax.jit(lambda v: plain.apply(v, x))(v),
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+      jax.jit(lambda v: scanned.apply(v, x))(vs), jax.jit(lambda v: plain.apply(v, x))(v), rtol=1e-4, atol=1e-5
+  )
 
 
 def test_block_outputs_are_still_materialized():
@@ -141,15 +153,24 @@ def test_block_outputs_are_still_materialized():
   for keep in (False, True):
     model = models.cifar_net(32, **ONEDNN, **(KEEP if keep else {}))
     v = model.init(jax.random.key(0), x)
-    grad = jax.jit(jax.grad(lambda p: model.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True,
-                                                  mutable=["batch_stats"])[0].sum()))
+    grad = jax.jit(
+        jax.grad(
+            lambda p: model.apply(
+                {"params": p, "batch_stats": v["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+            )[0].sum()
+        )
+    )
     hlo = grad.lower(v["params"]).compile().as_text()
-    convs = set(re.findall(r"%([\w.-]+) = \S+ custom-call\([^)]*\), custom_call_target=\"resnet_jax_onednn_conv_fwd\"",
-                           hlo))
+    convs = set(
+        re.findall(r"%([\w.-]+) = \S+ custom-call\([^)]*\), custom_call_target=\"resnet_jax_onednn_conv_fwd\"", hlo)
+    )
     assert len(convs) == 31, len(convs)
-    entry = hlo[hlo.index("\nENTRY"):]
-    widest[keep] = max(sum(op in convs for op in re.findall(r"%([\w.-]+)", line.split(" fusion(")[1].split(")")[0]))
-                       for line in entry.splitlines() if " fusion(" in line)
+    entry = hlo[hlo.index("\nENTRY") :]
+    widest[keep] = max(
+        sum(op in convs for op in re.findall(r"%([\w.-]+)", line.split(" fusion(")[1].split(")")[0]))
+        for line in entry.splitlines()
+        if " fusion(" in line
+    )
   assert widest[True] <= 3 < widest[False], widest
 
 
@@ -168,13 +189,19 @@ def test_onednn_resolves_where_it_applies():
 
 def test_plan_settles_every_auto_once():
   c = config_lib.cifar(20)
-  assert dict(c.cpu) == {"convolutions": "auto", "weight_grad_chunk": -1, "materialize_blocks": None,
-                         "host_malloc": "auto"}
+  assert dict(c.cpu) == {
+      "convolutions": "auto",
+      "weight_grad_chunk": -1,
+      "materialize_blocks": None,
+      "host_malloc": "auto",
+  }
   one = cpu.plan(c, platform="cpu", device_count=1)
   assert (one.convolutions, one.weight_grad_chunk, one.materialize_blocks) == ("onednn", 0, True)
   assert one.options == xla_options._EIGEN_CONVOLUTIONS  # for any convolution left to XLA
-  assert one.model_kwargs() == {"conv_general_dilated": onednn.conv_general_dilated,
-                                "block_output": kernels.materialize}
+  assert one.model_kwargs() == {
+      "conv_general_dilated": onednn.conv_general_dilated,
+      "block_output": kernels.materialize,
+  }
   eight = cpu.plan(c, platform="cpu", device_count=8)  # XLA's SPMD partitioner does not split custom calls
   assert (eight.convolutions, eight.weight_grad_chunk, eight.materialize_blocks) == ("eigen", 8, True)
   assert eight.model_kwargs()["conv_general_dilated"] is not None
@@ -189,8 +216,15 @@ def test_plan_settles_every_auto_once():
   c.cpu.convolutions, c.cpu.weight_grad_chunk = "onednn", 16
   with pytest.raises(ValueError, match="runs on one CPU device, this run has 8"):
     cpu.plan(c, platform="cpu", device_count=8)
-  assert set(one.describe()) == {"platform", "convolutions", "weight_grad_chunk", "materialize_blocks",
-                                 "xla_compiler_options", "host_malloc", "host_malloc_reason"}
+  assert set(one.describe()) == {
+      "platform",
+      "convolutions",
+      "weight_grad_chunk",
+      "materialize_blocks",
+      "xla_compiler_options",
+      "host_malloc",
+      "host_malloc_reason",
+  }
 
 
 def test_bad_cpu_settings_are_listed_together():
@@ -203,10 +237,12 @@ def test_bad_cpu_settings_are_listed_together():
 
 
 def test_building_a_model_neither_starts_a_backend_nor_imports_the_cpu_code():
-  script = ("import jax, sys\nfrom jax._src import xla_bridge\nfrom resnet_jax import config_lib, models\n"
-            "m = models.create_model(config_lib.imagenet(50).model)\n"
-            "jax.eval_shape(lambda: m.init(jax.random.key(0), jax.numpy.zeros((1, 64, 64, 3))))\n"
-            "print(xla_bridge.backends_are_initialized(), 'resnet_jax.cpu' in sys.modules)")
+  script = (
+      "import jax, sys\nfrom jax._src import xla_bridge\nfrom resnet_jax import config_lib, models\n"
+      "m = models.create_model(config_lib.imagenet(50).model)\n"
+      "jax.eval_shape(lambda: m.init(jax.random.key(0), jax.numpy.zeros((1, 64, 64, 3))))\n"
+      "print(xla_bridge.backends_are_initialized(), 'resnet_jax.cpu' in sys.modules)"
+  )
   out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert out.stdout.split() == ["False", "False"], out.stderr[-2000:]
 
@@ -228,8 +264,7 @@ def test_missing_kernels_are_a_clear_error(monkeypatch, tmp_path):
   assert onednn.available()
 
 
-@pytest.mark.parametrize("chunk,shortcut,dtype", [(8, "A", jnp.float32), (5, "B", jnp.float32),
-                                                   (8, "A", jnp.bfloat16)])
+@pytest.mark.parametrize("chunk,shortcut,dtype", [(8, "A", jnp.float32), (5, "B", jnp.float32), (8, "A", jnp.bfloat16)])
 def test_chunked_weight_gradient_is_the_same_gradient(chunk, shortcut, dtype):
   """weight_grad_chunk changes only the summation order of the weight gradients (chunk 5: 24 = 5+5+5+5+4)."""
   x = jax.random.normal(jax.random.key(1), (24, 32, 32, 3))
@@ -240,9 +275,11 @@ def test_chunked_weight_gradient_is_the_same_gradient(chunk, shortcut, dtype):
 
   def grads(model):
     def loss(params):
-      logits, _ = model.apply({"params": params, "batch_stats": v["batch_stats"]}, x, train=True,
-                              mutable=["batch_stats"])
+      logits, _ = model.apply(
+          {"params": params, "batch_stats": v["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+      )
       return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
     return jax.jit(jax.value_and_grad(loss))(v["params"])
 
   (la, ga), (lb, gb) = grads(whole), grads(in_chunks)
@@ -254,9 +291,18 @@ def test_chunked_weight_gradient_is_the_same_gradient(chunk, shortcut, dtype):
     scale = float(jnp.max(jnp.abs(a)))
     assert float(jnp.max(jnp.abs(a - b))) <= tol * scale + 1e-7, path
   # It really is in use: each convolution (7; option B adds two projections) has a weight gradient per chunk.
-  n_conv = lambda m: jax.jit(jax.grad(lambda p: m.apply(
-      {"params": p, "batch_stats": v["batch_stats"]}, x, train=True, mutable=["batch_stats"])[0].sum())).lower(
-          v["params"]).as_text().count("stablehlo.convolution")
+  n_conv = (
+      lambda m: jax.jit(
+          jax.grad(
+              lambda p: m.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True, mutable=["batch_stats"])[
+                  0
+              ].sum()
+          )
+      )
+      .lower(v["params"])
+      .as_text()
+      .count("stablehlo.convolution")
+  )
   convs = 7 if shortcut == "A" else 9
   assert n_conv(in_chunks) - n_conv(whole) == convs * (-(-24 // chunk) - 1)
 
@@ -270,9 +316,11 @@ def test_materialized_blocks_compute_the_same_function():
 
   def run(model):
     def f(params):
-      out, stats = model.apply({"params": params, "batch_stats": v["batch_stats"]}, x, train=True,
-                               mutable=["batch_stats"])
-      return jnp.sum(out ** 2), (out, stats)
+      out, stats = model.apply(
+          {"params": params, "batch_stats": v["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+      )
+      return jnp.sum(out**2), (out, stats)
+
     return jax.jit(jax.grad(f, has_aux=True))(v["params"])
 
   (ga, (oa, sa)), (gb, (ob, sb)) = run(plain), run(kept)
@@ -287,7 +335,11 @@ def test_cpu_formulations_inside_the_scanned_body():
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
   scanned, in_chunks = models.cifar_net(32, scan=True), models.cifar_net(32, scan=True, **chunked(2), **KEEP)
   vs = scanned.init(jax.random.key(0), x)
-  grad = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(m.apply({"params": p, "batch_stats": vs["batch_stats"]}, x,
-                                                               train=True, mutable=["batch_stats"])[0] ** 2)))(
-                                                                   vs["params"])
+  grad = lambda m: jax.jit(
+      jax.grad(
+          lambda p: jnp.sum(
+              m.apply({"params": p, "batch_stats": vs["batch_stats"]}, x, train=True, mutable=["batch_stats"])[0] ** 2
+          )
+      )
+  )(vs["params"])
   jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-5), grad(scanned), grad(in_chunks))

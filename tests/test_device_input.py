@@ -1,4 +1,5 @@
 """input_backend='device': same augmentation and normalisation as tf.data, exact resume, TF-free import path."""
+
 import os
 import textwrap
 
@@ -20,6 +21,7 @@ def _coord_images(n=16, size=32):
 
 def test_crop_and_flip_identical_to_tfdata():
   import tensorflow as tf
+
   x = _coord_images()
   rng = np.random.default_rng(0)
   offsets = rng.integers(0, 9, (16, 2)).astype(np.int32)
@@ -30,7 +32,7 @@ def test_crop_and_flip_identical_to_tfdata():
   # And it is the paper's crop: pixel (i, j) of the output is pixel (i + oy - 4, j + ox - 4) of the input.
   i = 3
   oy, ox = offsets[i]
-  expect = np.pad(x[i], ((4, 4), (4, 4), (0, 0)))[oy:oy + 32, ox:ox + 32]
+  expect = np.pad(x[i], ((4, 4), (4, 4), (0, 0)))[oy : oy + 32, ox : ox + 32]
   np.testing.assert_array_equal(ours[i], expect[:, ::-1] if flips[i] else expect)
 
 
@@ -77,15 +79,14 @@ def test_device_batches_spanning_epochs_are_a_function_of_the_step():
   config.dataset, config.fake_train_size, config.batch_size = "fake", 96, 40
   data = input_pipeline.load_split(config, "train")
   data = input_pipeline.ArrayData(data.images, np.arange(96, dtype=np.int32))
-  make = lambda: device_input.DeviceData(config, data, input_pipeline.normalizer(config, data),
-                                         parallel.make_mesh())
+  make = lambda: device_input.DeviceData(config, data, input_pipeline.normalizer(config, data), parallel.make_mesh())
   dd = make()
   labels = np.concatenate([np.asarray(dd.batch(s)["label"]) for s in range(12)])  # 480 = 5 epochs
   for e in range(5):
-    assert sorted(labels[96 * e: 96 * (e + 1)]) == list(range(96)), e
+    assert sorted(labels[96 * e : 96 * (e + 1)]) == list(range(96)), e
   fresh = make()
   for s in (7, 2, 11, 0):
-    np.testing.assert_array_equal(np.asarray(fresh.batch(s)["label"]), labels[40 * s: 40 * (s + 1)])
+    np.testing.assert_array_equal(np.asarray(fresh.batch(s)["label"]), labels[40 * s : 40 * (s + 1)])
 
 
 def test_npz_decodes_to_the_tfds_pixels(tfds_dir):
@@ -107,14 +108,25 @@ def test_npz_decodes_to_the_tfds_pixels(tfds_dir):
 def _args(wd, steps, steps_per_call=1):
   # 64 fake examples: 2 steps an epoch, so 12 steps fit them (the loss must fall) and cross epoch boundaries (a
   # call of 4 steps spans three epochs).
-  return ["--config=configs/cifar20.py", f"--workdir={wd}", *SMALL, "--config.fake_train_size=64",
-          "--config.input_backend=device", f"--config.steps_per_call={steps_per_call}",
-          f"--config.num_train_steps={steps}", "--config.log_every_steps=4", "--config.eval_every_steps=8",
-          "--config.checkpoint_every_steps=4", "--config.learning_rate=0.05", "--config.lr_decay_factor=1.0"]
+  return [
+      "--config=configs/cifar20.py",
+      f"--workdir={wd}",
+      *SMALL,
+      "--config.fake_train_size=64",
+      "--config.input_backend=device",
+      f"--config.steps_per_call={steps_per_call}",
+      f"--config.num_train_steps={steps}",
+      "--config.log_every_steps=4",
+      "--config.eval_every_steps=8",
+      "--config.checkpoint_every_steps=4",
+      "--config.learning_rate=0.05",
+      "--config.lr_decay_factor=1.0",
+  ]
 
 
 def _state(wd, step):
   import orbax.checkpoint as ocp
+
   return ocp.StandardCheckpointer().restore(wd / "checkpoints" / str(step) / "state")
 
 

@@ -3,6 +3,7 @@
 The same script, sweep file, data path (a JPEG .npz read without TensorFlow, batches drawn on the device, several
 steps per compiled call), report and archives as on the GPU; only the step counts and the networks are small.
 """
+
 import json
 import os
 import subprocess
@@ -16,8 +17,15 @@ import pytest
 from conftest import REPO, SHARED_DATA
 
 SCRIPT = REPO / "experiments" / "table6_gpu.sh"
-TINY = ["--set=model.depth=8", "--set=batch_size=16", "--set=eval_batch_size=100", "--set=steps_per_call=2",
-        "--set=log_every_steps=2", "--set=eval_every_steps=4", "--set=checkpoint_every_steps=2"]
+TINY = [
+    "--set=model.depth=8",
+    "--set=batch_size=16",
+    "--set=eval_batch_size=100",
+    "--set=steps_per_call=2",
+    "--set=log_every_steps=2",
+    "--set=eval_every_steps=4",
+    "--set=checkpoint_every_steps=2",
+]
 
 
 def _small_npz(path, n_train=512, n_test=200):
@@ -25,8 +33,8 @@ def _small_npz(path, n_train=512, n_test=200):
   with np.load(SHARED_DATA / "cifar10_jpeg_bytes.npz") as z:
     out = {}
     for split, n in (("train", n_train), ("test", n_test)):
-      offsets = z[f"{split}_offsets"][:n + 1]
-      out[f"{split}_jpeg"] = z[f"{split}_jpeg"][:offsets[-1]]
+      offsets = z[f"{split}_offsets"][: n + 1]
+      out[f"{split}_jpeg"] = z[f"{split}_jpeg"][: offsets[-1]]
       out[f"{split}_offsets"] = offsets
       out[f"y_{split}"] = z[f"y_{split}"][:n]
   np.savez(path, **out)
@@ -34,10 +42,20 @@ def _small_npz(path, n_train=512, n_test=200):
 
 
 def _run_script(work, budget, *sets, env=None, timeout=600):
-  full_env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
-                  TABLE6_RUNS="resnet20,plain20", **(env or {}))
-  return subprocess.run(["bash", str(SCRIPT), str(work), str(budget), *TINY, *sets], cwd=REPO, env=full_env,
-                        capture_output=True, text=True, timeout=timeout)
+  full_env = dict(
+      os.environ,
+      PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+      TABLE6_RUNS="resnet20,plain20",
+      **(env or {}),
+  )
+  return subprocess.run(
+      ["bash", str(SCRIPT), str(work), str(budget), *TINY, *sets],
+      cwd=REPO,
+      env=full_env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
 
 
 def _members(archive):
@@ -56,8 +74,17 @@ def test_table6_gpu_script_dry_run(tmp_path):
     assert res["steps"] == 4 and res["eval_count"] == 200
     assert res["config"]["input_backend"] == "device" and res["config"]["data_file"] == str(npz)
   assert _members(work / "results.tar.gz") == [
-      "log.txt", "plain20/config.json", "plain20/metrics.jsonl", "plain20/results.json", "report/figure6.png",
-      "report/report.md", "resnet20/config.json", "resnet20/metrics.jsonl", "resnet20/results.json", "sweep.json"]
+      "log.txt",
+      "plain20/config.json",
+      "plain20/metrics.jsonl",
+      "plain20/results.json",
+      "report/figure6.png",
+      "report/report.md",
+      "resnet20/config.json",
+      "resnet20/metrics.jsonl",
+      "resnet20/results.json",
+      "sweep.json",
+  ]
   report = (work / "report" / "report.md").read_text()
   assert "ResNet-8" in report and "plain-8" in report
   assert not (work / "resume.tar.gz").exists()  # every run finished
@@ -80,7 +107,8 @@ def test_table6_gpu_script_stops_at_its_deadline_and_resumes_in_another_call(tmp
   assert len(steps) == 1 and steps.pop() > 0, members
   assert not any(m.startswith("plain20/") for m in members)  # never started
   second = tmp_path / "second"
-  proc = _run_script(second, 75, "--set=num_train_steps=100000",
-                     env={**env, "TABLE6_RESUME": str(first / "resume.tar.gz")})
+  proc = _run_script(
+      second, 75, "--set=num_train_steps=100000", env={**env, "TABLE6_RESUME": str(first / "resume.tar.gz")}
+  )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert "resnet20: resuming from step" in proc.stdout, proc.stdout[-3000:]

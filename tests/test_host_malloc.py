@@ -2,6 +2,7 @@
 
 Tunables act on a whole process from its start, so every test that applies them runs in a subprocess.
 """
+
 import json
 import os
 import subprocess
@@ -46,8 +47,9 @@ print(json.dumps({"state": state, "faults": resource.getrusage(resource.RUSAGE_S
 def _probe(choice, **env):
   full_env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "JAX_PLATFORMS")}
   full_env.update(env)
-  proc = subprocess.run([sys.executable, "-c", _PROBE, choice], cwd=REPO, capture_output=True, text=True,
-                        timeout=120, env=full_env)
+  proc = subprocess.run(
+      [sys.executable, "-c", _PROBE, choice], cwd=REPO, capture_output=True, text=True, timeout=120, env=full_env
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   lines = proc.stdout.strip().splitlines()
   assert len(lines) == 1, proc.stdout  # the restart replaced the process: one report, not two
@@ -62,8 +64,10 @@ def test_this_machine_can_use_the_setting():
 
 def test_huge_pages_restart_the_process_once_and_cut_page_faults():
   huge = _probe("huge_pages")
-  assert huge["state"] == {"host_malloc": "huge_pages",
-                           "reason": "GLIBC_TUNABLES sets glibc.malloc.hugetlb=1 (restarted)"}, huge
+  assert huge["state"] == {
+      "host_malloc": "huge_pages",
+      "reason": "GLIBC_TUNABLES sets glibc.malloc.hugetlb=1 (restarted)",
+  }, huge
   assert huge["faults"] < 2_000, huge  # 2 MiB pages
   # ... in this process only: the processes it starts get the user's environment.
   assert huge["tunables"] is None and huge["child_tunables"] == "None" and huge["leaked"] == []
@@ -83,8 +87,9 @@ def test_auto_only_on_cpu_only_jax():
   on_gpu = _probe("auto", JAX_PLATFORMS="cuda,cpu")
   assert on_gpu["state"] == {"host_malloc": "system", "reason": "host_malloc='auto' and JAX_PLATFORMS=cuda,cpu"}
   assert on_gpu["faults"] > 30_000 and not on_gpu["tunables"]
-  d = lambda choice, **kw: host_malloc.decide(choice, **{"environ": {}, "glibc": (2, 36), "thp": "madvise",
-                                                          "platforms": "", "plugins": [], **kw})
+  d = lambda choice, **kw: host_malloc.decide(
+      choice, **{"environ": {}, "glibc": (2, 36), "thp": "madvise", "platforms": "", "plugins": [], **kw}
+  )
   assert d("auto") == ("restart", "host_malloc='auto'")
   assert d("auto", plugins=["cuda12"]) == ("no", "host_malloc='auto' and accelerator plugins installed: cuda12")
   assert d("huge_pages", plugins=["cuda12"]) == ("restart", "host_malloc='huge_pages'")

@@ -3,6 +3,7 @@
 The session fixture writes ILSVRC2012_img_train.tar / ILSVRC2012_img_val.tar in the manual-download format from
 ../shared/data/imagenet-sample (tests/imagenet_fixture.py) and prepares them with tfds (about 5 s).
 """
+
 import collections
 import json
 import os
@@ -18,7 +19,6 @@ import pytest
 import tensorflow as tf
 
 from resnet_jax import config_lib, evaluate, imagenet_input as ii, models
-
 
 REPO = Path(__file__).parents[1]
 
@@ -51,6 +51,7 @@ def seed(i):
 # ----------------------------------------------------------------------------------------------------------
 # Data set and errors.
 
+
 def test_missing_download_names_files_and_directory(tmp_path, monkeypatch):
   with pytest.raises(ii.ImageNetNotFoundError) as e:
     ii.check_manual_download(tmp_path)
@@ -82,14 +83,17 @@ def test_fake_imagenet_is_prepared_with_official_val_labels(fake):
   assert builder.info.splits["validation"].num_examples == fake["num_val"] == 20
   assert len(builder.info.splits["train"].filenames) == 3
   names = builder.info.features["label"].names
-  got = {ex["file_name"].decode(): names[ex["label"]]
-         for ex in builder.as_dataset(split="validation", decoders={"image": tfds_skip()}).as_numpy_iterator()}
+  got = {
+      ex["file_name"].decode(): names[ex["label"]]
+      for ex in builder.as_dataset(split="validation", decoders={"image": tfds_skip()}).as_numpy_iterator()
+  }
   assert got == dict(zip(fake["val_names"], fake["val_labels"]))
   assert fake["val_matching_content"] >= 1
 
 
 def tfds_skip():
   import tensorflow_datasets as tfds
+
   return tfds.decode.SkipDecoding()
 
 
@@ -108,13 +112,14 @@ def test_grayscale_and_cmyk_jpegs_decode_to_rgb(fake):
 # ----------------------------------------------------------------------------------------------------------
 # Training stream.
 
+
 @pytest.mark.parametrize("augmentation", ["paper", "inception"])
 def test_train_batches_shapes_dtypes_ranges(fake, augmentation):
   config = make_config(fake, augmentation=augmentation)
   label_ids = {fake["builder"].info.features["label"].str2int(w) for w in fake["train_wnids"]}
   batches = list(ii.train_dataset(config, local_batch_size=5).take(3).as_numpy_iterator())
   lo, hi = -max(ii.IMAGENET_MEAN_RGB), 255 - min(ii.IMAGENET_MEAN_RGB)
-  pca_margin = 40.0 if augmentation == "paper" else 1e-3   # 0.1-std colour noise: a few grey levels
+  pca_margin = 40.0 if augmentation == "paper" else 1e-3  # 0.1-std colour noise: a few grey levels
   for b in batches:
     assert set(b) == {"image", "label"}
     assert b["image"].shape == (5, 224, 224, 3) and b["image"].dtype == np.float32
@@ -122,7 +127,7 @@ def test_train_batches_shapes_dtypes_ranges(fake, augmentation):
     assert set(b["label"].tolist()) <= label_ids
     assert np.isfinite(b["image"]).all()
     assert lo - pca_margin <= b["image"].min() and b["image"].max() <= hi + pca_margin
-    assert b["image"].std() > 10   # real image content, not a constant
+    assert b["image"].std() > 10  # real image content, not a constant
     # per-channel mean subtraction: channel means of natural images land near zero
     assert np.abs(b["image"].mean()) < 60
   channel = make_config(fake, augmentation=augmentation, normalization="channel")
@@ -140,7 +145,7 @@ def test_train_stream_is_deterministic_and_resumes_exactly(fake):
   # 30 examples, batches of 4: step 7 spans the end of epoch 0; step 16 lies in epoch 2 (epochs 0-1 not read).
   for start in (7, 16):
     resumed = list(stream(config, start).take(2).as_numpy_iterator())
-    for a, b in zip(first[start:start + 2], resumed):
+    for a, b in zip(first[start : start + 2], resumed):
       np.testing.assert_array_equal(a["image"], b["image"])
       np.testing.assert_array_equal(a["label"], b["label"])
   other = next(stream(small_config(fake, seed=1), 0).as_numpy_iterator())
@@ -153,7 +158,7 @@ def test_train_epochs_and_process_shards(fake):
   names = lambda ds: [ex["file_name"].decode() for ex in ds.as_numpy_iterator()]
   stream = names(ii.train_records(config, local_batch_size=4).take(2 * n))
   assert sorted(stream[:n]) == sorted(stream[n:]) == sorted(fake["train_files"])
-  assert stream[:n] != stream[n:]   # reshuffled every epoch
+  assert stream[:n] != stream[n:]  # reshuffled every epoch
   # Two processes, local batch 3: disjoint halves, together the whole split; positions interleave by batch.
   shards = []
   for p in range(2):
@@ -173,6 +178,7 @@ def test_bad_augmentation_is_rejected(fake):
 # ----------------------------------------------------------------------------------------------------------
 # Preprocessing on synthetic images.
 
+
 def test_paper_scale_augmentation_shorter_side_range():
   hw, crop = (300, 400), 224
   scales = []
@@ -182,7 +188,7 @@ def test_paper_scale_augmentation_shorter_side_range():
     assert 0 <= y and y + h <= hw[0] and 0 <= x and x + w <= hw[1] and h == w
     s = int(s)
     assert 256 <= s <= 480
-    assert abs(crop * min(hw) / h - s) <= 0.01 * s + 1    # the window is a 224 crop of the image at scale s
+    assert abs(crop * min(hw) / h - s) <= 0.01 * s + 1  # the window is a 224 crop of the image at scale s
     scales.append(s)
   assert min(scales) < 270 and max(scales) > 465 and len(set(scales)) > 100
   # Through train_image on pixels that encode their coordinates: the 224 output rows span the window's height.
@@ -191,7 +197,7 @@ def test_paper_scale_augmentation_shorter_side_range():
   for i in range(40):
     out = ii.train_image(image, seed(i), augmentation="paper", pca_std=0.0).numpy()
     rows = out[:, 0, 0]
-    assert np.all(np.diff(rows) > 0)                       # rows stay in order (no vertical flip)
+    assert np.all(np.diff(rows) > 0)  # rows stay in order (no vertical flip)
     implied.append(223 * min(hw) / (rows[-1] - rows[0]))  # shorter side of the resized image
   assert 250 <= min(implied) and max(implied) <= 490
 
@@ -199,11 +205,14 @@ def test_paper_scale_augmentation_shorter_side_range():
 def test_inception_crop_area_and_aspect():
   hw = (300, 400)
   for i in range(200):
-    y, x, h, w = ii.inception_crop_window(tf.constant(hw), seed(i), area_range=(0.08, 1.0),
-                                          aspect_range=(3 / 4, 4 / 3)).numpy().tolist()
+    y, x, h, w = (
+        ii.inception_crop_window(tf.constant(hw), seed(i), area_range=(0.08, 1.0), aspect_range=(3 / 4, 4 / 3))
+        .numpy()
+        .tolist()
+    )
     assert 0 <= y and y + h <= hw[0] and 0 <= x and x + w <= hw[1]
     assert 0.08 - 0.01 <= h * w / (hw[0] * hw[1]) <= 1.0
-    if (h, w) != hw:   # the whole image is the sampler's fallback
+    if (h, w) != hw:  # the whole image is the sampler's fallback
       assert 3 / 4 - 0.05 <= w / h <= 4 / 3 + 0.05
 
 
@@ -229,16 +238,22 @@ def test_ten_crop_positions():
   views = ii.ten_crop_views(coordinate_image(256, 320), resize_to=256, crop=224).numpy()
   assert views.shape == (10, 224, 224, 3)
   y, x = np.meshgrid(np.arange(224), np.arange(224), indexing="ij")
-  offsets = [(0, 0), (0, 96), (32, 0), (32, 96), (16, 48)]   # tl, tr, bl, br, centre
+  offsets = [(0, 0), (0, 96), (32, 0), (32, 96), (16, 48)]  # tl, tr, bl, br, centre
   for k, (oy, ox) in enumerate(offsets):
     np.testing.assert_array_equal(views[k, ..., 0], y + oy)
     np.testing.assert_array_equal(views[k, ..., 1], x + ox)
-    np.testing.assert_array_equal(views[5 + k], views[k, :, ::-1])   # the flip of the same crop
+    np.testing.assert_array_equal(views[5 + k], views[k, :, ::-1])  # the flip of the same crop
 
 
 def test_multiscale_shapes_and_flips():
-  cases = {(300, 400): (0, 4 / 3), (400, 300): (1, 4 / 3), (300, 330): (0, 1.0), (300, 480): (0, 1.5),
-           (300, 600): (0, 1.5), (420, 300): (1, 4 / 3)}
+  cases = {
+      (300, 400): (0, 4 / 3),
+      (400, 300): (1, 4 / 3),
+      (300, 330): (0, 1.0),
+      (300, 480): (0, 1.5),
+      (300, 600): (0, 1.5),
+      (420, 300): (1, 4 / 3),
+  }
   for hw, (portrait, aspect) in cases.items():
     image = coordinate_image(*hw)
     for size in (224, 256, 384, 480, 640):
@@ -259,6 +274,7 @@ def test_multiscale_shapes_and_flips():
 # ----------------------------------------------------------------------------------------------------------
 # Evaluation streams: every image exactly once, with awkward batch sizes and process counts.
 
+
 @pytest.mark.parametrize("protocol", ["single", "10crop", "multiscale"])
 @pytest.mark.parametrize("batch,processes", [(7, 1), (3, 2), (3, 3)])
 def test_eval_counts_every_image_once(fake, protocol, batch, processes):
@@ -269,8 +285,11 @@ def test_eval_counts_every_image_once(fake, protocol, batch, processes):
   for p in range(processes):
     n_local = ii.split_size(fake["builder"], "validation", process_index=p, process_count=processes)
     seen = collections.Counter()
-    batches = list(ii.eval_dataset(config, protocol=protocol, process_index=p, process_count=processes,
-                                   local_batch_size=batch).as_numpy_iterator())
+    batches = list(
+        ii.eval_dataset(
+            config, protocol=protocol, process_index=p, process_count=processes, local_batch_size=batch
+        ).as_numpy_iterator()
+    )
     n_batches.add(len(batches))
     for b in batches:
       real = b["mask"] == 1
@@ -283,8 +302,10 @@ def test_eval_counts_every_image_once(fake, protocol, batch, processes):
         labels += b["label"][real].tolist()
       else:
         assert b["image"].shape[2:4] in allowed and b["image"].shape[1] == 2
-        assert b["image"].shape[0] == [s[2] for s in ii.multiscale_shapes(config, batch)
-                                       if s[:2] == b["image"].shape[2:4]][0]
+        assert (
+            b["image"].shape[0]
+            == [s[2] for s in ii.multiscale_shapes(config, batch) if s[:2] == b["image"].shape[2:4]][0]
+        )
     per_image = n_scales if protocol == "multiscale" else 1
     assert seen == {i: per_image for i in range(n_local)}
     total += n_local
@@ -302,9 +323,10 @@ def test_eval_counts_every_image_once(fake, protocol, batch, processes):
 # ----------------------------------------------------------------------------------------------------------
 # evaluate_protocol.
 
+
 @pytest.fixture(scope="module")
 def resnet18_small(fake):
-  config = small_config(fake, eval_batch_size=7, multiscale_aspects=(1.0,))   # one shape per scale: fast
+  config = small_config(fake, eval_batch_size=7, multiscale_aspects=(1.0,))  # one shape per scale: fast
   model = models.create_model(config.model)
   variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   return config, model, variables
@@ -322,6 +344,7 @@ def test_evaluate_protocol_counts_every_image(fake, resnet18_small, protocol):
 
 class ConstantScores(nn.Module):
   """Ignores the image: the same logits for every view, so the errors follow from the labels alone."""
+
   scores: tuple
 
   @nn.compact
@@ -341,8 +364,7 @@ def test_evaluate_protocol_errors_are_right(fake, protocol):
   scores[top5] = [10, 9, 8, 7, 6]
   model = ConstantScores(tuple(scores.tolist()))
   variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-  r = evaluate.evaluate_protocol(model, variables, small_config(fake, eval_batch_size=6), protocol,
-                                 eval_fn_cache={})
+  r = evaluate.evaluate_protocol(model, variables, small_config(fake, eval_batch_size=6), protocol, eval_fn_cache={})
   n = len(labels)
   assert r["count"] == n
   assert r["top1_error"] == pytest.approx(1 - labels.count(top5[0]) / n)
@@ -352,6 +374,7 @@ def test_evaluate_protocol_errors_are_right(fake, protocol):
 
 # ----------------------------------------------------------------------------------------------------------
 # Slow: the paper's sizes.
+
 
 @pytest.mark.slow
 def test_evaluate_all_protocols_at_paper_sizes(fake):
@@ -367,21 +390,47 @@ def test_evaluate_all_protocols_at_paper_sizes(fake):
 
 def test_train_cli_then_every_protocol(fake, tmp_path):
   """A few ResNet-18 training steps through the real CLI, then each evaluation protocol through its CLI."""
-  common = ["--config=configs/imagenet_resnet18.py", f"--workdir={tmp_path}", f"--config.data_dir={fake['data_dir']}",
-            "--config.image_size=32", "--config.eval_resize=40", "--config.scale_range=(36, 64)",
-            "--config.multiscale_sizes=(32, 48)", "--config.eval_batch_size=8"]
+  common = [
+      "--config=configs/imagenet_resnet18.py",
+      f"--workdir={tmp_path}",
+      f"--config.data_dir={fake['data_dir']}",
+      "--config.image_size=32",
+      "--config.eval_resize=40",
+      "--config.scale_range=(36, 64)",
+      "--config.multiscale_sizes=(32, 48)",
+      "--config.eval_batch_size=8",
+  ]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  out = subprocess.run([sys.executable, "-m", "resnet_jax.main", *common, "--config.batch_size=4",
-                        "--config.num_train_steps=3", "--config.eval_every_steps=3",
-                        "--config.checkpoint_every_steps=3", "--config.log_every_steps=1"],
-                       cwd=REPO, capture_output=True, text=True, timeout=1200, env=env)
+  out = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "resnet_jax.main",
+          *common,
+          "--config.batch_size=4",
+          "--config.num_train_steps=3",
+          "--config.eval_every_steps=3",
+          "--config.checkpoint_every_steps=3",
+          "--config.log_every_steps=1",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=1200,
+      env=env,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert "step 3/3" in out.stderr
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["steps"] == 3 and results["eval_count"] == fake["num_val"]
-  out = subprocess.run([sys.executable, "-m", "resnet_jax.evaluate", *common, "--json",
-                        *(f"--protocol={p}" for p in ii.PROTOCOLS)],
-                       cwd=REPO, capture_output=True, text=True, timeout=1200, env=env)
+  out = subprocess.run(
+      [sys.executable, "-m", "resnet_jax.evaluate", *common, "--json", *(f"--protocol={p}" for p in ii.PROTOCOLS)],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=1200,
+      env=env,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   rows = [json.loads(line) for line in out.stdout.strip().splitlines()]
   assert [r["protocol"] for r in rows] == list(ii.PROTOCOLS)

@@ -1,4 +1,5 @@
 """Architecture tests: parameter counts, multiply-adds, shapes and shortcuts against ../shared/PAPER.md."""
+
 import functools
 import json
 import subprocess
@@ -59,9 +60,11 @@ def test_mult_adds_match_paper(depth):
     assert v15 > macs * 1.01
 
 
-NAMED = [(name, 32 if name.startswith("cifar") else 224, 10 if name.startswith("cifar") else 1000)
-         for name in dir(models) if name.startswith(("cifar_resnet", "cifar_plain", "imagenet_resnet",
-                                                     "imagenet_plain"))]
+NAMED = [
+    (name, 32 if name.startswith("cifar") else 224, 10 if name.startswith("cifar") else 1000)
+    for name in dir(models)
+    if name.startswith(("cifar_resnet", "cifar_plain", "imagenet_resnet", "imagenet_plain"))
+]
 
 
 @pytest.mark.parametrize("name,size,classes", NAMED)
@@ -136,8 +139,7 @@ def test_plain_net_has_no_shortcut_path(residual):
     assert spread > 1e-3
   else:
     assert spread == 0.0
-    assert not any("shortcut" in "/".join(map(str, p)) for p, _ in
-                   jax.tree_util.tree_flatten_with_path(v["params"])[0])
+    assert not any("shortcut" in "/".join(map(str, p)) for p, _ in jax.tree_util.tree_flatten_with_path(v["params"])[0])
 
 
 def test_scan_computes_the_same_function():
@@ -149,8 +151,11 @@ def test_scan_computes_the_same_function():
   np.testing.assert_allclose(model.apply(v, x), scanned.apply(vs, x), rtol=1e-5, atol=1e-5)
   (a, sa), (b, sb) = (m.apply(w, x, train=True, mutable=["batch_stats"]) for m, w in ((model, v), (scanned, vs)))
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-  jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-6),
-               models.scanned_variables(sa, model.stage_sizes)["batch_stats"], sb["batch_stats"])
+  jax.tree.map(
+      lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-6),
+      models.scanned_variables(sa, model.stage_sizes)["batch_stats"],
+      sb["batch_stats"],
+  )
   remat = models.cifar_net(32, scan=True, remat=True)
   np.testing.assert_allclose(remat.apply(vs, x), scanned.apply(vs, x), rtol=1e-5, atol=1e-5)
 
@@ -169,10 +174,13 @@ def test_zero_init_last_bn():
   assert float(jnp.abs(v["params"]["stage1_block1"]["bn1"]["scale"]).min()) == 1.0
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(depth=21), "6n\\+2"),
-    (dict(depth=0), "6n\\+2"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(depth=21), "6n\\+2"),
+        (dict(depth=0), "6n\\+2"),
+    ],
+)
 def test_bad_cifar_depth(kwargs, match):
   with pytest.raises(ValueError, match=match):
     models.cifar_net(**kwargs)
@@ -200,15 +208,22 @@ def test_create_model_from_config():
   assert models.create_model(config_lib.cifar(1202).model).scan
 
 
-@pytest.mark.parametrize("config,params,gmacs", [
-    ("configs/cifar56.py", 853_018, None),
-    ("configs/plain20.py", 269_722, None),
-    ("configs/imagenet_resnet50.py", 25_557_032, 3.8),
-    ("configs/imagenet_plain34.py", 21_623_848, 3.6),
-])
+@pytest.mark.parametrize(
+    "config,params,gmacs",
+    [
+        ("configs/cifar56.py", 853_018, None),
+        ("configs/plain20.py", 269_722, None),
+        ("configs/imagenet_resnet50.py", 25_557_032, 3.8),
+        ("configs/imagenet_plain34.py", 21_623_848, 3.6),
+    ],
+)
 def test_summary_cli_json(config, params, gmacs):
-  out = subprocess.run([sys.executable, "-m", "resnet_jax.summary", f"--config={config}", "--json"],
-                       capture_output=True, text=True, check=True).stdout
+  out = subprocess.run(
+      [sys.executable, "-m", "resnet_jax.summary", f"--config={config}", "--json"],
+      capture_output=True,
+      text=True,
+      check=True,
+  ).stdout
   s = json.loads(out.strip().splitlines()[-1])
   assert s["params"] == params
   if gmacs:
@@ -217,6 +232,10 @@ def test_summary_cli_json(config, params, gmacs):
 
 
 def test_summary_cli_table():
-  out = subprocess.run([sys.executable, "-m", "resnet_jax.summary", "--config=configs/cifar20.py"],
-                       capture_output=True, text=True, check=True).stdout
+  out = subprocess.run(
+      [sys.executable, "-m", "resnet_jax.summary", "--config=configs/cifar20.py"],
+      capture_output=True,
+      text=True,
+      check=True,
+  ).stdout
   assert "269,722" in out and "paper: 0.27M" in out and "stage3" in out

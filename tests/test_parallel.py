@@ -11,6 +11,7 @@ with their own float64 reference. A real mistake (gradients summed instead of av
 wrong batch) moves parameters by ~1e-2 (per-device vs global BN: 7e-3 here): the bounds must also stay below
 1e-3, and the test checks that they do.
 """
+
 import json
 import os
 import subprocess
@@ -22,8 +23,8 @@ import pytest
 from conftest import REPO, SMALL, read_jsonl, run_cli
 
 EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-RATIO = 10         # a float32 rounding may be this many times the one-device run's
-MISTAKE = 1e-3     # a tenth of what a real mistake changes
+RATIO = 10  # a float32 rounding may be this many times the one-device run's
+MISTAKE = 1e-3  # a tenth of what a real mistake changes
 
 
 def _load(path):
@@ -40,9 +41,17 @@ def modes(tmp_path_factory):
   out = tmp_path_factory.mktemp("parallel")
   env = {**os.environ, **EIGHT, "PYTHONPATH": str(REPO)}
   script = str(REPO / "tests" / "parallel_check.py")
-  procs = {name: subprocess.Popen([sys.executable, script, str(out / f"{name}.npz"), *flag], env=env, cwd=REPO,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for name, flag in (("float32", []), ("float64", ["--float64"]))}
+  procs = {
+      name: subprocess.Popen(
+          [sys.executable, script, str(out / f"{name}.npz"), *flag],
+          env=env,
+          cwd=REPO,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for name, flag in (("float32", []), ("float64", ["--float64"]))
+  }
   for name, proc in procs.items():
     _, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-4000:]
@@ -86,8 +95,15 @@ def test_pmap_running_stats_identical_on_all_devices(modes):
 
 
 def test_batch_not_divisible_by_devices(tmp_path):
-  proc = run_cli("resnet_jax.main", "--config=configs/cifar20.py", f"--workdir={tmp_path}", *SMALL,
-                 "--config.batch_size=36", env=EIGHT, check=False)
+  proc = run_cli(
+      "resnet_jax.main",
+      "--config=configs/cifar20.py",
+      f"--workdir={tmp_path}",
+      *SMALL,
+      "--config.batch_size=36",
+      env=EIGHT,
+      check=False,
+  )
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert "batch_size=36 is not divisible by the 8 devices" in proc.stderr
   assert "e.g. 32 or 40" in proc.stderr
@@ -95,11 +111,28 @@ def test_batch_not_divisible_by_devices(tmp_path):
 
 def _two_process_run(workdir, args, port):
   import subprocess, sys
+
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-  procs = [subprocess.Popen([sys.executable, "-m", "resnet_jax.main", *args, f"--workdir={workdir}",
-                             f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                             f"--process_id={i}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [
+      subprocess.Popen(
+          [
+              sys.executable,
+              "-m",
+              "resnet_jax.main",
+              *args,
+              f"--workdir={workdir}",
+              f"--coordinator_address=localhost:{port}",
+              "--num_processes=2",
+              f"--process_id={i}",
+          ],
+          cwd=REPO,
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for i in range(2)
+  ]
   outs = [p.communicate(timeout=900) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-4000:]
@@ -111,16 +144,29 @@ def test_two_processes_agree_with_one(tmp_path, tfds_dir):
   """2 processes x 2 devices vs 1 process x 4 devices on real CIFAR-10 (ResNet-8); exact eval count over 999 test
   images, which no batch divides; 2-process resume. (Whole-batch weight gradients: the chunked ones are the same
   mathematics and only lengthen the compilation.)"""
-  args = ["--config=configs/cifar20.py", "--config.model.depth=8", f"--config.data_dir={tfds_dir}",
-          "--config.cpu.weight_grad_chunk=0",
-          "--config.batch_size=32", "--config.eval_batch_size=200", "--config.eval_split=test[:999]",
-          "--config.log_every_steps=1", "--config.checkpoint_every_steps=2", "--config.eval_every_steps=1000",
-          "--config.learning_rate=0.01"]
+  args = [
+      "--config=configs/cifar20.py",
+      "--config.model.depth=8",
+      f"--config.data_dir={tfds_dir}",
+      "--config.cpu.weight_grad_chunk=0",
+      "--config.batch_size=32",
+      "--config.eval_batch_size=200",
+      "--config.eval_split=test[:999]",
+      "--config.log_every_steps=1",
+      "--config.checkpoint_every_steps=2",
+      "--config.eval_every_steps=1000",
+      "--config.learning_rate=0.01",
+  ]
   port = 20000 + os.getpid() % 20000
   errs = _two_process_run(tmp_path / "two", args + ["--config.num_train_steps=3"], port)
   assert "step 3/3" in errs[0] and "step 3/3" not in errs[1]  # only process 0 logs progress
-  run_cli("resnet_jax.main", *args, "--config.num_train_steps=3", f"--workdir={tmp_path / 'one'}",
-          env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  run_cli(
+      "resnet_jax.main",
+      *args,
+      "--config.num_train_steps=3",
+      f"--workdir={tmp_path / 'one'}",
+      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+  )
   two, one = read_jsonl(tmp_path / "two" / "metrics.jsonl"), read_jsonl(tmp_path / "one" / "metrics.jsonl")
   assert [r["step"] for r in two] == [1, 2, 3]
   # The first step's loss depends only on the data each device saw: equal up to float32 reduction order.

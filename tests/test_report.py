@@ -1,4 +1,5 @@
 """The report (Table 6 layout, Figure 6/7 PNGs) from synthetic workdirs, and the layer-response analysis."""
+
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _config(depth, residual, steps):
   from resnet_jax import config_lib
+
   c = config_lib.cifar(depth, residual=residual)
   c.num_train_steps = steps
   return json.loads(c.to_json_best_effort())
@@ -25,23 +27,48 @@ def make_run(root, name, depth, residual, *, steps=400, done=True, err0=0.9, slo
   last = steps if done else steps // 2
   rows = []
   for step in range(20, last + 1, 20):
-    row = {"step": step, "train_loss": 2.0, "train_error": err0 - slope * step / steps, "learning_rate": 0.1,
-           "images_per_sec": 100.0}
+    row = {
+        "step": step,
+        "train_loss": 2.0,
+        "train_error": err0 - slope * step / steps,
+        "learning_rate": 0.1,
+        "images_per_sec": 100.0,
+    }
     if step % 100 == 0:
       row.update(eval_error=row["train_error"] + 0.05, eval_loss=2.0, eval_count=10000.0)
     rows.append(row)
   (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   (d / "config.json").write_text(json.dumps(config))
   if done:
-    (d / "results.json").write_text(json.dumps({
-        "final_eval_error": rows[-1]["eval_error"], "steps": steps, "wall_time_sec": 60.0, "devices": 1,
-        "config": config}))
+    (d / "results.json").write_text(
+        json.dumps(
+            {
+                "final_eval_error": rows[-1]["eval_error"],
+                "steps": steps,
+                "wall_time_sec": 60.0,
+                "devices": 1,
+                "config": config,
+            }
+        )
+    )
   if responses is not None:
     std = list(responses)
-    (d / "layer_responses.json").write_text(json.dumps({
-        "model": name, "depth": depth, "residual": residual, "step": steps, "split": "test",
-        "num_examples": 10000, "std": std, "std_sorted": sorted(std, reverse=True), "mean_std": float(np.mean(std)),
-        "layers": [{"index": i + 1, "name": f"layer{i + 1}", "std": s} for i, s in enumerate(std)]}))
+    (d / "layer_responses.json").write_text(
+        json.dumps(
+            {
+                "model": name,
+                "depth": depth,
+                "residual": residual,
+                "step": steps,
+                "split": "test",
+                "num_examples": 10000,
+                "std": std,
+                "std_sorted": sorted(std, reverse=True),
+                "mean_std": float(np.mean(std)),
+                "layers": [{"index": i + 1, "name": f"layer{i + 1}", "std": s} for i, s in enumerate(std)],
+            }
+        )
+    )
   return d
 
 
@@ -53,8 +80,14 @@ def sweep_dir(tmp_path):
   make_run(root, "resnet20", 20, True, err0=0.8, slope=0.5, responses=[0.8] * 18)
   make_run(root, "resnet56", 56, True, err0=0.8, slope=0.6, done=False)
   (root / "not_a_run").mkdir()
-  (root / "sweep.json").write_text(json.dumps({"sweep_file": "experiments/degradation.py", "runs": {
-      n: {"set": ["num_train_steps=400"]} for n in ("plain20", "plain56", "resnet20", "resnet56")}}))
+  (root / "sweep.json").write_text(
+      json.dumps(
+          {
+              "sweep_file": "experiments/degradation.py",
+              "runs": {n: {"set": ["num_train_steps=400"]} for n in ("plain20", "plain56", "resnet20", "resnet56")},
+          }
+      )
+  )
   return root
 
 
@@ -64,14 +97,16 @@ def _table_rows(md, first_cell_prefix):
 
 def test_report_builds_table_and_pngs(sweep_dir, tmp_path):
   from resnet_jax import report
+
   out = report.build_report(str(sweep_dir), str(tmp_path / "out"))
   assert out["runs"] == ["plain20", "plain56", "resnet20", "resnet56"]  # the sweep's order; not_a_run left out
   md = (tmp_path / "out" / "report.md").read_text()
 
   # Table 6 layout: ours beside the paper's; parameters counted from the model (ResNet-20: 269,722).
   # Errors of the final model; no "best" column, since these runs evaluate on the test set.
-  assert ("| method | # layers | # params | steps | train error (%) | final eval error (%) | paper test error (%) |"
-          in md)
+  assert (
+      "| method | # layers | # params | steps | train error (%) | final eval error (%) | paper test error (%) |" in md
+  )
   r20 = _table_rows(md, "ResNet-20 (resnet20)")[0].split(" | ")
   assert r20[1:6] == ["20", "0.270M", "400", "30.00", "35.00"] and r20[-1].rstrip(" |") == "8.75"
   r56 = _table_rows(md, "ResNet-56 (resnet56)")[0]
@@ -88,6 +123,7 @@ def test_report_builds_table_and_pngs(sweep_dir, tmp_path):
   # Figures: Figure 6 (curves) and Figure 7 (the two runs with layer responses), embedded and valid PNGs.
   assert "![error vs iterations](figure6.png)" in md and "![layer responses](figure7.png)" in md
   import matplotlib.image
+
   for name in ("figure6.png", "figure7.png"):
     path = tmp_path / "out" / name
     assert path.read_bytes()[:8] == PNG_MAGIC
@@ -99,6 +135,7 @@ def test_report_builds_table_and_pngs(sweep_dir, tmp_path):
 
 def test_best_error_only_on_a_validation_split(sweep_dir, tmp_path):
   from resnet_jax import report
+
   runs = [report.load_run(str(sweep_dir / "resnet20"))]
   assert report.best_validation(runs[0]) == (None, None)  # evaluated on the test set
   runs[0].config["eval_split"] = "train[45000:]"
@@ -109,13 +146,21 @@ def test_best_error_only_on_a_validation_split(sweep_dir, tmp_path):
 
 def test_budget_means_and_paper_numbers():
   from resnet_jax import report
-  run = report.RunData("r", "r", _config(110, True, 100), [
-      {"step": s, "train_error": e} for s, e in ((10, 0.9), (20, 0.7), (30, 0.5), (40, 0.3))], None, None)
+
+  run = report.RunData(
+      "r",
+      "r",
+      _config(110, True, 100),
+      [{"step": s, "train_error": e} for s, e in ((10, 0.9), (20, 0.7), (30, 0.5), (40, 0.3))],
+      None,
+      None,
+  )
   assert report.train_error_up_to(run, 20, 0) == pytest.approx(0.8)
   assert report.train_error_up_to(run, 40, 20) == pytest.approx(0.4)
   assert report.paper_error(run) == 6.43 and report.count_params(run) == 1_727_962
-  imagenet = report.RunData("i", "i", {"model": {"family": "imagenet", "depth": 34, "residual": True,
-                                                 "shortcut": "B"}}, [], None, None)
+  imagenet = report.RunData(
+      "i", "i", {"model": {"family": "imagenet", "depth": 34, "residual": True, "shortcut": "B"}}, [], None, None
+  )
   assert report.paper_error(imagenet) == 24.52
 
 
@@ -129,10 +174,12 @@ def test_report_cli_and_missing_dir(sweep_dir, tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 # Layer responses (Figure 7).
 
+
 def test_one_response_per_3x3_conv_in_network_order():
   import jax
   import jax.numpy as jnp
   from resnet_jax import analyze, models
+
   model = models.cifar_net(20)
   x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
   variables = model.init(jax.random.key(0), x)
@@ -152,23 +199,35 @@ def test_one_response_per_3x3_conv_in_network_order():
   assert not np.allclose(stds, 1.0, atol=1e-2)  # inference mode: initial running statistics (0, 1) differ
   # Under nn.scan the stacked responses are unstacked into the same layers with the same values.
   scanned = models.cifar_net(20, scan=True)
-  names_s, stds_s, _ = analyze.response_stds(scanned, models.scanned_variables(variables, [3, 3, 3]),
-                                             [{"image": np.asarray(x), "mask": mask}])
+  names_s, stds_s, _ = analyze.response_stds(
+      scanned, models.scanned_variables(variables, [3, 3, 3]), [{"image": np.asarray(x), "mask": mask}]
+  )
   assert names_s == names
   np.testing.assert_allclose(stds_s, stds, rtol=1e-5)
   # One per 3x3 conv on ImageNet nets too: 2 per basic block (ResNet-18), 1 per bottleneck (ResNet-50).
   for depth, expected in ((18, 16), (50, 16)):
     net = models.imagenet_net(depth)
-    _, shapes = jax.eval_shape(lambda: net.init_with_output(
-        jax.random.key(0), jnp.zeros((1, 64, 64, 3)), mutable=["params", "batch_stats", "intermediates"]))
+    _, shapes = jax.eval_shape(
+        lambda: net.init_with_output(
+            jax.random.key(0), jnp.zeros((1, 64, 64, 3)), mutable=["params", "batch_stats", "intermediates"]
+        )
+    )
     assert len(analyze.named_responses(shapes["intermediates"])) == expected
 
 
 def test_analyze_cli_writes_layer_responses(tmp_path):
   wd = tmp_path / "run"
-  run_cli("resnet_jax.main", "--config=configs/plain20.py", f"--workdir={wd}", *SMALL,
-          "--config.model.depth=8", "--config.num_train_steps=2", "--config.log_every_steps=1",
-          "--config.eval_every_steps=2", "--config.checkpoint_every_steps=2")
+  run_cli(
+      "resnet_jax.main",
+      "--config=configs/plain20.py",
+      f"--workdir={wd}",
+      *SMALL,
+      "--config.model.depth=8",
+      "--config.num_train_steps=2",
+      "--config.log_every_steps=1",
+      "--config.eval_every_steps=2",
+      "--config.checkpoint_every_steps=2",
+  )
   proc = run_cli("resnet_jax.analyze", f"--workdir={wd}")
   out = json.loads((wd / "layer_responses.json").read_text())
   assert len(out["std"]) == 6 and out["num_examples"] == 100 and out["step"] == 2  # 3 blocks x 2 convs
@@ -194,10 +253,19 @@ def test_plain_responses_exceed_residual_after_training_on_cifar10(tmp_path):
   means = {}
   for name, config in (("plain20", "configs/plain20.py"), ("resnet20", "configs/cifar20.py")):
     wd = tmp_path / name
-    run_cli("resnet_jax.main", f"--config={config}", f"--workdir={wd}", f"--config.data_dir={TFDS_DIR}",
-            "--config.num_train_steps=150", "--config.lr_decay_factor=1.0", "--config.eval_split=test[:1000]",
-            "--config.log_every_steps=50", "--config.eval_every_steps=150", "--config.checkpoint_every_steps=150",
-            timeout=3600)
+    run_cli(
+        "resnet_jax.main",
+        f"--config={config}",
+        f"--workdir={wd}",
+        f"--config.data_dir={TFDS_DIR}",
+        "--config.num_train_steps=150",
+        "--config.lr_decay_factor=1.0",
+        "--config.eval_split=test[:1000]",
+        "--config.log_every_steps=50",
+        "--config.eval_every_steps=150",
+        "--config.checkpoint_every_steps=150",
+        timeout=3600,
+    )
     run_cli("resnet_jax.analyze", f"--workdir={wd}", timeout=900)
     means[name] = json.loads((wd / "layer_responses.json").read_text())["mean_std"]
   assert means["plain20"] > means["resnet20"] + 0.05, means

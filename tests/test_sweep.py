@@ -1,6 +1,7 @@
 """The sweep runner: a tiny sweep on fake data completes, is skipped when rerun, resumes after a kill; --dry_run
 prints commands that train the same runs; a bad override stops the sweep before any run; the experiments/ sweeps
 load and validate."""
+
 import json
 import os
 import shlex
@@ -17,7 +18,7 @@ SWEEP = "resnet_jax.sweep"
 
 # A depth-8 net (one block per stage) on 64 random images: compiles in seconds. Evaluating and checkpointing
 # often keeps a run going long enough (about a second) to be killed in the middle.
-TINY_SWEEP = '''
+TINY_SWEEP = """
 from resnet_jax import config_lib
 from resnet_jax.sweep import Run
 
@@ -34,7 +35,7 @@ def get_config():
 
 def get_sweep():
   return [Run("plain8", {{"model.residual": False}}), Run("resnet8", {{}}){extra}]
-'''
+"""
 
 
 def write_sweep(tmp_path, steps=12, extra="", name="tiny.py"):
@@ -69,8 +70,12 @@ def test_sweep_completes_is_skipped_and_resumes_after_kill(tmp_path):
   # Kill a second sweep (SIGKILL) in its second run after that run's first checkpoint, then rerun it: the
   # first run is skipped, the second resumes from its checkpoint and ends exactly as the uninterrupted one.
   wd = tmp_path / "killed"
-  sweep_proc = subprocess.Popen([sys.executable, "-m", SWEEP, sweep_file, f"--workdir={wd}"], cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  sweep_proc = subprocess.Popen(
+      [sys.executable, "-m", SWEEP, sweep_file, f"--workdir={wd}"],
+      cwd=REPO,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+  )
   ckpts = wd / "resnet8" / "checkpoints"
   deadline = time.time() + 600
   while time.time() < deadline and sweep_proc.poll() is None:
@@ -87,12 +92,12 @@ def test_sweep_completes_is_skipped_and_resumes_after_kill(tmp_path):
   res = json.loads((wd / "resnet8" / "results.json").read_text())
   assert 0 < res["resumed_from_step"] < 12 and res["steps"] == 12
   for name in ("plain8", "resnet8"):
-    assert strip_speed(read_jsonl(wd / name / "metrics.jsonl")) == \
-        strip_speed(read_jsonl(ref / name / "metrics.jsonl"))
+    assert strip_speed(read_jsonl(wd / name / "metrics.jsonl")) == strip_speed(read_jsonl(ref / name / "metrics.jsonl"))
 
 
 def test_dry_run_prints_commands_that_train_the_same_runs(tmp_path):
   from resnet_jax import sweep
+
   sweep_file = write_sweep(tmp_path, steps=2)
   wd = tmp_path / "dry"
   # --set values that leave the compiled step unchanged (a new learning rate would mean a new compilation).
@@ -108,7 +113,7 @@ def test_dry_run_prints_commands_that_train_the_same_runs(tmp_path):
   # Run the printed command as a scheduler would; the sweep then finds that run complete with its config.
   subprocess.run([sys.executable] + plain[1:], cwd=REPO, check=True, capture_output=True, timeout=600)
   res = json.loads((wd / "plain8" / "results.json").read_text())
-  spec = sweep.build_runs(sweep_file, str(wd), sets=[s[len("--set="):] for s in sets])[0]
+  spec = sweep.build_runs(sweep_file, str(wd), sets=[s[len("--set=") :] for s in sets])[0]
   assert res["config"] == json.loads(spec.config.to_json_best_effort())
   assert res["config"]["seed"] == 3 and res["config"]["lr_boundaries"] == [0.5, 0.75]
   proc = run_cli(SWEEP, sweep_file, f"--workdir={wd}", "--only=plain*", *sets)
@@ -125,20 +130,27 @@ def test_bad_override_stops_the_sweep_before_any_run(tmp_path):
   assert not wd.exists(), "no run may start when one override is bad"
 
 
-@pytest.mark.parametrize("extra, sets, needles", [
-    (', Run("typo8", {"model.dept": 8})', [], ["run typo8: unknown field 'model.dept'"]),
-    (', Run("wrongtype", {"batch_size": "big"})', [], ["run wrongtype: batch_size='big': wrong type str"]),
-    (', Run("boolint", {"num_train_steps": True})', [], ["run boolint: num_train_steps=True: wrong type bool"]),
-    (', Run("depth21", {"model.depth": 21})', [], ["run depth21: model: CIFAR depth must be 6n+2"]),
-    ("", ["batch_size=big"], ["run plain8:", "--config.batch_size=big"]),
-    ("", ["batch_sise=8"], ["run plain8: --set=batch_sise=8: unknown field 'batch_sise'", "'batch_size'"]),
-    ("", ["learning_rate=-1"], ["run plain8: learning_rate=-1.0: must be a positive number",
-                                "run resnet8: learning_rate=-1.0"]),
-    ("", ["num_train_steps"], ["--set=num_train_steps: write --set=FIELD=VALUE"]),
-    (', Run("plain8", {})', [], ["run name 'plain8' appears 2 times"]),
-])
+@pytest.mark.parametrize(
+    "extra, sets, needles",
+    [
+        (', Run("typo8", {"model.dept": 8})', [], ["run typo8: unknown field 'model.dept'"]),
+        (', Run("wrongtype", {"batch_size": "big"})', [], ["run wrongtype: batch_size='big': wrong type str"]),
+        (', Run("boolint", {"num_train_steps": True})', [], ["run boolint: num_train_steps=True: wrong type bool"]),
+        (', Run("depth21", {"model.depth": 21})', [], ["run depth21: model: CIFAR depth must be 6n+2"]),
+        ("", ["batch_size=big"], ["run plain8:", "--config.batch_size=big"]),
+        ("", ["batch_sise=8"], ["run plain8: --set=batch_sise=8: unknown field 'batch_sise'", "'batch_size'"]),
+        (
+            "",
+            ["learning_rate=-1"],
+            ["run plain8: learning_rate=-1.0: must be a positive number", "run resnet8: learning_rate=-1.0"],
+        ),
+        ("", ["num_train_steps"], ["--set=num_train_steps: write --set=FIELD=VALUE"]),
+        (', Run("plain8", {})', [], ["run name 'plain8' appears 2 times"]),
+    ],
+)
 def test_bad_overrides_name_the_run_and_the_field(tmp_path, extra, sets, needles):
   from resnet_jax import sweep
+
   sweep_file = write_sweep(tmp_path, extra=extra)
   with pytest.raises(sweep.SweepError) as e:
     sweep.build_runs(sweep_file, str(tmp_path / "wd"), sets=sets)
@@ -149,6 +161,7 @@ def test_bad_overrides_name_the_run_and_the_field(tmp_path, extra, sets, needles
 
 def test_set_wins_over_run_values_and_only_selects(tmp_path):
   from resnet_jax import sweep
+
   sweep_file = write_sweep(tmp_path, extra=', Run("deep14", {"model.depth": 14, "num_train_steps": 7})')
   specs = sweep.build_runs(sweep_file, str(tmp_path), only="deep*,plain8", sets=["num_train_steps=5"])
   assert [s.name for s in specs] == ["plain8", "deep14"]
@@ -162,6 +175,7 @@ def test_set_wins_over_run_values_and_only_selects(tmp_path):
 
 def test_run_directory_of_another_config_is_refused(tmp_path):
   from resnet_jax import sweep
+
   sweep_file = write_sweep(tmp_path)
   spec = sweep.build_runs(sweep_file, str(tmp_path / "wd"))[0]
   stored = json.loads(spec.config.to_json_best_effort())
@@ -181,22 +195,32 @@ def test_machine_settings_are_not_conflicts():
   """A run directory written with other CPU settings, under today's names (cpu.*) or those before 2026-11-30
   (cpu_convolutions, host_malloc, model.weight_grad_chunk), is the same run: it is reused, not refused."""
   from resnet_jax import sweep
-  stored = {"cpu_convolutions": "eigen", "host_malloc": "system", "learning_rate": 0.1,
-            "model": {"weight_grad_chunk": -1, "depth": 20},
-            "cpu": {"convolutions": "eigen", "weight_grad_chunk": 8}}
+
+  stored = {
+      "cpu_convolutions": "eigen",
+      "host_malloc": "system",
+      "learning_rate": 0.1,
+      "model": {"weight_grad_chunk": -1, "depth": 20},
+      "cpu": {"convolutions": "eigen", "weight_grad_chunk": 8},
+  }
   wanted = {"learning_rate": 0.1, "model": {"depth": 20}, "cpu": {"convolutions": "auto", "weight_grad_chunk": -1}}
   assert sweep.config_conflicts(stored, wanted) == []
   assert sweep.config_conflicts(stored, {**wanted, "learning_rate": 0.2}) == [
-      "learning_rate: directory has 0.1, this sweep 0.2"]
+      "learning_rate: directory has 0.1, this sweep 0.2"
+  ]
   # A directory from before model.conv_padding was trained with flax's 'SAME': another network.
   assert sweep.config_conflicts(stored, {**wanted, "model": {"depth": 20, "conv_padding": "symmetric"}}) == [
-      "model.conv_padding: directory has 'same', this sweep 'symmetric'"]
+      "model.conv_padding: directory has 'same', this sweep 'symmetric'"
+  ]
 
 
 def test_product_combines_names_and_overrides():
   from resnet_jax.sweep import Run, SweepError, product
-  runs = product([Run("resnet20", {}), Run("resnet56", {"model.depth": 56})],
-                 [Run("optA", {"model.shortcut": "A"}), Run("optB", {"model.shortcut": "B"})])
+
+  runs = product(
+      [Run("resnet20", {}), Run("resnet56", {"model.depth": 56})],
+      [Run("optA", {"model.shortcut": "A"}), Run("optB", {"model.shortcut": "B"})],
+  )
   assert [r.name for r in runs] == ["resnet20_optA", "resnet20_optB", "resnet56_optA", "resnet56_optB"]
   assert runs[3].overrides == {"model.depth": 56, "model.shortcut": "B"}
   with pytest.raises(SweepError, match="model.depth"):
@@ -205,11 +229,20 @@ def test_product_combines_names_and_overrides():
 
 def test_experiment_sweeps_load_and_validate(tmp_path):
   from resnet_jax import sweep
+
   wd = str(tmp_path / "x")
   sets = ["data_dir=../shared/data/tfds"]
   deg = sweep.build_runs("experiments/degradation.py", wd, sets=sets)
-  assert [s.name for s in deg] == ["plain20", "plain32", "plain44", "plain56",
-                                   "resnet20", "resnet32", "resnet44", "resnet56"]
+  assert [s.name for s in deg] == [
+      "plain20",
+      "plain32",
+      "plain44",
+      "plain56",
+      "resnet20",
+      "resnet32",
+      "resnet44",
+      "resnet56",
+  ]
   assert deg[3].config.model.depth == 56 and not deg[3].config.model.residual
   assert deg[7].config.model.residual and deg[7].config.model.shortcut == "A"
   depth = sweep.build_runs("experiments/depth.py", wd, sets=sets)
@@ -217,7 +250,8 @@ def test_experiment_sweeps_load_and_validate(tmp_path):
   r110 = depth[-1].config
   assert not r110.model.scan and r110.warmup_steps == 400  # config_lib's ResNet-110 recipe, not restated
   assert [s.name for s in sweep.build_runs("experiments/depth.py", wd, only="resnet*")] == [
-      s.name for s in depth]  # ResNet-1202 is optional: only by its exact name
+      s.name for s in depth
+  ]  # ResNet-1202 is optional: only by its exact name
   assert sweep.build_runs("experiments/depth.py", wd, only="resnet1202")[0].config.model.depth == 1202
   short = sweep.build_runs("experiments/shortcuts.py", wd, sets=sets)
   names = [s.name for s in short]

@@ -1,4 +1,5 @@
 """End-to-end training tests: the real CLI on real CIFAR-10 and on fake data."""
+
 import json
 import os
 import random
@@ -22,6 +23,7 @@ def load_state(workdir, step):
 
 def assert_trees_equal(a, b):
   import jax
+
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(la) == len(lb) and la
   for x, y in zip(la, lb):
@@ -41,10 +43,19 @@ def test_resnet8_learns_real_cifar10(tmp_path, tfds_dir):
   and from what a broken pipeline (labels shuffled against images, wrong normalisation) gives.
   """
   wd = tmp_path / "r8"
-  run_cli(MAIN, "--config=configs/cifar20.py", "--config.model.depth=8", f"--workdir={wd}",
-          f"--config.data_dir={tfds_dir}",
-          "--config.num_train_steps=200", "--config.batch_size=64", "--config.eval_batch_size=768",
-          "--config.log_every_steps=50", "--config.eval_every_steps=200", "--config.checkpoint_every_steps=200")
+  run_cli(
+      MAIN,
+      "--config=configs/cifar20.py",
+      "--config.model.depth=8",
+      f"--workdir={wd}",
+      f"--config.data_dir={tfds_dir}",
+      "--config.num_train_steps=200",
+      "--config.batch_size=64",
+      "--config.eval_batch_size=768",
+      "--config.log_every_steps=50",
+      "--config.eval_every_steps=200",
+      "--config.checkpoint_every_steps=200",
+  )
   res = json.loads((wd / "results.json").read_text())
   assert res["eval_count"] == 10_000
   assert res["final_eval_error"] < 0.80, res
@@ -62,11 +73,19 @@ def test_resnet8_learns_real_cifar10(tmp_path, tfds_dir):
 def test_validation_split_override(tmp_path, tfds_dir):
   """The paper's 45k/5k split is one override away."""
   wd = tmp_path / "split"
-  proc = run_cli(MAIN, "--config=configs/cifar20.py", "--config.model.depth=8", f"--workdir={wd}",
-                 f"--config.data_dir={tfds_dir}", "--config.train_split=train[:45000]",
-                 "--config.eval_split=train[45000:]",
-                 "--config.num_train_steps=2", "--config.batch_size=16", "--config.eval_batch_size=1024",
-                 "--config.log_every_steps=1")
+  proc = run_cli(
+      MAIN,
+      "--config=configs/cifar20.py",
+      "--config.model.depth=8",
+      f"--workdir={wd}",
+      f"--config.data_dir={tfds_dir}",
+      "--config.train_split=train[:45000]",
+      "--config.eval_split=train[45000:]",
+      "--config.num_train_steps=2",
+      "--config.batch_size=16",
+      "--config.eval_batch_size=1024",
+      "--config.log_every_steps=1",
+  )
   res = json.loads((wd / "results.json").read_text())
   assert res["eval_count"] == 5_000 and res["eval_split"] == "train[45000:]"
   assert res["best_validation_error"] == res["final_eval_error"] and res["best_validation_step"] == 2
@@ -74,8 +93,15 @@ def test_validation_split_override(tmp_path, tfds_dir):
 
 
 def _small_run_args(wd, steps=24):
-  return ["--config=configs/cifar20.py", f"--workdir={wd}", *SMALL, f"--config.num_train_steps={steps}",
-          "--config.log_every_steps=1", "--config.eval_every_steps=8", "--config.checkpoint_every_steps=4"]
+  return [
+      "--config=configs/cifar20.py",
+      f"--workdir={wd}",
+      *SMALL,
+      f"--config.num_train_steps={steps}",
+      "--config.log_every_steps=1",
+      "--config.eval_every_steps=8",
+      "--config.checkpoint_every_steps=4",
+  ]
 
 
 def test_sigkill_and_resume_is_bit_identical(tmp_path):
@@ -87,8 +113,13 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
   wd = tmp_path / "killed"
   kill_at = random.Random().randint(6, 21)
   env = dict(os.environ)
-  proc = subprocess.Popen([sys.executable, "-m", MAIN, *small_run_args(wd)], cwd=REPO, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+      [sys.executable, "-m", MAIN, *small_run_args(wd)],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+  )
   jsonl = wd / "metrics.jsonl"
   deadline = time.time() + 600
   while time.time() < deadline and proc.poll() is None:
@@ -118,6 +149,7 @@ def test_rerun_of_finished_run_changes_nothing(tmp_path):
 
 # Errors: one clear message, exit status 2 (3 for non-finite values), no stack trace.
 
+
 def _assert_user_error(proc, *needles, code=2):
   assert proc.returncode == code, proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -126,25 +158,36 @@ def _assert_user_error(proc, *needles, code=2):
 
 
 def test_unknown_field_and_wrong_type(tmp_path):
-  proc = run_cli(MAIN, "--config=configs/cifar20.py", f"--workdir={tmp_path}", "--config.batch_sise=64",
-                 check=False)
+  proc = run_cli(MAIN, "--config=configs/cifar20.py", f"--workdir={tmp_path}", "--config.batch_sise=64", check=False)
   assert proc.returncode != 0 and "batch_sise" in proc.stderr
-  proc = run_cli(MAIN, "--config=configs/cifar20.py", f"--workdir={tmp_path}", "--config.batch_size=big",
-                 check=False)
+  proc = run_cli(MAIN, "--config=configs/cifar20.py", f"--workdir={tmp_path}", "--config.batch_size=big", check=False)
   assert proc.returncode != 0 and "batch_size" in proc.stderr
   assert not (tmp_path / "checkpoints").exists()
 
 
 def test_invalid_values_are_all_listed(tmp_path):
-  proc = run_cli(MAIN, "--config=configs/cifar20.py", f"--workdir={tmp_path}", "--config.batch_size=0",
-                 "--config.learning_rate=-1", "--config.model.depth=21", "--config.num_train_steps=1000",
-                 "--config.lr_boundaries=(500, 2000)", check=False)
+  proc = run_cli(
+      MAIN,
+      "--config=configs/cifar20.py",
+      f"--workdir={tmp_path}",
+      "--config.batch_size=0",
+      "--config.learning_rate=-1",
+      "--config.model.depth=21",
+      "--config.num_train_steps=1000",
+      "--config.lr_boundaries=(500, 2000)",
+      check=False,
+  )
   _assert_user_error(proc, "batch_size=0", "learning_rate=-1", "6n+2", "lr_boundaries")
 
 
 def test_missing_data_names_the_fix(tmp_path):
-  proc = run_cli(MAIN, "--config=configs/cifar20.py", f"--workdir={tmp_path / 'w'}",
-                 f"--config.data_dir={tmp_path / 'nothing_here'}", check=False)
+  proc = run_cli(
+      MAIN,
+      "--config=configs/cifar20.py",
+      f"--workdir={tmp_path / 'w'}",
+      f"--config.data_dir={tmp_path / 'nothing_here'}",
+      check=False,
+  )
   _assert_user_error(proc, "not prepared", "TFDS_DATA_DIR", "--config.data_dir", "download_and_prepare")
 
 
@@ -161,14 +204,21 @@ def test_nonfinite_loss_stops_with_step_and_metrics(tmp_path):
   named = []
   for k in (1, 4):
     wd = tmp_path / f"nan{k}"
-    proc = run_cli(MAIN, *_small_run_args(wd, steps=12), "--config.learning_rate=1e30",
-                   "--config.lr_boundaries=(0.9,)", "--config.log_every_steps=4", f"--config.steps_per_call={k}",
-                   check=False)
+    proc = run_cli(
+        MAIN,
+        *_small_run_args(wd, steps=12),
+        "--config.learning_rate=1e30",
+        "--config.lr_boundaries=(0.9,)",
+        "--config.log_every_steps=4",
+        f"--config.steps_per_call={k}",
+        check=False,
+    )
     _assert_user_error(proc, "non-finite loss or gradient at step", "Newest good checkpoint", code=3)
     named.append(proc.stderr.split("non-finite loss or gradient at step ")[1].split()[0])
     # Every checkpoint left behind holds finite values.
     for step in os.listdir(wd / "checkpoints"):
       import jax
+
       assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(load_state(wd, int(step))))
   assert named[0] == named[1], named
 
@@ -177,8 +227,15 @@ def test_skip_nonfinite_counts_skipped_updates(tmp_path):
   rows = []
   for k in (1, 4):
     wd = tmp_path / f"skip{k}"
-    run_cli(MAIN, *_small_run_args(wd, steps=8), "--config.learning_rate=1e30", "--config.lr_boundaries=(0.9,)",
-            "--config.skip_nonfinite=True", "--config.log_every_steps=4", f"--config.steps_per_call={k}")
+    run_cli(
+        MAIN,
+        *_small_run_args(wd, steps=8),
+        "--config.learning_rate=1e30",
+        "--config.lr_boundaries=(0.9,)",
+        "--config.skip_nonfinite=True",
+        "--config.log_every_steps=4",
+        f"--config.steps_per_call={k}",
+    )
     res = json.loads((wd / "results.json").read_text())
     assert res["skipped_nonfinite_this_run"] >= 1
     rows.append(strip_speed(read_jsonl(wd / "metrics.jsonl")))
@@ -187,6 +244,7 @@ def test_skip_nonfinite_counts_skipped_updates(tmp_path):
 
 
 # Preemption, damaged checkpoints, full disks (issue: survive preemption and damage).
+
 
 def _wait_for_rows(proc, jsonl, n, timeout=600):
   deadline = time.time() + timeout
@@ -207,8 +265,13 @@ def reference_run(tmp_path_factory):
 def test_sigterm_saves_at_that_step_and_resumes_exactly(tmp_path, reference_run):
   wd = tmp_path / "term"
   at = random.Random().randint(3, 18)
-  proc = subprocess.Popen([sys.executable, "-m", MAIN, *_small_run_args(wd)], cwd=REPO, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+      [sys.executable, "-m", MAIN, *_small_run_args(wd)],
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
   assert _wait_for_rows(proc, wd / "metrics.jsonl", at), "the run ended before the signal"
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=600)
@@ -230,8 +293,9 @@ def _largest_file(root):
 def test_truncated_newest_checkpoint_falls_back_and_stays_exact(tmp_path, reference_run):
   wd = tmp_path / "trunc"
   # Train past step 12 exactly as the reference does, then kill the run and damage its newest checkpoint.
-  proc = subprocess.Popen([sys.executable, "-m", MAIN, *_small_run_args(wd)], cwd=REPO,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+      [sys.executable, "-m", MAIN, *_small_run_args(wd)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   assert _wait_for_rows(proc, wd / "metrics.jsonl", 13)
   proc.send_signal(signal.SIGKILL)
   proc.wait()

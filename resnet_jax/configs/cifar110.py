@@ -5,6 +5,7 @@ Command:  python -m resnet_jax.main --config=configs/cifar110.py --workdir=runs/
 Paper (Table 6): 6.43 (best of 5; mean 6.61 +- 0.16) % test error.
 Ours: not yet measured at the full 64k-step budget (see README.md for the runs we have made).
 """
+
 from resnet_jax import config_lib
 
 

@@ -5,6 +5,7 @@ Command:  python -m resnet_jax.main --config=configs/cifar1202.py --workdir=runs
 Paper (Table 6): 7.93 % test error.
 Ours: not yet measured at the full 64k-step budget (see README.md for the runs we have made).
 """
+
 from resnet_jax import config_lib
 
 

@@ -6,6 +6,7 @@ Paper (Table 6): 8.75 % test error.
 Ours: not yet measured at the full 64k-step budget. A 1,200-step shortened run (same schedule shape) reached
 33.7 % test error on the shared JPEG-compressed CIFAR-10 in 56 min on a shared 2-core CPU (README.md).
 """
+
 from resnet_jax import config_lib
 
 

@@ -4,6 +4,7 @@ Command:  python -m resnet_jax.main --config=configs/imagenet_plain18.py --workd
 Paper (Table 2): 10-crop top-1 error 27.94.
 Ours: not measured (needs the ILSVRC2012 tars and an accelerator).
 """
+
 from resnet_jax import config_lib
 
 

@@ -4,6 +4,7 @@ Command:  python -m resnet_jax.main --config=configs/imagenet_resnet18.py --work
 Paper (Tables 2-3): 10-crop top-1 error 27.88 (option A).
 Ours: not measured (needs the ILSVRC2012 tars and an accelerator).
 """
+
 from resnet_jax import config_lib
 
 

@@ -4,6 +4,7 @@ Command:  python -m resnet_jax.main --config=configs/imagenet_resnet34.py --work
 Paper (Tables 2-3): 10-crop top-1 error 25.03 / 24.52 / 24.19 for options A / B / C; 7.76 / 7.46 / 7.40 top-5.
 Ours: not measured (needs the ILSVRC2012 tars and an accelerator).
 """
+
 from resnet_jax import config_lib
 
 

@@ -4,6 +4,7 @@ Command:  python -m resnet_jax.main --config=configs/imagenet_resnet50.py --work
 Paper (Tables 2-3): 10-crop top-1 error 22.85 (top-5 6.71), option B.
 Ours: not measured (needs the ILSVRC2012 tars and an accelerator).
 """
+
 from resnet_jax import config_lib
 
 

@@ -6,6 +6,7 @@ Command:  python -m resnet_jax.main --config=configs/imagenet_resnet50_flax.py -
 Reference: flax reports 76.3-76.7 % single-crop top-1 accuracy; the paper's ResNet-50 (v1, 10-crop) has 22.85 %
 top-1 error. Ours: not measured (needs the ILSVRC2012 tars and an accelerator).
 """
+
 from resnet_jax import config_lib
 
 

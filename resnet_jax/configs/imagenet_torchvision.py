@@ -7,6 +7,7 @@ The depth is the config argument. Fine-tune weights brought with `python -m resn
 Reference: torchvision's V1 weights reach 69.76 / 73.31 / 76.13 / 77.37 / 78.31 % single-crop top-1 accuracy
 (ResNet-18/34/50/101/152). Ours: not measured on the full validation set (it is not on this project's machines).
 """
+
 from resnet_jax import config_lib
 
 

@@ -4,6 +4,7 @@ Command:  python -m resnet_jax.main --config=configs/plain56.py --workdir=runs/p
               --config.data_dir=../shared/data/tfds
 Paper: curves only (Figure 6): plain nets train and test worse as they get deeper.
 """
+
 from resnet_jax import config_lib
 
 

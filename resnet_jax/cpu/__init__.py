@@ -17,6 +17,7 @@ The model receives what the plan chose as plain arguments (`Plan.model_kwargs()`
 block-output hook), the compiled steps its compiler options; the figures behind each choice are in
 benchmarks/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,23 +36,29 @@ def check(config) -> list[str]:
     problems.append(f"cpu.convolutions={c.get('convolutions')!r}: valid values are {list(CONVOLUTIONS)}")
   chunk = c.get("weight_grad_chunk", -1)
   if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < -1:
-    problems.append(f"cpu.weight_grad_chunk={chunk!r}: use -1 (automatic: {CPU_WEIGHT_GRAD_CHUNK} on CPU with XLA's "
-                    "convolutions, off elsewhere), 0 (off) or a positive number of examples")
+    problems.append(
+        f"cpu.weight_grad_chunk={chunk!r}: use -1 (automatic: {CPU_WEIGHT_GRAD_CHUNK} on CPU with XLA's "
+        "convolutions, off elsewhere), 0 (off) or a positive number of examples"
+    )
   if c.get("materialize_blocks") not in (None, True, False):
-    problems.append(f"cpu.materialize_blocks={c.get('materialize_blocks')!r}: use None (automatic: on for CPU), "
-                    "True or False")
+    problems.append(
+        f"cpu.materialize_blocks={c.get('materialize_blocks')!r}: use None (automatic: on for CPU), True or False"
+    )
   if c.get("host_malloc", "auto") not in HOST_MALLOC:
-    problems.append(f"cpu.host_malloc={c.get('host_malloc')!r}: valid values are {list(HOST_MALLOC)} ('auto': "
-                    "transparent huge pages for malloc when JAX runs on the CPU alone)")
+    problems.append(
+        f"cpu.host_malloc={c.get('host_malloc')!r}: valid values are {list(HOST_MALLOC)} ('auto': "
+        "transparent huge pages for malloc when JAX runs on the CPU alone)"
+    )
   return problems
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """What a run does on this platform: which convolutions, which block-output hook, which compiler options."""
+
   platform: str
-  convolutions: str            # 'onednn', 'eigen', 'xla_default', or 'native' (not a CPU)
-  weight_grad_chunk: int       # 0: whole-batch weight gradients
+  convolutions: str  # 'onednn', 'eigen', 'xla_default', or 'native' (not a CPU)
+  weight_grad_chunk: int  # 0: whole-batch weight gradients
   materialize_blocks: bool
   compiler_options: tuple = ()  # (name, value) pairs for jax.jit(..., compiler_options=...)
 
@@ -62,9 +69,11 @@ class Plan:
   def model_kwargs(self) -> dict[str, Callable | None]:
     """The convolution function and block-output hook to build the model with (models.create_model)."""
     from resnet_jax.cpu import kernels
+
     conv = None
     if self.convolutions == "onednn":
       from resnet_jax.cpu import onednn
+
       conv = onednn.conv_general_dilated
     elif self.weight_grad_chunk > 0:
       conv = kernels.conv_with_chunked_weight_grad(self.weight_grad_chunk)
@@ -73,10 +82,16 @@ class Plan:
   def describe(self) -> dict[str, Any]:
     """For benchmark --json and the start-up log line."""
     from resnet_jax.cpu import host_malloc
-    return {"platform": self.platform, "convolutions": self.convolutions,
-            "weight_grad_chunk": self.weight_grad_chunk, "materialize_blocks": self.materialize_blocks,
-            "xla_compiler_options": self.options, "host_malloc": host_malloc.state["host_malloc"],
-            "host_malloc_reason": host_malloc.state["reason"]}
+
+    return {
+        "platform": self.platform,
+        "convolutions": self.convolutions,
+        "weight_grad_chunk": self.weight_grad_chunk,
+        "materialize_blocks": self.materialize_blocks,
+        "xla_compiler_options": self.options,
+        "host_malloc": host_malloc.state["host_malloc"],
+        "host_malloc_reason": host_malloc.state["reason"],
+    }
 
 
 def plan(config, *, platform: str | None = None, device_count: int | None = None) -> Plan:
@@ -87,6 +102,7 @@ def plan(config, *, platform: str | None = None, device_count: int | None = None
   """
   import jax
   from resnet_jax.cpu import onednn, xla_options
+
   problems = check(config)
   if problems:
     raise ValueError("; ".join(problems))
@@ -97,13 +113,15 @@ def plan(config, *, platform: str | None = None, device_count: int | None = None
     return Plan(platform, "native", chunk, bool(c.get("materialize_blocks")))
   device_count = jax.device_count() if device_count is None else device_count
   choice = c.get("convolutions", "auto")
-  use_onednn = onednn.resolve(choice, platform=platform, device_count=device_count,
-                              half_precision=config.get("half_precision", False))
+  use_onednn = onednn.resolve(
+      choice, platform=platform, device_count=device_count, half_precision=config.get("half_precision", False)
+  )
   convolutions = "onednn" if use_onednn else ("xla_default" if choice == "xla_default" else "eigen")
   chunk = c.get("weight_grad_chunk", -1)
   if chunk == -1:
     chunk = 0 if use_onednn else CPU_WEIGHT_GRAD_CHUNK
   materialize = c.get("materialize_blocks")
   options = xla_options.compiler_options(convolutions)
-  return Plan(platform, convolutions, chunk, True if materialize is None else materialize,
-              tuple(sorted(options.items())))
+  return Plan(
+      platform, convolutions, chunk, True if materialize is None else materialize, tuple(sorted(options.items()))
+  )

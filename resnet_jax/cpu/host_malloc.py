@@ -23,6 +23,7 @@ Tried and not kept (benchmarks/RESULTS.md): keeping freed memory in glibc's heap
 mmap, no trimming) was as fast on fixed batches, but the single arena slowed tf.data's threads and doubled the
 peak host memory of ResNet-50 and ResNet-1202 runs.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -48,6 +49,7 @@ def accelerator_plugins() -> list[str]:
   names = [ep.name for ep in importlib.metadata.entry_points(group="jax_plugins")]
   try:
     import jax_plugins  # namespace package of the CUDA/ROCm plugins
+
     names += [m.name for m in pkgutil.iter_modules(jax_plugins.__path__)]
   except ImportError:
     pass
@@ -84,7 +86,7 @@ def thp_mode(path: str = _THP_MODE_FILE) -> str | None:
       text = f.read()
   except OSError:
     return None
-  return text[text.index("[") + 1:text.index("]")] if "[" in text and "]" in text else None
+  return text[text.index("[") + 1 : text.index("]")] if "[" in text and "]" in text else None
 
 
 def _tunables_with_hugetlb(current: str) -> str:
@@ -94,8 +96,7 @@ def _tunables_with_hugetlb(current: str) -> str:
 _MACHINE = object()  # decide()'s default: read from this machine
 
 
-def decide(choice: str, *, environ=None, glibc=_MACHINE, thp=_MACHINE, platforms=None,
-           plugins=None) -> tuple[str, str]:
+def decide(choice: str, *, environ=None, glibc=_MACHINE, thp=_MACHINE, platforms=None, plugins=None) -> tuple[str, str]:
   """('in_effect' | 'restart' | 'no', reason) for config.host_malloc `choice` in this process."""
   env = os.environ if environ is None else environ
   if choice == "system":
@@ -132,6 +133,7 @@ def apply(choice: str, *, restart: bool) -> dict:
     if "jax" in sys.modules:  # not imported: no backend (and no import to pay for before the restart)
       try:
         from jax._src import xla_bridge
+
         started = bool(xla_bridge.backends_are_initialized())
       except (ImportError, AttributeError):
         pass

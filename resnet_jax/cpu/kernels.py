@@ -3,6 +3,7 @@
 `conv_with_chunked_weight_grad(chunk)` is a `conv_general_dilated` for nn.Conv, and `materialize` a block-output
 hook for models.ResNet; cpu.plan decides where they apply (benchmarks/RESULTS.md has the measurements).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -41,7 +42,7 @@ def conv_with_chunked_weight_grad(chunk: int) -> Callable:
       dx = jax.vjp(lambda x_: f(x_, w), x)[1](dy)[0]
       dw = jnp.zeros(w.shape, jnp.float32)
       for i in range(0, n, chunk):
-        part = jax.vjp(lambda w_: f(x[i:i + chunk], w_), w)[1](dy[i:i + chunk])[0]
+        part = jax.vjp(lambda w_: f(x[i : i + chunk], w_), w)[1](dy[i : i + chunk])[0]
         dw = dw + part.astype(jnp.float32)
       return dx, dw.astype(w.dtype)
 

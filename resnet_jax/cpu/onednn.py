@@ -17,6 +17,7 @@ built, and XLA's Eigen convolutions otherwise (half_precision's bfloat16 include
 clear error says how to build them); 'eigen' and 'xla_default' are XLA's (resnet_jax/cpu/xla_options.py). A run over
 several devices (a mesh or pmap) uses XLA's: the custom calls are not partitioned by XLA's SPMD partitioner.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -33,10 +34,15 @@ from jax import lax
 _DIR = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(_DIR, "csrc", "onednn_conv.cc")
 LIBRARY = os.path.join(_DIR, "_onednn_conv.so")
-_TARGETS = {"fwd": "ResnetJaxOnednnConvFwd", "bwd_data": "ResnetJaxOnednnConvBwdData",
-            "bwd_weights": "ResnetJaxOnednnConvBwdWeights"}
-BUILD_HINT = ("build them with `make install`, or `pip install -e '.[onednn]' && python -m resnet_jax.cpu.onednn "
-              "build` (needs g++), or set --config.cpu.convolutions=eigen")
+_TARGETS = {
+    "fwd": "ResnetJaxOnednnConvFwd",
+    "bwd_data": "ResnetJaxOnednnConvBwdData",
+    "bwd_weights": "ResnetJaxOnednnConvBwdWeights",
+}
+BUILD_HINT = (
+    "build them with `make install`, or `pip install -e '.[onednn]' && python -m resnet_jax.cpu.onednn "
+    "build` (needs g++), or set --config.cpu.convolutions=eigen"
+)
 
 
 def _prefix_dirs() -> tuple[str, str]:
@@ -49,9 +55,22 @@ def build(verbose: bool = True) -> str:
   include, lib = _prefix_dirs()
   if not os.path.exists(os.path.join(include, "oneapi", "dnnl", "dnnl.hpp")):
     raise RuntimeError(f"oneDNN headers not found under {include}: pip install -e '.[onednn]' first")
-  cmd = [os.environ.get("CXX", "g++"), "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
-         f"-I{jax.ffi.include_dir()}", f"-I{include}", SOURCE, f"-L{lib}", "-ldnnl", f"-Wl,-rpath,{lib}",
-         "-o", LIBRARY + ".tmp"]
+  cmd = [
+      os.environ.get("CXX", "g++"),
+      "-O2",
+      "-std=c++17",
+      "-shared",
+      "-fPIC",
+      "-w",
+      f"-I{jax.ffi.include_dir()}",
+      f"-I{include}",
+      SOURCE,
+      f"-L{lib}",
+      "-ldnnl",
+      f"-Wl,-rpath,{lib}",
+      "-o",
+      LIBRARY + ".tmp",
+  ]
   if verbose:
     print(" ".join(cmd))
   subprocess.run(cmd, check=True)
@@ -67,8 +86,9 @@ def _load() -> str | None:
   try:
     lib = ctypes.cdll.LoadLibrary(LIBRARY)
     for name, symbol in _TARGETS.items():
-      jax.ffi.register_ffi_target(f"resnet_jax_onednn_conv_{name}", jax.ffi.pycapsule(getattr(lib, symbol)),
-                                  platform="cpu")
+      jax.ffi.register_ffi_target(
+          f"resnet_jax_onednn_conv_{name}", jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu"
+      )
   except (OSError, AttributeError) as e:
     return f"{LIBRARY} does not load ({e})"
   return None
@@ -82,8 +102,9 @@ def unavailable_reason() -> str | None:
   return _load()
 
 
-def resolve(choice: str, platform: str | None = None, device_count: int | None = None,
-            half_precision: bool = False) -> bool:
+def resolve(
+    choice: str, platform: str | None = None, device_count: int | None = None, half_precision: bool = False
+) -> bool:
   """Whether a model should use oneDNN convolutions for config.cpu.convolutions=`choice`."""
   platform = platform or jax.default_backend()
   device_count = jax.device_count() if device_count is None else device_count
@@ -91,11 +112,15 @@ def resolve(choice: str, platform: str | None = None, device_count: int | None =
     if platform != "cpu":
       return False  # a CPU setting; GPUs and TPUs keep their own convolutions
     if device_count != 1:
-      raise ValueError(f"cpu.convolutions='onednn' runs on one CPU device, this run has {device_count}: use "
-                       "'auto' or 'eigen' with several devices")
+      raise ValueError(
+          f"cpu.convolutions='onednn' runs on one CPU device, this run has {device_count}: use "
+          "'auto' or 'eigen' with several devices"
+      )
     if half_precision:
-      raise ValueError("cpu.convolutions='onednn' computes in float32, and half_precision=True asks for bfloat16: "
-                       "use 'auto' or 'eigen' (XLA's convolutions) with half_precision")
+      raise ValueError(
+          "cpu.convolutions='onednn' computes in float32, and half_precision=True asks for bfloat16: "
+          "use 'auto' or 'eigen' (XLA's convolutions) with half_precision"
+      )
     reason = _load()
     if reason:
       raise ValueError(f"cpu.convolutions='onednn': the oneDNN kernels are not available ({reason}); {BUILD_HINT}")
@@ -113,8 +138,14 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 
 def _attrs(strides, pads) -> dict:
   (pt, pb), (pl, pr) = pads
-  return dict(stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]), pad_top=np.int64(pt),
-              pad_bottom=np.int64(pb), pad_left=np.int64(pl), pad_right=np.int64(pr))
+  return dict(
+      stride_h=np.int64(strides[0]),
+      stride_w=np.int64(strides[1]),
+      pad_top=np.int64(pt),
+      pad_bottom=np.int64(pb),
+      pad_left=np.int64(pl),
+      pad_right=np.int64(pr),
+  )
 
 
 def _fwd_call(x, w, strides, pads):
@@ -138,29 +169,55 @@ def _conv_fwd(x, w, strides, pads):
 def _conv_bwd(strides, pads, res, dy):
   x, w = res
   attrs = _attrs(strides, pads)
-  dx = jax.ffi.ffi_call("resnet_jax_onednn_conv_bwd_data", jax.ShapeDtypeStruct(x.shape, jnp.float32))(
-      dy, w, **attrs)
+  dx = jax.ffi.ffi_call("resnet_jax_onednn_conv_bwd_data", jax.ShapeDtypeStruct(x.shape, jnp.float32))(dy, w, **attrs)
   dw = jax.ffi.ffi_call("resnet_jax_onednn_conv_bwd_weights", jax.ShapeDtypeStruct(w.shape, jnp.float32))(
-      x, dy, **attrs)
+      x, dy, **attrs
+  )
   return dx, dw
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
-                         preferred_element_type=None):
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    batch_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+):
   """`lax.conv_general_dilated` by oneDNN where it applies (float32 NHWC/HWIO 2-D, no dilation, one group)."""
-  fallback = functools.partial(lax.conv_general_dilated, lhs, rhs, window_strides, padding,
-                               lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-                               dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-                               batch_group_count=batch_group_count, precision=precision,
-                               preferred_element_type=preferred_element_type)
-  if (lhs.ndim != 4 or rhs.ndim != 4 or lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32
-      or feature_group_count != 1 or batch_group_count != 1
+  fallback = functools.partial(
+      lax.conv_general_dilated,
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+  )
+  if (
+      lhs.ndim != 4
+      or rhs.ndim != 4
+      or lhs.dtype != jnp.float32
+      or rhs.dtype != jnp.float32
+      or feature_group_count != 1
+      or batch_group_count != 1
       or preferred_element_type not in (None, jnp.float32)
-      or any(d != 1 for d in (lhs_dilation or (1, 1))) or any(d != 1 for d in (rhs_dilation or (1, 1)))):
+      or any(d != 1 for d in (lhs_dilation or (1, 1)))
+      or any(d != 1 for d in (rhs_dilation or (1, 1)))
+  ):
     return fallback()
   dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   if dn != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC):

@@ -10,6 +10,7 @@ option, for any convolution left to XLA.
 
 `jax.pmap` takes no compiler options; train.Steps compiles its pmapped steps through `lower().compile()` with them.
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,7 +20,8 @@ import jax
 
 # jax 0.10's default set is INDIVIDUAL_DOT, INDIVIDUAL_CONVOLUTION and REDUCE; this is it without convolutions.
 _EIGEN_CONVOLUTIONS = {
-    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+}
 
 
 @functools.lru_cache(maxsize=None)
@@ -29,8 +31,11 @@ def _supported(items: tuple) -> bool:
     jax.jit(lambda x: x + 1, compiler_options=dict(items)).lower(1.0).compile()
     return True
   except Exception as e:  # noqa: BLE001  (XLA reports an unknown option or value as a runtime error)
-    logging.warning("this XLA does not accept %s (%s); CPU convolutions stay at XLA's default", dict(items),
-                    str(e).splitlines()[0][:200])
+    logging.warning(
+        "this XLA does not accept %s (%s); CPU convolutions stay at XLA's default",
+        dict(items),
+        str(e).splitlines()[0][:200],
+    )
     return False
 
 
