@@ -143,7 +143,7 @@ class TrainBench:
     from resnet_jax import config_lib, train
 
     config = config_lib.resolve(config)  # epoch-based lengths and batch-relative learning rates, as training does
-    train.validate_config(config)
+    config_lib.validate(config)
     self.config = config
     self.tx = train.make_optimizer(config)
     schedule = train.make_schedule(config)
@@ -434,7 +434,7 @@ def compare_steps_per_call(config, values, *, steps: int, windows: int, warmup: 
   ratio to the first value's.
   """
   import jax
-  from resnet_jax import config_lib, train
+  from resnet_jax import config_lib
 
   config = config_lib.resolve(config)
   if config.input_backend != "device":
@@ -446,7 +446,7 @@ def compare_steps_per_call(config, values, *, steps: int, windows: int, warmup: 
   for v in values:
     configs[v] = c = config.copy_and_resolve_references()
     c.steps_per_call = v
-    train.validate_config(c)  # every value before the first compilation
+    config_lib.validate(c)  # every value before the first compilation
   benches = {}
   for v, c in configs.items():
     benches[v] = bench = TrainBench(c)

@@ -139,10 +139,10 @@ def start(config=None, *, restart: bool, validate: bool = True):
   quietened.
   """
   if config is not None and validate:
-    from resnet_jax import config_lib, train
+    from resnet_jax import config_lib
 
     with user_errors():
-      train.validate_config(config_lib.resolve(config), with_devices=False)
+      config_lib.validate(config_lib.resolve(config), with_devices=False)
   if config is not None:
     from resnet_jax.cpu import host_malloc
 
@@ -154,11 +154,11 @@ def start(config=None, *, restart: bool, validate: bool = True):
 @contextlib.contextmanager
 def user_errors():
   """Errors a user can fix are printed as one message, not a stack trace."""
-  from resnet_jax import checkpoint, convert, input_pipeline, train
+  from resnet_jax import checkpoint, config_lib, convert, input_pipeline, preemption, train
 
   expected = (
       UserError,
-      train.ConfigError,
+      config_lib.ConfigError,
       convert.ConversionError,
       input_pipeline.DataNotFoundError,
       input_pipeline.MissingDependencyError,
@@ -171,7 +171,7 @@ def user_errors():
   )
   try:
     yield
-  except train.Preempted as e:
+  except preemption.Preempted as e:
     print(f"preempted: {e}", file=sys.stderr)
     sys.exit(EXIT_PREEMPTED)
   except train.NonFiniteError as e:

@@ -42,6 +42,14 @@ BOOKKEEPING_FIELDS = frozenset(
 )
 
 
+# The loop's events (log, evaluate, save) happen between calls, so these must be multiples of steps_per_call.
+INTERVAL_FIELDS = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps")
+
+
+class ConfigError(ValueError):
+  """One or more config fields are invalid; the message lists each with its fix."""
+
+
 def base_training_config() -> ml_collections.ConfigDict:
   """Fields shared by every training config (values are the CIFAR recipe of section 4.2)."""
   c = ml_collections.ConfigDict()
@@ -239,3 +247,112 @@ def resolve(config) -> ml_collections.ConfigDict:
       c.warmup_learning_rate = c.warmup_learning_rate * c.batch_size / c.lr_reference_batch_size
       c.lr_reference_batch_size = 0
   return c
+
+
+def lr_boundaries(config) -> list[int]:
+  """config.lr_boundaries as iterations; values below 1 are fractions of num_train_steps."""
+  return [max(1, int(round(b * config.num_train_steps))) if b < 1 else int(b) for b in config.lr_boundaries]
+
+
+def validate(config, *, with_devices: bool = True) -> None:
+  """Checks every field a run needs before any compilation or data loading; lists every problem found.
+
+  `with_devices=False` leaves out what needs JAX's backend (batch sizes against the device count, whether the
+  CPU plan can be honoured): the entry points check the rest first, before they may restart for huge pages.
+  """
+  from resnet_jax import cpu, models, parallel  # what the checks ask; config files import this module without them
+
+  problems = []
+
+  def check(cond, msg):
+    if not cond:
+      problems.append(msg)
+
+  def positive_int(field):
+    v = config.get(field)
+    ok = isinstance(v, int) and not isinstance(v, bool) and v > 0
+    check(ok, f"{field}={v!r}: must be a positive integer")
+    return ok
+
+  for f in (
+      "batch_size",
+      "eval_batch_size",
+      "num_train_steps",
+      "log_every_steps",
+      "eval_every_steps",
+      "checkpoint_every_steps",
+      "keep_checkpoints",
+  ):
+    positive_int(f)
+  check(
+      isinstance(config.learning_rate, (int, float)) and config.learning_rate > 0,
+      f"learning_rate={config.learning_rate!r}: must be a positive number",
+  )
+  check(0 <= config.momentum < 1, f"momentum={config.momentum!r}: must be in [0, 1)")
+  check(config.weight_decay >= 0, f"weight_decay={config.weight_decay!r}: must be >= 0")
+  check(config.parallelism in ("jit", "pmap"), f"parallelism={config.parallelism!r}: use 'jit' or 'pmap'")
+  normalizations = ("pixel_mean", "channel") + (("torchvision",) if config.dataset == "imagenet2012" else ())
+  check(
+      config.normalization in normalizations,
+      f"normalization={config.normalization!r}: valid values for {config.dataset} are {list(normalizations)}",
+  )
+  check(
+      config.get("input_backend", "tfdata") in ("tfdata", "device"),
+      f"input_backend={config.get('input_backend')!r}: use 'tfdata' or 'device'",
+  )
+  check(
+      config.get("input_backend", "tfdata") == "tfdata" or config.dataset in ("cifar10", "cifar100", "fake"),
+      f"input_backend='device' holds small data sets (cifar10, fake) in device memory, not "
+      f"{config.dataset!r}; use input_backend='tfdata'",
+  )
+  if isinstance(config.num_train_steps, int) and config.num_train_steps > 0:
+    bounds = lr_boundaries(config)
+    check(
+        all(0 < b <= config.num_train_steps for b in bounds) and bounds == sorted(bounds),
+        f"lr_boundaries={list(config.lr_boundaries)} -> steps {bounds}: must increase and lie inside the run "
+        f"(0, num_train_steps={config.num_train_steps}]; give fractions such as [0.5, 0.75] to scale with "
+        f"num_train_steps",
+    )
+    check(
+        0 <= config.warmup_steps < config.num_train_steps,
+        f"warmup_steps={config.warmup_steps}: must be in [0, num_train_steps={config.num_train_steps})",
+    )
+  if config.warmup_steps:
+    check(config.warmup_learning_rate > 0, f"warmup_learning_rate={config.warmup_learning_rate}: must be > 0")
+  cpu_problems = cpu.check(config)
+  problems.extend(cpu_problems)
+  if with_devices:
+    for field in ("batch_size", "eval_batch_size"):
+      if isinstance(config.get(field), int) and config.get(field) > 0:
+        problems.extend(parallel.check_batch(config.get(field), field))
+    if not cpu_problems:
+      try:
+        cpu.plan(config)
+      except ValueError as e:
+        problems.append(str(e))
+  if config.parallelism == "pmap" and config.get("input_backend") == "device":
+    problems.append("input_backend='device' supports parallelism='jit' only; set --config.parallelism=jit")
+  k = config.get("steps_per_call", 1)
+  if not (isinstance(k, int) and not isinstance(k, bool) and k >= 0):
+    problems.append(f"steps_per_call={k!r}: must be 0 (auto) or a positive integer")
+  elif k > 1:
+    if config.get("input_backend") != "device" or config.parallelism != "jit":
+      problems.append(
+          f"steps_per_call={k} runs {k} steps in one compiled call, which needs batches drawn on the "
+          "devices: set --config.input_backend=device and --config.parallelism=jit, or "
+          "--config.steps_per_call=1"
+      )
+    for field in INTERVAL_FIELDS:
+      v = config.get(field)
+      if isinstance(v, int) and v > 0 and v % k:
+        problems.append(
+            f"{field}={v} is not a multiple of steps_per_call={k}: logging, evaluation and "
+            f"checkpoints happen between calls of {k} steps; use a multiple of {k} (e.g. "
+            f"{max(k, v // k * k)}) or a steps_per_call that divides {v}"
+        )
+  try:
+    models.create_model(config.model)
+  except (ValueError, AttributeError, KeyError) as e:
+    problems.append(f"model: {e}")
+  if problems:
+    raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

@@ -19,7 +19,7 @@ Every run's config is built from the exact command line that --dry_run prints (`
 --config=FILE[:ARG] --workdir=DIR/NAME --config.FIELD=VALUE ...`, parsed by the same ml_collections config_flags
 as main) and checked against the overrides applied directly, so a printed command trains exactly the run the
 sweep would. All runs are validated before the first one starts: an unknown field, a value of the wrong type, a
-train.validate_config failure, or a run directory holding a run of another config stops the sweep at once,
+config_lib.validate failure, or a run directory holding a run of another config stops the sweep at once,
 naming the run and the field. `--set=FIELD=VALUE` (repeatable) applies to every run and wins over the runs' own
 values; its VALUE is parsed exactly like `--config.FIELD=VALUE`.
 
@@ -295,8 +295,6 @@ def build_runs(sweep_file: str, workdir: str, *, only: str | None = None, sets: 
 
 def _build_run(module, sweep_file: str, workdir: str, run: Run, set_items) -> tuple[RunSpec | None, list[str]]:
   """(spec, []) for a valid run, else (None, problems)."""
-  from resnet_jax import config_lib, train  # the training stack; imported here so that `--help` stays fast
-
   base_args = () if run.config_arg is None else (run.config_arg,)
   # 1. The overrides applied directly, with their Python types checked against the fields'.
   config = module.get_config(*base_args)
@@ -336,8 +334,8 @@ def _build_run(module, sweep_file: str, workdir: str, run: Run, set_items) -> tu
   # the batch), and the run directory (if any) must hold a run of this config.
   resolved = config_lib.resolve(parsed)
   try:
-    train.validate_config(resolved)
-  except train.ConfigError as e:
+    config_lib.validate(resolved)
+  except config_lib.ConfigError as e:
     return None, [str(e).replace("invalid config:\n  - ", "").replace("\n  - ", "; ")]
   stored = _stored_config(run_dir)
   conflicts = config_conflicts(stored, _json(resolved)) if stored is not None else []

@@ -1,9 +1,10 @@
 """TrainState, the pure train and eval steps, and the training loop.
 
-`train_step(state, batch, rng) -> (state, metrics)` knows nothing about devices; `make_steps` wraps it in
-`jax.jit` over a device mesh (the default) or in `jax.pmap`. `train_and_evaluate(config, workdir)` is what
-`python -m resnet_jax.main` runs: it resumes from the workdir's newest checkpoint, trains, evaluates, writes
-metrics (TensorBoard, console, metrics.jsonl) and results.json.
+`train_step(state, batch, rng) -> (state, metrics)` knows nothing about devices; `Steps` wraps it in `jax.jit`
+over a device mesh (the default) or in `jax.pmap`, and `train_steps` runs config.steps_per_call of them in one
+compiled call on batches drawn on the devices. `Data` is the run's input, whatever the data set and backend.
+`train_and_evaluate(config, workdir)` is what `python -m resnet_jax.main` runs: it resumes from the workdir's
+newest checkpoint, trains, evaluates, writes metrics (TensorBoard, console, metrics.jsonl) and results.json.
 """
 
 import functools
@@ -25,70 +26,11 @@ from clu import metrics
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax import checkpoint as ckpt_lib
-from resnet_jax import config_lib, cpu, input_pipeline, models, parallel, writers
-
-# The loop's events (log, evaluate, save) happen between calls, so these must be multiples of steps_per_call.
-INTERVAL_FIELDS = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps")
+from resnet_jax import config_lib, cpu, input_pipeline, models, parallel, preemption, writers
 
 
 class NonFiniteError(FloatingPointError):
   """The loss or the gradient norm became NaN or Inf."""
-
-
-class ConfigError(ValueError):
-  """One or more config fields are invalid; the message lists each with its fix."""
-
-
-class Preempted(Exception):
-  """SIGTERM/SIGINT: the run saved a checkpoint at the step it had reached and stopped; rerun to resume."""
-
-
-class StopRequest:
-  """Turns SIGTERM and SIGINT into a request to stop after the current step (a second SIGINT stops at once).
-
-  With several processes, JAX's preemption sync point (the coordination service's notice of a SIGTERM on any
-  process) makes every process stop at the same step, so that they save one checkpoint together.
-  """
-
-  def __init__(self):
-    import signal
-
-    self.signum = None
-    self._old = {}
-    self._multi = jax.process_count() > 1
-    sigs = (signal.SIGINT,) if self._multi else (signal.SIGTERM, signal.SIGINT)
-    for sig in sigs:
-      try:
-        self._old[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # not the main thread: leave signals alone
-        pass
-
-  def _handle(self, signum, frame):
-    import signal
-
-    if self.signum is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt("second interrupt: stopping at once (the newest checkpoint is intact)")
-    self.signum = signum
-    logging.warning(
-        "received %s: finishing this step, saving a checkpoint and exiting (press Ctrl-C again to stop at once)",
-        signal.Signals(signum).name,
-    )
-
-  def requested(self, step: int) -> bool:
-    if self._multi:
-      try:
-        from jax.experimental import multihost_utils
-
-        return bool(multihost_utils.reached_preemption_sync_point(step))
-      except Exception:  # noqa: BLE001 - no preemption service (e.g. CPU without it): local signals only
-        return False
-    return self.signum is not None
-
-  def restore(self):
-    import signal
-
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
 
 
 @flax.struct.dataclass
@@ -116,11 +58,6 @@ class EvalMetrics(metrics.Collection):
 # Optimiser.
 
 
-def lr_boundaries(config) -> list[int]:
-  """config.lr_boundaries as iterations; values below 1 are fractions of num_train_steps."""
-  return [max(1, int(round(b * config.num_train_steps))) if b < 1 else int(b) for b in config.lr_boundaries]
-
-
 def make_schedule(config) -> optax.Schedule:
   """Optional warm-up (constant, as the paper's ResNet-110, or linear), then step decay or cosine decay."""
   lr, n, w = config.learning_rate, config.num_train_steps, int(config.warmup_steps)
@@ -128,7 +65,7 @@ def make_schedule(config) -> optax.Schedule:
     main = optax.cosine_decay_schedule(lr, max(1, n - w))
   else:
     scales = {}
-    for b in lr_boundaries(config):
+    for b in config_lib.lr_boundaries(config):
       if b > w:
         scales[b - w] = scales.get(b - w, 1.0) * config.lr_decay_factor
     main = optax.piecewise_constant_schedule(lr, scales)
@@ -298,7 +235,9 @@ def resolve_steps_per_call(config, platform: str) -> int:
     return k
   if platform == "cpu" or config.input_backend != "device" or config.parallelism != "jit":
     return 1
-  g = functools.reduce(math.gcd, [int(config.get(f)) for f in INTERVAL_FIELDS] + [int(config.num_train_steps)])
+  g = functools.reduce(
+      math.gcd, [int(config.get(f)) for f in config_lib.INTERVAL_FIELDS] + [int(config.num_train_steps)]
+  )
   return max(d for d in range(1, AUTO_STEPS_PER_CALL + 1) if g % d == 0)
 
 
@@ -444,135 +383,6 @@ def _per_device_bn_forward(model, mesh):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Config validation.
-
-
-def validate_config(config, *, with_devices: bool = True) -> None:
-  """Checks every field a run needs before any compilation or data loading; lists every problem found.
-
-  `with_devices=False` leaves out what needs JAX's backend (batch sizes against the device count, whether the
-  CPU plan can be honoured): the entry points check the rest first, before they may restart for huge pages.
-  """
-  problems = []
-
-  def check(cond, msg):
-    if not cond:
-      problems.append(msg)
-
-  def positive_int(field):
-    v = config.get(field)
-    ok = isinstance(v, int) and not isinstance(v, bool) and v > 0
-    check(ok, f"{field}={v!r}: must be a positive integer")
-    return ok
-
-  for f in (
-      "batch_size",
-      "eval_batch_size",
-      "num_train_steps",
-      "log_every_steps",
-      "eval_every_steps",
-      "checkpoint_every_steps",
-      "keep_checkpoints",
-  ):
-    positive_int(f)
-  check(
-      isinstance(config.learning_rate, (int, float)) and config.learning_rate > 0,
-      f"learning_rate={config.learning_rate!r}: must be a positive number",
-  )
-  check(0 <= config.momentum < 1, f"momentum={config.momentum!r}: must be in [0, 1)")
-  check(config.weight_decay >= 0, f"weight_decay={config.weight_decay!r}: must be >= 0")
-  check(config.parallelism in ("jit", "pmap"), f"parallelism={config.parallelism!r}: use 'jit' or 'pmap'")
-  normalizations = ("pixel_mean", "channel") + (("torchvision",) if config.dataset == "imagenet2012" else ())
-  check(
-      config.normalization in normalizations,
-      f"normalization={config.normalization!r}: valid values for {config.dataset} are {list(normalizations)}",
-  )
-  check(
-      config.get("input_backend", "tfdata") in ("tfdata", "device"),
-      f"input_backend={config.get('input_backend')!r}: use 'tfdata' or 'device'",
-  )
-  check(
-      config.get("input_backend", "tfdata") == "tfdata" or config.dataset in ("cifar10", "cifar100", "fake"),
-      f"input_backend='device' holds small data sets (cifar10, fake) in device memory, not "
-      f"{config.dataset!r}; use input_backend='tfdata'",
-  )
-  if isinstance(config.num_train_steps, int) and config.num_train_steps > 0:
-    bounds = lr_boundaries(config)
-    check(
-        all(0 < b <= config.num_train_steps for b in bounds) and bounds == sorted(bounds),
-        f"lr_boundaries={list(config.lr_boundaries)} -> steps {bounds}: must increase and lie inside the run "
-        f"(0, num_train_steps={config.num_train_steps}]; give fractions such as [0.5, 0.75] to scale with "
-        f"num_train_steps",
-    )
-    check(
-        0 <= config.warmup_steps < config.num_train_steps,
-        f"warmup_steps={config.warmup_steps}: must be in [0, num_train_steps={config.num_train_steps})",
-    )
-  if config.warmup_steps:
-    check(config.warmup_learning_rate > 0, f"warmup_learning_rate={config.warmup_learning_rate}: must be > 0")
-  cpu_problems = cpu.check(config)
-  problems.extend(cpu_problems)
-  if with_devices:
-    for field in ("batch_size", "eval_batch_size"):
-      if isinstance(config.get(field), int) and config.get(field) > 0:
-        problems.extend(parallel.check_batch(config.get(field), field))
-    if not cpu_problems:
-      try:
-        cpu.plan(config)
-      except ValueError as e:
-        problems.append(str(e))
-  if config.parallelism == "pmap" and config.get("input_backend") == "device":
-    problems.append("input_backend='device' supports parallelism='jit' only; set --config.parallelism=jit")
-  k = config.get("steps_per_call", 1)
-  if not (isinstance(k, int) and not isinstance(k, bool) and k >= 0):
-    problems.append(f"steps_per_call={k!r}: must be 0 (auto) or a positive integer")
-  elif k > 1:
-    if config.get("input_backend") != "device" or config.parallelism != "jit":
-      problems.append(
-          f"steps_per_call={k} runs {k} steps in one compiled call, which needs batches drawn on the "
-          "devices: set --config.input_backend=device and --config.parallelism=jit, or "
-          "--config.steps_per_call=1"
-      )
-    for field in INTERVAL_FIELDS:
-      v = config.get(field)
-      if isinstance(v, int) and v > 0 and v % k:
-        problems.append(
-            f"{field}={v} is not a multiple of steps_per_call={k}: logging, evaluation and "
-            f"checkpoints happen between calls of {k} steps; use a multiple of {k} (e.g. "
-            f"{max(k, v // k * k)}) or a steps_per_call that divides {v}"
-        )
-  try:
-    models.create_model(config.model)
-  except (ValueError, AttributeError, KeyError) as e:
-    problems.append(f"model: {e}")
-  if problems:
-    raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Writers.
-
-
-def truncate_jsonl(path: str, last_step: int) -> None:
-  """Drops rows after `last_step` (written after the checkpoint a resumed run restarts from)."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    rows = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(rows)
-  os.replace(tmp, path)
-
-
-def read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-# ----------------------------------------------------------------------------------------------------------
 # The loop.
 
 
@@ -637,7 +447,7 @@ class Data:
     self.train, self.eval = load(config, "train"), load(config, "eval")
     self.train_size = len(self.train)
     if config.batch_size > self.train_size:
-      raise ConfigError(
+      raise config_lib.ConfigError(
           f"invalid config:\n  - batch_size={config.batch_size} exceeds the {self.train_size} "
           f"training examples of {config.train_split!r}"
       )
@@ -779,7 +589,7 @@ def _restore_or_init(steps: Steps, tx, config, checkpointer, workdir: str):
 def _start_files(config, workdir: str, start_step: int, is_chief: bool):
   """metrics.jsonl cut back to the restored step, config.json, and the metric writers."""
   if is_chief:
-    truncate_jsonl(os.path.join(workdir, "metrics.jsonl"), start_step)
+    writers.truncate_jsonl(os.path.join(workdir, "metrics.jsonl"), start_step)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   writer = writers.make_writer(workdir, is_chief, tensorflow=config.input_backend != "device")
@@ -806,7 +616,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming from workdir/checkpoints if present) and evaluates; returns results.json's content."""
   t_start = time.time()
   config = config_lib.resolve(config)
-  validate_config(config)
+  config_lib.validate(config)
   workdir = os.path.abspath(workdir)
   is_chief = jax.process_index() == 0
   _check_workdir(workdir)
@@ -830,7 +640,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # Train, logging, evaluating and saving between calls; a signal saves the step reached and stops.
   rng = jax.random.key(config.seed)
-  eval_results, step, stop = {}, start_step, StopRequest()
+  eval_results, step, stop = {}, start_step, preemption.StopRequest()
   try:
     for first, n in call_lengths(start_step, config.num_train_steps, steps.steps_per_call):
       state, window, infos = steps.run(state, log.window, data, first, n, rng)  # first == state.step
@@ -856,7 +666,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if stop.requested(step) and not is_last:
         save(step, force=True)
         checkpointer.close()
-        raise Preempted(
+        raise preemption.Preempted(
             f"stopped by a signal after step {step}; checkpoint saved in "
             f"{checkpointer.directory}/{step}. Rerun the same command to resume exactly there."
         )
@@ -903,7 +713,9 @@ def _results(config, workdir, eval_results, *, step, start_step, t_start, skippe
   }
   if config.skip_nonfinite:
     results["skipped_nonfinite_this_run"] = skipped
-  rows = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "eval_error" in r] if is_chief else []
+  rows = (
+      [r for r in writers.read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "eval_error" in r] if is_chief else []
+  )
   if rows and str(config.eval_split).startswith("train"):  # a minimum chosen on the test set is not reported
     best = min(rows, key=lambda r: r["eval_error"])
     results["best_validation_error"], results["best_validation_step"] = best["eval_error"], best["step"]

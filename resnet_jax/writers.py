@@ -18,6 +18,25 @@ def _jsonl_row(step, scalars) -> str:
   return json.dumps(row)
 
 
+def truncate_jsonl(path: str, last_step: int) -> None:
+  """Drops rows after `last_step` (written after the checkpoint a resumed run restarts from)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(rows)
+  os.replace(tmp, path)
+
+
+def read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
 class _JsonlMixin:
 
   def __init__(self, path: str):

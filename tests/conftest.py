@@ -82,3 +82,38 @@ def fake(tmp_path_factory):
   meta = imagenet_fixture.prepare_fake_imagenet(data_dir)
   meta["data_dir"] = str(data_dir)
   return meta
+
+
+def load_state(workdir, step):
+  """The TrainState of a checkpoint, as host arrays."""
+  import orbax.checkpoint as ocp
+
+  return ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+
+
+def assert_trees_equal(a, b):
+  """Every leaf equal, bit for bit."""
+  import jax
+  import numpy as np
+
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb) and la
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def strip_speed(rows):
+  return [{k: v for k, v in r.items() if k != "images_per_sec"} for r in rows]
+
+
+def small_run_args(wd, steps=24):
+  """A ResNet-8 run on fake data held on the device, logged every step, checkpointed every 4."""
+  return [
+      "--config=configs/cifar20.py",
+      f"--workdir={wd}",
+      *SMALL,
+      f"--config.num_train_steps={steps}",
+      "--config.log_every_steps=1",
+      "--config.eval_every_steps=8",
+      "--config.checkpoint_every_steps=4",
+  ]

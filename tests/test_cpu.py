@@ -17,7 +17,7 @@ import pytest
 from jax import lax
 
 from conftest import REPO
-from resnet_jax import config_lib, cpu, models, train
+from resnet_jax import config_lib, cpu, models
 from resnet_jax.cpu import kernels, onednn, xla_options
 
 ONEDNN = dict(conv_general_dilated=onednn.conv_general_dilated)
@@ -230,8 +230,8 @@ def test_plan_settles_every_auto_once():
 def test_bad_cpu_settings_are_listed_together():
   c = config_lib.cifar(20)
   c.cpu.convolutions, c.cpu.weight_grad_chunk, c.cpu.materialize_blocks = "mkl", -3, None
-  with pytest.raises(train.ConfigError) as e:
-    train.validate_config(c)
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(c)
   assert "cpu.convolutions='mkl': valid values are ['auto', 'onednn', 'eigen', 'xla_default']" in str(e.value)
   assert "cpu.weight_grad_chunk=-3: use -1 (automatic" in str(e.value)
 
@@ -256,8 +256,8 @@ def test_missing_kernels_are_a_clear_error(monkeypatch, tmp_path):
       onednn.resolve("onednn", "cpu", 1)
     c = config_lib.cifar(20)
     c.cpu.convolutions = "onednn"
-    with pytest.raises(train.ConfigError, match="cpu.convolutions='onednn': the oneDNN kernels are not available"):
-      train.validate_config(c)
+    with pytest.raises(config_lib.ConfigError, match="cpu.convolutions='onednn': the oneDNN kernels are not available"):
+      config_lib.validate(c)
   finally:
     monkeypatch.undo()
     onednn._load.cache_clear()

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from resnet_jax import config_lib, train
+from resnet_jax import config_lib
 from resnet_jax.cpu import host_malloc
 
 # Applies config.host_malloc as an entry point does (restart allowed), then allocates, touches and frees 256 MiB
@@ -104,8 +104,8 @@ def test_invalid_choice_is_a_config_error_and_changes_nothing():
   config = config_lib.cifar(20)
   assert config.cpu.host_malloc == "auto"
   config.cpu.host_malloc = "jemalloc"
-  with pytest.raises(train.ConfigError) as e:
-    train.validate_config(config)
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(config)
   assert "cpu.host_malloc='jemalloc': valid values are ['auto', 'huge_pages', 'system']" in str(e.value)
   before = dict(host_malloc.state)
   assert host_malloc.apply("jemalloc", restart=True) == before
