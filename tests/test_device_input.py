@@ -119,6 +119,7 @@ def _args(wd, steps, steps_per_call=1):
       "--config.log_every_steps=4",
       "--config.eval_every_steps=8",
       "--config.checkpoint_every_steps=4",
+      "--config.keep_checkpoints=5",
       "--config.learning_rate=0.05",
       "--config.lr_decay_factor=1.0",
   ]
