@@ -15,7 +15,7 @@ class Preempted(Exception):
 
 
 class StopRequest:
-  """Turns SIGTERM and SIGINT into a request to stop after the current step (a second SIGINT stops at once).
+  """Turns SIGTERM and SIGINT into a request to stop after the current call (a second SIGINT stops at once).
 
   With several processes, JAX's preemption sync point (the coordination service's notice of a SIGTERM on any
   process) makes every process stop at the same step, so that they save one checkpoint together.

@@ -398,6 +398,7 @@ def test_train_cli_then_every_protocol(fake, tmp_path):
       "--config.eval_resize=40",
       "--config.scale_range=(36, 64)",
       "--config.multiscale_sizes=(32, 48)",
+      "--config.multiscale_aspects=(1.0,)",  # two scales, two compiled shapes: the averaging is what is checked
       "--config.eval_batch_size=8",
   ]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
