@@ -23,8 +23,8 @@
 # saves a checkpoint at the step it reached and exits (preemption.Preempted). Then, in WORKDIR:
 #   results.tar.gz  every run's metrics.jsonl, results.json and config.json, sweep.json, and report/ (report.md,
 #                   figure6.png) from python -m resnet_jax.report: what experiments/results/table6_gpu/ keeps
-#   resume.tar.gz   the unfinished runs with their newest checkpoint (a few MiB each); pass it back as
-#                   TABLE6_RESUME=FILE in a later call and the sweep goes on from there (finished runs are skipped)
+#   resume.tar.gz   every run's records and the newest checkpoint of each unfinished run (a few MiB each); pass it
+#                   back as TABLE6_RESUME=FILE in a later call: finished runs are skipped, unfinished ones resume
 # Environment: TABLE6_RUNS (comma-separated run names, default all, in table6.py's order), TABLE6_DATA (the npz),
 # TABLE6_RESUME. Extra --set arguments go to the sweep (tests/test_experiments.py dry-runs this on a CPU with a
 # few steps of small runs).
@@ -71,19 +71,24 @@ python3 -m resnet_jax.report "$work" --out="$work/report" >> "$log" 2>&1 || say 
 # The runs' records (no checkpoints), and the unfinished runs with their newest checkpoint.
 (cd "$work" && find . -maxdepth 2 \( -name metrics.jsonl -o -name results.json -o -name config.json \
   -o -name sweep.json -o -path ./report \) -print0 | sort -z | tar -czf results.tar.gz --null -T - log.txt)
-unfinished=()
+# What the next call needs to go on: every run's records (a finished run is then skipped, not run again) and the
+# newest checkpoint of each unfinished run.
+members=() unfinished=()
 for dir in "$work"/*/; do
   name=$(basename "$dir")
+  for f in metrics.jsonl results.json config.json; do
+    [[ -f "$dir/$f" ]] && members+=("$name/$f")
+  done
   [[ -d "$dir/checkpoints" ]] || continue
   python3 -c "import json, sys; r = json.load(open(sys.argv[1])); sys.exit(r['steps'] < r['config']['num_train_steps'])" \
     "$dir/results.json" 2>/dev/null && continue
   newest=$(ls "$dir/checkpoints" | grep -E '^[0-9]+$' | sort -n | tail -n 1)
-  [[ -n "$newest" ]] && unfinished+=("$name/checkpoints/$newest" "$name/metrics.jsonl" "$name/config.json")
+  [[ -n "$newest" ]] && members+=("$name/checkpoints/$newest") && unfinished+=("$name (step $newest)")
 done
 rm -f "$work/resume.tar.gz"
-if (( ${#unfinished[@]} )); then
-  (cd "$work" && tar -czf resume.tar.gz "${unfinished[@]}")
-  say "resume.tar.gz: ${unfinished[*]}"
+if (( ${#members[@]} )); then
+  (cd "$work" && tar -czf resume.tar.gz "${members[@]}")
+  say "resume.tar.gz: the records of every run; checkpoints of the unfinished ones: ${unfinished[*]:-none}"
 fi
 ls -la "$work"/*.tar.gz | tee -a "$log"
 exit $(( rc == 0 || rc == 75 || rc == 124 ? 0 : rc ))

@@ -42,12 +42,12 @@ def _small_npz(path, n_train=512, n_test=200):
 
 
 def _run_script(work, budget, *sets, env=None, timeout=600):
-  full_env = dict(
-      os.environ,
-      PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
-      TABLE6_RUNS="resnet20,plain20",
+  full_env = {
+      **os.environ,
+      "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+      "TABLE6_RUNS": "resnet20,plain20",
       **(env or {}),
-  )
+  }
   return subprocess.run(
       ["bash", str(SCRIPT), str(work), str(budget), *TINY, *sets],
       cwd=REPO,
@@ -87,7 +87,10 @@ def test_table6_gpu_script_dry_run(tmp_path):
   ]
   report = (work / "report" / "report.md").read_text()
   assert "ResNet-8" in report and "plain-8" in report
-  assert not (work / "resume.tar.gz").exists()  # every run finished
+  # Every run finished: the next call gets their records (and skips them), no checkpoint.
+  assert _members(work / "resume.tar.gz") == [
+      f"{run}/{f}" for run in ("plain20", "resnet20") for f in ("config.json", "metrics.jsonl", "results.json")
+  ]
 
 
 @pytest.mark.slow
@@ -112,3 +115,14 @@ def test_table6_gpu_script_stops_at_its_deadline_and_resumes_in_another_call(tmp
   )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert "resnet20: resuming from step" in proc.stdout, proc.stdout[-3000:]
+  # A call after a finished run skips it: the records are enough.
+  third = tmp_path / "third"
+  proc = _run_script(third, 100, "--set=num_train_steps=2", env={**env, "TABLE6_RUNS": "resnet20"})
+  assert proc.returncode == 0 and "resnet20: done" in proc.stdout, proc.stdout[-3000:]
+  proc = _run_script(
+      tmp_path / "fourth",
+      100,
+      "--set=num_train_steps=2",
+      env={**env, "TABLE6_RUNS": "resnet20", "TABLE6_RESUME": str(third / "resume.tar.gz")},
+  )
+  assert proc.returncode == 0 and "resnet20: complete (2 steps), skipped" in proc.stdout, proc.stdout[-3000:]
