@@ -49,7 +49,10 @@ def our_logits(model_config, variables, x, **overrides):
     return np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
 
 
-@pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
+# ResNet-101 and -152 repeat ResNet-50's bottleneck blocks (more of them): `make test-slow` checks them too.
+@pytest.mark.parametrize(
+    "depth", [18, 34, 50, pytest.param(101, marks=pytest.mark.slow), pytest.param(152, marks=pytest.mark.slow)]
+)
 def test_logits_equal_torchvision(depth):
   net = random_torchvision(depth, num_classes=100)
   model_config, variables = convert.from_torchvision(net.state_dict())  # torch tensors are accepted
