@@ -264,7 +264,15 @@ def test_missing_kernels_are_a_clear_error(monkeypatch, tmp_path):
   assert onednn.available()
 
 
-@pytest.mark.parametrize("chunk,shortcut,dtype", [(8, "A", jnp.float32), (5, "B", jnp.float32), (8, "A", jnp.bfloat16)])
+# One case in `make test`; an uneven chunk with option B and bfloat16 in `make test-slow` (the suite's time budget).
+@pytest.mark.parametrize(
+    "chunk,shortcut,dtype",
+    [
+        (8, "A", jnp.float32),
+        pytest.param(5, "B", jnp.float32, marks=pytest.mark.slow),
+        pytest.param(8, "A", jnp.bfloat16, marks=pytest.mark.slow),
+    ],
+)
 def test_chunked_weight_gradient_is_the_same_gradient(chunk, shortcut, dtype):
   """weight_grad_chunk changes only the summation order of the weight gradients (chunk 5: 24 = 5+5+5+5+4)."""
   x = jax.random.normal(jax.random.key(1), (24, 32, 32, 3))
