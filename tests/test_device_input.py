@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from conftest import REPO, SHARED_DATA, SMALL, read_jsonl, run_cli
+from conftest import REPO, SHARED_DATA, SMALL, assert_trees_equal, load_state, read_jsonl, run_cli, strip_speed
 from resnet_jax import config_lib, device_input, input_pipeline, parallel
 
 MAIN = "resnet_jax.main"
@@ -125,23 +125,10 @@ def _args(wd, steps, steps_per_call=1):
   ]
 
 
-def _state(wd, step):
-  import orbax.checkpoint as ocp
-
-  return ocp.StandardCheckpointer().restore(wd / "checkpoints" / str(step) / "state")
-
-
-def _assert_same_state(a, b):
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(la) == len(lb) and la
-  for x, y in zip(la, lb):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 def test_steps_per_call_is_bit_identical_and_resumes_exactly(tmp_path):
   """Two steps per compiled call, then four after a resume from step 6 (not a multiple of 4: one call of two steps,
   then one of four): the same metrics and checkpoints as one step per call, bit for bit."""
-  drop = lambda rows: [{k: v for k, v in r.items() if k != "images_per_sec"} for r in rows]
+  drop = strip_speed
   run_cli(MAIN, *_args(tmp_path / "ref", 12))
   proc = run_cli(MAIN, *_args(tmp_path / "split", 6, steps_per_call=2))
   assert "2 training step(s) per compiled call" in proc.stderr
@@ -154,7 +141,7 @@ def test_steps_per_call_is_bit_identical_and_resumes_exactly(tmp_path):
   # logged alike; step 8's window holds only steps 7-8 in the resumed run.
   assert drop(split)[0] == drop(ref)[0] and drop(split)[-1] == drop(ref)[-1]
   for step in (4, 12):
-    _assert_same_state(_state(tmp_path / "split", step), _state(tmp_path / "ref", step))
+    assert_trees_equal(load_state(tmp_path / "split", step), load_state(tmp_path / "ref", step))
 
 
 def test_trains_without_tensorflow(tmp_path):
