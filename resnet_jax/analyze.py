@@ -25,7 +25,6 @@ the two effects apart.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -142,7 +141,7 @@ def response_stds(model, variables, batches, *, batch_stats: bool = False) -> tu
 def analyze_run(config, workdir: str, *, num_examples: int | None = None, batch_stats: bool = False) -> dict:
   """Computes the response std of every 3x3 conv layer of the run's newest checkpoint; writes RESULTS_FILE
   (BATCH_STATS_FILE with batch_stats=True)."""
-  from resnet_jax import input_pipeline, models, train
+  from resnet_jax import input_pipeline, models, rundir, storage, train
 
   t0 = time.time()
   variables = train.load_variables_for_eval(config, workdir)
@@ -158,14 +157,11 @@ def analyze_run(config, workdir: str, *, num_examples: int | None = None, batch_
     eval_data = input_pipeline.ArrayData(eval_data.images[:keep], eval_data.labels[:keep])
   batches = input_pipeline.eval_batches(eval_data, norm, global_batch=batch_size)
   names, stds, count = response_stds(model, variables, batches, batch_stats=batch_stats)
-  step = None
-  results_path = os.path.join(workdir, "results.json")
-  if os.path.exists(results_path):
-    with open(results_path) as f:
-      step = json.load(f).get("steps")
+  run = rundir.RunDir(workdir)
+  step = (run.read_results() or {}).get("steps")
   m = config.model
   out = {
-      "workdir": os.path.abspath(workdir),
+      "workdir": run.name,
       "model": f"{'resnet' if m.get('residual', True) else 'plain'}{m.depth}",
       "family": m.get("family", "cifar"),
       "depth": m.depth,
@@ -180,11 +176,9 @@ def analyze_run(config, workdir: str, *, num_examples: int | None = None, batch_
       "mean_std": float(np.mean(stds)),
       "seconds": time.time() - t0,
   }
-  path = os.path.join(workdir, BATCH_STATS_FILE if batch_stats else RESULTS_FILE)
-  with open(path + ".tmp", "w") as f:
-    json.dump(out, f, indent=2)
-  os.replace(path + ".tmp", path)
-  out["path"] = path
+  path = run / (BATCH_STATS_FILE if batch_stats else RESULTS_FILE)
+  storage.write_json(path, out)
+  out["path"] = os.fspath(path)
   return out
 
 

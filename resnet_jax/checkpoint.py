@@ -12,9 +12,10 @@ import logging
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
-from resnet_jax import config_lib
+from resnet_jax import config_lib, storage
 
 
 class CheckpointMismatchError(ValueError):
@@ -29,9 +30,12 @@ class CheckpointSaveError(OSError):
   """A checkpoint could not be written (full disk, read-only or vanished directory)."""
 
 
-def _free_space(path: str) -> str:
+def _free_space(directory: str) -> str:
   import shutil
 
+  if storage.is_url(directory):
+    return "free space unknown (cloud storage)"
+  path = directory
   while path and not os.path.exists(path):
     path = os.path.dirname(path)
   try:
@@ -80,11 +84,12 @@ def _shape_tree(tree):
 
 class Checkpointer:
 
-  def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+  def __init__(self, directory, *, max_to_keep: int = 3, async_save: bool = True):
+    self.path = storage.path(directory)  # a local folder or a cloud URL
+    self.directory = os.fspath(self.path)
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(
-        self.directory,
+        self.path,
         options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
     )
@@ -97,7 +102,7 @@ class Checkpointer:
       self.manager.reload()
       kept = self.all_steps()
     except Exception:  # noqa: BLE001
-      kept = sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+      kept = sorted(int(p.name) for p in self.path.iterdir() if p.name.isdigit())
     text = str(e)
     import re
 
@@ -140,15 +145,19 @@ class Checkpointer:
     self.manager.close()
 
   def set_aside(self, step: int, reason: str) -> str:
-    """Renames an unreadable checkpoint so that it is neither used nor overwritten; never deletes it."""
-    src = os.path.join(self.directory, str(step))
-    dst = f"{src}.unreadable"
+    """Renames an unreadable checkpoint so that it is neither used nor overwritten; never deletes it.
+
+    Process 0 renames it while the others wait, so that all of them then see the same checkpoints.
+    """
+    src = self.path / str(step)
+    dst = src.parent / f"{src.name}.unreadable"
     n = 1
-    while os.path.exists(dst):
+    while dst.exists():
       n += 1
-      dst = f"{src}.unreadable{n}"
+      dst = src.parent / f"{src.name}.unreadable{n}"
     if jax.process_index() == 0:
-      os.rename(src, dst)
+      src.rename(dst)
+    _sync(f"set_aside_{step}")
     logging.warning(
         "checkpoint %s is unreadable (%s); moved it to %s (kept for inspection) and falling back to an older one",
         src,
@@ -156,7 +165,7 @@ class Checkpointer:
         dst,
     )
     self.manager.reload()
-    return dst
+    return os.fspath(dst)
 
   def read_meta(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -165,62 +174,95 @@ class Checkpointer:
     """(state, step) from the newest readable checkpoint, or (None, 0) when there is none.
 
     A checkpoint of another model is refused with the differing config fields named. An unreadable newest
-    checkpoint is reported in one line and the next older one is tried; unreadable ones are left on disk.
+    checkpoint is reported in one line and the next older one is tried; unreadable ones are left on disk. With
+    several processes the decision is one: process 0 names the step to try, every process tries it, and it is
+    taken only when all of them could read it; otherwise all of them set it aside and go on to the next.
     """
-    steps = sorted(self.manager.all_steps(), reverse=True)
-    if not steps:
-      return None, 0
     failures = []
-    for step in steps:
-      path = os.path.join(self.directory, str(step))
+    while True:
+      steps = sorted(self.manager.all_steps(), reverse=True)
+      step = _agree_on(steps[0] if steps else -1)
+      if step < 0 or any(f.startswith(f"step {step}:") for f in failures):  # none left, or one not moved aside
+        break
+      problem, restored = None, None
+      path = os.fspath(self.path / str(step))
       try:
         saved = self.read_meta(step)
       except Exception as e:  # noqa: BLE001 - any failure to read means "unreadable"
-        failures.append(f"step {step}: meta unreadable ({type(e).__name__}: {str(e)[:200]})")
-        self.set_aside(step, failures[-1])
-        continue
-      diffs = model_differences(saved, meta)
-      _check_conv_padding(saved, meta, path)
-      expected = _shape_tree(abstract_state)
-      try:
-        found = self.manager.item_metadata(step)["state"]
-        found = _shape_tree(getattr(found, "tree", found))
-      except Exception:  # noqa: BLE001
-        found = None
-      if found is not None and found != expected:
-        bad = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
-        raise CheckpointMismatchError(
-            f"the checkpoint in {path} belongs to a different model: "
-            + ("; ".join(diffs) if diffs else "config fields agree")
-            + f"; first differing array: {bad[0]} (checkpoint {found.get(bad[0])}, this run "
-            f"{expected.get(bad[0])}). Use a new --workdir for this config, or rerun with the checkpoint's "
-            f"config."
-        )
-      if diffs:  # same arrays, another function (e.g. stride placement, BN epsilon, no shortcuts)
-        raise CheckpointMismatchError(
-            f"the checkpoint in {path} belongs to a different model: {'; '.join(diffs)}. Use a new --workdir for "
-            f"this config, or rerun with the checkpoint's config."
-        )
-      try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))[
-            "state"
-        ]
-      except Exception as e:  # noqa: BLE001
-        if diffs:  # a structure the config explains is a different model, not damage
+        problem = f"step {step}: meta unreadable ({type(e).__name__}: {str(e)[:200]})"
+      if problem is None:
+        diffs = model_differences(saved, meta)
+        _check_conv_padding(saved, meta, path)
+        self._check_shapes(step, abstract_state, diffs, path)
+        if diffs:  # same arrays, another function (e.g. stride placement, BN epsilon, no shortcuts)
           raise CheckpointMismatchError(
-              f"the checkpoint in {path} belongs to a different model: {'; '.join(diffs)}. Use a new "
-              f"--workdir for this config, or rerun with the checkpoint's config."
-          ) from None
-        failures.append(f"step {step}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
-        self.set_aside(step, failures[-1])
-        continue
-      return restored, step
+              f"the checkpoint in {path} belongs to a different model: {'; '.join(diffs)}. Use a new --workdir for "
+              f"this config, or rerun with the checkpoint's config."
+          )
+        try:
+          restored = self.manager.restore(
+              step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+          )["state"]
+        except Exception as e:  # noqa: BLE001
+          problem = f"step {step}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+      problem = _first_problem(step, problem)
+      if problem is None:
+        return restored, step
+      failures.append(problem)
+      self.set_aside(step, problem)
+    if not failures:
+      return None, 0
     raise CheckpointUnreadableError(
         f"none of the checkpoints in {self.directory} can be read: "
         + "; ".join(failures)
         + ". They were renamed to <step>.unreadable (nothing was deleted); rerun to start from scratch, or "
         "restore a backup."
     )
+
+  def _check_shapes(self, step, abstract_state, diffs, path):
+    expected = _shape_tree(abstract_state)
+    try:
+      found = self.manager.item_metadata(step)["state"]
+      found = _shape_tree(getattr(found, "tree", found))
+    except Exception:  # noqa: BLE001
+      return
+    if found != expected:
+      bad = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
+      raise CheckpointMismatchError(
+          f"the checkpoint in {path} belongs to a different model: "
+          + ("; ".join(diffs) if diffs else "config fields agree")
+          + f"; first differing array: {bad[0]} (checkpoint {found.get(bad[0])}, this run "
+          f"{expected.get(bad[0])}). Use a new --workdir for this config, or rerun with the checkpoint's "
+          f"config."
+      )
+
+
+def _agree_on(step: int) -> int:
+  """Process 0's step, on every process (the one decision of which checkpoint to try)."""
+  if jax.process_count() == 1:
+    return step
+  from jax.experimental import multihost_utils
+
+  return int(multihost_utils.broadcast_one_to_all(np.int32(step)))
+
+
+def _first_problem(step: int, problem: str | None) -> str | None:
+  """This process's problem reading a checkpoint, or the first other process's: one verdict for all."""
+  if jax.process_count() == 1:
+    return problem
+  from jax.experimental import multihost_utils
+
+  failed = np.asarray(multihost_utils.process_allgather(np.int32(problem is not None)))
+  if not failed.any():
+    return None
+  return problem or f"step {step}: process {int(np.flatnonzero(failed)[0])} could not read it"
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
 
 
 def _check_conv_padding(saved: dict, meta: dict, path: str) -> None:

@@ -34,9 +34,13 @@ class UserError(Exception):
   """An error whose message says what to fix; commands print it as one line and exit with status 2."""
 
 
-def fail(message: str) -> None:
+def fail(message: str, code: int = EXIT_USER_ERROR) -> None:
+  """Prints `error: message` and exits with `code`; with several processes, the others stop too."""
+  from resnet_jax import cluster
+
   print(f"error: {message}", file=sys.stderr)
-  sys.exit(EXIT_USER_ERROR)
+  cluster.fail(code, message)
+  sys.exit(code)
 
 
 def _one_line(text: str) -> str:
@@ -111,8 +115,26 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run(main) -> None:
-  """absl's app.run(main) with parse_flags."""
-  app.run(main, flags_parser=parse_flags)
+  """absl's app.run(main) with parse_flags; with several processes, an error in any one stops them all."""
+
+  def main_in_cluster(argv):
+    from resnet_jax import cluster
+
+    try:
+      main(argv)
+    except SystemExit:  # an exit every process reaches (errors went through fail(), which stops the others)
+      cluster.finish()
+      raise
+    except Exception as e:  # noqa: BLE001 - a bug or a failed collective: the traceback, then stop the others
+      if not cluster.active():
+        raise
+      import traceback
+
+      traceback.print_exc()
+      fail(cluster.explain(f"{type(e).__name__}: {_one_line(e)[:500]}"), code=1)
+    cluster.finish()
+
+  app.run(main_in_cluster, flags_parser=parse_flags)
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -130,13 +152,14 @@ def quiet_library_logs():
     handler.addFilter(_QuietLibraries())
 
 
-def start(config=None, *, restart: bool, validate: bool = True):
+def start(config=None, *, restart: bool, validate: bool = True, join_cluster: bool = False):
   """What a command does once its flags are parsed; returns the config.
 
   The config is checked first (everything that does not need JAX's backend; one list of problems, exit 2), then
   config.cpu.host_malloc is applied, which may restart this process once with huge pages for malloc (`restart`:
   the command runs as __main__), so that an error is printed once and before any restart; then library logs are
-  quietened.
+  quietened, and with `join_cluster` the process joins the job's other processes (resnet_jax.cluster; the command
+  defines cluster.define_flags()), after which only process 0 logs progress.
   """
   if config is not None and validate:
     from resnet_jax import config_lib
@@ -148,13 +171,22 @@ def start(config=None, *, restart: bool, validate: bool = True):
 
     host_malloc.apply((config.get("cpu") or {}).get("host_malloc", "auto"), restart=restart)
   quiet_library_logs()
+  if join_cluster:
+    from resnet_jax import cluster
+
+    with user_errors():
+      cluster.start()
+    import jax
+
+    if jax.process_index() > 0:  # only process 0 logs progress; the others report warnings and errors
+      logging.set_verbosity(logging.WARNING)
   return config
 
 
 @contextlib.contextmanager
 def user_errors():
   """Errors a user can fix are printed as one message, not a stack trace."""
-  from resnet_jax import checkpoint, config_lib, convert, input_pipeline, preemption, train
+  from resnet_jax import checkpoint, cluster, config_lib, convert, input_pipeline, preemption, storage, train
 
   expected = (
       UserError,
@@ -166,16 +198,18 @@ def user_errors():
       checkpoint.CheckpointMismatchError,
       checkpoint.CheckpointUnreadableError,
       checkpoint.CheckpointSaveError,
+      cluster.ClusterError,
+      storage.MissingCloudSupportError,
       PermissionError,
       FileNotFoundError,
   )
   try:
     yield
-  except preemption.Preempted as e:
+  except preemption.Preempted as e:  # every process stopped at the same step: not a failure
     print(f"preempted: {e}", file=sys.stderr)
+    cluster.finish()
     sys.exit(EXIT_PREEMPTED)
   except train.NonFiniteError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(EXIT_NONFINITE)
+    fail(str(e), code=EXIT_NONFINITE)
   except expected as e:
     fail(str(e))

@@ -216,20 +216,19 @@ def imagenet_torchvision(depth: int = 50) -> ml_collections.ConfigDict:
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained (or converted) with: its config.json, as main.py writes it."""
-  import json
-  import os
+  from resnet_jax import rundir
 
-  path = os.path.join(workdir, "config.json")
+  run = rundir.RunDir(workdir)
   try:
-    with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
-  except FileNotFoundError:
-    raise FileNotFoundError(
-        f"{path} does not exist: {workdir} is not a training directory of resnet_jax (pass "
-        "--config=..., or train or convert into it first)"
-    ) from None
+    stored = run.read_config()
   except (OSError, ValueError) as e:
-    raise FileNotFoundError(f"{path} is unreadable ({e}); pass --config=... instead") from None
+    raise FileNotFoundError(f"{run / rundir.CONFIG} is unreadable ({e}); pass --config=... instead") from None
+  if stored is None:
+    raise FileNotFoundError(
+        f"{run / rundir.CONFIG} does not exist: {run.name} is not a training directory of resnet_jax (pass "
+        "--config=..., or train or convert into it first)"
+    )
+  return ml_collections.ConfigDict(stored)
 
 
 def resolve(config) -> ml_collections.ConfigDict:
@@ -322,9 +321,8 @@ def validate(config, *, with_devices: bool = True) -> None:
   cpu_problems = cpu.check(config)
   problems.extend(cpu_problems)
   if with_devices:
-    for field in ("batch_size", "eval_batch_size"):
-      if isinstance(config.get(field), int) and config.get(field) > 0:
-        problems.extend(parallel.check_batch(config.get(field), field))
+    if isinstance(config.get("batch_size"), int) and config.batch_size > 0:  # eval batches are padded instead
+      problems.extend(parallel.check_batch(config.batch_size, "batch_size"))
     if not cpu_problems:
       try:
         cpu.plan(config)

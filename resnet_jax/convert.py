@@ -315,11 +315,13 @@ def save_state_dict(state_dict: dict, path: str) -> None:
 def write_workdir(config, variables, workdir: str) -> str:
   """Writes `variables` as the step-0 checkpoint of a run of `config` in workdir (plus config.json)."""
   from resnet_jax import checkpoint as ckpt_lib
-  from resnet_jax import parallel, train
+  from resnet_jax import parallel, rundir, train
 
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
-    raise ConversionError(f"{ckpt_dir} already holds checkpoints; choose an empty --workdir (nothing was written)")
+  run = rundir.RunDir(workdir)
+  if run.has_checkpoints() and any(run.checkpoints.iterdir()):
+    raise ConversionError(
+        f"{run.checkpoints} already holds checkpoints; choose an empty --workdir (nothing was written)"
+    )
   config = config_lib.resolve(config)
   tx = train.make_optimizer(config)
   params = jax.tree.map(jnp.asarray, variables["params"])
@@ -329,14 +331,13 @@ def write_workdir(config, variables, workdir: str) -> str:
       batch_stats=jax.tree.map(jnp.asarray, variables["batch_stats"]),
       opt_state=tx.init(params),
   )
-  os.makedirs(workdir, exist_ok=True)
+  run.path.mkdir(parents=True, exist_ok=True)
   state = parallel.put_replicated(state, parallel.make_mesh())
-  checkpointer = ckpt_lib.Checkpointer(ckpt_dir)
+  checkpointer = ckpt_lib.Checkpointer(run.checkpoints)
   checkpointer.save(0, state, ckpt_lib.meta_for(config), force=True)
   checkpointer.close()
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  return os.path.join(ckpt_dir, "0")
+  run.write_config(config)
+  return os.fspath(run.checkpoints / "0")
 
 
 def read_workdir(workdir: str):

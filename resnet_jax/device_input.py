@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import io
 import logging
-import os
 import re
 
 import jax
@@ -27,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from resnet_jax import input_pipeline, parallel
+from resnet_jax import input_pipeline, parallel, storage
 
 PAD = input_pipeline.PAD
 _SPLIT = re.compile(r"^(train|test)(?:\[(-?\d*):(-?\d*)\])?$")
@@ -46,12 +45,13 @@ def _decode_jpegs(buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def _load_npz(path: str, which: str) -> input_pipeline.ArrayData:
-  if not os.path.exists(path):
+  storage.check_supported(path)
+  if not storage.path(path).exists():
     raise input_pipeline.DataNotFoundError(
         f"data_file {path} does not exist; point --config.data_file at an .npz with x_{which}/y_{which} uint8 "
         f"arrays or {which}_jpeg/{which}_offsets/y_{which} (e.g. ../shared/data/cifar10_jpeg_bytes.npz)"
     )
-  with np.load(path) as z:
+  with storage.path(path).open("rb") as f, np.load(f) as z:
     if f"x_{which}" in z:
       images = np.asarray(z[f"x_{which}"], np.uint8)
     elif f"{which}_jpeg" in z:
@@ -74,7 +74,7 @@ def load_split(config, which: str) -> input_pipeline.ArrayData:
         "such as train[:45000] / train[45000:]"
     )
   name, lo, hi = m.groups()
-  data = _load_npz(os.path.abspath(os.path.expanduser(config.data_file)), name)
+  data = _load_npz(storage.name(config.data_file), name)
   sl = slice(int(lo) if lo else None, int(hi) if hi else None)
   return input_pipeline.ArrayData(data.images[sl], data.labels[sl])
 

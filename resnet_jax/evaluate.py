@@ -14,7 +14,6 @@ number of compilations each protocol needs (1, 1, and at most 25 with the defaul
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 from absl import flags, logging
@@ -86,14 +85,13 @@ def evaluate_protocol(
   number of distinct batch shapes (each compiles once).
   """
   import jax
-  from resnet_jax import cpu, imagenet_input
+  from resnet_jax import cpu, imagenet_input, parallel
 
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  global_batch = int(config.eval_batch_size)
-  if global_batch % process_count:
-    raise ValueError(f"eval_batch_size {global_batch} is not divisible by the {process_count} processes")
-  local_batch = global_batch // process_count
+  local_batch = -(-int(config.eval_batch_size) // process_count)  # padded and masked, as every eval batch
+  if process_count == jax.process_count():  # ... to a multiple of the devices, which split it evenly
+    local_batch = parallel.padded_eval_batch(config.eval_batch_size) // process_count
   builder = builder or imagenet_input.load_builder(config, process_count=process_count)
   n_local = imagenet_input.split_size(
       builder, config.get("eval_split", "validation"), process_index=process_index, process_count=process_count
@@ -189,6 +187,9 @@ def define_flags():
       "Evaluation protocol; repeat the flag for several (one checkpoint load, one result each).",
   )
   _FLAGS["json"] = flags.DEFINE_bool("json", False, "Print one JSON object per protocol instead of a line of text.")
+  from resnet_jax import cluster
+
+  cluster.define_flags()
 
 
 def main(argv):
@@ -202,15 +203,20 @@ def main(argv):
         "--workdir is required, e.g. --workdir=runs/imagenet_resnet18 (with --config=FILE, or the "
         "workdir's config.json)"
     )
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):  # at once, before JAX starts; nothing is created
-    cli.fail(
-        f"no checkpoint in {workdir}: {os.path.join(workdir, 'checkpoints')} does not exist; train first with "
-        f"python -m resnet_jax.main --config=... --workdir={workdir}"
-    )
+  from resnet_jax import rundir
+
+  with cli.user_errors():
+    run = rundir.RunDir(workdir)
+    if not run.has_checkpoints():  # at once, before JAX starts; nothing is created
+      cli.fail(
+          f"no checkpoint in {run.name}: {run.checkpoints} does not exist; train first with "
+          f"python -m resnet_jax.main --config=... --workdir={workdir}"
+      )
   if config is None:
     with cli.user_errors():
       config = config_lib.load_workdir_config(workdir)
-  cli.start(config, restart=__name__ == "__main__")
+  cli.start(config, restart=__name__ == "__main__", join_cluster=True)
+  import jax
   from resnet_jax import models, train  # train imports the whole training stack: only the CLI needs it
 
   with cli.user_errors():
@@ -220,8 +226,9 @@ def main(argv):
     for protocol in protocols:
       logging.info("evaluating %s with protocol %s", workdir, protocol)
       result = evaluate_protocol(model, variables, config, protocol, eval_fn_cache=cache)
-      result["workdir"] = workdir
-      print(json.dumps(result) if _FLAGS["json"].value else format_result(result), flush=True)
+      result["workdir"] = run.name
+      if jax.process_index() == 0:  # every process computed the same totals
+        print(json.dumps(result) if _FLAGS["json"].value else format_result(result), flush=True)
 
 
 if __name__ == "__main__":

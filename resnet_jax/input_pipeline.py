@@ -53,8 +53,42 @@ class DataNotFoundError(RuntimeError):
 
 
 def resolve_data_dir(config) -> str | None:
+  """config.data_dir, else TFDS_DATA_DIR: an absolute local path or a URL (gs://...), or None (tfds's default)."""
+  from resnet_jax import storage
+
   data_dir = config.get("data_dir") or os.environ.get("TFDS_DATA_DIR")
-  return os.path.abspath(os.path.expanduser(data_dir)) if data_dir else None
+  return storage.name(data_dir) if data_dir else None
+
+
+def _local_copy(data_dir: str, name: str) -> str:
+  """A local copy of a data set prepared on cloud storage (copied once, into the cache folder).
+
+  tf.data reads records through TensorFlow's own cloud client, which no emulator reaches; a CIFAR split is read
+  whole into memory anyway, so its prepared files (136 MiB) are fetched through epath instead.
+  """
+  import hashlib
+  import shutil
+  import tempfile
+
+  from resnet_jax import storage
+
+  source = storage.path(data_dir) / name
+  if not source.exists():
+    raise DataNotFoundError(
+        f"tfds data set {name!r} is not prepared in {data_dir}: {source} does not exist. Copy a prepared "
+        f"{name}/<version>/ folder there, or point --config.data_dir at one"
+    )
+  root = os.path.join(_cache_dir() or tempfile.gettempdir(), "tfds", hashlib.sha256(data_dir.encode()).hexdigest()[:16])
+  if not os.path.isdir(os.path.join(root, name)):
+    tmp = f"{root}.tmp{os.getpid()}"
+    storage.copy_tree(source, os.path.join(tmp, name))
+    os.makedirs(os.path.dirname(root), exist_ok=True)
+    try:
+      os.rename(tmp, root)  # atomic: a killed copy is never taken for a complete one
+    except OSError:  # another process finished the same copy first
+      shutil.rmtree(tmp, ignore_errors=True)
+  logging.info("data: %s/%s read from its local copy in %s", data_dir, name, root)
+  return root
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +118,10 @@ def _load_tfds_split(name: str, split: str, data_dir: str | None) -> ArrayData:
 
   require_tensorflow(f"reading {name!r} with tfds")
   import tensorflow_datasets as tfds  # imported here: only the tfds path needs TensorFlow
+  from resnet_jax import storage
+
+  if data_dir and storage.is_url(data_dir):
+    data_dir = _local_copy(data_dir, name)
 
   cache_root = _cache_dir()
   cache_file = None

@@ -1,58 +1,21 @@
-"""Devices, meshes and multi-host set-up, kept apart from the pure train and eval steps.
+"""Devices and meshes, kept apart from the pure train and eval steps.
 
 Two ways to run the same step on many devices:
 * 'jit' (default): one `jax.jit` over a Mesh with a 'data' axis; the state is replicated, the batch is sharded
   along its leading axis, and XLA inserts the collectives. Synchronised BN falls out of computing batch
   statistics over the global (sharded) batch; per-device BN runs the forward pass under `jax.shard_map`.
 * 'pmap': `jax.pmap` over the local devices with axis name 'data'; the state carries a leading device axis.
+
+Joining the other processes of a multi-host job is resnet_jax.cluster's.
 """
 
 from __future__ import annotations
-
-import logging
-import os
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXIS = "data"
-
-
-def maybe_initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
-  """Calls jax.distributed.initialize() when the run has several processes.
-
-  Explicit flags win; otherwise JAX's own cluster detection covers Cloud TPU pods and SLURM (srun). A single
-  process with no cluster around it is left alone.
-  """
-  if coordinator_address or (num_processes or 0) > 1:
-    jax.distributed.initialize(
-        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
-    )
-  elif _in_cluster():
-    jax.distributed.initialize()
-  else:
-    return False
-  logging.info(
-      "jax.distributed: process %d of %d, %d local / %d global devices",
-      jax.process_index(),
-      jax.process_count(),
-      jax.local_device_count(),
-      jax.device_count(),
-  )
-  return True
-
-
-def _in_cluster() -> bool:
-  if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_NODELIST" in os.environ:
-    return True
-  return bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",")) or bool(
-      os.environ.get("MEGASCALE_COORDINATOR_ADDRESS")
-  )
-
-
-def process_index() -> int:
-  return jax.process_index()
 
 
 def check_batch(batch_size: int, field: str = "batch_size") -> list[str]:
@@ -71,6 +34,16 @@ def check_batch(batch_size: int, field: str = "batch_size") -> list[str]:
         f"{n_local} local devices cannot share evenly; use a multiple of {n_dev}"
     )
   return problems
+
+
+def padded_eval_batch(eval_batch_size: int) -> int:
+  """eval_batch_size rounded up to a multiple of the device count.
+
+  Evaluation pads its batches and masks the padding (every example counts once), so a recipe's eval_batch_size
+  runs unchanged on any number of devices: 1000 on 16 devices gives batches of 1008.
+  """
+  n = jax.device_count()
+  return -(-int(eval_batch_size) // n) * n
 
 
 def make_mesh(devices=None) -> Mesh:

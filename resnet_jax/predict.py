@@ -63,9 +63,10 @@ def preprocessor(config):
     return lambda image: imagenet_input.normalize(
         imagenet_input.single_view(image, resize_to=resize_to, crop=size), mode
     ).numpy()
-  from resnet_jax import input_pipeline
+  from resnet_jax import device_input, input_pipeline
 
-  normalize = input_pipeline.normalizer(config, input_pipeline.load_split(config, "train"))
+  # The training split's statistics (device_input reads config.data_file where the run had one, else tfds).
+  normalize = input_pipeline.normalizer(config, device_input.load_split(config, "train"))
   size = config.image_size
 
   def cifar(image):

@@ -27,6 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
+from resnet_jax import rundir, storage
+
 # The paper's errors (../shared/PAPER.md); ours are measured, these are only printed beside them.
 PAPER_CIFAR_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
 # ImageNet top-1 error, 10-crop (Tables 2 and 3): (residual, depth, shortcut) -> error; plain nets have no shortcut.
@@ -99,56 +101,44 @@ class RunData:
     return bool(self.results) and self.results.get("steps") == self.config.get("num_train_steps")
 
 
-def _read_json(path):
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def _read_jsonl(path):
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def load_run(path: str) -> RunData | None:
   """A run directory's config, metrics, results and layer responses; None if it holds no run."""
-  results = _read_json(os.path.join(path, "results.json"))
-  config = (results or {}).get("config") or _read_json(os.path.join(path, "config.json"))
-  rows = _read_jsonl(os.path.join(path, "metrics.jsonl"))
+  run = rundir.RunDir(path)
+  results = run.read_results()
+  config = run.stored_config()
+  rows = run.read_metrics()
   if config is None or (not rows and results is None):
     return None
   return RunData(
-      os.path.basename(os.path.normpath(path)),
-      path,
+      run.path.name,
+      run.name,
       config,
       rows,
       results,
-      _read_json(os.path.join(path, RESPONSES_FILE)),
-      _read_json(os.path.join(path, BATCH_STATS_RESPONSES_FILE)),
+      storage.read_json(run / RESPONSES_FILE),
+      storage.read_json(run / BATCH_STATS_RESPONSES_FILE),
   )
 
 
 def discover(sweep_dir: str) -> list[RunData]:
   """The runs under sweep_dir, in the sweep's order (sweep.json), else plain before residual, by depth."""
-  if not os.path.isdir(sweep_dir):
+  if not storage.path(sweep_dir).is_dir():
     raise FileNotFoundError(f"{sweep_dir} is not a directory; give the --workdir of a sweep")
-  runs = [
-      r
-      for r in (
-          load_run(os.path.join(sweep_dir, d))
-          for d in sorted(os.listdir(sweep_dir))
-          if os.path.isdir(os.path.join(sweep_dir, d))
-      )
-      if r is not None
-  ]
+  runs = [r for r in (load_run(d.name) for d in rundir.run_dirs(sweep_dir)) if r is not None]
   if not runs:
     raise FileNotFoundError(f"no training runs (metrics.jsonl / results.json) under {sweep_dir}")
-  manifest = _read_json(os.path.join(sweep_dir, "sweep.json")) or {}
+  manifest = rundir.read_manifest(sweep_dir) or {}
   order = {name: i for i, name in enumerate(manifest.get("runs", {}))}
   return sorted(runs, key=lambda r: (order.get(r.name, len(order)), r.family, r.residual, r.depth, r.name))
+
+
+def _save_figure(fig, path) -> None:
+  """PNG through epath (the output folder may be a bucket)."""
+  import io
+
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=90)
+  storage.path(path).write_bytes(buf.getvalue())
 
 
 @functools.lru_cache(maxsize=64)
@@ -368,7 +358,7 @@ def plot_curves(runs: Sequence[RunData], path: str, title: str) -> str:
     axes[0][0].set_ylim(max(0.0, min(all_vals) - 5), min(100.0, max(all_vals) + 5))
   fig.suptitle(f"{title}: thin = training error, bold = test error", fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
+  _save_figure(fig, path)
   plt.close(fig)
   return path
 
@@ -405,7 +395,7 @@ def plot_responses(runs: Sequence[RunData], path: str) -> str:
       fontsize=9,
   )
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
+  _save_figure(fig, path)
   plt.close(fig)
   return path
 
@@ -418,7 +408,7 @@ def sweep_commands(sweep_dir: str, runs: Sequence[RunData]) -> list[str]:
   """The sweep commands that reproduce these runs (one per distinct set of --set values), from sweep.json."""
   import shlex
 
-  manifest = _read_json(os.path.join(sweep_dir, "sweep.json"))
+  manifest = rundir.read_manifest(sweep_dir)
   if not manifest:
     return []
   groups = {}
@@ -473,10 +463,11 @@ def _responses_section(runs: Sequence[RunData]) -> str:
 def build_report(sweep_dir: str, out_dir: str | None = None) -> dict:
   """Writes report.md and the PNGs; returns {'report': path, 'figures': [paths], 'runs': [names]}."""
   runs = discover(sweep_dir)
-  out_dir = out_dir or os.path.join(sweep_dir, "report")
-  os.makedirs(out_dir, exist_ok=True)
+  out = storage.path(out_dir) if out_dir else storage.path(sweep_dir) / "report"
+  out_dir = os.fspath(out)
+  out.mkdir(parents=True, exist_ok=True)
   figures = []
-  md = [f"# Results of {os.path.basename(os.path.normpath(sweep_dir))}", ""]
+  md = [f"# Results of {storage.path(sweep_dir).name}", ""]
   cmds = sweep_commands(sweep_dir, runs)
   if cmds:
     md += ["Reproduce with:", "", "```", *cmds, f"python -m resnet_jax.report {sweep_dir} --out={out_dir}", "```", ""]
@@ -512,11 +503,11 @@ def build_report(sweep_dir: str, out_dir: str | None = None) -> dict:
       md += ["Deeper against shallower at the same budgets (positive: the deeper net's error is higher):", ""]
       md += comparisons + [""]
     if any(r.rows for r in fam):
-      path = plot_curves(fam, os.path.join(out_dir, fig_name), "CIFAR-10" if family == "cifar" else "ImageNet")
+      path = plot_curves(fam, os.fspath(out / fig_name), "CIFAR-10" if family == "cifar" else "ImageNet")
       figures.append(path)
       md += [f"![error vs iterations]({fig_name})", ""]
   if any(r.responses for r in runs):
-    path = plot_responses(runs, os.path.join(out_dir, "figure7.png"))
+    path = plot_responses(runs, os.fspath(out / "figure7.png"))
     figures.append(path)
     md += [
         "## Layer responses (paper: Figure 7)",
@@ -537,9 +528,8 @@ def build_report(sweep_dir: str, out_dir: str | None = None) -> dict:
         "![layer responses](figure7.png)",
         "",
     ]
-  report = os.path.join(out_dir, "report.md")
-  with open(report, "w") as f:
-    f.write("\n".join(md))
+  report = os.fspath(out / "report.md")
+  storage.write_text_atomic(report, "\n".join(md))
   return {"report": report, "figures": figures, "runs": [r.name for r in runs]}
 
 
@@ -551,14 +541,21 @@ def define_flags():
   from absl import flags
 
   _FLAGS["out"] = flags.DEFINE_string("out", None, "Output directory (default: SWEEP_DIR/report).")
+  from resnet_jax import cluster
+
+  cluster.define_flags()
 
 
 def main(argv):
-  from resnet_jax import cli  # absl only: the report needs none of the training stack
+  from resnet_jax import cli
 
   if len(argv) != 2:
     cli.fail("usage: python -m resnet_jax.report SWEEP_DIR [--out=SWEEP_DIR/report]")
-  cli.start(restart=False)
+  cli.start(restart=False, join_cluster=True)
+  import jax
+
+  if jax.process_index() > 0:  # on several hosts, process 0 writes the one report
+    return
   try:
     out = build_report(argv[1], _FLAGS["out"].value)
   except (FileNotFoundError, ValueError) as e:

@@ -48,7 +48,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from resnet_jax import config_lib
+from resnet_jax import config_lib, rundir
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -231,13 +231,7 @@ def _json(config) -> dict:
 
 
 def _stored_config(run_dir: str) -> dict | None:
-  for name, key in (("results.json", "config"), ("config.json", None)):
-    path = os.path.join(run_dir, name)
-    if os.path.exists(path):
-      with open(path) as f:
-        data = json.load(f)
-      return data[key] if key else data
-  return None
+  return rundir.RunDir(run_dir).stored_config()
 
 
 def config_conflicts(stored: dict, wanted: dict) -> list[str]:
@@ -355,14 +349,11 @@ def _build_run(module, sweep_file: str, workdir: str, run: Run, set_items) -> tu
 
 def run_state(spec: RunSpec) -> tuple[str, int]:
   """('complete', steps) | ('partial', newest checkpoint step) | ('new', 0)."""
-  results = os.path.join(spec.workdir, "results.json")
-  if os.path.exists(results):
-    with open(results) as f:
-      steps = json.load(f).get("steps")
-    if steps == spec.config.num_train_steps:
-      return "complete", steps
-  ckpt_dir = os.path.join(spec.workdir, "checkpoints")
-  steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+  run = rundir.RunDir(spec.workdir)
+  steps = (run.read_results() or {}).get("steps")
+  if steps is not None and steps == spec.config.num_train_steps:
+    return "complete", steps
+  steps = [int(d.name) for d in run.checkpoints.iterdir() if d.name.isdigit()] if run.has_checkpoints() else []
   return ("partial", max(steps)) if steps else ("new", 0)
 
 
@@ -371,21 +362,15 @@ def write_manifest(sweep_file: str, workdir: str, specs: Sequence[RunSpec], sets
 
   Runs of earlier invocations (other --only selections, other --set values) keep their entries.
   """
-  path = os.path.join(workdir, "sweep.json")
   manifest = {"sweep_file": sweep_file, "runs": {}}
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
-    if old.get("sweep_file") == sweep_file:
-      manifest["runs"] = old.get("runs", {})
-      for entry in manifest["runs"].values():
-        entry.setdefault("set", old.get("set", []))
+  old = rundir.read_manifest(workdir)
+  if old and old.get("sweep_file") == sweep_file:
+    manifest["runs"] = old.get("runs", {})
+    for entry in manifest["runs"].values():
+      entry.setdefault("set", old.get("set", []))
   for s in specs:
     manifest["runs"][s.name] = {"set": list(sets), "overrides": s.overrides, "command": s.command}
-  os.makedirs(workdir, exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(manifest, f, indent=2)
-  os.replace(path + ".tmp", path)
+  rundir.write_manifest(workdir, manifest)
 
 
 def run_sweep(specs: Sequence[RunSpec], *, log=print) -> list[dict]:
@@ -444,6 +429,9 @@ def define_flags():
       [],
       "FIELD=VALUE override for every run (repeatable), e.g. num_train_steps=2000; parsed as --config.FIELD=VALUE.",
   )
+  from resnet_jax import cluster
+
+  cluster.define_flags()
 
 
 def main(argv):
@@ -457,20 +445,26 @@ def main(argv):
   f = {name: holder.value for name, holder in _FLAGS.items()}
   if not f["workdir"]:
     cli.fail("--workdir is required: the sweep's runs go to WORKDIR/NAME")
-  cli.start(restart=False)
+  cli.start(restart=False, join_cluster=True)
+  import jax
+
+  chief = jax.process_index() == 0  # on several hosts, every process trains each run; process 0 reports
   try:
     specs = build_runs(argv[1], f["workdir"], only=f["only"], sets=f["set"])
   except SweepError as e:
     cli.fail(str(e))
   with cli.user_errors():
     if f["dry_run"]:
-      for spec in specs:
+      for spec in specs if chief else ():
         print(spec.command)
       return
-    write_manifest(argv[1], f["workdir"], specs, f["set"])
+    if chief:
+      write_manifest(argv[1], f["workdir"], specs, f["set"])
     t0 = time.time()
-    summary = run_sweep(specs, log=lambda s: print(f"sweep: {s}", flush=True))
+    summary = run_sweep(specs, log=lambda s: print(f"sweep: {s}", flush=True) if chief else None)
   failed = [s for s in summary if s["status"] == "non-finite"]
+  if not chief:
+    sys.exit(cli.EXIT_NONFINITE if failed else 0)
   print(
       f"sweep: {len(summary) - len(failed)} of {len(summary)} runs complete in {time.time() - t0:.0f} s; "
       f"tables and plots: python -m resnet_jax.report {f['workdir']}",

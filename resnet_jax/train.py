@@ -11,7 +11,6 @@ import functools
 import json
 import logging
 import math
-import os
 import time
 from typing import Any
 
@@ -26,7 +25,7 @@ from clu import metrics
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax import checkpoint as ckpt_lib
-from resnet_jax import config_lib, cpu, input_pipeline, models, parallel, preemption, writers
+from resnet_jax import cluster, config_lib, cpu, input_pipeline, models, parallel, preemption, rundir, writers
 
 
 class NonFiniteError(FloatingPointError):
@@ -386,20 +385,6 @@ def _per_device_bn_forward(model, mesh):
 # The loop.
 
 
-def _check_workdir(workdir: str) -> None:
-  """Creates the workdir and proves it writable before any compilation or data loading."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise PermissionError(
-        f"workdir {workdir} is not a writable directory ({e.strerror or e}); choose another --workdir"
-    ) from None
-
-
 def _host_state(model, tx, config) -> TrainState:
   return jax.device_get(init_state(model, tx, config, jax.random.key(config.seed)))
 
@@ -487,13 +472,17 @@ class Data:
           protocol="single",
           process_index=self._pi,
           process_count=self._pc,
-          local_batch_size=self.config.eval_batch_size // self._pc,
+          local_batch_size=parallel.padded_eval_batch(self.config.eval_batch_size) // self._pc,
       )
       for batch in ds.as_numpy_iterator():
         yield {k: batch[k] for k in ("image", "label", "mask")}
       return
     yield from input_pipeline.eval_batches(
-        self.eval, self.norm, global_batch=self.config.eval_batch_size, process_index=self._pi, process_count=self._pc
+        self.eval,
+        self.norm,
+        global_batch=parallel.padded_eval_batch(self.config.eval_batch_size),
+        process_index=self._pi,
+        process_count=self._pc,
     )
 
 
@@ -586,13 +575,12 @@ def _restore_or_init(steps: Steps, tx, config, checkpointer, workdir: str):
   return steps.from_global(restored), start_step
 
 
-def _start_files(config, workdir: str, start_step: int, is_chief: bool):
+def _start_files(config, run: rundir.RunDir, start_step: int, is_chief: bool):
   """metrics.jsonl cut back to the restored step, config.json, and the metric writers."""
   if is_chief:
-    writers.truncate_jsonl(os.path.join(workdir, "metrics.jsonl"), start_step)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  writer = writers.make_writer(workdir, is_chief, tensorflow=config.input_backend != "device")
+    run.truncate_metrics(start_step)
+    run.write_config(config)
+  writer = writers.make_writer(run, is_chief, tensorflow=config.input_backend != "device")
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flat_config(config).items() if isinstance(v, (int, float, str, bool))})
   return writer
@@ -617,9 +605,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   t_start = time.time()
   config = config_lib.resolve(config)
   config_lib.validate(config)
-  workdir = os.path.abspath(workdir)
+  run = rundir.RunDir(workdir)
+  workdir = run.name
   is_chief = jax.process_index() == 0
-  _check_workdir(workdir)
+  run.check_writable()
+  cluster.check_shared(run)
 
   # Set up: the data on the mesh, the compiled steps, the state (restored or new), the metric files.
   mesh = parallel.make_mesh()
@@ -627,9 +617,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tx = make_optimizer(config)
   steps = Steps(config, tx, make_schedule(config), mesh=mesh)
   logging.info("platform plan: %s; %d training step(s) per compiled call", steps.plan.describe(), steps.steps_per_call)
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
+  checkpointer = ckpt_lib.Checkpointer(run.checkpoints, max_to_keep=config.keep_checkpoints)
   state, start_step = _restore_or_init(steps, tx, config, checkpointer, workdir)
-  writer = _start_files(config, workdir, start_step, is_chief)
+  writer = _start_files(config, run, start_step, is_chief)
   log = TrainLog(config, workdir, checkpointer, steps.new_window)
   saved = set(checkpointer.all_steps())
 
@@ -685,7 +675,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eval_results = evaluate(steps, state, data)
   results = _results(
       config,
-      workdir,
+      run,
       eval_results,
       step=step,
       start_step=start_step,
@@ -696,7 +686,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
-def _results(config, workdir, eval_results, *, step, start_step, t_start, skipped, is_chief) -> dict:
+def _results(config, run: rundir.RunDir, eval_results, *, step, start_step, t_start, skipped, is_chief) -> dict:
   """results.json: the final model's evaluation (and a best one only on a validation split), written atomically."""
   results = {
       "final_eval_error": eval_results.get("eval_error"),
@@ -713,17 +703,12 @@ def _results(config, workdir, eval_results, *, step, start_step, t_start, skippe
   }
   if config.skip_nonfinite:
     results["skipped_nonfinite_this_run"] = skipped
-  rows = (
-      [r for r in writers.read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "eval_error" in r] if is_chief else []
-  )
+  rows = [r for r in run.read_metrics() if "eval_error" in r] if is_chief else []
   if rows and str(config.eval_split).startswith("train"):  # a minimum chosen on the test set is not reported
     best = min(rows, key=lambda r: r["eval_error"])
     results["best_validation_error"], results["best_validation_step"] = best["eval_error"], best["step"]
   if is_chief:
-    tmp = os.path.join(workdir, "results.json.tmp")
-    with open(tmp, "w") as f:
-      json.dump(results, f, indent=2)
-    os.replace(tmp, os.path.join(workdir, "results.json"))
+    run.write_results(results)
   return results
 
 
@@ -733,10 +718,10 @@ def _flat_config(config) -> dict:
 
 def load_variables_for_eval(config, workdir: str) -> dict:
   """{'params', 'batch_stats'} of the newest readable checkpoint in workdir (host arrays)."""
-  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(ckpt_dir):  # before building anything, and without creating it
+  run = rundir.RunDir(workdir)
+  if not run.has_checkpoints():  # before building anything, and without creating it
     raise FileNotFoundError(
-        f"no checkpoint in {workdir}: {ckpt_dir} does not exist; train first with "
+        f"no checkpoint in {run.name}: {run.checkpoints} does not exist; train first with "
         f"python -m resnet_jax.main --config=... --workdir={workdir}"
     )
   config = config_lib.resolve(config)
@@ -745,13 +730,13 @@ def load_variables_for_eval(config, workdir: str) -> dict:
   mesh = parallel.make_mesh()
   rep = parallel.replicated(mesh)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=rep), host_state)
-  checkpointer = ckpt_lib.Checkpointer(ckpt_dir)
+  checkpointer = ckpt_lib.Checkpointer(run.checkpoints)
   state, step = checkpointer.restore_latest(abstract, ckpt_lib.meta_for(config))
   checkpointer.close()
   if state is None:
     raise FileNotFoundError(
-        f"no checkpoint in {workdir}/checkpoints; train first with "
+        f"no checkpoint in {run.checkpoints}; train first with "
         f"python -m resnet_jax.main --config=... --workdir={workdir}"
     )
-  logging.info("evaluating %s/checkpoints/%d", workdir, step)
+  logging.info("evaluating %s/%d", run.checkpoints, step)
   return {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}

@@ -3,51 +3,30 @@
 clu.metric_writers imports TensorFlow when it is imported (seconds of start-up). Runs whose input needs no
 TensorFlow (input_backend='device') and machines without it (GPU machines often have JAX without TF) write to
 the console and metrics.jsonl, plus TensorBoard event files through the `tensorboard` package's own TF-free
-event writer when that package is installed; where TensorFlow is missing, one line says so.
+event writer when that package is installed; where TensorFlow is missing, one line says so. A workdir on cloud
+storage also takes the fallback, with its event file uploaded whole at each flush through epath: TensorFlow's
+gfile, under clu, would ignore an emulator (resnet_jax.storage).
 """
 
-import json
+import io
 import logging
 import os
+import socket
 import time
 
-
-def _jsonl_row(step, scalars) -> str:
-  row = {"step": int(step)}
-  row.update({k: float(v) for k, v in scalars.items()})
-  return json.dumps(row)
-
-
-def truncate_jsonl(path: str, last_step: int) -> None:
-  """Drops rows after `last_step` (written after the checkpoint a resumed run restarts from)."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    rows = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(rows)
-  os.replace(tmp, path)
-
-
-def read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+from resnet_jax import rundir
 
 
 class _JsonlMixin:
 
-  def __init__(self, path: str):
-    self.path = path
+  def __init__(self, run: rundir.RunDir):
+    self.metrics = run.metrics_log()
 
   def write_scalars(self, step, scalars):
-    with open(self.path, "a") as f:
-      f.write(_jsonl_row(step, scalars) + "\n")
+    self.metrics.write(step, scalars)
 
 
-def _clu_writers(workdir: str, is_chief: bool):
+def _clu_writers(run: rundir.RunDir, is_chief: bool):
   from clu import metric_writers  # imports TensorFlow
 
   class JsonlWriter(_JsonlMixin, metric_writers.MetricWriter):
@@ -80,25 +59,67 @@ def _clu_writers(workdir: str, is_chief: bool):
     def close(self):
       pass
 
-  writers = [metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=False)]
+  writers = [metric_writers.create_default_writer(run.name, just_logging=not is_chief, asynchronous=False)]
   if is_chief:
-    writers.append(JsonlWriter(os.path.join(workdir, "metrics.jsonl")))
+    writers.append(JsonlWriter(run))
   return metric_writers.MultiWriter(writers)
+
+
+class _WholeObject(io.BytesIO):
+  """A file for tensorboard's RecordWriter whose flush uploads everything written so far (a cloud object is
+  written whole)."""
+
+  def __init__(self, path):
+    super().__init__()
+    self.path = path
+
+  def flush(self):
+    self.path.write_bytes(self.getvalue())
+
+  def close(self):
+    self.flush()
+    super().close()
+
+
+def _cloud_event_writer(run: rundir.RunDir):
+  """tensorboard's record format and Event protos, written through epath."""
+  from tensorboard.compat.proto.event_pb2 import Event
+  from tensorboard.summary.writer.record_writer import RecordWriter
+
+  name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+  records = RecordWriter(_WholeObject(run / name))
+  records.write(Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
+
+  class Writer:
+
+    def add_event(self, event):
+      records.write(event.SerializeToString())
+
+    def flush(self):
+      records.flush()
+
+    def close(self):
+      records.close()
+
+  return Writer()
 
 
 class FallbackWriter(_JsonlMixin):
   """Console + metrics.jsonl (+ TensorBoard events via the tensorboard package, without TensorFlow)."""
 
-  def __init__(self, workdir: str, is_chief: bool):
-    super().__init__(os.path.join(workdir, "metrics.jsonl"))
+  def __init__(self, run: rundir.RunDir, is_chief: bool):
+    super().__init__(run)
     self.is_chief = is_chief
     self._events = None
     if is_chief:
       try:
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        if run.is_url:
+          self._events = _cloud_event_writer(run)
+        else:
+          from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-        self._events = EventFileWriter(workdir)
-      except Exception:  # noqa: BLE001 - TensorBoard is optional here
+          self._events = EventFileWriter(run.name)
+      except ImportError:  # TensorBoard is optional here
         self._events = None
 
   def write_scalars(self, step, scalars):
@@ -125,14 +146,15 @@ class FallbackWriter(_JsonlMixin):
       self._events.close()
 
 
-def make_writer(workdir: str, is_chief: bool, *, tensorflow: bool = True):
-  """clu's writers when `tensorflow` (the run's input uses it anyway) and it is installed, else FallbackWriter."""
-  if not tensorflow:
-    return FallbackWriter(workdir, is_chief)
+def make_writer(run: rundir.RunDir, is_chief: bool, *, tensorflow: bool = True):
+  """clu's writers when `tensorflow` (the run's input uses it anyway), it is installed and the workdir is local;
+  else FallbackWriter."""
+  if not tensorflow or run.is_url:
+    return FallbackWriter(run, is_chief)
   try:
-    return _clu_writers(workdir, is_chief)
+    return _clu_writers(run, is_chief)
   except ImportError as e:
-    writer = FallbackWriter(workdir, is_chief)
+    writer = FallbackWriter(run, is_chief)
     logging.warning(
         "TensorFlow is not installed (%s): metrics go to the console and metrics.jsonl%s",
         e,

@@ -1,0 +1,317 @@
+"""Start-up on one host or many, and one failed host ending the whole job.
+
+Every command starts here (through `cli`): `start()` calls `jax.distributed.initialize`, whose own cluster
+detection finds Cloud TPU pods (the VM metadata), SLURM (srun's variables), Open MPI and the others JAX knows, or
+takes --coordinator_address/--num_processes/--process_id; a single process with no cluster around it stays
+alone. It logs one line: processes, local and global devices, platform.
+
+SLURM: JAX gives each task the one GPU numbered by SLURM_LOCALID, which is right for one task per GPU and wrong
+for one task per node (it would use 1 GPU of 8, silently). `slurm_local_device_ids` reads how SLURM placed the
+tasks and GPUs and gives each task all of its GPUs, or refuses a layout that fits neither.
+
+Failure: with several processes, a collective waits for every process, so a process that dies or stops on an
+error would leave the others waiting (NCCL and TPU collectives wait forever; JAX's heartbeat check then aborts
+them with a crash dump). Here a process that stops on an error publishes it in JAX's coordination service, and a
+watchdog thread in every process polls that service: when another process has failed, or has disappeared (its
+heartbeats stopped: killed, or its host died), it prints one line naming that process and exits non-zero. JAX's
+recoverable mode keeps the service from aborting the survivors itself, so that they can say what happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import threading
+import time
+
+from absl import flags
+
+DEFAULT_FAILURE_TIMEOUT = 60  # seconds without a heartbeat after which a process is taken for dead
+_KEY = "resnet_jax"
+_FLAGS: dict = {}
+
+
+class ClusterError(ValueError):
+  """The cluster's layout cannot run this job as asked (the message says how to launch it)."""
+
+
+def define_flags() -> None:
+  """The multi-host flags every command takes; all optional (JAX detects Cloud TPU, SLURM, Open MPI...)."""
+  _FLAGS["coordinator_address"] = flags.DEFINE_string(
+      "coordinator_address", None, "Multi-host, where JAX cannot detect the cluster: host:port of process 0."
+  )
+  _FLAGS["num_processes"] = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+  _FLAGS["process_id"] = flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
+  _FLAGS["failure_timeout"] = flags.DEFINE_integer(
+      "failure_timeout",
+      DEFAULT_FAILURE_TIMEOUT,
+      "Multi-host: seconds without a heartbeat after which a process is taken for dead and the job stopped.",
+  )
+
+
+def _tasks_per_node(env) -> int | None:
+  for var in ("SLURM_NTASKS_PER_NODE", "SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"):
+    m = re.match(r"\d+", env.get(var, ""))
+    if m:
+      return int(m.group())
+  return None
+
+
+def slurm_local_device_ids(env=None) -> list[int] | None:
+  """The GPUs this SLURM task should use (indices among those it sees), or None to leave JAX's choice.
+
+  None outside SLURM or where the task sees no GPU list (CPUs, TPUs). One task per node: all its GPUs. One task
+  per GPU: with every GPU of the node visible, the one numbered SLURM_LOCALID (JAX's default); with one visible
+  (--gpus-per-task=1 binds it), that one. Any other layout is refused with the two that work.
+  """
+  env = os.environ if env is None else env
+  if "SLURM_JOB_ID" not in env or "SLURM_LOCALID" not in env:
+    return None
+  visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+  gpus = len(visible) or int(env.get("SLURM_GPUS_ON_NODE", "0") or 0)
+  if not gpus:
+    return None
+  tasks = _tasks_per_node(env) or 1
+  local_id = int(env["SLURM_LOCALID"])
+  if gpus == 1:
+    return [0]
+  if tasks == 1:
+    return list(range(gpus))
+  if tasks == gpus:
+    return [local_id]
+  raise ClusterError(
+      f"SLURM runs {tasks} tasks per node and each task sees {gpus} GPUs, which they cannot share evenly; "
+      f"launch one task per node (srun --ntasks-per-node=1 --gpus-per-task={gpus}) or one task per GPU "
+      f"(srun --ntasks-per-node={gpus} --gpus-per-task=1)"
+  )
+
+
+def start(*, coordinator_address=None, num_processes=None, process_id=None, failure_timeout=None) -> bool:
+  """Joins the job's other processes if there are any (True), else stays a single process (False).
+
+  The flags' values are used when not given (every command defines them through define_flags).
+  """
+  import jax
+
+  if coordinator_address is None and num_processes is None and process_id is None and _FLAGS:
+    coordinator_address = _FLAGS["coordinator_address"].value
+    num_processes = _FLAGS["num_processes"].value
+    process_id = _FLAGS["process_id"].value
+  if failure_timeout is None:
+    failure_timeout = _FLAGS["failure_timeout"].value if _FLAGS else DEFAULT_FAILURE_TIMEOUT
+  if failure_timeout < 1:
+    raise ClusterError(f"--failure_timeout={failure_timeout}: must be at least 1 second")
+  try:
+    jax.config.update("jax_enable_recoverability", True)  # survivors report a failed process themselves
+  except (AttributeError, KeyError):  # a JAX without the option: its heartbeat check aborts them instead
+    pass
+  try:
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        local_device_ids=slurm_local_device_ids(),
+        heartbeat_timeout_seconds=int(failure_timeout),
+    )
+  except ValueError as e:
+    if "coordinator_address should be defined" not in str(e):  # JAX found no cluster: a single process
+      raise ClusterError(f"cannot start the cluster: {e}") from None
+  multi = jax.process_count() > 1
+  logging.info(
+      "cluster: process %d of %d, %d local / %d global devices, platform %s",
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+      jax.devices()[0].platform,
+  )
+  if multi:
+    _Watchdog.start_for(failure_timeout)
+  return multi
+
+
+def _client():
+  from jax._src import distributed  # the coordination service's client (no public handle to it)
+
+  return distributed.global_state.client
+
+
+def _exit(code: int) -> None:
+  """Ends the process at once: JAX's exit-time shutdown would wait for the processes that are gone."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  logging.shutdown()
+  os._exit(code)
+
+
+class _Watchdog(threading.Thread):
+  """Polls the coordination service for failed and vanished processes; ends this one with a line naming them."""
+
+  instance: _Watchdog | None = None
+
+  def __init__(self, timeout: float):
+    super().__init__(name="resnet_jax-watchdog", daemon=True)
+    import jax
+
+    self.me, self.n, self.timeout = jax.process_index(), jax.process_count(), timeout
+    self.period = min(1.0, timeout / 10)
+    self.stopped = threading.Event()
+
+  @classmethod
+  def start_for(cls, failure_timeout: float) -> None:
+    cls.instance = cls(failure_timeout)
+    cls.instance.start()
+
+  def failures(self) -> list[tuple[int, int, str]]:
+    """(process, exit code, message) of every process that published a failure."""
+    out = []
+    for key, value in _client().key_value_dir_get(f"{_KEY}/failed/"):
+      code, _, message = value.partition("\t")
+      out.append((int(key.rsplit("/", 1)[1]), int(code), message))
+    return sorted(out)
+
+  def others_live(self) -> set[int]:
+    return set(_client().get_live_nodes(list(range(self.n)))) - {self.me}
+
+  def leave_last(self) -> None:
+    """In process 0, waits (a few seconds at most) until the others have gone: its exit ends the coordination
+    service, and JAX aborts a process that loses the service with a crash dump instead of its own message."""
+    deadline = time.monotonic() + max(5.0, 4 * self.period)
+    try:
+      while self.me == 0 and time.monotonic() < deadline and self.others_live():
+        time.sleep(0.05)
+    except Exception:  # noqa: BLE001 - nothing left to wait for
+      pass
+
+  def run(self):
+    client = _client()
+    while not self.stopped.wait(self.period):
+      try:
+        others = [f for f in self.failures() if f[0] != self.me]
+        done = {int(k.rsplit("/", 1)[1]) for k, _ in client.key_value_dir_get(f"{_KEY}/done/")}
+        live = set(client.get_live_nodes(list(range(self.n))))
+      except Exception:  # noqa: BLE001 - the service itself is gone: it runs in process 0
+        if self.stopped.is_set():
+          return
+        print(
+            f"error: process {self.me} lost contact with process 0, which runs the job's coordination service "
+            "(it was killed, or its host failed); stopping this process too",
+            file=sys.stderr,
+        )
+        _exit(1)
+      if others:
+        proc, code, message = others[0]
+        print(f"error: process {proc} failed: {message}; stopping process {self.me} too", file=sys.stderr)
+        client.key_value_set(f"{_KEY}/ack/{self.me}", "1", allow_overwrite=True)
+        self.leave_last()
+        _exit(code or 1)
+      vanished = sorted(set(range(self.n)) - live - done)
+      if vanished:
+        print(f"error: {_vanished(vanished[0])}; stopping process {self.me} too", file=sys.stderr)
+        self.leave_last()
+        _exit(1)
+
+
+def _vanished(process: int) -> str:
+  return f"process {process} stopped without reporting an error (killed, or its host failed or lost the network)"
+
+
+def explain(error: str) -> str:
+  """An error of this process (a collective that failed, say), preceded by its likely cause: a process that
+  has vanished."""
+  w = _Watchdog.instance
+  try:
+    done = {int(k.rsplit("/", 1)[1]) for k, _ in _client().key_value_dir_get(f"{_KEY}/done/")}
+    vanished = sorted(set(range(w.n)) - w.others_live() - done - {w.me}) if w else []
+  except Exception:  # noqa: BLE001
+    vanished = []
+  return f"{_vanished(vanished[0])}; here: {error}" if vanished else error
+
+
+def active() -> bool:
+  return _Watchdog.instance is not None
+
+
+def finish() -> None:
+  """This process ended normally. All processes end here together (a barrier), and process 0, which runs the
+  coordination service, keeps it up until the others have disconnected: in recoverable mode JAX's own shutdown
+  does not wait for them, and a process whose service is gone when it disconnects is aborted."""
+  w = _Watchdog.instance
+  if w is None:
+    return
+  w.stopped.set()
+  _Watchdog.instance = None
+  client = _client()
+  try:
+    client.key_value_set(f"{_KEY}/done/{w.me}", "1", allow_overwrite=True)
+    client.wait_at_barrier(f"{_KEY}_finish", int(w.timeout * 1000))
+    deadline = time.monotonic() + w.timeout
+    while w.me == 0 and time.monotonic() < deadline and set(client.get_live_nodes(list(range(w.n)))) - {0}:
+      time.sleep(0.05)
+  except Exception:  # noqa: BLE001 - another process failed meanwhile; its own message says so
+    pass
+
+
+def fail(code: int, message: str) -> None:
+  """Ends this process with `code` after telling every other process why (they stop too), when there are others.
+
+  Waits (a few seconds at most) until the others have read the message; process 0 then also waits until they
+  have gone (Watchdog.leave_last). Returns only in a single-process run.
+  """
+  w = _Watchdog.instance
+  if w is None:
+    return
+  w.stopped.set()
+  client = _client()
+  one_line = " ".join(str(message).split())
+  try:
+    client.key_value_set(f"{_KEY}/failed/{w.me}", f"{int(code)}\t{one_line}", allow_overwrite=True)
+    deadline = time.monotonic() + max(5.0, 4 * w.period)
+    while time.monotonic() < deadline:
+      acked = {int(k.rsplit("/", 1)[1]) for k, _ in client.key_value_dir_get(f"{_KEY}/ack/")}
+      if not w.others_live() - acked:
+        break
+      time.sleep(0.05)
+    w.leave_last()
+  except Exception:  # noqa: BLE001 - the service is gone: the others notice that themselves
+    pass
+  _exit(code)
+
+
+def check_shared(run) -> None:
+  """Refuses, on every process, a workdir that the processes do not all see (a local folder on each host).
+
+  Process 0 writes a random token into it; each process reads it back. Checkpoints, metrics and resumption need
+  one directory for the whole job: a folder every host mounts, or a bucket.
+  """
+  import jax
+
+  if jax.process_count() == 1:
+    return
+  import secrets
+
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  from resnet_jax import rundir
+
+  token = str(int(multihost_utils.broadcast_one_to_all(np.int32(secrets.randbits(31)))))
+  probe = run / ".shared_check"
+  if jax.process_index() == 0:
+    probe.write_text(token)
+  multihost_utils.sync_global_devices("resnet_jax_shared_check_written")
+  try:
+    seen = probe.read_text() == token
+  except OSError:
+    seen = False
+  blind = np.flatnonzero(np.asarray(multihost_utils.process_allgather(np.int32(not seen))))
+  multihost_utils.sync_global_devices("resnet_jax_shared_check_read")
+  if jax.process_index() == 0:
+    probe.unlink()
+  if blind.size:
+    raise rundir.WorkdirError(
+        f"workdir {run.name} is not shared by the job's processes: process {int(blind[0])} does not see what "
+        "process 0 wrote there; use a folder that every host mounts, or a bucket (--workdir=gs://BUCKET/RUN)"
+    )

@@ -1,0 +1,215 @@
+"""Several processes as one job (resnet_jax.cluster): SLURM-style start-up, failures, preemption, agreed restores.
+
+Processes are local (gloo CPU collectives between them) and are given only what a launcher gives: srun's SLURM_*
+variables (JAX's own SLURM detection finds the coordinator, the process count and ids), or the explicit flags.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, small_run_args
+from resnet_jax import cluster
+
+
+def test_slurm_local_devices():
+  base = {"SLURM_JOB_ID": "7", "SLURM_LOCALID": "3"}
+  assert cluster.slurm_local_device_ids({}) is None  # not SLURM
+  assert cluster.slurm_local_device_ids(base) is None  # SLURM without GPUs (CPU, TPU): JAX's choice
+  one_per_node = {**base, "SLURM_LOCALID": "0", "SLURM_NTASKS_PER_NODE": "1", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+  assert cluster.slurm_local_device_ids(one_per_node) == [0, 1, 2, 3]
+  # --ntasks-per-node=1 --gpus-per-task=8 as srun reports it (SLURM_STEP_TASKS_PER_NODE, GPUs on the node)
+  assert cluster.slurm_local_device_ids({**base, "SLURM_STEP_TASKS_PER_NODE": "1(x4)", "SLURM_GPUS_ON_NODE": "8"}) == [
+      *range(8)
+  ]
+  all_visible = {**base, "SLURM_NTASKS_PER_NODE": "4", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+  assert cluster.slurm_local_device_ids(all_visible) == [3]  # one task per GPU, every GPU visible
+  bound = {**base, "SLURM_NTASKS_PER_NODE": "4", "CUDA_VISIBLE_DEVICES": "3"}
+  assert cluster.slurm_local_device_ids(bound) == [0]  # --gpus-per-task=1: the one GPU it sees
+  with pytest.raises(cluster.ClusterError, match=r"2 tasks per node and each task sees 8 GPUs.*--ntasks-per-node=1"):
+    cluster.slurm_local_device_ids({**base, "SLURM_NTASKS_PER_NODE": "2", "SLURM_GPUS_ON_NODE": "8"})
+
+
+def _slurm_env(rank: int, n: int, job_id: int) -> dict:
+  """What `srun --ntasks=N` sets in task `rank` on one node (JAX reads the job id, node list, task ids)."""
+  return {
+      "SLURM_JOB_ID": str(job_id),
+      "SLURM_STEP_NODELIST": "localhost",
+      "SLURM_STEP_NUM_NODES": "1",
+      "SLURM_NTASKS": str(n),
+      "SLURM_NTASKS_PER_NODE": str(n),
+      "SLURM_PROCID": str(rank),
+      "SLURM_LOCALID": str(rank),
+  }
+
+
+def _launch(args, *, n=2, extra_env=None, cwds=None):
+  """Starts n processes of `python -m resnet_jax.main args` as srun would; returns the Popen objects."""
+  job_id = random.randrange(10**6)  # JAX takes the coordinator's port from the job id
+  env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+  return [
+      subprocess.Popen(
+          [sys.executable, "-m", "resnet_jax.main", *map(str, args)],
+          cwd=(cwds or [REPO] * n)[rank],
+          env={**env, **_slurm_env(rank, n, job_id), **(extra_env or {})},
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for rank in range(n)
+  ]
+
+
+def _wait(procs, timeout=600):
+  out = [p.communicate(timeout=timeout) for p in procs]
+  return [p.returncode for p in procs], [err for _, err in out]
+
+
+def test_slurm_launch_trains_and_resumes(tmp_path):
+  """Two tasks given only srun's variables form one job (2 processes, 2 devices), train, and resume together."""
+  wd = tmp_path / "run"
+  codes, errs = _wait(_launch(small_run_args(wd, steps=4)))
+  assert codes == [0, 0], errs[0][-3000:] + errs[1][-3000:]
+  assert "cluster: process 0 of 2, 1 local / 2 global devices, platform cpu" in errs[0]
+  assert "step 4/4" in errs[0] and "step 4/4" not in errs[1]  # only process 0 logs progress
+  codes, errs = _wait(_launch(small_run_args(wd, steps=8)))
+  assert codes == [0, 0], errs[0][-3000:] + errs[1][-3000:]
+  res = json.loads((wd / "results.json").read_text())
+  assert res["processes"] == 2 and res["devices"] == 2 and res["resumed_from_step"] == 4 and res["steps"] == 8
+  assert res["eval_count"] == 100  # fake_eval_size: every example once
+
+
+def test_workdir_not_shared_is_refused(tmp_path):
+  """A relative workdir from two different folders: two directories, as on hosts without a shared mount."""
+  cwds = [tmp_path / "host0", tmp_path / "host1"]
+  for d in cwds:
+    d.mkdir()
+  args = small_run_args("run", steps=4)
+  args[0] = f"--config={REPO / 'configs' / 'cifar20.py'}"
+  codes, errs = _wait(_launch(args, cwds=cwds))
+  assert codes == [2, 2], errs
+  for err in errs:
+    assert "Traceback" not in err
+    assert "is not shared by the job's processes: process 1 does not see what process 0 wrote there" in err
+
+
+def _start_long_run(tmp_path, extra=()):
+  args = small_run_args(tmp_path / "run", steps=100000) + ["--failure_timeout=10", *extra]
+  procs = _launch(args)
+  deadline = time.time() + 300
+  while not (tmp_path / "run" / "metrics.jsonl").exists():  # training has started on both
+    assert time.time() < deadline and all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+    time.sleep(0.5)
+  return procs
+
+
+@pytest.mark.slow  # about a minute on the 2-core machine: `make test-slow`
+@pytest.mark.parametrize("victim", [1, 0])
+def test_killing_one_process_ends_the_other(tmp_path, victim):
+  procs = _start_long_run(tmp_path)
+  procs[victim].kill()
+  t0 = time.time()
+  survivor = procs[1 - victim]
+  _, err = survivor.communicate(timeout=120)
+  elapsed = time.time() - t0
+  assert survivor.returncode != 0 and elapsed < 30, (elapsed, err[-3000:])
+  if victim == 1:  # process 0 names it; process 1 is stopped by JAX itself when process 0 (which runs the
+    # coordination service) dies, with JAX's own message
+    assert "error: process 1 stopped without reporting an error" in err, err[-3000:]
+
+
+@pytest.mark.slow
+def test_error_on_one_host_stops_all(tmp_path):
+  """Data missing on one host only (a relative data_file, two working folders): both stop, the other names it."""
+  cwds = [tmp_path / "host0", tmp_path / "host1"]
+  for d in cwds:
+    d.mkdir()
+  import numpy as np
+
+  rng = np.random.default_rng(0)
+  np.savez(
+      cwds[0] / "data.npz",
+      x_train=rng.integers(0, 256, (256, 32, 32, 3), dtype=np.uint8),
+      y_train=rng.integers(0, 10, 256),
+      x_test=rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8),
+      y_test=rng.integers(0, 10, 100),
+  )
+  args = [
+      a for a in small_run_args(tmp_path / "run", steps=4) if not a.startswith(("--config.dataset", "--config.fake"))
+  ]
+  args[0] = f"--config={REPO / 'configs' / 'cifar20.py'}"
+  procs = _launch(args + ["--config.data_file=data.npz", "--failure_timeout=10"], cwds=cwds)
+  codes, errs = _wait(procs, timeout=180)
+  assert codes == [2, 2], errs
+  assert "data_file" in errs[1] and "does not exist" in errs[1] and "Traceback" not in errs[1]
+  assert "error: process 1 failed: data_file" in errs[0]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_saves_one_checkpoint_for_all(tmp_path):
+  procs = _start_long_run(tmp_path, ["--config.checkpoint_every_steps=100000"])
+  procs[1].send_signal(signal.SIGTERM)
+  codes, errs = _wait(procs, timeout=180)
+  assert codes == [75, 75], errs
+  steps = [int(d.name) for d in (tmp_path / "run" / "checkpoints").iterdir() if d.name.isdigit()]
+  assert len(steps) == 1, steps
+  assert f"checkpoint saved in {tmp_path / 'run' / 'checkpoints'}/{steps[0]}" in errs[0]
+
+
+@pytest.mark.slow
+def test_processes_agree_on_the_fallback_checkpoint(tmp_path):
+  """The newest checkpoint damaged: both processes set it aside and resume from the same older one."""
+  wd = tmp_path / "run"
+  codes, errs = _wait(_launch(small_run_args(wd, steps=8)))
+  assert codes == [0, 0], errs
+  for f in (wd / "checkpoints" / "8" / "state").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0 and "manifest" in f.name:
+      f.write_bytes(b"damaged")
+  codes, errs = _wait(_launch(small_run_args(wd, steps=12)))
+  assert codes == [0, 0], errs
+  res = json.loads((wd / "results.json").read_text())
+  assert res["resumed_from_step"] == 4 and res["steps"] == 12
+  assert (wd / "checkpoints" / "8.unreadable").is_dir()
+
+
+@pytest.mark.slow  # about 45 s (compiling for 16 devices): `make test-slow`
+def test_recipe_batch_sizes_fit_16_devices(tmp_path):
+  """configs/cifar20.py's batch sizes (128, eval 1000) unchanged on 16 devices: eval batches padded to 1008."""
+  args = small_run_args(tmp_path / "run", steps=2)
+  args = [a for a in args if not a.startswith(("--config.batch_size", "--config.eval_batch_size"))]
+  proc = subprocess.run(
+      [sys.executable, "-m", "resnet_jax.main", *map(str, args), "--config.fake_eval_size=1000"],
+      cwd=REPO,
+      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=16"},
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  res = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert res["devices"] == 16 and res["eval_count"] == 1000
+
+
+@pytest.mark.parametrize("devices", [16, 32])
+def test_recipe_configs_validate_on_pod_device_counts(devices):
+  code = (
+      "from resnet_jax import config_lib; from configs import cifar20, imagenet_resnet50\n"
+      "for c in (cifar20.get_config(), imagenet_resnet50.get_config()):\n"
+      "  config_lib.validate(config_lib.resolve(c))\n"
+      "import jax; print(jax.device_count())"
+  )
+  proc = subprocess.run(
+      [sys.executable, "-c", code],
+      cwd=REPO,
+      env={**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"},
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert proc.returncode == 0 and proc.stdout.split() == [str(devices)], proc.stderr[-3000:]
