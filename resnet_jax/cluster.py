@@ -147,7 +147,13 @@ def _exit(code: int) -> None:
 
 
 class _Watchdog(threading.Thread):
-  """Polls the coordination service for failed and vanished processes; ends this one with a line naming them."""
+  """Watches the job's other processes through the coordination service's key-value store.
+
+  Every period it publishes its own heartbeat (a counter) and reads everyone's: a process whose counter has not
+  moved for `timeout` seconds is gone (killed, or its host failed); one that published a failure has failed. Either
+  ends this process with a line naming it. (The store is polled, never waited on: a wait would hang on a process
+  that has stopped answering.)
+  """
 
   instance: _Watchdog | None = None
 
@@ -161,37 +167,38 @@ class _Watchdog(threading.Thread):
 
   @classmethod
   def start_for(cls, failure_timeout: float) -> None:
+    client = _client()
+    if not all(hasattr(client, m) for m in ("key_value_dir_get", "key_value_set", "wait_at_barrier")):
+      logging.warning(
+          "this JAX's coordination service has no key-value listing: a failed process is detected by JAX's own "
+          "heartbeat check (it aborts the others after %d s)",
+          failure_timeout,
+      )
+      return
     cls.instance = cls(failure_timeout)
     cls.instance.start()
 
+  def _ids(self, kind: str) -> dict[int, str]:
+    return {int(k.rsplit("/", 1)[1]): v for k, v in _client().key_value_dir_get(f"{_KEY}/{kind}/")}
+
   def failures(self) -> list[tuple[int, int, str]]:
-    """(process, exit code, message) of every process that published a failure."""
+    """(process, exit code, message) of every other process that published a failure."""
     out = []
-    for key, value in _client().key_value_dir_get(f"{_KEY}/failed/"):
+    for proc, value in self._ids("failed").items():
       code, _, message = value.partition("\t")
-      out.append((int(key.rsplit("/", 1)[1]), int(code), message))
+      if proc != self.me:
+        out.append((proc, int(code), message))
     return sorted(out)
-
-  def others_live(self) -> set[int]:
-    return set(_client().get_live_nodes(list(range(self.n)))) - {self.me}
-
-  def leave_last(self) -> None:
-    """In process 0, waits (a few seconds at most) until the others have gone: its exit ends the coordination
-    service, and JAX aborts a process that loses the service with a crash dump instead of its own message."""
-    deadline = time.monotonic() + max(5.0, 4 * self.period)
-    try:
-      while self.me == 0 and time.monotonic() < deadline and self.others_live():
-        time.sleep(0.05)
-    except Exception:  # noqa: BLE001 - nothing left to wait for
-      pass
 
   def run(self):
     client = _client()
+    beat, seen, t0 = 0, {}, time.monotonic()  # seen: process -> (its last counter, when it changed, by this clock)
     while not self.stopped.wait(self.period):
       try:
-        others = [f for f in self.failures() if f[0] != self.me]
-        done = {int(k.rsplit("/", 1)[1]) for k, _ in client.key_value_dir_get(f"{_KEY}/done/")}
-        live = set(client.get_live_nodes(list(range(self.n))))
+        beat += 1
+        client.key_value_set(f"{_KEY}/beat/{self.me}", str(beat), allow_overwrite=True)
+        failed = self.failures()
+        beats, done = self._ids("beat"), self._ids("done")
       except Exception:  # noqa: BLE001 - the service itself is gone: it runs in process 0
         if self.stopped.is_set():
           return
@@ -201,33 +208,72 @@ class _Watchdog(threading.Thread):
             file=sys.stderr,
         )
         _exit(1)
-      if others:
-        proc, code, message = others[0]
+      if self.stopped.is_set():
+        return
+      now = time.monotonic()
+      for proc, value in beats.items():
+        if seen.get(proc, (None,))[0] != value:
+          seen[proc] = (value, now)
+      if failed:
+        proc, code, message = failed[0]
         print(f"error: process {proc} failed: {message}; stopping process {self.me} too", file=sys.stderr)
-        client.key_value_set(f"{_KEY}/ack/{self.me}", "1", allow_overwrite=True)
-        self.leave_last()
-        _exit(code or 1)
-      vanished = sorted(set(range(self.n)) - live - done)
-      if vanished:
-        print(f"error: {_vanished(vanished[0])}; stopping process {self.me} too", file=sys.stderr)
-        self.leave_last()
-        _exit(1)
+        self.leave(code or 1)
+      others = [p for p in range(self.n) if p != self.me and p not in done]
+      silent = [p for p in others if now - seen.get(p, (None, t0))[1] > self.timeout]
+      if silent:
+        print(f"error: {_vanished(silent[0])}; stopping process {self.me} too", file=sys.stderr)
+        self.leave(1)
+
+  def leave(self, code: int) -> None:
+    """Says so (the process that failed waits for that), and exits; process 0, which runs the coordination
+    service, last: JAX aborts a process that loses the service with a crash dump instead of its own message."""
+    try:
+      _client().key_value_set(f"{_KEY}/ack/{self.me}", "1", allow_overwrite=True)
+      if self.me == 0:
+        self.wait_for_others("ack")
+    except Exception:  # noqa: BLE001 - the service is gone: nothing to wait for
+      pass
+    _exit(code)
+
+  def wait_for_others(self, kind: str) -> None:
+    """Until every other process has published `kind` (or has failed, or ended), a few seconds at most; then a
+    moment for them to exit."""
+    deadline = time.monotonic() + max(5.0, 4 * self.period)
+    while time.monotonic() < deadline:
+      answered = set(self._ids(kind)) | set(self._ids("failed")) | set(self._ids("done"))
+      if answered >= set(range(self.n)) - {self.me}:
+        break
+      time.sleep(0.05)
+    time.sleep(0.5)
 
 
 def _vanished(process: int) -> str:
   return f"process {process} stopped without reporting an error (killed, or its host failed or lost the network)"
 
 
+_COLLECTIVE_FAILURE = re.compile(r"gloo|nccl|collective|all.?reduce|all.?gather|connection|unavailable", re.I)
+
+
 def explain(error: str) -> str:
-  """An error of this process (a collective that failed, say), preceded by its likely cause: a process that
-  has vanished."""
+  """An error of this process, preceded by its cause when that is another process.
+
+  A collective fails at once when another process dies (gloo), before the watchdog can tell which: then this
+  waits for its verdict (at most the failure timeout), which ends the process with a line naming the one that
+  failed or vanished.
+  """
   w = _Watchdog.instance
-  try:
-    done = {int(k.rsplit("/", 1)[1]) for k, _ in _client().key_value_dir_get(f"{_KEY}/done/")}
-    vanished = sorted(set(range(w.n)) - w.others_live() - done - {w.me}) if w else []
-  except Exception:  # noqa: BLE001
-    vanished = []
-  return f"{_vanished(vanished[0])}; here: {error}" if vanished else error
+  if w is None or not _COLLECTIVE_FAILURE.search(error):
+    return error
+  deadline = time.monotonic() + w.timeout + 3 * w.period
+  while time.monotonic() < deadline:
+    try:
+      failed = w.failures()
+    except Exception:  # noqa: BLE001 - the service is gone: the watchdog says so
+      failed = []
+    if failed:
+      return f"process {failed[0][0]} failed first ({failed[0][2]}); here: {error}"
+    time.sleep(w.period)
+  return error
 
 
 def active() -> bool:
@@ -257,24 +303,17 @@ def finish() -> None:
 def fail(code: int, message: str) -> None:
   """Ends this process with `code` after telling every other process why (they stop too), when there are others.
 
-  Waits (a few seconds at most) until the others have read the message; process 0 then also waits until they
-  have gone (Watchdog.leave_last). Returns only in a single-process run.
+  Waits (a few seconds at most) until the others have read the message; process 0 leaves last. Returns only in a
+  single-process run.
   """
   w = _Watchdog.instance
   if w is None:
     return
   w.stopped.set()
-  client = _client()
   one_line = " ".join(str(message).split())
   try:
-    client.key_value_set(f"{_KEY}/failed/{w.me}", f"{int(code)}\t{one_line}", allow_overwrite=True)
-    deadline = time.monotonic() + max(5.0, 4 * w.period)
-    while time.monotonic() < deadline:
-      acked = {int(k.rsplit("/", 1)[1]) for k, _ in client.key_value_dir_get(f"{_KEY}/ack/")}
-      if not w.others_live() - acked:
-        break
-      time.sleep(0.05)
-    w.leave_last()
+    _client().key_value_set(f"{_KEY}/failed/{w.me}", f"{int(code)}\t{one_line}", allow_overwrite=True)
+    w.wait_for_others("ack")
   except Exception:  # noqa: BLE001 - the service is gone: the others notice that themselves
     pass
   _exit(code)
