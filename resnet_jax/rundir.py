@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 from resnet_jax import storage
 
@@ -50,7 +51,7 @@ class RunDir:
 
   def check_writable(self) -> None:
     """Creates the directory and proves it writable before any compilation or data loading."""
-    probe = self.path / f".write_test.{os.getpid()}"
+    probe = self.path / f".write_test.{socket.gethostname()}.{os.getpid()}"  # one per process of a job
     try:
       self.path.mkdir(parents=True, exist_ok=True)
       probe.write_text("ok")

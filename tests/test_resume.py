@@ -34,7 +34,8 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
   jsonl = wd / "metrics.jsonl"
   deadline = time.time() + 600
   while time.time() < deadline and proc.poll() is None:
-    if jsonl.exists() and len(read_jsonl(jsonl)) >= kill_at:
+    ckpts = wd / "checkpoints"  # a step's folder appears once its (async) save is complete
+    if jsonl.exists() and len(read_jsonl(jsonl)) >= kill_at and any(d.name.isdigit() for d in ckpts.iterdir()):
       break
     time.sleep(0.05)
   assert proc.poll() is None, "the run ended before it could be killed"
