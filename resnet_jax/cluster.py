@@ -12,8 +12,9 @@ tasks and GPUs and gives each task all of its GPUs, or refuses a layout that fit
 Failure: with several processes, a collective waits for every process, so a process that dies or stops on an
 error would leave the others waiting (NCCL and TPU collectives wait forever; JAX's heartbeat check then aborts
 them with a crash dump). Here a process that stops on an error publishes it in JAX's coordination service, and a
-watchdog thread in every process polls that service: when another process has failed, or has disappeared (its
-heartbeats stopped: killed, or its host died), it prints one line naming that process and exits non-zero. JAX's
+watchdog thread in every process polls that service: when another process has failed, or has disappeared (the
+heartbeat it publishes there has not moved for --failure_timeout seconds: killed, or its host died), it prints one
+line naming that process and exits non-zero. JAX's
 recoverable mode keeps the service from aborting the survivors itself, so that they can say what happened.
 """
 
@@ -293,6 +294,8 @@ def finish() -> None:
   try:
     client.key_value_set(f"{_KEY}/done/{w.me}", "1", allow_overwrite=True)
     client.wait_at_barrier(f"{_KEY}_finish", int(w.timeout * 1000))
+    if w.me == 0 and not hasattr(client, "get_live_nodes"):  # an older JAX: a moment for them to disconnect
+      time.sleep(2.0)
     deadline = time.monotonic() + w.timeout
     while w.me == 0 and time.monotonic() < deadline and set(client.get_live_nodes(list(range(w.n)))) - {0}:
       time.sleep(0.05)
