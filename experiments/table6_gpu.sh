@@ -21,7 +21,8 @@
 #
 # The sweep stops at DEADLINE_SECONDS (default 690) minus a reserve for packing: the run in progress gets SIGTERM,
 # saves a checkpoint at the step it reached and exits (preemption.Preempted). Then, in WORKDIR:
-#   results.tar.gz  every run's metrics.jsonl, results.json and config.json, sweep.json, and report/ (report.md,
+#   results.tar.gz  every run's metrics.jsonl, results.json, config.json and normalization.npz (the input
+#                   statistics predict needs), sweep.json, and report/ (report.md,
 #                   figure6.png) from python -m resnet_jax.report: what experiments/results/table6_gpu/ keeps
 #   resume.tar.gz   every run's records and the newest checkpoint of each unfinished run (a few MiB each); pass it
 #                   back as TABLE6_RESUME=FILE in a later call: finished runs are skipped, unfinished ones resume
@@ -70,13 +71,13 @@ say "sweep exit status $rc (0: all runs finished; 75 or 124: stopped at the dead
 python3 -m resnet_jax.report "$work" --out="$work/report" >> "$log" 2>&1 || say "report failed (see $log)"
 # The runs' records (no checkpoints), and the unfinished runs with their newest checkpoint.
 (cd "$work" && find . -maxdepth 2 \( -name metrics.jsonl -o -name results.json -o -name config.json \
-  -o -name sweep.json -o -path ./report \) -print0 | sort -z | tar -czf results.tar.gz --null -T - log.txt)
+  -o -name normalization.npz -o -name sweep.json -o -path ./report \) -print0 | sort -z | tar -czf results.tar.gz --null -T - log.txt)
 # What the next call needs to go on: every run's records (a finished run is then skipped, not run again) and the
 # newest checkpoint of each unfinished run.
 members=() unfinished=()
 for dir in "$work"/*/; do
   name=$(basename "$dir")
-  for f in metrics.jsonl results.json config.json; do
+  for f in metrics.jsonl results.json config.json normalization.npz; do
     [[ -f "$dir/$f" ]] && members+=("$name/$f")
   done
   [[ -d "$dir/checkpoints" ]] || continue

@@ -5,8 +5,9 @@ r"""Classify images with a trained (or converted) workdir.
 Each image gets the workdir's single-crop evaluation preprocessing: for ImageNet nets the shorter side resized to
 config.eval_resize, the centre config.image_size crop and config.normalization (imagenet_input.single_view and
 normalize, exactly what `resnet_jax.evaluate --protocol=single` feeds the network); for CIFAR nets the image resized
-to config.image_size (CIFAR images already are) and the training split's normalisation (input_pipeline.normalizer,
-which reads the training split once). The config is the workdir's config.json unless --config is given.
+to config.image_size (CIFAR images already are) and the training split's normalisation, saved in the workdir by
+training (workdirs from before that read the training split once to compute it), so that no training data is
+needed. The config is the workdir's config.json unless --config is given.
 `--json` prints one object per image: {"image": PATH, "top": [{"class": INT, "label": STR, "probability": FLOAT}]}.
 An image that cannot be read (missing, not an image, truncated) gets one line on stderr; the others are still
 classified, and the exit status is then 2.
@@ -53,8 +54,12 @@ def read_image(path: str) -> np.ndarray:
     raise OSError(str(e)) from None
 
 
-def preprocessor(config):
-  """image uint8 [H, W, 3] -> float32 [S, S, 3], the single-crop evaluation input of the workdir's network."""
+def preprocessor(config, workdir=None):
+  """image uint8 [H, W, 3] -> float32 [S, S, 3], the single-crop evaluation input of the workdir's network.
+
+  A CIFAR net is normalised with the statistics saved in its workdir; a workdir written before they were saved
+  (or no workdir) needs the training split to compute them again.
+  """
   if config.get("dataset") == "imagenet2012" or config.model.get("family") == "imagenet":
     from resnet_jax import imagenet_input
 
@@ -63,10 +68,13 @@ def preprocessor(config):
     return lambda image: imagenet_input.normalize(
         imagenet_input.single_view(image, resize_to=resize_to, crop=size), mode
     ).numpy()
-  from resnet_jax import device_input, input_pipeline
+  from resnet_jax import device_input, input_pipeline, rundir
 
-  # The training split's statistics (device_input reads config.data_file where the run had one, else tfds).
-  normalize = input_pipeline.normalizer(config, device_input.load_split(config, "train"))
+  saved = rundir.RunDir(workdir).read_normalization() if workdir else None
+  if saved is not None:
+    normalize = input_pipeline.Normalizer(saved["mean"], saved["std"])
+  else:  # device_input reads config.data_file where the run had one, else tfds
+    normalize = input_pipeline.normalizer(config, device_input.load_split(config, "train"))
   size = config.image_size
 
   def cifar(image):
@@ -79,14 +87,14 @@ def preprocessor(config):
   return cifar
 
 
-def predict(config, variables, paths, *, top: int = 5):
-  """Yields (path, top-k list or None, error or None) per path, in order."""
+def predict(config, variables, paths, *, top: int = 5, workdir=None):
+  """Yields (path, top-k list or None, error or None) per path, in order (`workdir`: its saved input statistics)."""
   import jax
   from resnet_jax import models
 
   model = models.create_model(config.model, half_precision=config.get("half_precision", False))
   probabilities = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False), axis=-1))
-  prepare, labels = preprocessor(config), class_labels(config)
+  prepare, labels = preprocessor(config, workdir), class_labels(config)
   for path in paths:
     try:
       x = prepare(read_image(path))
@@ -124,7 +132,7 @@ def main(argv):
   failed = 0
   with cli.user_errors():
     variables = train.load_variables_for_eval(config, workdir)
-    for path, top, error in predict(config, variables, images, top=_FLAGS["top"].value):
+    for path, top, error in predict(config, variables, images, top=_FLAGS["top"].value, workdir=workdir):
       if error:
         failed += 1
         print(f"error: {path}: {error}", file=sys.stderr)

@@ -3,6 +3,8 @@
     WORKDIR/config.json      the resolved config of the run (written by main, convert)
     WORKDIR/metrics.jsonl    one JSON object per logged step (train and eval scalars)
     WORKDIR/results.json     the final evaluation and the run's summary
+    WORKDIR/normalization.npz  the input statistics the network was trained with (CIFAR's training-split mean
+                             image): what predict needs, so that it needs no training data
     WORKDIR/checkpoints/N/   orbax checkpoints (resnet_jax.checkpoint)
     WORKDIR/events.out.tfevents.*  TensorBoard
     SWEEP_DIR/sweep.json     a sweep's runs, their overrides and commands; each run in SWEEP_DIR/NAME/
@@ -22,6 +24,7 @@ from resnet_jax import storage
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 RESULTS = "results.json"
+NORMALIZATION = "normalization.npz"
 CHECKPOINTS = "checkpoints"
 SWEEP_MANIFEST = "sweep.json"
 
@@ -79,6 +82,35 @@ class RunDir:
     """The config of the run in this directory: results.json's, else config.json's, else None."""
     results = self.read_results()
     return results["config"] if results and "config" in results else self.read_config()
+
+  # normalization.npz
+  def read_normalization(self) -> dict | None:
+    """{'mean', 'std'} float32 arrays, or None for a run written before they were saved (or an ImageNet run,
+    whose normalisation is constants of its config)."""
+    import io
+
+    import numpy as np
+
+    p = self.path / NORMALIZATION
+    if not p.exists():
+      return None
+    with np.load(io.BytesIO(p.read_bytes())) as z:
+      return {"mean": z["mean"], "std": z["std"]}
+
+  def write_normalization(self, mean, std) -> None:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32))
+    p = self.path / NORMALIZATION
+    if self.is_url:
+      p.write_bytes(buf.getvalue())
+    else:
+      tmp = p.parent / f"{p.name}.tmp{os.getpid()}"
+      tmp.write_bytes(buf.getvalue())
+      tmp.replace(p)
 
   # metrics.jsonl
   def read_metrics(self) -> list[dict]:

@@ -575,11 +575,14 @@ def _restore_or_init(steps: Steps, tx, config, checkpointer, workdir: str):
   return steps.from_global(restored), start_step
 
 
-def _start_files(config, run: rundir.RunDir, start_step: int, is_chief: bool):
-  """metrics.jsonl cut back to the restored step, config.json, and the metric writers."""
+def _start_files(config, run: rundir.RunDir, start_step: int, is_chief: bool, norm):
+  """metrics.jsonl cut back to the restored step, config.json, the input statistics (`norm`, CIFAR's; None for
+  ImageNet, whose are constants of the config), and the metric writers."""
   if is_chief:
     run.truncate_metrics(start_step)
     run.write_config(config)
+    if norm is not None:
+      run.write_normalization(norm.mean, norm.std)
   writer = writers.make_writer(run, is_chief, tensorflow=config.input_backend != "device")
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flat_config(config).items() if isinstance(v, (int, float, str, bool))})
@@ -619,7 +622,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("platform plan: %s; %d training step(s) per compiled call", steps.plan.describe(), steps.steps_per_call)
   checkpointer = ckpt_lib.Checkpointer(run.checkpoints, max_to_keep=config.keep_checkpoints)
   state, start_step = _restore_or_init(steps, tx, config, checkpointer, workdir)
-  writer = _start_files(config, run, start_step, is_chief)
+  writer = _start_files(config, run, start_step, is_chief, getattr(data, "norm", None))
   log = TrainLog(config, workdir, checkpointer, steps.new_window)
   saved = set(checkpointer.all_steps())
 

@@ -116,7 +116,8 @@ def _download_tree(gcs, url: str, dest):
 
 def test_train_resume_predict_report_on_a_bucket(gcs, tmp_path):
   """Workdir and data_file on gs://: 4 steps, then a resumed run to 8 that ends bit-identical to an uninterrupted
-  local run; predict and report read the bucket; nothing lands in a local folder named gs:."""
+  local run; predict (without the training data) and report read the bucket; nothing lands in a local folder named
+  gs:."""
   data = _small_cifar_npz()
   _upload(gcs, "data/cifar_small.npz", data)
   (tmp_path / "cifar_small.npz").write_bytes(data)
@@ -128,7 +129,7 @@ def test_train_resume_predict_report_on_a_bucket(gcs, tmp_path):
   run_cli("resnet_jax.main", *_args(tmp_path / "local", tmp_path / "cifar_small.npz", 8))
 
   names = _objects(gcs, "sweep/run/")
-  assert {f"sweep/run/{f}" for f in ("config.json", "metrics.jsonl", "results.json")} <= set(names)
+  assert {f"sweep/run/{f}" for f in ("config.json", "metrics.jsonl", "results.json", "normalization.npz")} <= set(names)
   assert any("/events.out.tfevents." in n for n in names)  # TensorBoard, written through epath
   copy = tmp_path / "copy"
   _download_tree(gcs, bucket_run, copy)
@@ -140,8 +141,16 @@ def test_train_resume_predict_report_on_a_bucket(gcs, tmp_path):
   assert results["resumed_from_step"] == 4 and results["steps"] == 8
 
   image = sorted((SHARED_DATA / "cifar10-lossless-test-samples").glob("*.png"))[0]
-  pred = json.loads(run_cli("resnet_jax.predict", f"--workdir={bucket_run}", "--json", image, env=gcs["env"]).stdout)
-  assert pred["image"] == str(image) and len(pred["top"]) == 5
+  # The workdir holds the input statistics: predict needs no training data (the bucket's copy is deleted), and
+  # gives what the statistics computed again from the data give (the local run's saved ones removed).
+  _request(gcs["url"], "DELETE", f"/storage/v1/b/{BUCKET}/o/data%2Fcifar_small.npz")
+  (tmp_path / "local" / "normalization.npz").unlink()
+  preds = [
+      json.loads(run_cli("resnet_jax.predict", f"--workdir={w}", "--json", image, env=gcs["env"]).stdout)
+      for w in (bucket_run, tmp_path / "local")
+  ]
+  assert preds[0]["image"] == str(image) and len(preds[0]["top"]) == 5
+  assert preds[0]["top"] == preds[1]["top"]
 
   out = run_cli("resnet_jax.report", f"gs://{BUCKET}/sweep", env=gcs["env"])
   assert f"gs://{BUCKET}/sweep/report/report.md" in out.stdout

@@ -77,11 +77,13 @@ def test_table6_gpu_script_dry_run(tmp_path):
       "log.txt",
       "plain20/config.json",
       "plain20/metrics.jsonl",
+      "plain20/normalization.npz",
       "plain20/results.json",
       "report/figure6.png",
       "report/report.md",
       "resnet20/config.json",
       "resnet20/metrics.jsonl",
+      "resnet20/normalization.npz",
       "resnet20/results.json",
       "sweep.json",
   ]
@@ -89,7 +91,9 @@ def test_table6_gpu_script_dry_run(tmp_path):
   assert "ResNet-8" in report and "plain-8" in report
   # Every run finished: the next call gets their records (and skips them), no checkpoint.
   assert _members(work / "resume.tar.gz") == [
-      f"{run}/{f}" for run in ("plain20", "resnet20") for f in ("config.json", "metrics.jsonl", "results.json")
+      f"{run}/{f}"
+      for run in ("plain20", "resnet20")
+      for f in ("config.json", "metrics.jsonl", "normalization.npz", "results.json")
   ]
 
 
