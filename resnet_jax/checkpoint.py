@@ -168,6 +168,8 @@ class Checkpointer:
     return os.fspath(dst)
 
   def read_meta(self, step: int) -> dict:
+    if jax.process_count() > 1:  # the JSON itself: orbax's restore ends in a barrier that a failed read skips
+      return json.loads((self.path / str(step) / "meta" / "metadata").read_text())
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
   def restore_latest(self, abstract_state, meta: dict):
@@ -175,8 +177,9 @@ class Checkpointer:
 
     A checkpoint of another model is refused with the differing config fields named. An unreadable newest
     checkpoint is reported in one line and the next older one is tried; unreadable ones are left on disk. With
-    several processes the decision is one: process 0 names the step to try, every process tries it, and it is
-    taken only when all of them could read it; otherwise all of them set it aside and go on to the next.
+    several processes the decision is one: process 0 names the step to try, every process reads its record
+    (meta), and when any of them cannot, all set it aside and go on to the next. Arrays that one process cannot
+    restore stop the job with the fix (orbax's restore ends in a barrier, so the others cannot be asked).
     """
     failures = []
     while True:
@@ -205,6 +208,11 @@ class Checkpointer:
           )["state"]
         except Exception as e:  # noqa: BLE001
           problem = f"step {step}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+          if jax.process_count() > 1:  # the others may wait in orbax's barrier: no agreement possible now
+            raise CheckpointUnreadableError(
+                f"process {jax.process_index()} could not restore {path} ({problem}); if it is damaged, move it "
+                f"aside (mv {path} {path}.unreadable) and rerun to resume from the checkpoint before it"
+            ) from None
       problem = _first_problem(step, problem)
       if problem is None:
         return restored, step

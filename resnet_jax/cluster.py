@@ -63,25 +63,23 @@ def _tasks_per_node(env) -> int | None:
 def slurm_local_device_ids(env=None) -> list[int] | None:
   """The GPUs this SLURM task should use (indices among those it sees), or None to leave JAX's choice.
 
-  None outside SLURM or where the task sees no GPU list (CPUs, TPUs). One task per node: all its GPUs. One task
-  per GPU: with every GPU of the node visible, the one numbered SLURM_LOCALID (JAX's default); with one visible
-  (--gpus-per-task=1 binds it), that one. Any other layout is refused with the two that work.
+  None outside SLURM or where the task sees no GPU list (CPUs, TPUs). A task bound to its own GPUs
+  (--gpus-per-task=N, or one task per node): all of them. Every GPU of the node visible to each of as many tasks
+  as GPUs: the one numbered SLURM_LOCALID (JAX's default). Any other layout is refused with two that work.
   """
   env = os.environ if env is None else env
   if "SLURM_JOB_ID" not in env or "SLURM_LOCALID" not in env:
     return None
-  visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-  gpus = len(visible) or int(env.get("SLURM_GPUS_ON_NODE", "0") or 0)
+  visible = len([d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()])
+  on_node = int(env.get("SLURM_GPUS_ON_NODE", "0") or 0)
+  gpus = visible or on_node
   if not gpus:
     return None
   tasks = _tasks_per_node(env) or 1
-  local_id = int(env["SLURM_LOCALID"])
-  if gpus == 1:
-    return [0]
-  if tasks == 1:
+  if gpus == 1 or tasks == 1 or (visible and on_node and visible * tasks == on_node):
     return list(range(gpus))
   if tasks == gpus:
-    return [local_id]
+    return [int(env["SLURM_LOCALID"])]
   raise ClusterError(
       f"SLURM runs {tasks} tasks per node and each task sees {gpus} GPUs, which they cannot share evenly; "
       f"launch one task per node (srun --ntasks-per-node=1 --gpus-per-task={gpus}) or one task per GPU "
@@ -104,6 +102,10 @@ def start(*, coordinator_address=None, num_processes=None, process_id=None, fail
     failure_timeout = _FLAGS["failure_timeout"].value if _FLAGS else DEFAULT_FAILURE_TIMEOUT
   if failure_timeout < 1:
     raise ClusterError(f"--failure_timeout={failure_timeout}: must be at least 1 second")
+  alone = num_processes == 1 and coordinator_address is None  # --num_processes=1: no detection at all
+  if alone or (coordinator_address is None and num_processes is None and _detected_processes() <= 1):
+    _log_devices()  # no cluster, or a one-process one (srun -n1, a single TPU VM)
+    return False
   try:
     jax.config.update("jax_enable_recoverability", True)  # survivors report a failed process themselves
   except (AttributeError, KeyError):  # a JAX without the option: its heartbeat check aborts them instead
@@ -120,6 +122,35 @@ def start(*, coordinator_address=None, num_processes=None, process_id=None, fail
     if "coordinator_address should be defined" not in str(e):  # JAX found no cluster: a single process
       raise ClusterError(f"cannot start the cluster: {e}") from None
   multi = jax.process_count() > 1
+  _log_devices()
+  if multi:
+    _Watchdog.start_for(failure_timeout)
+  return multi
+
+
+def _detected_processes() -> int:
+  """The process count of the cluster JAX's own detection finds (1 where it finds none).
+
+  Asked before `jax.distributed.initialize`, which would otherwise start a coordination service (and take a
+  port) for a job of one process. A detection that fails says "several" so that initialize reports the error.
+  """
+  try:
+    from jax._src import clusters  # JAX's detectors (the ones jax.distributed.initialize() itself consults)
+
+    for env in clusters.ClusterEnv._cluster_types:
+      if not env.opt_in_only_method and env.is_env_present():
+        return int(env.get_process_count())
+  except Exception as e:  # noqa: BLE001 - e.g. a Kubernetes API that refuses the pod's query
+    raise ClusterError(
+        f"JAX's cluster detection failed ({type(e).__name__}: {str(e)[:200]}); run a single process with "
+        "--num_processes=1, or give --coordinator_address, --num_processes and --process_id"
+    ) from None
+  return 1
+
+
+def _log_devices() -> None:
+  import jax
+
   logging.info(
       "cluster: process %d of %d, %d local / %d global devices, platform %s",
       jax.process_index(),
@@ -128,9 +159,6 @@ def start(*, coordinator_address=None, num_processes=None, process_id=None, fail
       jax.device_count(),
       jax.devices()[0].platform,
   )
-  if multi:
-    _Watchdog.start_for(failure_timeout)
-  return multi
 
 
 def _client():
@@ -226,33 +254,33 @@ class _Watchdog(threading.Thread):
         self.leave(1)
 
   def leave(self, code: int) -> None:
-    """Says so (the process that failed waits for that), and exits; process 0, which runs the coordination
-    service, last: JAX aborts a process that loses the service with a crash dump instead of its own message."""
+    """Says so (the process that failed waits for that) and exits; process 0, which runs the coordination service,
+    last: JAX aborts a process that loses the service with a crash dump instead of its own message."""
     try:
       _client().key_value_set(f"{_KEY}/ack/{self.me}", "1", allow_overwrite=True)
       if self.me == 0:
-        self.wait_for_others("ack")
+        self.wait_for_others(("bye", "ack", "done"))
+        time.sleep(0.3)  # the others exit right after they answered
     except Exception:  # noqa: BLE001 - the service is gone: nothing to wait for
       pass
     _exit(code)
 
-  def wait_for_others(self, kind: str) -> None:
-    """Until every other process has published `kind` (or has failed, or ended), a few seconds at most; then a
-    moment for them to exit."""
+  def wait_for_others(self, kinds) -> None:
+    """Until every other process has published one of `kinds`, a few seconds at most (a vanished one never
+    does)."""
     deadline = time.monotonic() + max(5.0, 4 * self.period)
     while time.monotonic() < deadline:
-      answered = set(self._ids(kind)) | set(self._ids("failed")) | set(self._ids("done"))
+      answered = set().union(*(self._ids(kind) for kind in kinds))
       if answered >= set(range(self.n)) - {self.me}:
-        break
+        return
       time.sleep(0.05)
-    time.sleep(0.5)
 
 
 def _vanished(process: int) -> str:
   return f"process {process} stopped without reporting an error (killed, or its host failed or lost the network)"
 
 
-_COLLECTIVE_FAILURE = re.compile(r"gloo|nccl|collective|all.?reduce|all.?gather|connection|unavailable", re.I)
+_COLLECTIVE_FAILURE = re.compile(r"gloo|nccl|collective|all.?reduce|all.?gather|all.?to.?all", re.I)
 
 
 def explain(error: str) -> str:
@@ -296,9 +324,12 @@ def finish() -> None:
     client.wait_at_barrier(f"{_KEY}_finish", int(w.timeout * 1000))
     if w.me == 0 and not hasattr(client, "get_live_nodes"):  # an older JAX: a moment for them to disconnect
       time.sleep(2.0)
-    deadline = time.monotonic() + w.timeout
-    while w.me == 0 and time.monotonic() < deadline and set(client.get_live_nodes(list(range(w.n)))) - {0}:
-      time.sleep(0.05)
+    elif w.me == 0:
+      # get_live_nodes returns once every live process has called it or disconnected: the others disconnect as
+      # they exit. In a thread, so that one hanging at its exit cannot hold this one beyond the timeout.
+      waiter = threading.Thread(target=client.get_live_nodes, args=(list(range(w.n)),), daemon=True)
+      waiter.start()
+      waiter.join(w.timeout)
   except Exception:  # noqa: BLE001 - another process failed meanwhile; its own message says so
     pass
 
@@ -306,8 +337,8 @@ def finish() -> None:
 def fail(code: int, message: str) -> None:
   """Ends this process with `code` after telling every other process why (they stop too), when there are others.
 
-  Waits (a few seconds at most) until the others have read the message; process 0 leaves last. Returns only in a
-  single-process run.
+  Waits (a few seconds at most) until the others have read the message, then says goodbye; process 0 also waits
+  for the others' goodbyes, so that it leaves last. Returns only in a single-process run.
   """
   w = _Watchdog.instance
   if w is None:
@@ -315,8 +346,13 @@ def fail(code: int, message: str) -> None:
   w.stopped.set()
   one_line = " ".join(str(message).split())
   try:
-    _client().key_value_set(f"{_KEY}/failed/{w.me}", f"{int(code)}\t{one_line}", allow_overwrite=True)
-    w.wait_for_others("ack")
+    client = _client()
+    client.key_value_set(f"{_KEY}/failed/{w.me}", f"{int(code)}\t{one_line}", allow_overwrite=True)
+    w.wait_for_others(("ack", "failed", "done"))
+    client.key_value_set(f"{_KEY}/bye/{w.me}", "1", allow_overwrite=True)
+    if w.me == 0:
+      w.wait_for_others(("bye", "ack", "done"))
+      time.sleep(0.3)
   except Exception:  # noqa: BLE001 - the service is gone: the others notice that themselves
     pass
   _exit(code)

@@ -64,7 +64,8 @@ def _local_copy(data_dir: str, name: str) -> str:
   """A local copy of a data set prepared on cloud storage (copied once, into the cache folder).
 
   tf.data reads records through TensorFlow's own cloud client, which no emulator reaches; a CIFAR split is read
-  whole into memory anyway, so its prepared files (136 MiB) are fetched through epath instead.
+  whole into memory anyway, so its prepared files (136 MiB) are fetched through epath instead. The copy is made
+  once: a data set prepared again on the bucket needs its copy deleted (RESNET_JAX_CACHE/tfds/).
   """
   import hashlib
   import shutil
@@ -78,7 +79,8 @@ def _local_copy(data_dir: str, name: str) -> str:
         f"tfds data set {name!r} is not prepared in {data_dir}: {source} does not exist. Copy a prepared "
         f"{name}/<version>/ folder there, or point --config.data_dir at one"
     )
-  root = os.path.join(_cache_dir() or tempfile.gettempdir(), "tfds", hashlib.sha256(data_dir.encode()).hexdigest()[:16])
+  key = hashlib.sha256(f"{data_dir}/{name}".encode()).hexdigest()[:16]  # one copy per data set
+  root = os.path.join(_cache_dir() or tempfile.gettempdir(), "tfds", key)
   if not os.path.isdir(os.path.join(root, name)):
     tmp = f"{root}.tmp{os.getpid()}"
     storage.copy_tree(source, os.path.join(tmp, name))

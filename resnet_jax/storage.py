@@ -1,6 +1,7 @@
 """Paths that may be local folders or cloud URLs (gs://, s3://, ...), through etils.epath as orbax and tfds use.
 
-Every file the project reads or writes by a user-given path goes through `path()`: a local path is made absolute
+Every workdir and data path goes through `path()` (weight files for `convert` and images for `predict` stay local
+files): a local path is made absolute
 (so that a run started in another folder, or a checkpoint restored later, finds the same files); a URL is kept as
 it is, never turned into a local folder named `gs:`.
 

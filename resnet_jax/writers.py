@@ -109,7 +109,7 @@ class FallbackWriter(_JsonlMixin):
 
   def __init__(self, run: rundir.RunDir, is_chief: bool):
     super().__init__(run)
-    self.is_chief = is_chief
+    self.run, self.is_chief = run, is_chief
     self._events = None
     if is_chief:
       try:
@@ -119,7 +119,8 @@ class FallbackWriter(_JsonlMixin):
           from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
           self._events = EventFileWriter(run.name)
-      except ImportError:  # TensorBoard is optional here
+      except Exception as e:  # noqa: BLE001 - TensorBoard is optional here
+        logging.warning("no TensorBoard event file (%s: %s); metrics still go to metrics.jsonl", type(e).__name__, e)
         self._events = None
 
   def write_scalars(self, step, scalars):
@@ -133,6 +134,8 @@ class FallbackWriter(_JsonlMixin):
 
       values = [Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
       self._events.add_event(Event(wall_time=time.time(), step=int(step), summary=Summary(value=values)))
+      if self.run.is_url:  # visible in TensorBoard while the run goes on (the object is uploaded whole)
+        self._events.flush()
 
   def write_hparams(self, hparams):
     logging.info("hparams: %s", hparams)

@@ -32,6 +32,8 @@ def test_slurm_local_devices():
   assert cluster.slurm_local_device_ids(all_visible) == [3]  # one task per GPU, every GPU visible
   bound = {**base, "SLURM_NTASKS_PER_NODE": "4", "CUDA_VISIBLE_DEVICES": "3"}
   assert cluster.slurm_local_device_ids(bound) == [0]  # --gpus-per-task=1: the one GPU it sees
+  two_each = {**base, "SLURM_NTASKS_PER_NODE": "2", "CUDA_VISIBLE_DEVICES": "4,5", "SLURM_GPUS_ON_NODE": "4"}
+  assert cluster.slurm_local_device_ids(two_each) == [0, 1]  # --gpus-per-task=2: both of its own
   with pytest.raises(cluster.ClusterError, match=r"2 tasks per node and each task sees 8 GPUs.*--ntasks-per-node=1"):
     cluster.slurm_local_device_ids({**base, "SLURM_NTASKS_PER_NODE": "2", "SLURM_GPUS_ON_NODE": "8"})
 
@@ -164,14 +166,12 @@ def test_sigterm_to_one_process_saves_one_checkpoint_for_all(tmp_path):
 
 @pytest.mark.slow
 def test_processes_agree_on_the_fallback_checkpoint(tmp_path):
-  """The newest checkpoint damaged: both processes set it aside and resume from the same older one (a SLURM-style
-  launch that trains, then one that resumes)."""
+  """The newest checkpoint's record damaged: both processes set it aside and resume from the same older one (a
+  SLURM-style launch that trains, then one that resumes)."""
   wd = tmp_path / "run"
   codes, errs = _wait(_launch(small_run_args(wd, steps=8)))
   assert codes == [0, 0], errs
-  for f in (wd / "checkpoints" / "8" / "state").rglob("*"):
-    if f.is_file() and f.stat().st_size > 0 and "manifest" in f.name:
-      f.write_bytes(b"damaged")
+  (wd / "checkpoints" / "8" / "meta" / "metadata").write_text("{damaged")
   codes, errs = _wait(_launch(small_run_args(wd, steps=12)))
   assert codes == [0, 0], errs
   res = json.loads((wd / "results.json").read_text())
