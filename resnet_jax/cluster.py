@@ -132,7 +132,7 @@ def _detected_processes() -> int:
   """The process count of the cluster JAX's own detection finds (1 where it finds none).
 
   Asked before `jax.distributed.initialize`, which would otherwise start a coordination service (and take a
-  port) for a job of one process. A detection that fails says "several" so that initialize reports the error.
+  port) for a job of one process. A detection that fails is an error naming the flags that avoid it.
   """
   try:
     from jax._src import clusters  # JAX's detectors (the ones jax.distributed.initialize() itself consults)
@@ -207,13 +207,18 @@ class _Watchdog(threading.Thread):
     cls.instance = cls(failure_timeout)
     cls.instance.start()
 
-  def _ids(self, kind: str) -> dict[int, str]:
-    return {int(k.rsplit("/", 1)[1]): v for k, v in _client().key_value_dir_get(f"{_KEY}/{kind}/")}
+  def published(self) -> dict[str, dict[int, str]]:
+    """What the processes have published, in one read of the store: {kind: {process: value}}."""
+    out = {}
+    for key, value in _client().key_value_dir_get(f"{_KEY}/"):
+      _, kind, proc = key.rsplit("/", 2)
+      out.setdefault(kind, {})[int(proc)] = value
+    return out
 
-  def failures(self) -> list[tuple[int, int, str]]:
+  def failures(self, published=None) -> list[tuple[int, int, str]]:
     """(process, exit code, message) of every other process that published a failure."""
     out = []
-    for proc, value in self._ids("failed").items():
+    for proc, value in (published or self.published()).get("failed", {}).items():
       code, _, message = value.partition("\t")
       if proc != self.me:
         out.append((proc, int(code), message))
@@ -226,8 +231,8 @@ class _Watchdog(threading.Thread):
       try:
         beat += 1
         client.key_value_set(f"{_KEY}/beat/{self.me}", str(beat), allow_overwrite=True)
-        failed = self.failures()
-        beats, done = self._ids("beat"), self._ids("done")
+        published = self.published()
+        failed, beats, done = self.failures(published), published.get("beat", {}), published.get("done", {})
       except Exception:  # noqa: BLE001 - the service itself is gone: it runs in process 0
         if self.stopped.is_set():
           return
@@ -270,7 +275,8 @@ class _Watchdog(threading.Thread):
     does)."""
     deadline = time.monotonic() + max(5.0, 4 * self.period)
     while time.monotonic() < deadline:
-      answered = set().union(*(self._ids(kind) for kind in kinds))
+      published = self.published()
+      answered = set().union(*(published.get(kind, {}) for kind in kinds))
       if answered >= set(range(self.n)) - {self.me}:
         return
       time.sleep(0.05)

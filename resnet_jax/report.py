@@ -105,7 +105,7 @@ def load_run(path: str) -> RunData | None:
   """A run directory's config, metrics, results and layer responses; None if it holds no run."""
   run = rundir.RunDir(path)
   results = run.read_results()
-  config = run.stored_config()
+  config = (results or {}).get("config") or run.read_config()  # results.json read once
   rows = run.read_metrics()
   if config is None or (not rows and results is None):
     return None

@@ -104,13 +104,7 @@ class RunDir:
 
     buf = io.BytesIO()
     np.savez(buf, mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32))
-    p = self.path / NORMALIZATION
-    if self.is_url:
-      p.write_bytes(buf.getvalue())
-    else:
-      tmp = p.parent / f"{p.name}.tmp{os.getpid()}"
-      tmp.write_bytes(buf.getvalue())
-      tmp.replace(p)
+    storage.write_bytes_atomic(self.path / NORMALIZATION, buf.getvalue())
 
   # metrics.jsonl
   def read_metrics(self) -> list[dict]:

@@ -88,7 +88,7 @@ def read_json(p):
   return json.loads(p.read_text())
 
 
-def write_text_atomic(p, text: str) -> None:
+def write_bytes_atomic(p, data: bytes) -> None:
   """Writes the whole file so that a reader never sees half of it.
 
   Local files go through a temporary file and a rename; a cloud object is replaced whole by one upload (objects
@@ -96,11 +96,15 @@ def write_text_atomic(p, text: str) -> None:
   """
   p = path(p)
   if is_url(os.fspath(p)):
-    p.write_text(text)
+    p.write_bytes(data)
     return
   tmp = p.parent / f"{p.name}.tmp{os.getpid()}"
-  tmp.write_text(text)
+  tmp.write_bytes(data)
   tmp.replace(p)
+
+
+def write_text_atomic(p, text: str) -> None:
+  write_bytes_atomic(p, text.encode())
 
 
 def write_json(p, obj) -> None:
@@ -115,6 +119,4 @@ def copy_tree(src, dst) -> None:
     if f.is_dir():
       copy_tree(f, dst / f.name)
     else:
-      tmp = dst / f"{f.name}.tmp{os.getpid()}"
-      tmp.write_bytes(f.read_bytes())
-      tmp.replace(dst / f.name)
+      write_bytes_atomic(dst / f.name, f.read_bytes())
