@@ -13,7 +13,7 @@ TORCH_PINS ?= $(if $(filter aarch64,$(shell uname -m)),torch==2.9.1 torchvision=
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,onednn,torch,gcs]' $(TORCH_PINS)
+	$(PY) -m pip install --quiet -e '.[test,onednn,torch,gcs,export]' $(TORCH_PINS)
 	touch $@
 
 # oneDNN's CPU convolutions as XLA FFI kernels (resnet_jax/cpu/onednn.py; config.cpu.convolutions='auto' uses them).
@@ -41,7 +41,7 @@ test: lint
 test-min:
 	$(PYTHON) -m venv .venv-min
 	.venv-min/bin/python -m pip install --quiet --upgrade pip
-	.venv-min/bin/python -m pip install --quiet -e '.[test,onednn,torch,gcs]' $(TORCH_PINS) -c requirements-min.txt
+	.venv-min/bin/python -m pip install --quiet -e '.[test,onednn,torch,gcs,export]' $(TORCH_PINS) -c requirements-min.txt
 	.venv-min/bin/python -m resnet_jax.cpu.onednn build
 	.venv-min/bin/python -m pytest -q -m "not slow and not peer" $(PYTEST_ARGS)
 

@@ -54,13 +54,28 @@ def read_image(path: str) -> np.ndarray:
     raise OSError(str(e)) from None
 
 
-def preprocessor(config, workdir=None):
-  """image uint8 [H, W, 3] -> float32 [S, S, 3], the single-crop evaluation input of the workdir's network.
+def is_imagenet(config) -> bool:
+  return config.get("dataset") == "imagenet2012" or config.model.get("family") == "imagenet"
 
-  A CIFAR net is normalised with the statistics saved in its workdir; a workdir written before they were saved
-  (or no workdir) needs the training split to compute them again.
+
+def cifar_normalizer(config, workdir=None):
+  """The input_pipeline.Normalizer a CIFAR net was trained with.
+
+  The statistics saved in its workdir; a workdir written before they were saved (or no workdir) needs the
+  training split to compute them again.
   """
-  if config.get("dataset") == "imagenet2012" or config.model.get("family") == "imagenet":
+  from resnet_jax import device_input, input_pipeline, rundir
+
+  saved = rundir.RunDir(workdir).read_normalization() if workdir else None
+  if saved is not None:
+    return input_pipeline.Normalizer(saved["mean"], saved["std"])
+  # device_input reads config.data_file where the run had one, else tfds
+  return input_pipeline.normalizer(config, device_input.load_split(config, "train"))
+
+
+def preprocessor(config, workdir=None):
+  """image uint8 [H, W, 3] -> float32 [S, S, 3], the single-crop evaluation input of the workdir's network."""
+  if is_imagenet(config):
     from resnet_jax import imagenet_input
 
     mode, size = config.get("normalization", "pixel_mean"), config.image_size
@@ -68,14 +83,7 @@ def preprocessor(config, workdir=None):
     return lambda image: imagenet_input.normalize(
         imagenet_input.single_view(image, resize_to=resize_to, crop=size), mode
     ).numpy()
-  from resnet_jax import device_input, input_pipeline, rundir
-
-  saved = rundir.RunDir(workdir).read_normalization() if workdir else None
-  if saved is not None:
-    normalize = input_pipeline.Normalizer(saved["mean"], saved["std"])
-  else:  # device_input reads config.data_file where the run had one, else tfds
-    normalize = input_pipeline.normalizer(config, device_input.load_split(config, "train"))
-  size = config.image_size
+  normalize, size = cifar_normalizer(config, workdir), config.image_size
 
   def cifar(image):
     if image.shape[:2] != (size, size):

@@ -32,6 +32,7 @@ def pytest_configure(config):
 # suite on this project's 2-core machine, 2026-11-30: 90-145 s each for these, under a minute for the rest).
 _LONGEST_FIRST = (
     "test_imagenet.py",
+    "test_export.py",
     "test_cloud_storage.py",
     "test_resume.py",
     "test_cluster.py",
