@@ -33,6 +33,7 @@ def pytest_configure(config):
 _LONGEST_FIRST = (
     "test_imagenet.py",
     "test_export.py",
+    "test_notebooks.py",
     "test_cloud_storage.py",
     "test_resume.py",
     "test_cluster.py",

@@ -1,0 +1,31 @@
+"""notebooks/tour.ipynb runs top to bottom (nbclient), training its own small run on the shared CIFAR-10."""
+
+import os
+
+import nbformat
+from nbclient import NotebookClient
+
+from conftest import REPO, SHARED_DATA
+
+
+def test_tour_runs_top_to_bottom(tmp_path, monkeypatch):
+  path = REPO / "notebooks" / "tour.ipynb"
+  notebook = nbformat.read(path, as_version=4)
+  assert not any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # none committed
+  workdir = tmp_path / "tour"
+  monkeypatch.setenv("TOUR_WORKDIR", str(workdir))
+  monkeypatch.setenv("TOUR_TRAIN_STEPS", "8")
+  monkeypatch.setenv("TOUR_SHARED_DATA", str(SHARED_DATA))
+  NotebookClient(
+      notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+  ).execute()
+
+  outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+  assert not [o for o in outputs if o.output_type == "error"]
+  text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+  assert f"{workdir}: cifar depth 20, 8 steps" in text
+  assert "parameters:   269,722   (paper: 0.27M)" in text
+  images = [o for o in outputs if "image/png" in o.get("data", {})]
+  assert len(images) >= 4  # curves, classified images, the committed Figure 6, this run's curves
+  assert (workdir / "figure6.png").exists() and (workdir / "results.json").exists()
+  assert os.listdir(workdir / "checkpoints")
