@@ -258,17 +258,13 @@ def _flops(compiled) -> float | None:
   return float(cost["flops"])
 
 
-def _one_line(e: Exception, limit: int = 400) -> str:
-  return " ".join(str(e).split())[:limit]
-
-
 def input_pipeline_rate(config, *, steps: int, windows: int) -> dict:
   """img/s of the training input alone (no model): train.Data, exactly as the training loop reads its batches.
 
   input_backend='tfdata': the tf.data pipeline (tfds CIFAR, fake data, or ImageNet when prepared);
   input_backend='device': the jitted draw-and-augment of device_input.DeviceData on this host's devices.
   """
-  from resnet_jax import config_lib, parallel, train
+  from resnet_jax import config_lib, errors, parallel, train
 
   cfg = config_lib.resolve(config)
   t0 = time.perf_counter()
@@ -276,7 +272,7 @@ def input_pipeline_rate(config, *, steps: int, windows: int) -> dict:
     data = train.Data(cfg, parallel.make_mesh())
     data.train_batch(0)  # builds the pipeline (and compiles the device draw); starts filling any prefetch buffer
   except (FileNotFoundError, RuntimeError, ValueError) as e:  # no data or no TensorFlow on this machine
-    return {"input_images_per_sec": None, "input_note": f"no input pipeline: {_one_line(e)}"}
+    return {"input_images_per_sec": None, "input_note": f"no input pipeline: {errors.one_line(e, 400)}"}
   load_s = time.perf_counter() - t0
   counter = iter(range(1, 10**9))
   fetch = lambda: data.train_batch(next(counter))["label"]

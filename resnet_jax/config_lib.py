@@ -6,7 +6,11 @@ the command-line interface (`--config.FIELD=VALUE`), so changing one is a user-v
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import ml_collections
+
+from resnet_jax import errors
 
 # ImageNet evaluation protocols (resnet_jax.evaluate): 256/224 centre crop, 10-crop, fully-convolutional multi-scale.
 EVAL_PROTOCOLS = ("single", "10crop", "multiscale")
@@ -46,8 +50,15 @@ BOOKKEEPING_FIELDS = frozenset(
 INTERVAL_FIELDS = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps")
 
 
-class ConfigError(ValueError):
-  """One or more config fields are invalid; the message lists each with its fix."""
+class ConfigError(errors.UserError, ValueError):
+  """One or more config fields are invalid; the message lists each with its fix.
+
+  `problems` holds them one by one (a sweep reports them per run), each naming the field and the fix.
+  """
+
+  def __init__(self, problems: Sequence[str]):
+    self.problems = list(problems)
+    super().__init__("invalid config:\n  - " + "\n  - ".join(self.problems))
 
 
 def base_training_config() -> ml_collections.ConfigDict:
@@ -214,6 +225,17 @@ def imagenet_torchvision(depth: int = 50) -> ml_collections.ConfigDict:
   return c
 
 
+def flatten(config) -> dict:
+  """{'model.depth': 20, ...}: every leaf field of a ConfigDict (or dict) by its dotted path."""
+  out = {}
+  for k, v in config.items():
+    if isinstance(v, (ml_collections.ConfigDict, dict)):
+      out.update({f"{k}.{kk}": vv for kk, vv in flatten(v).items()})
+    else:
+      out[k] = v
+  return out
+
+
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained (or converted) with: its config.json, as main.py writes it."""
   from resnet_jax import rundir
@@ -222,9 +244,9 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   try:
     stored = run.read_config()
   except (OSError, ValueError) as e:
-    raise FileNotFoundError(f"{run / rundir.CONFIG} is unreadable ({e}); pass --config=... instead") from None
+    raise errors.NotFoundError(f"{run / rundir.CONFIG} is unreadable ({e}); pass --config=... instead") from None
   if stored is None:
-    raise FileNotFoundError(
+    raise errors.NotFoundError(
         f"{run / rundir.CONFIG} does not exist: {run.name} is not a training directory of resnet_jax (pass "
         "--config=..., or train or convert into it first)"
     )
@@ -353,4 +375,4 @@ def validate(config, *, with_devices: bool = True) -> None:
   except (ValueError, AttributeError, KeyError) as e:
     problems.append(f"model: {e}")
   if problems:
-    raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+    raise ConfigError(problems)

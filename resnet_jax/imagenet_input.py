@@ -70,7 +70,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from resnet_jax import config_lib
+from resnet_jax import config_lib, errors
 
 DATASET_NAME = "imagenet2012"
 MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
@@ -111,7 +111,7 @@ def setting(config, name):
   return config.get(name, DEFAULTS[name])
 
 
-class ImageNetNotFoundError(FileNotFoundError):
+class ImageNetNotFoundError(errors.NotFoundError):
   """The prepared imagenet2012 data set and the manual download it is built from are both missing."""
 
 

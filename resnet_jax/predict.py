@@ -23,6 +23,8 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
+from resnet_jax import errors
+
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGENET_CLASSES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "imagenet_classes.tsv")
 
@@ -141,7 +143,7 @@ def main(argv):
       else:
         print(f"{path}: " + ", ".join(f"{t['label']} ({100 * t['probability']:.1f}%)" for t in top), flush=True)
   if failed:
-    sys.exit(cli.EXIT_USER_ERROR)
+    sys.exit(errors.UserError.exit_code)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,7 @@ from clu import metrics
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax import checkpoint as ckpt_lib
-from resnet_jax import cluster, config_lib, cpu, input_pipeline, models, parallel, preemption, rundir, writers
-
-
-class NonFiniteError(FloatingPointError):
-  """The loss or the gradient norm became NaN or Inf."""
+from resnet_jax import cluster, config_lib, cpu, errors, input_pipeline, models, parallel, preemption, rundir, writers
 
 
 @flax.struct.dataclass
@@ -302,8 +298,7 @@ class Steps:
     return parallel.pmap_replicate(jax.device_get(state))
 
   def abstract_global(self, host_state):
-    rep = parallel.replicated(self.mesh)
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=rep), host_state)
+    return parallel.abstract_replicated(host_state, self.mesh)
 
   def new_window(self) -> TrainMetrics:
     """Empty training metrics, placed where `run` merges into them."""
@@ -433,8 +428,7 @@ class Data:
     self.train_size = len(self.train)
     if config.batch_size > self.train_size:
       raise config_lib.ConfigError(
-          f"invalid config:\n  - batch_size={config.batch_size} exceeds the {self.train_size} "
-          f"training examples of {config.train_split!r}"
+          [f"batch_size={config.batch_size} exceeds the {self.train_size} training examples of {config.train_split!r}"]
       )
     self.norm = input_pipeline.normalizer(config, self.train)
     input_pipeline.log_data_summary(config, self.train, self.eval)
@@ -522,7 +516,7 @@ class TrainLog:
     self.infos.append(infos)
 
   def flush(self, step: int) -> dict:
-    """The window's scalars, logged; raises NonFiniteError for a non-finite step unless skip_nonfinite."""
+    """The window's scalars, logged; raises errors.NonFiniteError for a non-finite step unless skip_nonfinite."""
     config = self.config
     infos = {k: np.concatenate([x[k] for x in jax.device_get(self.infos)]) for k in self.infos[0]}
     n = len(infos["loss"])
@@ -531,7 +525,7 @@ class TrainLog:
     self.skipped += len(bad)
     if bad and not config.skip_nonfinite:
       newest = self.checkpointer.all_steps()
-      raise NonFiniteError(
+      raise errors.NonFiniteError(
           f"non-finite loss or gradient at step {bad[0]} (loss {infos['loss'][bad[0] - first]}); the update "
           f"was not applied. Last finite metrics: {self.last_finite or 'none yet'}. Newest good checkpoint: "
           + (f"{self.workdir}/checkpoints/{newest[-1]}" if newest else "none")
@@ -585,7 +579,8 @@ def _start_files(config, run: rundir.RunDir, start_step: int, is_chief: bool, no
       run.write_normalization(norm.mean, norm.std)
   writer = writers.make_writer(run, is_chief, tensorflow=config.input_backend != "device")
   if start_step == 0:
-    writer.write_hparams({k: v for k, v in _flat_config(config).items() if isinstance(v, (int, float, str, bool))})
+    fields = config_lib.flatten(json.loads(config.to_json_best_effort()))
+    writer.write_hparams({k: v for k, v in fields.items() if isinstance(v, (int, float, str, bool))})
   return writer
 
 
@@ -659,7 +654,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if stop.requested(step) and not is_last:
         save(step, force=True)
         checkpointer.close()
-        raise preemption.Preempted(
+        raise errors.Preempted(
             f"stopped by a signal after step {step}; checkpoint saved in "
             f"{checkpointer.directory}/{step}. Rerun the same command to resume exactly there."
         )
@@ -715,29 +710,23 @@ def _results(config, run: rundir.RunDir, eval_results, *, step, start_step, t_st
   return results
 
 
-def _flat_config(config) -> dict:
-  return ckpt_lib._flat(json.loads(config.to_json_best_effort()))
-
-
 def load_variables_for_eval(config, workdir: str) -> dict:
   """{'params', 'batch_stats'} of the newest readable checkpoint in workdir (host arrays)."""
   run = rundir.RunDir(workdir)
   if not run.has_checkpoints():  # before building anything, and without creating it
-    raise FileNotFoundError(
+    raise errors.NotFoundError(
         f"no checkpoint in {run.name}: {run.checkpoints} does not exist; train first with "
         f"python -m resnet_jax.main --config=... --workdir={workdir}"
     )
   config = config_lib.resolve(config)
   tx = make_optimizer(config)
   host_state = _host_state(make_model(config), tx, config)
-  mesh = parallel.make_mesh()
-  rep = parallel.replicated(mesh)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=rep), host_state)
+  abstract = parallel.abstract_replicated(host_state, parallel.make_mesh())
   checkpointer = ckpt_lib.Checkpointer(run.checkpoints)
   state, step = checkpointer.restore_latest(abstract, ckpt_lib.meta_for(config))
   checkpointer.close()
   if state is None:
-    raise FileNotFoundError(
+    raise errors.NotFoundError(
         f"no checkpoint in {run.checkpoints}; train first with "
         f"python -m resnet_jax.main --config=... --workdir={workdir}"
     )

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 from resnet_jax import config_lib, models, train
 from resnet_jax.cpu import xla_options
 

@@ -7,7 +7,7 @@ compilation or data loading, so each takes about a second.
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 CIFAR = "--config=configs/cifar20.py"
 

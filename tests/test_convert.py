@@ -17,7 +17,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 from resnet_jax import config_lib, convert, models
 
 SAMPLES = REPO / ".." / "shared" / "data" / "imagenet-sample"
