@@ -5,13 +5,13 @@
 Measures, on the devices JAX sees:
 * compile time of the train step (lower + compile, timed separately), and of the eval step;
 * train img/s: the median of `--windows` timed windows of `--steps` steps each, after `--warmup` steps; the calls
-  of a window are dispatched back to back (through `train.Steps`, the same compiled step and host-to-device batch
-  placement the training loop uses) and the clock stops when the window's last state is ready. With
+  of a window are dispatched back to back (through `train.compile_steps`' CompiledSteps, the same compiled step and
+  host-to-device batch placement the training loop uses) and the clock stops when the window's last state is ready. With
   input_backend='tfdata' batches are random, pre-normalised arrays of the config's shape held in host memory, so
-  this excludes the input pipeline; with input_backend='device' each call is `train.Steps.run` of
+  this excludes the input pipeline; with input_backend='device' each call is `CompiledSteps.train` of
   config.steps_per_call steps on batches drawn on the devices, exactly as the training loop runs them;
 * eval img/s, the same way, with the eval step on `eval_batch_size` batches;
-* input-pipeline img/s alone: the training input of train.Data, exactly as the training loop reads it, without
+* input-pipeline img/s alone: the training input of inputs.Data, exactly as the training loop reads it, without
   the model: the tf.data pipeline (real tfds data when config.dataset names one that is present, with its
   augmentation; random images with the same augmentation when dataset='fake'), or with input_backend='device'
   the jitted draw-and-augment on the devices;
@@ -136,67 +136,59 @@ def random_batch(config, batch_size: int, seed: int, *, eval_mask: bool = False)
 
 
 class TrainBench:
-  """The config's model, optimiser and compiled steps (train.Steps), with an initial state on the devices."""
+  """The config's model, optimiser and compiled steps (train.compile_steps), with an initial state on the devices."""
 
   def __init__(self, config):
     import jax
-    from resnet_jax import config_lib, train
+    from resnet_jax import config_lib, inputs, train
 
     config = config_lib.resolve(config)  # epoch-based lengths and batch-relative learning rates, as training does
     config_lib.validate(config)
     self.config = config
     self.tx = train.make_optimizer(config)
     schedule = train.make_schedule(config)
-    self.steps = train.Steps(config, self.tx, schedule)
-    self.steps_per_call = self.steps.steps_per_call
-    self.data = train.Data(config, self.steps.mesh) if config.input_backend == "device" else None
-    self.window = self.steps.new_window()
-    host_state = jax.device_get(train.init_state(self.steps.model, self.tx, config, jax.random.key(config.seed)))
+    self.compiled_steps = train.compile_steps(config, self.tx, schedule)
+    self.steps_per_call = self.compiled_steps.steps_per_call
+    self.data = inputs.Data(config, self.compiled_steps.mesh) if config.input_backend == "device" else None
+    self.window = self.compiled_steps.place_window(train.TrainMetrics.empty())
+    host_state = train.init_host_state(self.compiled_steps.model, self.tx, config)
     self.num_params = int(sum(x.size for x in jax.tree.leaves(host_state.params)))
-    self.state = self.steps.to_device(host_state)
+    self.state = self.compiled_steps.to_device(host_state)
     self.rng = jax.random.key(config.seed)
     self.batches = [random_batch(config, config.batch_size, seed=i) for i in range(2)]
     self._i = 0
     self.compiled = None
 
-  def _placed(self, local_batch):
-    from resnet_jax import parallel
-
-    if self.steps.mode == "jit":
-      return parallel.put_batch(local_batch, self.steps.mesh)
-    return parallel.pmap_split(local_batch)
-
   def compile(self) -> dict:
-    """Lowers and compiles the train step (the jitted/pmapped train.train_step of train.Steps); timed."""
-    import jax.numpy as jnp
-
+    """Lowers and compiles the train step (the jitted/pmapped train.train_step of the training loop); timed."""
     t0 = time.perf_counter()
     if self.data is None:
-      lowered = self.steps._train.lower(self.state, self._placed(self.batches[0]), self.rng)
+      lowered = self.compiled_steps.lower_train_on_batch(self.state, self.batches[0], self.rng)
     else:
-      device = self.data.device
-      lowered = self.steps._on_device_call(self.steps_per_call, device.draw).lower(
-          self.state, self.window, device.source(0, self.steps_per_call), jnp.asarray(0, jnp.int32), self.rng
+      lowered = self.compiled_steps.lower_train_on_device(
+          self.state, self.window, self.data.device, 0, self.steps_per_call, self.rng
       )
     t1 = time.perf_counter()
-    self.compiled = lowered.compile()
+    self.compiled = self.compiled_steps.compile(lowered)
     t2 = time.perf_counter()
     out = {"train_lower_seconds": t1 - t0, "train_compile_seconds": t2 - t1, "train_lower_compile_seconds": t2 - t0}
     # oneDNN convolutions are custom calls, which XLA's cost analysis does not count (as cuDNN's on GPUs).
-    out["train_step_flops"] = None if self.steps.plan.convolutions == "onednn" else _flops(self.compiled)
+    out["train_step_flops"] = None if self.compiled_steps.plan.convolutions == "onednn" else _flops(self.compiled)
     return out
 
   def step(self):
-    """One call exactly as the training loop makes it: one step on a host batch (train.Steps.train), or
-    steps_per_call steps on batches drawn on the devices (train.Steps.run). Returns the last step's loss."""
+    """One call exactly as the training loop makes it: one step on a host batch (CompiledSteps.train_on_batch), or
+    steps_per_call steps on batches drawn on the devices (CompiledSteps.train). Returns the last step's loss."""
     if self.data is not None:
       k = self.steps_per_call
-      self.state, self.window, infos = self.steps.run(self.state, self.window, self.data, self._i, k, self.rng)
+      self.state, self.window, infos = self.compiled_steps.train(
+          self.state, self.window, self.data, self._i, k, self.rng
+      )
       self._i += k
       return infos["loss"][-1]
     batch = self.batches[self._i % len(self.batches)]
     self._i += 1
-    self.state, m, info = self.steps.train(self.state, batch, self.rng)
+    self.state, m, info = self.compiled_steps.train_on_batch(self.state, batch, self.rng)
     return info["loss"]
 
   def train_rate(self, *, steps: int, windows: int, warmup: int) -> dict:
@@ -224,10 +216,10 @@ class TrainBench:
     t0 = time.perf_counter()
     import jax
 
-    jax.block_until_ready(self.steps.eval(self.state, batch))  # compiles
+    jax.block_until_ready(self.compiled_steps.eval_on_batch(self.state, batch))  # compiles
     compile_s = time.perf_counter() - t0
     rate, _ = median_rate(
-        lambda: self.steps.eval(self.state, batch),
+        lambda: self.compiled_steps.eval_on_batch(self.state, batch),
         items_per_call=self.config.eval_batch_size,
         calls=steps,
         windows=windows,
@@ -259,17 +251,17 @@ def _flops(compiled) -> float | None:
 
 
 def input_pipeline_rate(config, *, steps: int, windows: int) -> dict:
-  """img/s of the training input alone (no model): train.Data, exactly as the training loop reads its batches.
+  """img/s of the training input alone (no model): inputs.Data, exactly as the training loop reads its batches.
 
   input_backend='tfdata': the tf.data pipeline (tfds CIFAR, fake data, or ImageNet when prepared);
   input_backend='device': the jitted draw-and-augment of device_input.DeviceData on this host's devices.
   """
-  from resnet_jax import config_lib, errors, parallel, train
+  from resnet_jax import config_lib, errors, inputs, parallel
 
   cfg = config_lib.resolve(config)
   t0 = time.perf_counter()
   try:
-    data = train.Data(cfg, parallel.make_mesh())
+    data = inputs.Data(cfg, parallel.make_mesh())
     data.train_batch(0)  # builds the pipeline (and compiles the device draw); starts filling any prefetch buffer
   except (FileNotFoundError, RuntimeError, ValueError) as e:  # no data or no TensorFlow on this machine
     return {"input_images_per_sec": None, "input_note": f"no input pipeline: {errors.one_line(e, 400)}"}
@@ -348,7 +340,7 @@ def peak_device_memory_bytes() -> int | None:
 def describe(config) -> dict:
   """The config's network and run settings, and the platform plan (resnet_jax.cpu) it runs with."""
   import jax
-  from resnet_jax import cpu, train
+  from resnet_jax import compiled_steps, cpu
 
   m = config.model
   return {
@@ -366,7 +358,7 @@ def describe(config) -> dict:
       "bn_sync": config.bn_sync,
       "dataset": config.dataset,
       "input_backend": config.input_backend,
-      "steps_per_call": train.resolve_steps_per_call(config, jax.default_backend()),
+      "steps_per_call": compiled_steps.resolve_steps_per_call(config, jax.default_backend()),
       "cpu": cpu.plan(config).describe(),
   }
 

@@ -342,10 +342,10 @@ def write_workdir(config, variables, workdir: str) -> str:
 
 def read_workdir(workdir: str):
   """(config, variables) of the newest checkpoint of a workdir, with the config it was written with."""
-  from resnet_jax import train
+  from resnet_jax import inference
 
   config = config_lib.load_workdir_config(workdir)
-  return config, train.load_variables_for_eval(config, workdir)
+  return config, inference.load_for_inference(workdir, config)
 
 
 USAGE = (

@@ -3,7 +3,7 @@ r"""ImageNet evaluation under the paper's protocols: single crop, 10-crop, fully
     python -m resnet_jax.evaluate --config=configs/imagenet_resnet18.py --workdir=runs/imagenet_resnet18 \
         --protocol=10crop [--json] [--config.data_dir=...]
 
-Loads the variables of the workdir's latest checkpoint (train.load_variables_for_eval), runs the model (train=False)
+Loads the variables of the workdir's latest checkpoint (inference.load_for_inference), runs the model (train=False)
 over every validation image exactly once, averages the softmax over each image's views (1, 10, or 2 flips x 5
 scales) and reports top-1 / top-5 error (fractions; printed as percentages) and the number of images counted.
 
@@ -217,10 +217,10 @@ def main(argv):
       config = config_lib.load_workdir_config(workdir)
   cli.start(config, restart=__name__ == "__main__", join_cluster=True)
   import jax
-  from resnet_jax import models, train  # train imports the whole training stack: only the CLI needs it
+  from resnet_jax import inference, models  # inference imports the training stack: only the CLI needs it
 
   with cli.user_errors():
-    variables = train.load_variables_for_eval(config, workdir)
+    variables = inference.load_for_inference(workdir, config)
     model = models.create_model(config.model, half_precision=config.get("half_precision", False))
     cache = {}
     for protocol in protocols:

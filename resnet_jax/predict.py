@@ -129,11 +129,11 @@ def main(argv):
   with cli.user_errors():
     config = _FLAGS["config"].value or config_lib.load_workdir_config(workdir)
   cli.start(config, restart=__name__ == "__main__")
-  from resnet_jax import train
+  from resnet_jax import inference
 
   failed = 0
   with cli.user_errors():
-    variables = train.load_variables_for_eval(config, workdir)
+    variables = inference.load_for_inference(workdir, config)
     for path, top, error in predict(config, variables, images, top=_FLAGS["top"].value, workdir=workdir):
       if error:
         failed += 1

@@ -157,16 +157,13 @@ def _compiled_train_step(config):
 
   config = config_lib.resolve(config)
   tx, schedule = train.make_optimizer(config), train.make_schedule(config)
-  steps = train.Steps(config, tx, schedule)
+  steps = train.compile_steps(config, tx, schedule)
   state = steps.to_device(jax.device_get(train.init_state(steps.model, tx, config, jax.random.key(0))))
   batch = {
       "image": np.zeros((config.batch_size, 32, 32, 3), np.float32),
       "label": np.zeros((config.batch_size,), np.int32),
   }
-  from resnet_jax import parallel
-
-  placed = parallel.put_batch(batch, steps.mesh) if steps.mode == "jit" else parallel.pmap_split(batch)
-  return steps._train.lower(state, placed, jax.random.key(0)).compile().as_text()
+  return steps.compile(steps.lower_train_on_batch(state, batch, jax.random.key(0))).as_text()
 
 
 def _convolutions(hlo: str):
@@ -185,7 +182,7 @@ def test_cpu_train_step_uses_eigen_convolutions():
   top, total = _convolutions(_compiled_train_step(config))
   # ResNet-8: 7 convolutions; forward, input gradient (6: not the stem's) and 2 weight-gradient chunks each.
   assert top == total == 7 + 6 + 2 * 7
-  config.parallelism = "pmap"  # jax.pmap takes no compiler options: train.Steps passes them at compile time
+  config.parallelism = "pmap"  # jax.pmap takes no compiler options: CompiledSteps passes them at compile time
   top, total = _convolutions(_compiled_train_step(config))
   assert top == total == 7 + 6 + 2 * 7
   config.cpu.convolutions = "xla_default"
