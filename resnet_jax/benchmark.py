@@ -19,6 +19,12 @@ Measures, on the devices JAX sees:
   memory (`memory_stats()['peak_bytes_in_use']`, null on CPU);
 * the compiled step's FLOPs (XLA cost analysis) and the achieved FLOP/s.
 
+`--jpeg_dir=DIR` measures instead, without a config, the ImageNet training preprocessing alone (JPEG decode of the
+crop window + augmentation + normalisation, resnet_jax.imagenet_images.train_image) on the JPEG files of DIR, in
+img/s per tf.data thread count of `--threads` and per augmentation of `--augmentation` (one JSON line each):
+
+    python -m resnet_jax.benchmark --jpeg_dir=DIR [--threads=1,2] [--seconds=20] [--augmentation=paper,inception]
+
 `--compare_steps_per_call=1,4` measures instead the train img/s of each config.steps_per_call value given, with
 their windows interleaved in one process (input_backend='device'), and the ratios to the first.
 
@@ -69,6 +75,16 @@ def define_flags():
               None,
               "Instead of the measurements above: train img/s for each of these "
               "config.steps_per_call values (e.g. 1,4), their timed windows interleaved in one process.",
+          ),
+          "jpeg_dir": flags.DEFINE_string(
+              "jpeg_dir",
+              None,
+              "Instead of the measurements above: the ImageNet training preprocessing's img/s on the JPEGs of DIR.",
+          ),
+          "threads": flags.DEFINE_list("threads", ["1"], "With --jpeg_dir: tf.data thread counts to measure."),
+          "seconds": flags.DEFINE_float("seconds", 20.0, "With --jpeg_dir: timed seconds per measurement."),
+          "augmentation": flags.DEFINE_list(
+              "augmentation", ["paper", "inception"], "With --jpeg_dir: the augmentations to measure."
           ),
           "compilation_cache": flags.DEFINE_bool(
               "compilation_cache",
@@ -274,6 +290,52 @@ def input_pipeline_rate(config, *, steps: int, windows: int) -> dict:
     source = {"fake": "fake (random images, the same tf.data augmentation)"}.get(cfg.dataset, f"tfds {cfg.dataset}")
   rate, _ = median_rate(fetch, items_per_call=cfg.batch_size, calls=steps, windows=windows)
   return {"input_images_per_sec": rate, "input_source": source, "input_load_seconds": load_s}
+
+
+def imagenet_preprocessing_rate(
+    images_dir, *, augmentation: str, threads: int = 1, image_size: int = 224, seconds: float = 20.0, warmup: int = 200
+) -> dict:
+  """img/s of the training decode + augment + normalise on the JPEG files of `images_dir`, with `threads`
+  tf.data threads (one image per thread at a time; intra-op parallelism 1): a per-core figure for threads=1."""
+  import numpy as np
+  import tensorflow as tf
+  from resnet_jax import errors, imagenet_images, imagenet_prepare
+
+  if not os.path.isdir(images_dir):
+    raise errors.NotFoundError(f"--jpeg_dir={images_dir} is not a directory; give a folder of JPEG images")
+  paths = sorted(os.path.join(images_dir, f) for f in os.listdir(images_dir) if f.upper().endswith((".JPEG", ".JPG")))
+  if not paths:
+    raise errors.NotFoundError(f"no JPEG files in {images_dir}; give --jpeg_dir a folder of JPEG images")
+  blobs = [open(p, "rb").read() for p in paths]
+  kwargs = dict(augmentation=augmentation, image_size=image_size)
+  ds = tf.data.Dataset.from_tensor_slices(blobs).repeat().enumerate()
+  ds = ds.map(
+      lambda i, b: imagenet_images.normalize(
+          imagenet_images.train_image(b, tf.stack([tf.constant(0, tf.int64), i]), **kwargs), "pixel_mean"
+      ),
+      num_parallel_calls=threads,
+      deterministic=True,
+  )
+  ds = ds.batch(32).prefetch(2).with_options(imagenet_prepare.dataset_options(threads))
+  it = iter(ds)
+  for _ in range(max(1, warmup // 32)):
+    next(it)
+  n, t0 = 0, time.perf_counter()
+  while time.perf_counter() - t0 < seconds:
+    next(it)
+    n += 32
+  dt = time.perf_counter() - t0
+  mean_bytes = float(np.mean([len(b) for b in blobs]))
+  return {
+      "augmentation": augmentation,
+      "threads": threads,
+      "images": n,
+      "seconds": round(dt, 2),
+      "img_per_s": round(n / dt, 1),
+      "img_per_s_per_thread": round(n / dt / threads, 1),
+      "files": len(blobs),
+      "mean_file_kB": round(mean_bytes / 1e3, 1),
+  }
 
 
 def machine_info() -> dict:
@@ -528,8 +590,18 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {argv[1:]}")
   f = {k: v.value for k, v in _FLAGS.items()}
+  if f["jpeg_dir"]:
+    cli.start(restart=False)
+    with cli.user_errors():
+      for augmentation in f["augmentation"]:
+        for threads in f["threads"]:
+          r = imagenet_preprocessing_rate(
+              f["jpeg_dir"], augmentation=augmentation, threads=int(threads), seconds=f["seconds"]
+          )
+          print(json.dumps(r), flush=True)
+    return
   if f["config"] is None:
-    cli.fail("--config is required, e.g. --config=configs/cifar56.py")
+    cli.fail("--config is required, e.g. --config=configs/cifar56.py (or --jpeg_dir=DIR)")
   cli.start(f["config"], restart=__name__ == "__main__")
   _set_cpu_devices(f["cpu_devices"])
   with cli.user_errors():
@@ -557,5 +629,4 @@ if __name__ == "__main__":
   from resnet_jax import cli
 
   define_flags()
-  flags.mark_flags_as_required(["config"])
   cli.run(main)

@@ -6,6 +6,7 @@ the command-line interface (`--config.FIELD=VALUE`), so changing one is a user-v
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import ml_collections
@@ -174,7 +175,7 @@ def imagenet(depth: int, residual: bool = True, shortcut: str | None = None) -> 
   c.log_every_steps = 100
   c.eval_every_steps = 5 * IMAGENET_TRAIN_SIZE // 256
   c.checkpoint_every_steps = 2_000
-  # Input (resnet_jax/imagenet_input.py).
+  # Input (resnet_jax/imagenet_images.py, imagenet_train_input.py, imagenet_eval_input.py).
   c.augmentation = "paper"  # 'paper' (scale 256-480, crop, flip, PCA colour) or 'inception'
   c.scale_range = (256, 480)  # shorter side, uniform ('paper')
   c.pca_std = 0.1  # AlexNet-style colour augmentation ('paper'); 0 turns it off
@@ -185,7 +186,7 @@ def imagenet(depth: int, residual: bool = True, shortcut: str | None = None) -> 
   c.multiscale_aspects = (1.0, 4 / 3, 3 / 2)
   c.shuffle_buffer_size = ml_collections.config_dict.placeholder(int)  # None: 16 x local batch
   c.manual_dir = ml_collections.config_dict.placeholder(str)  # None: <data_dir>/downloads/manual
-  c.normalization = "pixel_mean"  # ImageNet: per-channel mean subtraction (see imagenet_input.py)
+  c.normalization = "pixel_mean"  # ImageNet: per-channel mean subtraction (see imagenet_images.py)
   c.model.family = "imagenet"
   c.model.depth = depth
   c.model.residual = residual
@@ -223,6 +224,17 @@ def imagenet_torchvision(depth: int = 50) -> ml_collections.ConfigDict:
   c.normalization = "torchvision"
   c.augmentation = "inception"
   return c
+
+
+def imagenet_setting(config, name: str):
+  """config.<name> of an ImageNet input field (augmentation, scale_range, eval_resize, ...); where the config lacks
+  the field (a config stored before the field existed), the value of the ImageNet recipe."""
+  return config.get(name, _imagenet_recipe()[name])
+
+
+@functools.cache
+def _imagenet_recipe() -> ml_collections.ConfigDict:
+  return imagenet(50)
 
 
 def flatten(config) -> dict:

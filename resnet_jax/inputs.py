@@ -3,8 +3,8 @@
 
 Three backends, chosen by the config: CIFAR through tf.data on the host (input_backend='tfdata',
 resnet_jax.input_pipeline), CIFAR held on the devices (input_backend='device', resnet_jax.device_input), and
-ImageNet through tf.data (dataset='imagenet2012', resnet_jax.imagenet_input). The training loop and the benchmark
-read their batches through this one interface.
+ImageNet through tf.data (dataset='imagenet2012', resnet_jax.imagenet_train_input and imagenet_eval_input). The
+training loop and the benchmark read their batches through this one interface.
 """
 
 import logging
@@ -29,10 +29,11 @@ class Data:
     self._pi, self._pc = jax.process_index(), jax.process_count()
     self._stream, self._next_step, self.device = None, None, None
     if config.dataset == "imagenet2012":
-      from resnet_jax import imagenet_input  # needs tfds; imported only for ImageNet runs
+      # tfds; imported only for ImageNet runs
+      from resnet_jax import imagenet_eval_input, imagenet_prepare, imagenet_train_input
 
-      self._imagenet = imagenet_input
-      imagenet_input.load_builder(config, process_count=self._pc)  # clear error now if the data is missing
+      self._imagenet, self._imagenet_eval = imagenet_train_input, imagenet_eval_input
+      imagenet_prepare.load_builder(config, process_count=self._pc)  # clear error now if the data is missing
       self.train_size = None
       logging.info(
           "data: imagenet2012 %r, eval %r (single-crop during training; 10-crop and multi-scale "
@@ -86,7 +87,7 @@ class Data:
   def eval_batches(self):
     """This process's share of the padded, masked evaluation batches: every example counted once."""
     if self._imagenet:
-      ds = self._imagenet.eval_dataset(
+      ds = self._imagenet_eval.eval_dataset(
           self.config,
           protocol="single",
           process_index=self._pi,

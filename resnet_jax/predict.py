@@ -3,7 +3,7 @@ r"""Classify images with a trained (or converted) workdir.
     python -m resnet_jax.predict --workdir=runs/tv50 cat.jpg dog.png [--top=5] [--json]
 
 Each image gets the workdir's single-crop evaluation preprocessing: for ImageNet nets the shorter side resized to
-config.eval_resize, the centre config.image_size crop and config.normalization (imagenet_input.single_view and
+config.eval_resize, the centre config.image_size crop and config.normalization (imagenet_images.single_view and
 normalize, exactly what `resnet_jax.evaluate --protocol=single` feeds the network); for CIFAR nets the image resized
 to config.image_size (CIFAR images already are) and the training split's normalisation, saved in the workdir by
 training (workdirs from before that read the training split once to compute it), so that no training data is
@@ -63,12 +63,12 @@ def preprocessor(config, workdir=None):
   (or no workdir) needs the training split to compute them again.
   """
   if config.get("dataset") == "imagenet2012" or config.model.get("family") == "imagenet":
-    from resnet_jax import imagenet_input
+    from resnet_jax import config_lib, imagenet_images
 
     mode, size = config.get("normalization", "pixel_mean"), config.image_size
-    resize_to = imagenet_input.setting(config, "eval_resize")
-    return lambda image: imagenet_input.normalize(
-        imagenet_input.single_view(image, resize_to=resize_to, crop=size), mode
+    resize_to = config_lib.imagenet_setting(config, "eval_resize")
+    return lambda image: imagenet_images.normalize(
+        imagenet_images.single_view(image, resize_to=resize_to, crop=size), mode
     ).numpy()
   from resnet_jax import device_input, input_pipeline, rundir
 

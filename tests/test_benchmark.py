@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import REPO, run_cli
+from helpers import REPO, SHARED_DATA, run_cli
 from resnet_jax import config_lib, models, train
 from resnet_jax.cpu import xla_options
 
@@ -132,6 +132,21 @@ def test_input_rate_without_tensorflow_is_reported_not_fatal(monkeypatch):
   r = benchmark.input_pipeline_rate(config, steps=1, windows=1)
   assert r["input_images_per_sec"] is None
   assert "needs TensorFlow" in r["input_note"] and "input_backend=device" in r["input_note"]
+
+
+def test_imagenet_preprocessing_rate_on_real_jpegs():
+  """--jpeg_dir: one JSON line per (augmentation, thread count), counting the decoded and augmented images."""
+  proc = run_cli(
+      "resnet_jax.benchmark",
+      f"--jpeg_dir={SHARED_DATA / 'imagenet-sample'}",
+      "--seconds=0.5",
+      "--threads=1,2",
+      "--augmentation=inception",
+      timeout=300,
+  )
+  rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+  assert [(r["augmentation"], r["threads"]) for r in rows] == [("inception", 1), ("inception", 2)]
+  assert all(r["images"] >= 32 and r["img_per_s"] > 0 and r["files"] >= 300 for r in rows), rows
 
 
 def test_gpu_results_table():
