@@ -18,7 +18,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 # oneDNN's CPU convolutions as XLA FFI kernels (resnet_jax/cpu/onednn.py; config.cpu.convolutions='auto' uses them).
 # Where they cannot be built (no g++, no oneDNN wheel for this platform) the install goes on without them and
-# 'auto' uses XLA's convolutions; tests/test_onednn.py then fails with the reason.
+# 'auto' uses XLA's convolutions; tests/test_cpu.py then fails with the reason.
 resnet_jax/cpu/_onednn_conv.so: resnet_jax/cpu/csrc/onednn_conv.cc $(VENV)/.installed
 	$(PY) -m resnet_jax.cpu.onednn build || echo "WARNING: oneDNN kernels not built; CPU runs use XLA's convolutions"
 

@@ -22,7 +22,7 @@ windows measure steady-state steps as a training loop runs them. Without it, our
 this project's CPU sandbox: our step frees large buffers (XLA's temporary buffer, Eigen's packing buffers), and
 while the other framework's window ran, the VM handed the freed 2 MiB blocks back to its host (virtio-balloon
 free page reporting), so our first step after each PyTorch window took about twice as long (benchmarks/RESULTS.md).
-Our side runs through resnet_jax.benchmark.TrainBench (train.Steps, the training loop's compiled step); the
+Our side runs through resnet_jax.benchmark.TrainBench (train.compile_steps, the training loop's compiled step); the
 PyTorch side is a plain eager loop (zero_grad, forward, cross-entropy, backward, SGD step), on the default
 NCHW layout unless --channels_last.
 

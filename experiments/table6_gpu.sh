@@ -20,7 +20,7 @@
 #   (with TABLE6_RESUME=.gpudata/resume.tar.gz in front when continuing)
 #
 # The sweep stops at DEADLINE_SECONDS (default 690) minus a reserve for packing: the run in progress gets SIGTERM,
-# saves a checkpoint at the step it reached and exits (preemption.Preempted). Then, in WORKDIR:
+# saves a checkpoint at the step it reached and exits (errors.Preempted). Then, in WORKDIR:
 #   results.tar.gz  every run's metrics.jsonl, results.json, config.json and normalization.npz (the input
 #                   statistics predict needs), sweep.json, and report/ (report.md,
 #                   figure6.png) from python -m resnet_jax.report: what experiments/results/table6_gpu/ keeps

@@ -141,10 +141,10 @@ def response_stds(model, variables, batches, *, batch_stats: bool = False) -> tu
 def analyze_run(config, workdir: str, *, num_examples: int | None = None, batch_stats: bool = False) -> dict:
   """Computes the response std of every 3x3 conv layer of the run's newest checkpoint; writes RESULTS_FILE
   (BATCH_STATS_FILE with batch_stats=True)."""
-  from resnet_jax import input_pipeline, models, rundir, storage, train
+  from resnet_jax import inference, input_pipeline, models, rundir, storage
 
   t0 = time.time()
-  variables = train.load_variables_for_eval(config, workdir)
+  variables = inference.load_for_inference(workdir, config)
   model = models.create_model(config.model, half_precision=config.get("half_precision", False))
   train_data = input_pipeline.load_split(config, "train")
   eval_data = input_pipeline.load_split(config, "eval")

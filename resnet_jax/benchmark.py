@@ -5,19 +5,25 @@
 Measures, on the devices JAX sees:
 * compile time of the train step (lower + compile, timed separately), and of the eval step;
 * train img/s: the median of `--windows` timed windows of `--steps` steps each, after `--warmup` steps; the calls
-  of a window are dispatched back to back (through `train.Steps`, the same compiled step and host-to-device batch
-  placement the training loop uses) and the clock stops when the window's last state is ready. With
+  of a window are dispatched back to back (through `train.compile_steps`' CompiledSteps, the same compiled step and
+  host-to-device batch placement the training loop uses) and the clock stops when the window's last state is ready. With
   input_backend='tfdata' batches are random, pre-normalised arrays of the config's shape held in host memory, so
-  this excludes the input pipeline; with input_backend='device' each call is `train.Steps.run` of
+  this excludes the input pipeline; with input_backend='device' each call is `CompiledSteps.train` of
   config.steps_per_call steps on batches drawn on the devices, exactly as the training loop runs them;
 * eval img/s, the same way, with the eval step on `eval_batch_size` batches;
-* input-pipeline img/s alone: the training input of train.Data, exactly as the training loop reads it, without
+* input-pipeline img/s alone: the training input of inputs.Data, exactly as the training loop reads it, without
   the model: the tf.data pipeline (real tfds data when config.dataset names one that is present, with its
   augmentation; random images with the same augmentation when dataset='fake'), or with input_backend='device'
   the jitted draw-and-augment on the devices;
 * peak host memory (getrusage max RSS of this process) and, where the device reports it (GPUs, TPUs), peak device
   memory (`memory_stats()['peak_bytes_in_use']`, null on CPU);
 * the compiled step's FLOPs (XLA cost analysis) and the achieved FLOP/s.
+
+`--jpeg_dir=DIR` measures instead, without a config, the ImageNet training preprocessing alone (JPEG decode of the
+crop window + augmentation + normalisation, resnet_jax.imagenet_images.train_image) on the JPEG files of DIR, in
+img/s per tf.data thread count of `--threads` and per augmentation of `--augmentation` (one JSON line each):
+
+    python -m resnet_jax.benchmark --jpeg_dir=DIR [--threads=1,2] [--seconds=20] [--augmentation=paper,inception]
 
 `--compare_steps_per_call=1,4` measures instead the train img/s of each config.steps_per_call value given, with
 their windows interleaved in one process (input_backend='device'), and the ratios to the first.
@@ -69,6 +75,16 @@ def define_flags():
               None,
               "Instead of the measurements above: train img/s for each of these "
               "config.steps_per_call values (e.g. 1,4), their timed windows interleaved in one process.",
+          ),
+          "jpeg_dir": flags.DEFINE_string(
+              "jpeg_dir",
+              None,
+              "Instead of the measurements above: the ImageNet training preprocessing's img/s on the JPEGs of DIR.",
+          ),
+          "threads": flags.DEFINE_list("threads", ["1"], "With --jpeg_dir: tf.data thread counts to measure."),
+          "seconds": flags.DEFINE_float("seconds", 20.0, "With --jpeg_dir: timed seconds per measurement."),
+          "augmentation": flags.DEFINE_list(
+              "augmentation", ["paper", "inception"], "With --jpeg_dir: the augmentations to measure."
           ),
           "compilation_cache": flags.DEFINE_bool(
               "compilation_cache",
@@ -136,67 +152,59 @@ def random_batch(config, batch_size: int, seed: int, *, eval_mask: bool = False)
 
 
 class TrainBench:
-  """The config's model, optimiser and compiled steps (train.Steps), with an initial state on the devices."""
+  """The config's model, optimiser and compiled steps (train.compile_steps), with an initial state on the devices."""
 
   def __init__(self, config):
     import jax
-    from resnet_jax import config_lib, train
+    from resnet_jax import config_lib, inputs, train
 
     config = config_lib.resolve(config)  # epoch-based lengths and batch-relative learning rates, as training does
     config_lib.validate(config)
     self.config = config
     self.tx = train.make_optimizer(config)
     schedule = train.make_schedule(config)
-    self.steps = train.Steps(config, self.tx, schedule)
-    self.steps_per_call = self.steps.steps_per_call
-    self.data = train.Data(config, self.steps.mesh) if config.input_backend == "device" else None
-    self.window = self.steps.new_window()
-    host_state = jax.device_get(train.init_state(self.steps.model, self.tx, config, jax.random.key(config.seed)))
+    self.compiled_steps = train.compile_steps(config, self.tx, schedule)
+    self.steps_per_call = self.compiled_steps.steps_per_call
+    self.data = inputs.Data(config, self.compiled_steps.mesh) if config.input_backend == "device" else None
+    self.window = self.compiled_steps.place_window(train.TrainMetrics.empty())
+    host_state = train.init_host_state(self.compiled_steps.model, self.tx, config)
     self.num_params = int(sum(x.size for x in jax.tree.leaves(host_state.params)))
-    self.state = self.steps.to_device(host_state)
+    self.state = self.compiled_steps.to_device(host_state)
     self.rng = jax.random.key(config.seed)
     self.batches = [random_batch(config, config.batch_size, seed=i) for i in range(2)]
     self._i = 0
     self.compiled = None
 
-  def _placed(self, local_batch):
-    from resnet_jax import parallel
-
-    if self.steps.mode == "jit":
-      return parallel.put_batch(local_batch, self.steps.mesh)
-    return parallel.pmap_split(local_batch)
-
   def compile(self) -> dict:
-    """Lowers and compiles the train step (the jitted/pmapped train.train_step of train.Steps); timed."""
-    import jax.numpy as jnp
-
+    """Lowers and compiles the train step (the jitted/pmapped train.train_step of the training loop); timed."""
     t0 = time.perf_counter()
     if self.data is None:
-      lowered = self.steps._train.lower(self.state, self._placed(self.batches[0]), self.rng)
+      lowered = self.compiled_steps.lower_train_on_batch(self.state, self.batches[0], self.rng)
     else:
-      device = self.data.device
-      lowered = self.steps._on_device_call(self.steps_per_call, device.draw).lower(
-          self.state, self.window, device.source(0, self.steps_per_call), jnp.asarray(0, jnp.int32), self.rng
+      lowered = self.compiled_steps.lower_train_on_device(
+          self.state, self.window, self.data.device, 0, self.steps_per_call, self.rng
       )
     t1 = time.perf_counter()
-    self.compiled = lowered.compile()
+    self.compiled = self.compiled_steps.compile(lowered)
     t2 = time.perf_counter()
     out = {"train_lower_seconds": t1 - t0, "train_compile_seconds": t2 - t1, "train_lower_compile_seconds": t2 - t0}
     # oneDNN convolutions are custom calls, which XLA's cost analysis does not count (as cuDNN's on GPUs).
-    out["train_step_flops"] = None if self.steps.plan.convolutions == "onednn" else _flops(self.compiled)
+    out["train_step_flops"] = None if self.compiled_steps.plan.convolutions == "onednn" else _flops(self.compiled)
     return out
 
   def step(self):
-    """One call exactly as the training loop makes it: one step on a host batch (train.Steps.train), or
-    steps_per_call steps on batches drawn on the devices (train.Steps.run). Returns the last step's loss."""
+    """One call exactly as the training loop makes it: one step on a host batch (CompiledSteps.train_on_batch), or
+    steps_per_call steps on batches drawn on the devices (CompiledSteps.train). Returns the last step's loss."""
     if self.data is not None:
       k = self.steps_per_call
-      self.state, self.window, infos = self.steps.run(self.state, self.window, self.data, self._i, k, self.rng)
+      self.state, self.window, infos = self.compiled_steps.train(
+          self.state, self.window, self.data, self._i, k, self.rng
+      )
       self._i += k
       return infos["loss"][-1]
     batch = self.batches[self._i % len(self.batches)]
     self._i += 1
-    self.state, m, info = self.steps.train(self.state, batch, self.rng)
+    self.state, m, info = self.compiled_steps.train_on_batch(self.state, batch, self.rng)
     return info["loss"]
 
   def train_rate(self, *, steps: int, windows: int, warmup: int) -> dict:
@@ -224,10 +232,10 @@ class TrainBench:
     t0 = time.perf_counter()
     import jax
 
-    jax.block_until_ready(self.steps.eval(self.state, batch))  # compiles
+    jax.block_until_ready(self.compiled_steps.eval_on_batch(self.state, batch))  # compiles
     compile_s = time.perf_counter() - t0
     rate, _ = median_rate(
-        lambda: self.steps.eval(self.state, batch),
+        lambda: self.compiled_steps.eval_on_batch(self.state, batch),
         items_per_call=self.config.eval_batch_size,
         calls=steps,
         windows=windows,
@@ -258,25 +266,21 @@ def _flops(compiled) -> float | None:
   return float(cost["flops"])
 
 
-def _one_line(e: Exception, limit: int = 400) -> str:
-  return " ".join(str(e).split())[:limit]
-
-
 def input_pipeline_rate(config, *, steps: int, windows: int) -> dict:
-  """img/s of the training input alone (no model): train.Data, exactly as the training loop reads its batches.
+  """img/s of the training input alone (no model): inputs.Data, exactly as the training loop reads its batches.
 
   input_backend='tfdata': the tf.data pipeline (tfds CIFAR, fake data, or ImageNet when prepared);
   input_backend='device': the jitted draw-and-augment of device_input.DeviceData on this host's devices.
   """
-  from resnet_jax import config_lib, parallel, train
+  from resnet_jax import config_lib, errors, inputs, parallel
 
   cfg = config_lib.resolve(config)
   t0 = time.perf_counter()
   try:
-    data = train.Data(cfg, parallel.make_mesh())
+    data = inputs.Data(cfg, parallel.make_mesh())
     data.train_batch(0)  # builds the pipeline (and compiles the device draw); starts filling any prefetch buffer
   except (FileNotFoundError, RuntimeError, ValueError) as e:  # no data or no TensorFlow on this machine
-    return {"input_images_per_sec": None, "input_note": f"no input pipeline: {_one_line(e)}"}
+    return {"input_images_per_sec": None, "input_note": f"no input pipeline: {errors.one_line(e, 400)}"}
   load_s = time.perf_counter() - t0
   counter = iter(range(1, 10**9))
   fetch = lambda: data.train_batch(next(counter))["label"]
@@ -286,6 +290,52 @@ def input_pipeline_rate(config, *, steps: int, windows: int) -> dict:
     source = {"fake": "fake (random images, the same tf.data augmentation)"}.get(cfg.dataset, f"tfds {cfg.dataset}")
   rate, _ = median_rate(fetch, items_per_call=cfg.batch_size, calls=steps, windows=windows)
   return {"input_images_per_sec": rate, "input_source": source, "input_load_seconds": load_s}
+
+
+def imagenet_preprocessing_rate(
+    images_dir, *, augmentation: str, threads: int = 1, image_size: int = 224, seconds: float = 20.0, warmup: int = 200
+) -> dict:
+  """img/s of the training decode + augment + normalise on the JPEG files of `images_dir`, with `threads`
+  tf.data threads (one image per thread at a time; intra-op parallelism 1): a per-core figure for threads=1."""
+  import numpy as np
+  import tensorflow as tf
+  from resnet_jax import errors, imagenet_images, imagenet_prepare
+
+  if not os.path.isdir(images_dir):
+    raise errors.NotFoundError(f"--jpeg_dir={images_dir} is not a directory; give a folder of JPEG images")
+  paths = sorted(os.path.join(images_dir, f) for f in os.listdir(images_dir) if f.upper().endswith((".JPEG", ".JPG")))
+  if not paths:
+    raise errors.NotFoundError(f"no JPEG files in {images_dir}; give --jpeg_dir a folder of JPEG images")
+  blobs = [open(p, "rb").read() for p in paths]
+  kwargs = dict(augmentation=augmentation, image_size=image_size)
+  ds = tf.data.Dataset.from_tensor_slices(blobs).repeat().enumerate()
+  ds = ds.map(
+      lambda i, b: imagenet_images.normalize(
+          imagenet_images.train_image(b, tf.stack([tf.constant(0, tf.int64), i]), **kwargs), "pixel_mean"
+      ),
+      num_parallel_calls=threads,
+      deterministic=True,
+  )
+  ds = ds.batch(32).prefetch(2).with_options(imagenet_prepare.dataset_options(threads))
+  it = iter(ds)
+  for _ in range(max(1, warmup // 32)):
+    next(it)
+  n, t0 = 0, time.perf_counter()
+  while time.perf_counter() - t0 < seconds:
+    next(it)
+    n += 32
+  dt = time.perf_counter() - t0
+  mean_bytes = float(np.mean([len(b) for b in blobs]))
+  return {
+      "augmentation": augmentation,
+      "threads": threads,
+      "images": n,
+      "seconds": round(dt, 2),
+      "img_per_s": round(n / dt, 1),
+      "img_per_s_per_thread": round(n / dt / threads, 1),
+      "files": len(blobs),
+      "mean_file_kB": round(mean_bytes / 1e3, 1),
+  }
 
 
 def machine_info() -> dict:
@@ -352,7 +402,7 @@ def peak_device_memory_bytes() -> int | None:
 def describe(config) -> dict:
   """The config's network and run settings, and the platform plan (resnet_jax.cpu) it runs with."""
   import jax
-  from resnet_jax import cpu, train
+  from resnet_jax import compiled_steps, cpu
 
   m = config.model
   return {
@@ -370,7 +420,7 @@ def describe(config) -> dict:
       "bn_sync": config.bn_sync,
       "dataset": config.dataset,
       "input_backend": config.input_backend,
-      "steps_per_call": train.resolve_steps_per_call(config, jax.default_backend()),
+      "steps_per_call": compiled_steps.resolve_steps_per_call(config, jax.default_backend()),
       "cpu": cpu.plan(config).describe(),
   }
 
@@ -540,8 +590,18 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {argv[1:]}")
   f = {k: v.value for k, v in _FLAGS.items()}
+  if f["jpeg_dir"]:
+    cli.start(restart=False)
+    with cli.user_errors():
+      for augmentation in f["augmentation"]:
+        for threads in f["threads"]:
+          r = imagenet_preprocessing_rate(
+              f["jpeg_dir"], augmentation=augmentation, threads=int(threads), seconds=f["seconds"]
+          )
+          print(json.dumps(r), flush=True)
+    return
   if f["config"] is None:
-    cli.fail("--config is required, e.g. --config=configs/cifar56.py")
+    cli.fail("--config is required, e.g. --config=configs/cifar56.py (or --jpeg_dir=DIR)")
   cli.start(f["config"], restart=__name__ == "__main__")
   _set_cpu_devices(f["cpu_devices"])
   with cli.user_errors():
@@ -569,5 +629,4 @@ if __name__ == "__main__":
   from resnet_jax import cli
 
   define_flags()
-  flags.mark_flags_as_required(["config"])
   cli.run(main)

@@ -15,18 +15,18 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from resnet_jax import config_lib, storage
+from resnet_jax import config_lib, errors, storage
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.UserError, ValueError):
   """The workdir's checkpoint was written by a different model or config."""
 
 
-class CheckpointUnreadableError(RuntimeError):
+class CheckpointUnreadableError(errors.UserError, RuntimeError):
   """No checkpoint in the workdir can be read."""
 
 
-class CheckpointSaveError(OSError):
+class CheckpointSaveError(errors.UserError, OSError):
   """A checkpoint could not be written (full disk, read-only or vanished directory)."""
 
 
@@ -44,20 +44,10 @@ def _free_space(directory: str) -> str:
     return "free space unknown"
 
 
-def _flat(tree, prefix=""):
-  out = {}
-  if isinstance(tree, dict):
-    for k, v in tree.items():
-      out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-  else:
-    out[prefix] = tree
-  return out
-
-
 def model_differences(saved: dict, current: dict) -> list[str]:
   """['model.depth: checkpoint 56, this run 20', ...]: model fields that both configs hold and that change what
   the network computes (config_lib.BOOKKEEPING_FIELDS do not)."""
-  a, b = _flat(saved.get("model", {}), "model"), _flat(current.get("model", {}), "model")
+  a, b = (config_lib.flatten({"model": c.get("model", {})}) for c in (saved, current))
   return [
       f"{k}: checkpoint {a[k]!r}, this run {b[k]!r}"
       for k in sorted(set(a) & set(b))

@@ -9,8 +9,9 @@
         ...
 
 A mistake on the command line (an unknown flag or config field, a value of the wrong type, a config file that is
-missing or does not load) and an error the user can fix (bad config values, missing data or checkpoint) is one
-line on stderr and exit status 2, never a traceback.
+missing or does not load) is one line on stderr and exit status 2, never a traceback; so is an error the user can
+fix (a resnet_jax.errors.UserError: bad config values, missing data or checkpoint), with its own exit status (3
+for a non-finite loss, 75 for a preemption).
 """
 
 from __future__ import annotations
@@ -24,27 +25,16 @@ import sys
 
 from absl import app, flags, logging
 
-# Exit codes of the command-line tools.
-EXIT_USER_ERROR = 2  # bad flags or config, missing data, checkpoint of another model, ...
-EXIT_NONFINITE = 3  # the loss or the gradient became NaN/Inf
-EXIT_PREEMPTED = 75  # SIGTERM/SIGINT: checkpoint saved, rerun to resume (EX_TEMPFAIL: "try again")
+from resnet_jax import errors
 
 
-class UserError(Exception):
-  """An error whose message says what to fix; commands print it as one line and exit with status 2."""
-
-
-def fail(message: str, code: int = EXIT_USER_ERROR) -> None:
+def fail(message: str, code: int = errors.UserError.exit_code) -> None:
   """Prints `error: message` and exits with `code`; with several processes, the others stop too."""
   from resnet_jax import cluster
 
   print(f"error: {message}", file=sys.stderr)
   cluster.fail(code, message)
   sys.exit(code)
-
-
-def _one_line(text: str) -> str:
-  return " ".join(str(text).split())
 
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")  # configs/ links here
@@ -90,7 +80,7 @@ def _config_file_problem(argv: list[str]) -> str | None:
 
 def _unknown_field(e: Exception) -> str:
   """ml_collections' KeyError/AttributeError for an unknown field, as one line with its "did you mean"."""
-  text = _one_line(str(e).replace("\\n", " ").replace("\\'", "'").strip("'\" "))
+  text = errors.one_line(str(e).replace("\\n", " ").replace("\\'", "'").strip("'\" "))
   field = re.match(r"'?([\w.]+)'?", text)
   return f"unknown config field {field.group(1)!r}{text[field.end():]}" if field else f"config: {text}"
 
@@ -106,11 +96,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     for name in list(flags.FLAGS):  # config files load lazily: report a failed one now
       flags.FLAGS[name].value  # noqa: B018
   except flags.Error as e:  # unknown flag, wrong type, missing required flag
-    fail(_one_line(e))
+    fail(errors.one_line(e))
   except (AttributeError, KeyError) as e:  # --config.FIELD=... of a field the config does not have
     fail(_unknown_field(e))
   except Exception as e:  # noqa: BLE001 - a config file that raises while loading
-    fail(f"the config does not load: {_one_line(e)}")
+    fail(f"the config does not load: {errors.one_line(e)}")
   return rest
 
 
@@ -131,7 +121,7 @@ def run(main) -> None:
       import traceback
 
       traceback.print_exc()
-      fail(cluster.explain(f"{type(e).__name__}: {_one_line(e)[:500]}"), code=1)
+      fail(cluster.explain(f"{type(e).__name__}: {errors.one_line(e, 500)}"), code=1)
     cluster.finish()
 
   app.run(main_in_cluster, flags_parser=parse_flags)
@@ -185,31 +175,14 @@ def start(config=None, *, restart: bool, validate: bool = True, join_cluster: bo
 
 @contextlib.contextmanager
 def user_errors():
-  """Errors a user can fix are printed as one message, not a stack trace."""
-  from resnet_jax import checkpoint, cluster, config_lib, convert, input_pipeline, preemption, storage, train
-
-  expected = (
-      UserError,
-      config_lib.ConfigError,
-      convert.ConversionError,
-      input_pipeline.DataNotFoundError,
-      input_pipeline.MissingDependencyError,
-      input_pipeline.SplitError,
-      checkpoint.CheckpointMismatchError,
-      checkpoint.CheckpointUnreadableError,
-      checkpoint.CheckpointSaveError,
-      cluster.ClusterError,
-      storage.MissingCloudSupportError,
-      PermissionError,
-      FileNotFoundError,
-  )
+  """Errors a user can fix (resnet_jax.errors.UserError) are printed as one message, not a stack trace."""
   try:
     yield
-  except preemption.Preempted as e:  # every process stopped at the same step: not a failure
-    print(f"preempted: {e}", file=sys.stderr)
-    cluster.finish()
-    sys.exit(EXIT_PREEMPTED)
-  except train.NonFiniteError as e:
-    fail(str(e), code=EXIT_NONFINITE)
-  except expected as e:
-    fail(str(e))
+  except errors.UserError as e:
+    if isinstance(e, errors.Preempted):  # every process stopped at the same step: not a failure
+      from resnet_jax import cluster
+
+      print(f"preempted: {e}", file=sys.stderr)
+      cluster.finish()
+      sys.exit(e.exit_code)
+    fail(str(e), code=e.exit_code)

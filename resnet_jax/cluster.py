@@ -29,12 +29,14 @@ import time
 
 from absl import flags
 
+from resnet_jax import errors
+
 DEFAULT_FAILURE_TIMEOUT = 60  # seconds without a heartbeat after which a process is taken for dead
 _KEY = "resnet_jax"
 _FLAGS: dict = {}
 
 
-class ClusterError(ValueError):
+class ClusterError(errors.UserError, ValueError):
   """The cluster's layout cannot run this job as asked (the message says how to launch it)."""
 
 
@@ -350,7 +352,7 @@ def fail(code: int, message: str) -> None:
   if w is None:
     return
   w.stopped.set()
-  one_line = " ".join(str(message).split())
+  one_line = errors.one_line(message)
   try:
     client = _client()
     client.key_value_set(f"{_KEY}/failed/{w.me}", f"{int(code)}\t{one_line}", allow_overwrite=True)

@@ -6,7 +6,12 @@ the command-line interface (`--config.FIELD=VALUE`), so changing one is a user-v
 
 from __future__ import annotations
 
+import functools
+from typing import Sequence
+
 import ml_collections
+
+from resnet_jax import errors
 
 # ImageNet evaluation protocols (resnet_jax.evaluate): 256/224 centre crop, 10-crop, fully-convolutional multi-scale.
 EVAL_PROTOCOLS = ("single", "10crop", "multiscale")
@@ -46,8 +51,15 @@ BOOKKEEPING_FIELDS = frozenset(
 INTERVAL_FIELDS = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps")
 
 
-class ConfigError(ValueError):
-  """One or more config fields are invalid; the message lists each with its fix."""
+class ConfigError(errors.UserError, ValueError):
+  """One or more config fields are invalid; the message lists each with its fix.
+
+  `problems` holds them one by one (a sweep reports them per run), each naming the field and the fix.
+  """
+
+  def __init__(self, problems: Sequence[str]):
+    self.problems = list(problems)
+    super().__init__("invalid config:\n  - " + "\n  - ".join(self.problems))
 
 
 def base_training_config() -> ml_collections.ConfigDict:
@@ -163,7 +175,7 @@ def imagenet(depth: int, residual: bool = True, shortcut: str | None = None) -> 
   c.log_every_steps = 100
   c.eval_every_steps = 5 * IMAGENET_TRAIN_SIZE // 256
   c.checkpoint_every_steps = 2_000
-  # Input (resnet_jax/imagenet_input.py).
+  # Input (resnet_jax/imagenet_images.py, imagenet_train_input.py, imagenet_eval_input.py).
   c.augmentation = "paper"  # 'paper' (scale 256-480, crop, flip, PCA colour) or 'inception'
   c.scale_range = (256, 480)  # shorter side, uniform ('paper')
   c.pca_std = 0.1  # AlexNet-style colour augmentation ('paper'); 0 turns it off
@@ -174,7 +186,7 @@ def imagenet(depth: int, residual: bool = True, shortcut: str | None = None) -> 
   c.multiscale_aspects = (1.0, 4 / 3, 3 / 2)
   c.shuffle_buffer_size = ml_collections.config_dict.placeholder(int)  # None: 16 x local batch
   c.manual_dir = ml_collections.config_dict.placeholder(str)  # None: <data_dir>/downloads/manual
-  c.normalization = "pixel_mean"  # ImageNet: per-channel mean subtraction (see imagenet_input.py)
+  c.normalization = "pixel_mean"  # ImageNet: per-channel mean subtraction (see imagenet_images.py)
   c.model.family = "imagenet"
   c.model.depth = depth
   c.model.residual = residual
@@ -214,6 +226,28 @@ def imagenet_torchvision(depth: int = 50) -> ml_collections.ConfigDict:
   return c
 
 
+def imagenet_setting(config, name: str):
+  """config.<name> of an ImageNet input field (augmentation, scale_range, eval_resize, ...); where the config lacks
+  the field (a config stored before the field existed), the value of the ImageNet recipe."""
+  return config.get(name, _imagenet_recipe()[name])
+
+
+@functools.cache
+def _imagenet_recipe() -> ml_collections.ConfigDict:
+  return imagenet(50)
+
+
+def flatten(config) -> dict:
+  """{'model.depth': 20, ...}: every leaf field of a ConfigDict (or dict) by its dotted path."""
+  out = {}
+  for k, v in config.items():
+    if isinstance(v, (ml_collections.ConfigDict, dict)):
+      out.update({f"{k}.{kk}": vv for kk, vv in flatten(v).items()})
+    else:
+      out[k] = v
+  return out
+
+
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained (or converted) with: its config.json, as main.py writes it."""
   from resnet_jax import rundir
@@ -222,9 +256,9 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   try:
     stored = run.read_config()
   except (OSError, ValueError) as e:
-    raise FileNotFoundError(f"{run / rundir.CONFIG} is unreadable ({e}); pass --config=... instead") from None
+    raise errors.NotFoundError(f"{run / rundir.CONFIG} is unreadable ({e}); pass --config=... instead") from None
   if stored is None:
-    raise FileNotFoundError(
+    raise errors.NotFoundError(
         f"{run / rundir.CONFIG} does not exist: {run.name} is not a training directory of resnet_jax (pass "
         "--config=..., or train or convert into it first)"
     )
@@ -353,4 +387,4 @@ def validate(config, *, with_devices: bool = True) -> None:
   except (ValueError, AttributeError, KeyError) as e:
     problems.append(f"model: {e}")
   if problems:
-    raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+    raise ConfigError(problems)

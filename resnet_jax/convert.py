@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import config_lib, models
+from resnet_jax import config_lib, errors, models
 
 # Blocks per stage of torchvision's resnet18 ... resnet152.
 DEPTHS = {
@@ -45,7 +45,7 @@ _BN_LEAVES = {
 _OPTIONAL = "num_batches_tracked"  # a BN counter that torchvision saves and our BN does not need
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.UserError, ValueError):
   """The weights are not a ResNet this project can represent, or do not fit the network they describe."""
 
 
@@ -342,10 +342,10 @@ def write_workdir(config, variables, workdir: str) -> str:
 
 def read_workdir(workdir: str):
   """(config, variables) of the newest checkpoint of a workdir, with the config it was written with."""
-  from resnet_jax import train
+  from resnet_jax import inference
 
   config = config_lib.load_workdir_config(workdir)
-  return config, train.load_variables_for_eval(config, workdir)
+  return config, inference.load_for_inference(workdir, config)
 
 
 USAGE = (
@@ -393,7 +393,6 @@ def main(argv):
 
 if __name__ == "__main__":
   from resnet_jax import cli
-  from resnet_jax import convert  # the module's own classes, which cli.user_errors knows, not __main__'s copies
 
-  convert.define_flags()
-  cli.run(convert.main)
+  define_flags()
+  cli.run(main)

@@ -49,7 +49,7 @@ def _load_npz(path: str, which: str) -> input_pipeline.ArrayData:
   if not storage.path(path).exists():
     raise input_pipeline.DataNotFoundError(
         f"data_file {path} does not exist; point --config.data_file at an .npz with x_{which}/y_{which} uint8 "
-        f"arrays or {which}_jpeg/{which}_offsets/y_{which} (e.g. ../shared/data/cifar10_jpeg_bytes.npz)"
+        f"arrays or {which}_jpeg/{which}_offsets/y_{which} (JPEG bytes, their offsets and the labels)"
     )
   with storage.path(path).open("rb") as f, np.load(f) as z:
     if f"x_{which}" in z:

@@ -3,11 +3,11 @@ r"""ImageNet evaluation under the paper's protocols: single crop, 10-crop, fully
     python -m resnet_jax.evaluate --config=configs/imagenet_resnet18.py --workdir=runs/imagenet_resnet18 \
         --protocol=10crop [--json] [--config.data_dir=...]
 
-Loads the variables of the workdir's latest checkpoint (train.load_variables_for_eval), runs the model (train=False)
+Loads the variables of the workdir's latest checkpoint (inference.load_for_inference), runs the model (train=False)
 over every validation image exactly once, averages the softmax over each image's views (1, 10, or 2 flips x 5
 scales) and reports top-1 / top-5 error (fractions; printed as percentages) and the number of images counted.
 
-The views of an image come from resnet_jax.imagenet_input.eval_dataset; see its docstring for the crops and for the
+The views of an image come from resnet_jax.imagenet_eval_input.eval_dataset; see its docstring for the crops and for the
 number of compilations each protocol needs (1, 1, and at most 25 with the default multi-scale settings).
 """
 
@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 from resnet_jax import config_lib
 
-# jax, TensorFlow (imagenet_input) and the training stack are imported where they are used, so that the command
+# jax, TensorFlow (imagenet_eval_input) and the training stack are imported where they are used, so that the command
 # answers a missing workdir or a bad flag at once.
 
 
@@ -85,18 +85,18 @@ def evaluate_protocol(
   number of distinct batch shapes (each compiles once).
   """
   import jax
-  from resnet_jax import cpu, imagenet_input, parallel
+  from resnet_jax import config_lib, cpu, imagenet_eval_input, imagenet_prepare, parallel
 
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   local_batch = -(-int(config.eval_batch_size) // process_count)  # padded and masked, as every eval batch
   if process_count == jax.process_count():  # ... to a multiple of the devices, which split it evenly
     local_batch = parallel.padded_eval_batch(config.eval_batch_size) // process_count
-  builder = builder or imagenet_input.load_builder(config, process_count=process_count)
-  n_local = imagenet_input.split_size(
+  builder = builder or imagenet_prepare.load_builder(config, process_count=process_count)
+  n_local = imagenet_prepare.split_size(
       builder, config.get("eval_split", "validation"), process_index=process_index, process_count=process_count
   )
-  ds = imagenet_input.eval_dataset(
+  ds = imagenet_eval_input.eval_dataset(
       config,
       protocol=protocol,
       process_index=process_index,
@@ -136,8 +136,8 @@ def evaluate_protocol(
     np.add.at(views_seen, idx, n_views)
     labels[idx] = batch["label"][real]
 
-  sizes = imagenet_input.setting(config, "multiscale_sizes")
-  expected_views = 2 * len(sizes) if protocol == "multiscale" else imagenet_input.VIEWS_PER_IMAGE[protocol]
+  sizes = config_lib.imagenet_setting(config, "multiscale_sizes")
+  expected_views = 2 * len(sizes) if protocol == "multiscale" else imagenet_eval_input.VIEWS_PER_IMAGE[protocol]
   if n_local and (views_seen != expected_views).any():
     bad = np.flatnonzero(views_seen != expected_views)
     raise RuntimeError(
@@ -217,10 +217,10 @@ def main(argv):
       config = config_lib.load_workdir_config(workdir)
   cli.start(config, restart=__name__ == "__main__", join_cluster=True)
   import jax
-  from resnet_jax import models, train  # train imports the whole training stack: only the CLI needs it
+  from resnet_jax import inference, models  # inference imports the training stack: only the CLI needs it
 
   with cli.user_errors():
-    variables = train.load_variables_for_eval(config, workdir)
+    variables = inference.load_for_inference(workdir, config)
     model = models.create_model(config.model, half_precision=config.get("half_precision", False))
     cache = {}
     for protocol in protocols:

@@ -34,7 +34,7 @@ import tempfile
 import numpy as np
 from absl import flags
 
-from resnet_jax import cli
+from resnet_jax import cli, errors
 
 FORMATS = ("stablehlo", "savedmodel", "onnx")
 # What to install for each format (the `export` extra of setup.cfg installs them all).
@@ -46,7 +46,7 @@ ONNX_OPSET = 21
 ONNX_TOLERANCE = 1e-4
 
 
-class ExportError(cli.UserError):
+class ExportError(errors.UserError, ValueError):
   """The workdir cannot be exported in this format (and what to do instead)."""
 
 
@@ -59,15 +59,15 @@ def input_normalization(config, workdir=None) -> tuple[float, np.ndarray, np.nda
   from resnet_jax import predict
 
   if predict.is_imagenet(config):
-    from resnet_jax import imagenet_input
+    from resnet_jax import imagenet_images
 
     mode = config.get("normalization", "pixel_mean")
     if mode == "torchvision":
-      return 255.0, np.float32(imagenet_input.TORCHVISION_MEAN_RGB), np.float32(imagenet_input.TORCHVISION_STD_RGB)
-    if mode not in imagenet_input.NORMALIZATIONS:
-      raise ExportError(f"unknown normalization {mode!r}: valid values are {list(imagenet_input.NORMALIZATIONS)}")
-    std = imagenet_input.IMAGENET_STD_RGB if mode == "channel" else (1.0, 1.0, 1.0)
-    return 1.0, np.float32(imagenet_input.IMAGENET_MEAN_RGB), np.float32(std)
+      return 255.0, np.float32(imagenet_images.TORCHVISION_MEAN_RGB), np.float32(imagenet_images.TORCHVISION_STD_RGB)
+    if mode not in imagenet_images.NORMALIZATIONS:
+      raise ExportError(f"unknown normalization {mode!r}: valid values are {list(imagenet_images.NORMALIZATIONS)}")
+    std = imagenet_images.IMAGENET_STD_RGB if mode == "channel" else (1.0, 1.0, 1.0)
+    return 1.0, np.float32(imagenet_images.IMAGENET_MEAN_RGB), np.float32(std)
   normalize = predict.cifar_normalizer(config, workdir)
   return 255.0, np.asarray(normalize.mean, np.float32), np.asarray(normalize.std, np.float32)
 
@@ -152,7 +152,7 @@ def to_onnx(serve, config, *, output_name: str) -> bytes:
     session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
     difference = float(np.max(np.abs(session.run(None, {"images": images})[0] - np.asarray(serve(images)))))
   except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-    problem = f"onnxruntime rejects it ({' '.join(str(e).split())[:200]})"
+    problem = f"onnxruntime rejects it ({errors.one_line(e, 200)})"
   else:
     problem = None if difference <= ONNX_TOLERANCE else f"its outputs differ from the network's by {difference:.2g}"
   if problem:
@@ -181,7 +181,7 @@ def _require(fmt: str) -> None:
 
 def export(workdir, out, fmt: str, *, logits: bool = False, overwrite: bool = False, config=None):
   """Writes the workdir's newest checkpoint to `out` as `fmt` (see the module docstring); returns out's path."""
-  from resnet_jax import config_lib, storage, train
+  from resnet_jax import config_lib, inference, storage
 
   if fmt not in FORMATS:
     raise ExportError(f"unknown format {fmt!r}: valid formats are {', '.join(FORMATS)}")
@@ -190,7 +190,7 @@ def export(workdir, out, fmt: str, *, logits: bool = False, overwrite: bool = Fa
     raise ExportError(f"{out} already exists: give another path, or --overwrite to replace it")
   _require(fmt)
   config = config or config_lib.load_workdir_config(workdir)
-  variables = train.load_variables_for_eval(config, workdir)
+  variables = inference.load_for_inference(workdir, config)
   serve = serving_function(config, variables, input_normalization(config, workdir), logits=logits)
   output_name = "logits" if logits else "probabilities"
   if fmt == "stablehlo":

@@ -23,11 +23,13 @@ from typing import Iterator
 
 import numpy as np
 
+from resnet_jax import errors
+
 CIFAR_DATASETS = ("cifar10", "cifar100")
 PAD = 4
 
 
-class MissingDependencyError(RuntimeError):
+class MissingDependencyError(errors.UserError, RuntimeError):
   """An optional dependency (TensorFlow, tfds) that this configuration needs is not installed."""
 
 
@@ -39,16 +41,17 @@ def require_tensorflow(what: str):
   except ImportError as e:
     raise MissingDependencyError(
         f"{what} needs TensorFlow and tensorflow-datasets ({e}). Install them (pip install tensorflow-cpu "
-        f"tensorflow-datasets), or train without them: --config.input_backend=device "
-        f"--config.data_file=../shared/data/cifar10_jpeg_bytes.npz (or --config.dataset=fake)"
+        f"tensorflow-datasets), or train without them: --config.input_backend=device with "
+        f"--config.data_file=FILE.npz (the data set's arrays; see resnet_jax/device_input.py), or "
+        f"--config.dataset=fake"
     ) from None
 
 
-class SplitError(ValueError):
+class SplitError(errors.UserError, ValueError):
   """A split string that the data set cannot provide (e.g. train[:90000] of a 50k split)."""
 
 
-class DataNotFoundError(RuntimeError):
+class DataNotFoundError(errors.UserError, RuntimeError):
   """The data set is not where the config says; the message says where we looked and how to get it."""
 
 
@@ -153,8 +156,8 @@ def _decode_tfds_split(tfds, name: str, split: str, data_dir: str | None) -> Arr
     if not builder.is_prepared():
       raise DataNotFoundError(
           f"tfds data set {name!r} is not prepared in {where}. Point --config.data_dir (or the TFDS_DATA_DIR "
-          f"environment variable) at a directory that holds {name}/<version>/ (in this repository: "
-          f"--config.data_dir=../shared/data/tfds), or download and prepare it once with internet access: "
+          f"environment variable) at a directory that holds {name}/<version>/, or download and prepare it once "
+          f"with internet access: "
           f"python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='DIR')"
           f'.download_and_prepare()"'
       )

@@ -12,6 +12,7 @@ Joining the other processes of a multi-host job is resnet_jax.cluster's.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -67,6 +68,12 @@ def put_replicated(tree, mesh: Mesh):
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
   return jax.tree.map(put, tree)
+
+
+def abstract_replicated(tree, mesh: Mesh):
+  """The shapes and dtypes of host values, replicated over the mesh: what a checkpoint is restored into."""
+  sharding = replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=sharding), tree)
 
 
 def put_batch(local_batch: dict, mesh: Mesh) -> dict:

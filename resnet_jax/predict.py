@@ -3,7 +3,7 @@ r"""Classify images with a trained (or converted) workdir.
     python -m resnet_jax.predict --workdir=runs/tv50 cat.jpg dog.png [--top=5] [--json]
 
 Each image gets the workdir's single-crop evaluation preprocessing: for ImageNet nets the shorter side resized to
-config.eval_resize, the centre config.image_size crop and config.normalization (imagenet_input.single_view and
+config.eval_resize, the centre config.image_size crop and config.normalization (imagenet_images.single_view and
 normalize, exactly what `resnet_jax.evaluate --protocol=single` feeds the network); for CIFAR nets the image resized
 to config.image_size (CIFAR images already are) and the training split's normalisation, saved in the workdir by
 training (workdirs from before that read the training split once to compute it), so that no training data is
@@ -22,6 +22,8 @@ import sys
 import numpy as np
 from absl import flags
 from ml_collections import config_flags
+
+from resnet_jax import errors
 
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGENET_CLASSES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "imagenet_classes.tsv")
@@ -76,12 +78,12 @@ def cifar_normalizer(config, workdir=None):
 def preprocessor(config, workdir=None):
   """image uint8 [H, W, 3] -> float32 [S, S, 3], the single-crop evaluation input of the workdir's network."""
   if is_imagenet(config):
-    from resnet_jax import imagenet_input
+    from resnet_jax import config_lib, imagenet_images
 
     mode, size = config.get("normalization", "pixel_mean"), config.image_size
-    resize_to = imagenet_input.setting(config, "eval_resize")
-    return lambda image: imagenet_input.normalize(
-        imagenet_input.single_view(image, resize_to=resize_to, crop=size), mode
+    resize_to = config_lib.imagenet_setting(config, "eval_resize")
+    return lambda image: imagenet_images.normalize(
+        imagenet_images.single_view(image, resize_to=resize_to, crop=size), mode
     ).numpy()
   normalize, size = cifar_normalizer(config, workdir), config.image_size
 
@@ -135,11 +137,11 @@ def main(argv):
   with cli.user_errors():
     config = _FLAGS["config"].value or config_lib.load_workdir_config(workdir)
   cli.start(config, restart=__name__ == "__main__")
-  from resnet_jax import train
+  from resnet_jax import inference
 
   failed = 0
   with cli.user_errors():
-    variables = train.load_variables_for_eval(config, workdir)
+    variables = inference.load_for_inference(workdir, config)
     for path, top, error in predict(config, variables, images, top=_FLAGS["top"].value, workdir=workdir):
       if error:
         failed += 1
@@ -149,7 +151,7 @@ def main(argv):
       else:
         print(f"{path}: " + ", ".join(f"{t['label']} ({100 * t['probability']:.1f}%)" for t in top), flush=True)
   if failed:
-    sys.exit(cli.EXIT_USER_ERROR)
+    sys.exit(errors.UserError.exit_code)
 
 
 if __name__ == "__main__":

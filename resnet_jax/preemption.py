@@ -1,17 +1,13 @@
 """Preemption: SIGTERM and SIGINT become a request to stop after the current call, with a checkpoint.
 
 The training loop asks `StopRequest.requested(step)` between compiled calls; when it says yes, the loop saves the
-step reached and raises `Preempted`, which the command-line tools turn into exit status 75 (rerun to resume).
+step reached and raises `errors.Preempted`, which the command-line tools turn into exit status 75 (rerun to resume).
 """
 
 import logging
 import signal
 
 import jax
-
-
-class Preempted(Exception):
-  """SIGTERM/SIGINT: the run saved a checkpoint at the step it had reached and stopped; rerun to resume."""
 
 
 class StopRequest:

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from resnet_jax import rundir, storage
+from resnet_jax import errors, rundir, storage
 
 # The paper's errors (../shared/PAPER.md); ours are measured, these are only printed beside them.
 PAPER_CIFAR_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
@@ -105,7 +105,7 @@ def load_run(path: str) -> RunData | None:
   """A run directory's config, metrics, results and layer responses; None if it holds no run."""
   run = rundir.RunDir(path)
   results = run.read_results()
-  config = (results or {}).get("config") or run.read_config()  # results.json read once
+  config = run.stored_config(results)
   rows = run.read_metrics()
   if config is None or (not rows and results is None):
     return None
@@ -123,10 +123,10 @@ def load_run(path: str) -> RunData | None:
 def discover(sweep_dir: str) -> list[RunData]:
   """The runs under sweep_dir, in the sweep's order (sweep.json), else plain before residual, by depth."""
   if not storage.path(sweep_dir).is_dir():
-    raise FileNotFoundError(f"{sweep_dir} is not a directory; give the --workdir of a sweep")
+    raise errors.NotFoundError(f"{sweep_dir} is not a directory; give the --workdir of a sweep")
   runs = [r for r in (load_run(d.name) for d in rundir.run_dirs(sweep_dir)) if r is not None]
   if not runs:
-    raise FileNotFoundError(f"no training runs (metrics.jsonl / results.json) under {sweep_dir}")
+    raise errors.NotFoundError(f"no training runs (metrics.jsonl / results.json) under {sweep_dir}")
   manifest = rundir.read_manifest(sweep_dir) or {}
   order = {name: i for i, name in enumerate(manifest.get("runs", {}))}
   return sorted(runs, key=lambda r: (order.get(r.name, len(order)), r.family, r.residual, r.depth, r.name))

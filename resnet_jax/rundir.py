@@ -19,7 +19,7 @@ import json
 import os
 import socket
 
-from resnet_jax import storage
+from resnet_jax import errors, storage
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -29,7 +29,7 @@ CHECKPOINTS = "checkpoints"
 SWEEP_MANIFEST = "sweep.json"
 
 
-class WorkdirError(PermissionError):
+class WorkdirError(errors.UserError, PermissionError):
   """The workdir cannot be used: not writable, or (with several hosts) not shared by all of them."""
 
 
@@ -78,9 +78,10 @@ class RunDir:
   def write_results(self, results: dict) -> None:
     storage.write_json(self.path / RESULTS, results)
 
-  def stored_config(self) -> dict | None:
-    """The config of the run in this directory: results.json's, else config.json's, else None."""
-    results = self.read_results()
+  def stored_config(self, results: dict | None = None) -> dict | None:
+    """The config of the run in this directory: results.json's, else config.json's, else None (`results`:
+    results.json's content, where the caller has read it already)."""
+    results = results or self.read_results()
     return results["config"] if results and "config" in results else self.read_config()
 
   # normalization.npz

@@ -20,6 +20,8 @@ import re
 
 from etils import epath
 
+from resnet_jax import errors
+
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
@@ -60,7 +62,7 @@ def configure_emulator() -> None:
 configure_emulator()
 
 
-class MissingCloudSupportError(ImportError):
+class MissingCloudSupportError(errors.UserError, ImportError):
   """A cloud URL was given but the library that serves it is not installed."""
 
 

@@ -1,7 +1,7 @@
 """Sweeps: a base config and a list of named overrides, run one after another through train.train_and_evaluate.
 
     python -m resnet_jax.sweep experiments/degradation.py --workdir=runs/degradation \\
-        [--dry_run] [--only=plain*,resnet20] [--set=num_train_steps=2000 --set=data_dir=../shared/data/tfds]
+        [--dry_run] [--only=plain*,resnet20] [--set=num_train_steps=2000 --set=data_dir=DIR]
 
 A sweep file is an ordinary config file (it defines `get_config()`, so `python -m resnet_jax.main
 --config=SWEEP_FILE` trains its base config) that also defines `get_sweep()`, returning a list of `Run`s:
@@ -48,12 +48,12 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from resnet_jax import config_lib, rundir
+from resnet_jax import config_lib, errors, rundir
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class SweepError(ValueError):
+class SweepError(errors.UserError, ValueError):
   """The sweep cannot run as asked; the message names the run and the field, and the fix."""
 
 
@@ -113,20 +113,9 @@ def product(*axes: Sequence[Run], sep: str = "_") -> list[Run]:
   return out
 
 
-def flatten(config) -> dict:
-  """{'model.depth': 20, ...}: every leaf field of a ConfigDict (or dict) by its dotted path."""
-  out = {}
-  for k, v in config.items():
-    if isinstance(v, (ml_collections.ConfigDict, dict)):
-      out.update({f"{k}.{kk}": vv for kk, vv in flatten(v).items()})
-    else:
-      out[k] = v
-  return out
-
-
 def overrides_between(base, target) -> dict:
   """The overrides that turn config `base` into config `target` (both with the same fields)."""
-  a, b = flatten(base), flatten(target)
+  a, b = config_lib.flatten(base), config_lib.flatten(target)
   missing = sorted(set(b) - set(a))
   if missing:
     raise SweepError(f"overrides_between: fields {missing} are not in the base config")
@@ -164,7 +153,7 @@ def format_value(field: str, value) -> str:
 
 
 def _close(field: str, config) -> str:
-  match = difflib.get_close_matches(field, list(flatten(config)), n=1)
+  match = difflib.get_close_matches(field, list(config_lib.flatten(config)), n=1)
   return f" (did you mean {match[0]!r}?)" if match else ""
 
 
@@ -230,17 +219,13 @@ def _json(config) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
-def _stored_config(run_dir: str) -> dict | None:
-  return rundir.RunDir(run_dir).stored_config()
-
-
 def config_conflicts(stored: dict, wanted: dict) -> list[str]:
   """Fields (other than bookkeeping) in which a run directory's config differs from the run's.
 
   A field the stored config lacks is not a conflict: the run predates the field, whose default keeps the
   behaviour the code had before it; except model.conv_padding, whose default changed when it was introduced.
   """
-  a, b = flatten(stored), flatten(wanted)
+  a, b = config_lib.flatten(stored), config_lib.flatten(wanted)
   if "model.depth" in a and "model.conv_padding" in b:
     a.setdefault("model.conv_padding", config_lib.LEGACY_CONV_PADDING)
   return [
@@ -318,7 +303,7 @@ def _build_run(module, sweep_file: str, workdir: str, run: Run, set_items) -> tu
   # 3. The two must agree, so that a printed command trains exactly this run.
   for field, _ in set_items:
     set_field(config, field, get_field(parsed, field))
-  direct, from_argv = flatten(_json(config)), flatten(_json(parsed))
+  direct, from_argv = config_lib.flatten(_json(config)), config_lib.flatten(_json(parsed))
   mismatch = [k for k, v in direct.items() if from_argv.get(k) != v]
   if mismatch:
     return None, [
@@ -330,15 +315,15 @@ def _build_run(module, sweep_file: str, workdir: str, run: Run, set_items) -> tu
   try:
     config_lib.validate(resolved)
   except config_lib.ConfigError as e:
-    return None, [str(e).replace("invalid config:\n  - ", "").replace("\n  - ", "; ")]
-  stored = _stored_config(run_dir)
+    return None, ["; ".join(e.problems)]
+  stored = rundir.RunDir(run_dir).stored_config()
   conflicts = config_conflicts(stored, _json(resolved)) if stored is not None else []
   if conflicts:
     return None, [
         f"{run_dir} holds a run of another config ({'; '.join(conflicts)}); use another --workdir "
         f"or move that directory aside"
     ]
-  base = flatten(_json(module.get_config(*base_args)))
+  base = config_lib.flatten(_json(module.get_config(*base_args)))
   overrides = {k: v for k, v in from_argv.items() if base.get(k) != v}
   return RunSpec(run.name, resolved, run_dir, argv, overrides), []
 
@@ -389,7 +374,7 @@ def run_sweep(specs: Sequence[RunSpec], *, log=print) -> list[dict]:
     t0 = time.time()
     try:
       res = train.train_and_evaluate(spec.config, spec.workdir)
-    except train.NonFiniteError as e:
+    except errors.NonFiniteError as e:
       log(f"{head}: FAILED after {time.time() - t0:.0f} s: {e}")
       summary.append({"name": spec.name, "status": "non-finite", "error": str(e)})
       continue
@@ -449,11 +434,8 @@ def main(argv):
   import jax
 
   chief = jax.process_index() == 0  # on several hosts, every process trains each run; process 0 reports
-  try:
-    specs = build_runs(argv[1], f["workdir"], only=f["only"], sets=f["set"])
-  except SweepError as e:
-    cli.fail(str(e))
   with cli.user_errors():
+    specs = build_runs(argv[1], f["workdir"], only=f["only"], sets=f["set"])
     if f["dry_run"]:
       for spec in specs if chief else ():
         print(spec.command)
@@ -464,7 +446,7 @@ def main(argv):
     summary = run_sweep(specs, log=lambda s: print(f"sweep: {s}", flush=True) if chief else None)
   failed = [s for s in summary if s["status"] == "non-finite"]
   if not chief:
-    sys.exit(cli.EXIT_NONFINITE if failed else 0)
+    sys.exit(errors.NonFiniteError.exit_code if failed else 0)
   print(
       f"sweep: {len(summary) - len(failed)} of {len(summary)} runs complete in {time.time() - t0:.0f} s; "
       f"tables and plots: python -m resnet_jax.report {f['workdir']}",
@@ -472,7 +454,7 @@ def main(argv):
   )
   if failed:
     print("sweep: failed runs: " + ", ".join(s["name"] for s in failed), file=sys.stderr)
-    sys.exit(cli.EXIT_NONFINITE)
+    sys.exit(errors.NonFiniteError.exit_code)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """TrainState, the pure train and eval steps, and the training loop.
 
-`train_step(state, batch, rng) -> (state, metrics)` knows nothing about devices; `Steps` wraps it in `jax.jit`
-over a device mesh (the default) or in `jax.pmap`, and `train_steps` runs config.steps_per_call of them in one
-compiled call on batches drawn on the devices. `Data` is the run's input, whatever the data set and backend.
+`train_step(state, batch, rng) -> (state, metrics)` knows nothing about devices; `compile_steps` compiles it in
+`jax.jit` over a device mesh (the default) or in `jax.pmap` (resnet_jax.compiled_steps), running
+config.steps_per_call of them in one compiled call on batches drawn on the devices; `inputs.Data` is the run's
+input, whatever the data set and backend.
 `train_and_evaluate(config, workdir)` is what `python -m resnet_jax.main` runs: it resumes from the workdir's
 newest checkpoint, trains, evaluates, writes metrics (TensorBoard, console, metrics.jsonl) and results.json.
 """
@@ -10,7 +11,6 @@ newest checkpoint, trains, evaluates, writes metrics (TensorBoard, console, metr
 import functools
 import json
 import logging
-import math
 import time
 from typing import Any
 
@@ -22,14 +22,10 @@ import ml_collections
 import numpy as np
 import optax
 from clu import metrics
-from jax.sharding import PartitionSpec as P
 
 from resnet_jax import checkpoint as ckpt_lib
-from resnet_jax import cluster, config_lib, cpu, input_pipeline, models, parallel, preemption, rundir, writers
-
-
-class NonFiniteError(FloatingPointError):
-  """The loss or the gradient norm became NaN or Inf."""
+from resnet_jax import cluster, compiled_steps, config_lib, cpu, errors, inputs, models, parallel, preemption, rundir
+from resnet_jax import writers
 
 
 @flax.struct.dataclass
@@ -157,24 +153,6 @@ def train_step(state: TrainState, batch, rng, *, model, tx, schedule, forward=No
   return new_state, (m, step_info)
 
 
-def train_steps(state: TrainState, window: TrainMetrics, source, first_step, rng, *, n: int, draw, step):
-  """n training steps in one computation (config.steps_per_call), each on a batch drawn on the devices.
-
-  `draw(*source, s)` gives the images and labels of batch s (device_input.DeviceData); `step` is train_step with
-  its model and optimiser bound. Returns (state, window merged with each step's metrics in order, the steps' infos
-  stacked). One call per n steps is what lets a GPU run a CIFAR step without waiting for the host to launch it.
-  """
-
-  def body(carry, i):
-    state, window = carry
-    images, labels = draw(*source, first_step + i)
-    state, (m, info) = step(state, {"image": images, "label": labels}, rng)
-    return (state, window.merge(m)), info
-
-  (state, window), infos = jax.lax.scan(body, (state, window), jnp.arange(n, dtype=jnp.int32))
-  return state, window, infos
-
-
 def eval_step(state: TrainState, batch, *, model, axis_name: str | None = None):
   logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False)
   loss = cross_entropy(logits, batch["label"])
@@ -186,173 +164,7 @@ def eval_step(state: TrainState, batch, *, model, axis_name: str | None = None):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Parallel wrappers.
-
-
-class _PmapWithOptions:
-  """A jax.pmap'd function compiled with XLA compiler options (pmap, unlike jit, takes none itself).
-
-  Compiles through `lower(...).compile(compiler_options=...)` on the first call for each argument signature;
-  `lower` returns a Lowered whose `compile()` applies the options, as a jitted function's does.
-  """
-
-  def __init__(self, fn, options: dict):
-    self.fn, self.options, self._compiled = fn, options, {}
-
-  def lower(self, *args):
-    lowered = self.fn.lower(*args)
-    compile_ = lowered.compile
-    lowered.compile = lambda **kw: compile_(**{"compiler_options": self.options, **kw})
-    return lowered
-
-  def __call__(self, *args):
-    leaves, tree = jax.tree.flatten(args)
-    key = (tree, tuple((getattr(x, "shape", None), str(getattr(x, "dtype", type(x)))) for x in leaves))
-    compiled = self._compiled.get(key)
-    if compiled is None:
-      compiled = self._compiled[key] = self.fn.lower(*args).compile(compiler_options=self.options)
-    return compiled(*args)
-
-
-def _with_compiler_options(fn, options: dict):
-  return _PmapWithOptions(fn, options) if options else fn
-
-
-# Automatic steps_per_call: at most this many steps per call, on GPUs and TPUs with batches drawn on the devices.
-AUTO_STEPS_PER_CALL = 100
-
-
-def resolve_steps_per_call(config, platform: str) -> int:
-  """config.steps_per_call, with 0 (auto) settled for the platform.
-
-  Auto is 1 on CPUs (the host is not the bottleneck there) and with host batches; on GPUs and TPUs with
-  input_backend='device' it is the largest divisor of the log, eval and checkpoint intervals and of
-  num_train_steps that is at most AUTO_STEPS_PER_CALL (100 for the CIFAR recipes).
-  """
-  k = int(config.get("steps_per_call", 1))
-  if k:
-    return k
-  if platform == "cpu" or config.input_backend != "device" or config.parallelism != "jit":
-    return 1
-  g = functools.reduce(
-      math.gcd, [int(config.get(f)) for f in config_lib.INTERVAL_FIELDS] + [int(config.num_train_steps)]
-  )
-  return max(d for d in range(1, AUTO_STEPS_PER_CALL + 1) if g % d == 0)
-
-
-class Steps:
-  """The compiled train and eval steps for one parallelism mode, with host <-> device conversions."""
-
-  def __init__(self, config, tx, schedule, devices=None, *, mesh=None, model_factory=None):
-    self.mode = config.parallelism
-    self.mesh = mesh if mesh is not None else parallel.make_mesh(devices)
-    n_dev = self.mesh.size
-    self.plan = cpu.plan(config, platform=self.mesh.devices.flat[0].platform, device_count=n_dev)
-    if model_factory is None:
-      model_factory = functools.partial(make_model, config, plan=self.plan)
-    kw = dict(tx=tx, schedule=schedule)
-    options = self.plan.options
-    if self.mode == "jit":
-      model = model_factory(None)
-      self.model = model
-      forward = None
-      if not config.bn_sync and n_dev > 1:
-        forward = _per_device_bn_forward(model, self.mesh)
-      step = functools.partial(train_step, model=model, forward=forward, **kw)
-      self._step, self._on_device_calls = step, {}
-      rep, data = parallel.replicated(self.mesh), parallel.data_sharded(self.mesh)
-      self._train = jax.jit(
-          step, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=0, compiler_options=options
-      )
-      self._eval = jax.jit(
-          functools.partial(eval_step, model=model),
-          in_shardings=(rep, data),
-          out_shardings=rep,
-          compiler_options=options,
-      )
-    elif self.mode == "pmap":
-      model = model_factory(parallel.AXIS if config.bn_sync else None)
-      self.model = model
-      step = functools.partial(train_step, model=model, axis_name=parallel.AXIS, **kw)
-      self._train = _with_compiler_options(
-          jax.pmap(step, axis_name=parallel.AXIS, in_axes=(0, 0, None), donate_argnums=0), options
-      )
-      self._eval = _with_compiler_options(
-          jax.pmap(functools.partial(eval_step, model=model, axis_name=parallel.AXIS), axis_name=parallel.AXIS), options
-      )
-    else:
-      raise ValueError(f"unknown parallelism {self.mode!r}: valid values are ['jit', 'pmap']")
-    self.steps_per_call = resolve_steps_per_call(config, self.mesh.devices.flat[0].platform)
-
-  # State placement.
-  def to_device(self, host_state):
-    if self.mode == "jit":
-      return parallel.put_replicated(host_state, self.mesh)
-    return parallel.pmap_replicate(host_state)
-
-  def to_global(self, state):
-    """The state as globally replicated jax.Arrays (what checkpoints store, in either mode)."""
-    if self.mode == "jit":
-      return state
-    return parallel.put_replicated(parallel.pmap_unreplicate(state), self.mesh)
-
-  def from_global(self, state):
-    if self.mode == "jit":
-      return state
-    return parallel.pmap_replicate(jax.device_get(state))
-
-  def abstract_global(self, host_state):
-    rep = parallel.replicated(self.mesh)
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=rep), host_state)
-
-  def new_window(self) -> TrainMetrics:
-    """Empty training metrics, placed where `run` merges into them."""
-    empty = TrainMetrics.empty()
-    return parallel.put_replicated(empty, self.mesh) if self.mode == "jit" else empty
-
-  # Steps.
-  def run(self, state, window, data, first_step: int, n: int, rng):
-    """Training steps first_step .. first_step + n - 1 (0-based: the state's step before each update).
-
-    Returns (state, `window` merged with their metrics, their step infos stacked along a leading axis of length
-    n). Batches drawn on the devices (input_backend='device') run all n steps in one compiled call, the metrics
-    merged on the devices in step order; host batches (tf.data, ImageNet) run one step per call.
-    """
-    if data.device is None:
-      if n != 1:
-        raise ValueError(f"{n} steps per call need batches drawn on the devices (input_backend='device')")
-      state, m, info = self.train(state, data.train_batch(first_step), rng)
-      return state, window.merge(m), jax.tree.map(lambda x: x[None], info)
-    call = self._on_device_call(n, data.device.draw)
-    return call(state, window, data.device.source(first_step, n), jnp.asarray(first_step, jnp.int32), rng)
-
-  def _on_device_call(self, n: int, draw):
-    """The jitted `train_steps` of n steps (compiled once for each n a run uses: normally steps_per_call only)."""
-    if self.mode != "jit":
-      raise ValueError("batches drawn on the devices need parallelism='jit'")
-    if n not in self._on_device_calls:
-      rep = parallel.replicated(self.mesh)
-      self._on_device_calls[n] = jax.jit(
-          functools.partial(train_steps, n=n, draw=draw, step=self._step),
-          out_shardings=(rep, rep, rep),
-          donate_argnums=0,
-          compiler_options=self.plan.options,
-      )
-    return self._on_device_calls[n]
-
-  def train(self, state, local_batch, rng):
-    if self.mode == "jit":
-      if not isinstance(local_batch["image"], jax.Array):  # host batch -> global sharded arrays
-        local_batch = parallel.put_batch(local_batch, self.mesh)
-      state, (m, info) = self._train(state, local_batch, rng)
-      return state, m, info
-    state, (m, info) = self._train(state, parallel.pmap_split(local_batch), rng)
-    return state, jax.tree.map(lambda x: x[0], m), jax.tree.map(lambda x: x[0], info)
-
-  def eval(self, state, local_batch):
-    if self.mode == "jit":
-      return self._eval(state, parallel.put_batch(local_batch, self.mesh))
-    return jax.tree.map(lambda x: x[0], self._eval(state, parallel.pmap_split(local_batch)))
+# Compiled steps (resnet_jax.compiled_steps: jit over a mesh, or pmap).
 
 
 def make_model(config, bn_axis_name=None, *, plan: cpu.Plan | None = None):
@@ -365,27 +177,28 @@ def make_model(config, bn_axis_name=None, *, plan: cpu.Plan | None = None):
   )
 
 
-def _per_device_bn_forward(model, mesh):
-  """Forward pass in which each device normalises with its own sub-batch's statistics (bn_sync=False).
+def compile_steps(config, tx, schedule, *, mesh=None, model_factory=None) -> compiled_steps.CompiledSteps:
+  """train_step and eval_step compiled for config.parallelism over `mesh` (all devices by default).
 
-  The gradient is taken outside this shard_map, so JAX sums the per-device contributions to the replicated
-  parameters' gradients itself; the running statistics are averaged so they stay identical on all devices.
+  `model_factory(bn_axis_name)` defaults to make_model with the platform plan's formulations (resnet_jax.cpu).
   """
-
-  def local(params, batch_stats, images):
-    logits, upd = model.apply(
-        {"params": params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
-    )
-    return logits, jax.lax.pmean(upd["batch_stats"], parallel.AXIS)
-
-  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(parallel.AXIS)), out_specs=(P(parallel.AXIS), P()))
+  mesh = mesh if mesh is not None else parallel.make_mesh()
+  plan = cpu.plan(config, platform=mesh.devices.flat[0].platform, device_count=mesh.size)
+  return compiled_steps.CompiledSteps(
+      config,
+      mesh=mesh,
+      plan=plan,
+      model_factory=model_factory or functools.partial(make_model, config, plan=plan),
+      train_step=functools.partial(train_step, tx=tx, schedule=schedule),
+      eval_step=eval_step,
+  )
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The loop.
 
 
-def _host_state(model, tx, config) -> TrainState:
+def init_host_state(model, tx, config) -> TrainState:
   return jax.device_get(init_state(model, tx, config, jax.random.key(config.seed)))
 
 
@@ -394,102 +207,10 @@ def _fmt_eta(seconds: float) -> str:
   return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-class Data:
-  """The run's input, whatever the data set and backend: `train_batch(step)` and `eval_batches()`.
-
-  Built once with the mesh. CIFAR through tf.data (input_backend='tfdata') and ImageNet give host batches (this
-  process's share of the global batch); CIFAR held on the devices (input_backend='device') gives global arrays
-  drawn inside jit, and `device` (a device_input.DeviceData, else None) from which Steps.run draws several
-  steps' batches inside one compiled call. Batches are a function of (seed, step) in every case, so a resumed run
-  reads what an uninterrupted one would have.
-  """
-
-  def __init__(self, config, mesh):
-    self.config = config
-    self._pi, self._pc = jax.process_index(), jax.process_count()
-    self._stream, self._next_step, self.device = None, None, None
-    if config.dataset == "imagenet2012":
-      from resnet_jax import imagenet_input  # needs tfds; imported only for ImageNet runs
-
-      self._imagenet = imagenet_input
-      imagenet_input.load_builder(config, process_count=self._pc)  # clear error now if the data is missing
-      self.train_size = None
-      logging.info(
-          "data: imagenet2012 %r, eval %r (single-crop during training; 10-crop and multi-scale "
-          "with python -m resnet_jax.evaluate)",
-          config.train_split,
-          config.eval_split,
-      )
-      return
-    self._imagenet = None
-    on_device = config.input_backend == "device"
-    if on_device:
-      from resnet_jax import device_input
-
-      load = device_input.load_split
-    else:
-      load = input_pipeline.load_split
-    self.train, self.eval = load(config, "train"), load(config, "eval")
-    self.train_size = len(self.train)
-    if config.batch_size > self.train_size:
-      raise config_lib.ConfigError(
-          f"invalid config:\n  - batch_size={config.batch_size} exceeds the {self.train_size} "
-          f"training examples of {config.train_split!r}"
-      )
-    self.norm = input_pipeline.normalizer(config, self.train)
-    input_pipeline.log_data_summary(config, self.train, self.eval)
-    if on_device:
-      self.device = device_input.DeviceData(config, self.train, self.norm, mesh)
-      logging.info("data: training split held on %d device(s), batches drawn inside jit", mesh.size)
-
-  def _open_stream(self, start_step: int):
-    if self._imagenet:
-      return self._imagenet.train_dataset(
-          self.config,
-          start_step=start_step,
-          process_index=self._pi,
-          process_count=self._pc,
-          local_batch_size=self.config.batch_size // self._pc,
-      ).as_numpy_iterator()
-    return input_pipeline.train_iterator(
-        self.config, self.train, self.norm, start_step=start_step, process_index=self._pi, process_count=self._pc
-    )
-
-  def train_batch(self, step: int):
-    """The training batch of `step` (0-based: the state's step before the update)."""
-    if self.device is not None:
-      return self.device.batch(step)
-    if step != self._next_step:  # first call, or a jump: (re)open the stream there
-      self._stream = self._open_stream(step)
-    self._next_step = step + 1
-    return next(self._stream)
-
-  def eval_batches(self):
-    """This process's share of the padded, masked evaluation batches: every example counted once."""
-    if self._imagenet:
-      ds = self._imagenet.eval_dataset(
-          self.config,
-          protocol="single",
-          process_index=self._pi,
-          process_count=self._pc,
-          local_batch_size=parallel.padded_eval_batch(self.config.eval_batch_size) // self._pc,
-      )
-      for batch in ds.as_numpy_iterator():
-        yield {k: batch[k] for k in ("image", "label", "mask")}
-      return
-    yield from input_pipeline.eval_batches(
-        self.eval,
-        self.norm,
-        global_batch=parallel.padded_eval_batch(self.config.eval_batch_size),
-        process_index=self._pi,
-        process_count=self._pc,
-    )
-
-
-def evaluate(steps: Steps, state, data: Data) -> dict:
+def evaluate(compiled: compiled_steps.CompiledSteps, state, data: inputs.Data) -> dict:
   total = None
   for batch in data.eval_batches():
-    m = steps.eval(state, batch)
+    m = compiled.eval_on_batch(state, batch)
     total = m if total is None else total.merge(m)
   out = total.compute()
   count = int(jax.device_get(total.loss.count))
@@ -517,12 +238,12 @@ class TrainLog:
     self.t0 = time.time()
 
   def add(self, window, infos):
-    """The window with the latest steps' metrics merged in (Steps.run), and those steps' infos (stacked)."""
+    """The window with the latest steps' metrics merged in (CompiledSteps.train), and those steps' infos (stacked)."""
     self.window = window
     self.infos.append(infos)
 
   def flush(self, step: int) -> dict:
-    """The window's scalars, logged; raises NonFiniteError for a non-finite step unless skip_nonfinite."""
+    """The window's scalars, logged; raises errors.NonFiniteError for a non-finite step unless skip_nonfinite."""
     config = self.config
     infos = {k: np.concatenate([x[k] for x in jax.device_get(self.infos)]) for k in self.infos[0]}
     n = len(infos["loss"])
@@ -531,7 +252,7 @@ class TrainLog:
     self.skipped += len(bad)
     if bad and not config.skip_nonfinite:
       newest = self.checkpointer.all_steps()
-      raise NonFiniteError(
+      raise errors.NonFiniteError(
           f"non-finite loss or gradient at step {bad[0]} (loss {infos['loss'][bad[0] - first]}); the update "
           f"was not applied. Last finite metrics: {self.last_finite or 'none yet'}. Newest good checkpoint: "
           + (f"{self.workdir}/checkpoints/{newest[-1]}" if newest else "none")
@@ -565,14 +286,14 @@ class TrainLog:
     return scalars
 
 
-def _restore_or_init(steps: Steps, tx, config, checkpointer, workdir: str):
+def _restore_or_init(compiled: compiled_steps.CompiledSteps, tx, config, checkpointer, workdir: str):
   """(state on the devices, its step): the newest readable checkpoint of the workdir, or a fresh init."""
-  host_state = _host_state(steps.model, tx, config)
-  restored, start_step = checkpointer.restore_latest(steps.abstract_global(host_state), ckpt_lib.meta_for(config))
+  host_state = init_host_state(compiled.model, tx, config)
+  restored, start_step = checkpointer.restore_latest(compiled.abstract_global(host_state), ckpt_lib.meta_for(config))
   if restored is None:
-    return steps.to_device(host_state), 0
+    return compiled.to_device(host_state), 0
   logging.info("resumed from %s/checkpoints/%d", workdir, start_step)
-  return steps.from_global(restored), start_step
+  return compiled.from_global(restored), start_step
 
 
 def _start_files(config, run: rundir.RunDir, start_step: int, is_chief: bool, norm):
@@ -585,7 +306,8 @@ def _start_files(config, run: rundir.RunDir, start_step: int, is_chief: bool, no
       run.write_normalization(norm.mean, norm.std)
   writer = writers.make_writer(run, is_chief, tensorflow=config.input_backend != "device")
   if start_step == 0:
-    writer.write_hparams({k: v for k, v in _flat_config(config).items() if isinstance(v, (int, float, str, bool))})
+    fields = config_lib.flatten(json.loads(config.to_json_best_effort()))
+    writer.write_hparams({k: v for k, v in fields.items() if isinstance(v, (int, float, str, bool))})
   return writer
 
 
@@ -616,33 +338,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # Set up: the data on the mesh, the compiled steps, the state (restored or new), the metric files.
   mesh = parallel.make_mesh()
-  data = Data(config, mesh)
+  data = inputs.Data(config, mesh)
   tx = make_optimizer(config)
-  steps = Steps(config, tx, make_schedule(config), mesh=mesh)
-  logging.info("platform plan: %s; %d training step(s) per compiled call", steps.plan.describe(), steps.steps_per_call)
+  compiled = compile_steps(config, tx, make_schedule(config), mesh=mesh)
+  logging.info(
+      "platform plan: %s; %d training step(s) per compiled call", compiled.plan.describe(), compiled.steps_per_call
+  )
   checkpointer = ckpt_lib.Checkpointer(run.checkpoints, max_to_keep=config.keep_checkpoints)
-  state, start_step = _restore_or_init(steps, tx, config, checkpointer, workdir)
+  state, start_step = _restore_or_init(compiled, tx, config, checkpointer, workdir)
   writer = _start_files(config, run, start_step, is_chief, getattr(data, "norm", None))
-  log = TrainLog(config, workdir, checkpointer, steps.new_window)
+  log = TrainLog(config, workdir, checkpointer, lambda: compiled.place_window(TrainMetrics.empty()))
   saved = set(checkpointer.all_steps())
 
   def save(step, force=False):
     if step not in saved:
-      checkpointer.save(step, steps.to_global(state), ckpt_lib.meta_for(config), force=force)
+      checkpointer.save(step, compiled.to_global(state), ckpt_lib.meta_for(config), force=force)
       saved.add(step)
 
   # Train, logging, evaluating and saving between calls; a signal saves the step reached and stops.
   rng = jax.random.key(config.seed)
   eval_results, step, stop = {}, start_step, preemption.StopRequest()
   try:
-    for first, n in call_lengths(start_step, config.num_train_steps, steps.steps_per_call):
-      state, window, infos = steps.run(state, log.window, data, first, n, rng)  # first == state.step
+    for first, n in call_lengths(start_step, config.num_train_steps, compiled.steps_per_call):
+      state, window, infos = compiled.train(state, log.window, data, first, n, rng)  # first == state.step
       log.add(window, infos)
       step = first + n
       is_last = step == config.num_train_steps
       scalars = log.flush(step) if step % config.log_every_steps == 0 or is_last else {}
       if step % config.eval_every_steps == 0 or is_last:
-        eval_results = evaluate(steps, state, data)
+        eval_results = evaluate(compiled, state, data)
         scalars.update(eval_results)
         logging.info(
             "step %d  eval error %.4f  loss %.4f  (%d examples)",
@@ -659,7 +383,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if stop.requested(step) and not is_last:
         save(step, force=True)
         checkpointer.close()
-        raise preemption.Preempted(
+        raise errors.Preempted(
             f"stopped by a signal after step {step}; checkpoint saved in "
             f"{checkpointer.directory}/{step}. Rerun the same command to resume exactly there."
         )
@@ -675,7 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # Report.
   if not eval_results and start_step >= config.num_train_steps:  # rerun of a finished run: just report
-    eval_results = evaluate(steps, state, data)
+    eval_results = evaluate(compiled, state, data)
   results = _results(
       config,
       run,
@@ -713,33 +437,3 @@ def _results(config, run: rundir.RunDir, eval_results, *, step, start_step, t_st
   if is_chief:
     run.write_results(results)
   return results
-
-
-def _flat_config(config) -> dict:
-  return ckpt_lib._flat(json.loads(config.to_json_best_effort()))
-
-
-def load_variables_for_eval(config, workdir: str) -> dict:
-  """{'params', 'batch_stats'} of the newest readable checkpoint in workdir (host arrays)."""
-  run = rundir.RunDir(workdir)
-  if not run.has_checkpoints():  # before building anything, and without creating it
-    raise FileNotFoundError(
-        f"no checkpoint in {run.name}: {run.checkpoints} does not exist; train first with "
-        f"python -m resnet_jax.main --config=... --workdir={workdir}"
-    )
-  config = config_lib.resolve(config)
-  tx = make_optimizer(config)
-  host_state = _host_state(make_model(config), tx, config)
-  mesh = parallel.make_mesh()
-  rep = parallel.replicated(mesh)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=rep), host_state)
-  checkpointer = ckpt_lib.Checkpointer(run.checkpoints)
-  state, step = checkpointer.restore_latest(abstract, ckpt_lib.meta_for(config))
-  checkpointer.close()
-  if state is None:
-    raise FileNotFoundError(
-        f"no checkpoint in {run.checkpoints}; train first with "
-        f"python -m resnet_jax.main --config=... --workdir={workdir}"
-    )
-  logging.info("evaluating %s/%d", run.checkpoints, step)
-  return {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}

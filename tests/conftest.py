@@ -1,16 +1,10 @@
-"""Shared fixtures: paths, the real CIFAR-10 location, and a runner for the command-line tools."""
+"""pytest's hooks and the shared fixtures (the real CIFAR-10, a fake ImageNet); shared helpers are in helpers.py."""
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
-TFDS_DIR = SHARED_DATA / "tfds"
+from helpers import REPO, TFDS_DIR
 
 
 def pytest_configure(config):
@@ -59,43 +53,6 @@ def tfds_dir():
   return str(TFDS_DIR)
 
 
-def run_cli(module, *args, env=None, check=True, timeout=900):
-  """Runs `python -m module args...` from the repository root; returns the CompletedProcess."""
-  full_env = dict(os.environ)
-  full_env.update(env or {})
-  proc = subprocess.run(
-      [sys.executable, "-m", module, *map(str, args)],
-      cwd=REPO,
-      capture_output=True,
-      text=True,
-      env=full_env,
-      timeout=timeout,
-  )
-  if check and proc.returncode != 0:
-    raise AssertionError(f"{module} {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-6000:]}")
-  return proc
-
-
-def read_jsonl(path):
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-# Fake data held on the device and ResNet-8 (one block per stage: every kind of block, shortcut and downsampling
-# of the CIFAR nets, compiled in a few seconds): for tests of the machinery (resume, errors, writers), not of
-# learning. Such a run never imports TensorFlow (seconds per command); tests of the tf.data input add
-# --config.input_backend=tfdata.
-SMALL = [
-    "--config.dataset=fake",
-    "--config.input_backend=device",
-    "--config.model.depth=8",
-    "--config.batch_size=32",
-    "--config.eval_batch_size=64",
-    "--config.fake_train_size=256",
-    "--config.fake_eval_size=100",
-]
-
-
 @pytest.fixture(scope="session")
 def fake(tmp_path_factory):
   """A small imagenet2012 prepared with tfds from the real JPEGs of imagenet-sample (tests/imagenet_fixture.py)."""
@@ -107,38 +64,3 @@ def fake(tmp_path_factory):
   meta = imagenet_fixture.prepare_fake_imagenet(data_dir)
   meta["data_dir"] = str(data_dir)
   return meta
-
-
-def load_state(workdir, step):
-  """The TrainState of a checkpoint, as host arrays."""
-  import orbax.checkpoint as ocp
-
-  return ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
-
-
-def assert_trees_equal(a, b):
-  """Every leaf equal, bit for bit."""
-  import jax
-  import numpy as np
-
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(la) == len(lb) and la
-  for x, y in zip(la, lb):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def strip_speed(rows):
-  return [{k: v for k, v in r.items() if k != "images_per_sec"} for r in rows]
-
-
-def small_run_args(wd, steps=24):
-  """A ResNet-8 run on fake data held on the device, logged every step, checkpointed every 4."""
-  return [
-      "--config=configs/cifar20.py",
-      f"--workdir={wd}",
-      *SMALL,
-      f"--config.num_train_steps={steps}",
-      "--config.log_every_steps=1",
-      "--config.eval_every_steps=8",
-      "--config.checkpoint_every_steps=4",
-  ]

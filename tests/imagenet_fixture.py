@@ -116,9 +116,9 @@ def write_manual_download(manual_dir) -> dict:
 
 def prepare_fake_imagenet(data_dir, *, num_shards: int = 3) -> dict:
   """Writes the manual download under <data_dir>/downloads/manual (tfds's default) and prepares it."""
-  from resnet_jax import imagenet_input
+  from resnet_jax import imagenet_prepare
 
   meta = write_manual_download(Path(data_dir) / "downloads" / "manual")
-  builder = imagenet_input.prepare(data_dir, num_shards=num_shards)
+  builder = imagenet_prepare.prepare(data_dir, num_shards=num_shards)
   meta["builder"] = builder
   return meta

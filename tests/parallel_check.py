@@ -25,7 +25,7 @@ DEPTH, BATCH = 8, 32
 
 def run(mode, bn_sync, n_devices, steps=3, dtype=np.float32):
   import jax.numpy as jnp
-  from resnet_jax import config_lib, models, train
+  from resnet_jax import config_lib, models, parallel, train
 
   config = config_lib.cifar(DEPTH)
   config.dataset = "fake"
@@ -36,8 +36,11 @@ def run(mode, bn_sync, n_devices, steps=3, dtype=np.float32):
   schedule, tx = train.make_schedule(config), train.make_optimizer(config)
   config.cpu.convolutions = "eigen"  # the same XLA program whatever the device count (oneDNN runs on one only)
   factory = lambda axis: models.create_model(config.model, bn_axis_name=axis).clone(dtype=jnp.dtype(dtype))
-  s = train.Steps(config, tx, schedule, devices=jax.devices()[:n_devices], model_factory=factory)
-  host = jax.tree.map(lambda x: x.astype(dtype) if x.dtype == np.float32 else x, train._host_state(s.model, tx, config))
+  mesh = parallel.make_mesh(jax.devices()[:n_devices])
+  s = train.compile_steps(config, tx, schedule, mesh=mesh, model_factory=factory)
+  host = jax.tree.map(
+      lambda x: x.astype(dtype) if x.dtype == np.float32 else x, train.init_host_state(s.model, tx, config)
+  )
   state = s.to_device(host)
   rng = np.random.default_rng(0)
   losses = []
@@ -46,14 +49,14 @@ def run(mode, bn_sync, n_devices, steps=3, dtype=np.float32):
         "image": rng.normal(size=(BATCH, 32, 32, 3)).astype(np.float32).astype(dtype),
         "label": rng.integers(0, 10, BATCH).astype(np.int32),
     }
-    state, _, info = s.train(state, batch, jax.random.key(0))
+    state, _, info = s.train_on_batch(state, batch, jax.random.key(0))
     losses.append(float(info["loss"]))
   eval_batch = {
       "image": rng.normal(size=(64, 32, 32, 3)).astype(np.float32).astype(dtype),
       "label": rng.integers(0, 10, 64).astype(np.int32),
       "mask": np.ones(64, dtype),
   }
-  out = {"losses": np.array(losses), "eval_loss": float(s.eval(state, eval_batch).compute()["loss"])}
+  out = {"losses": np.array(losses), "eval_loss": float(s.eval_on_batch(state, eval_batch).compute()["loss"])}
   if mode == "pmap":  # running statistics must be identical on every device after each step
     out["stats_identical"] = all((np.asarray(x) == np.asarray(x)[:1]).all() for x in jax.tree.leaves(state.batch_stats))
   g = jax.device_get(s.to_global(state))

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli
+from helpers import REPO, SHARED_DATA, run_cli
 from resnet_jax import config_lib, models, train
 from resnet_jax.cpu import xla_options
 
@@ -134,6 +134,21 @@ def test_input_rate_without_tensorflow_is_reported_not_fatal(monkeypatch):
   assert "needs TensorFlow" in r["input_note"] and "input_backend=device" in r["input_note"]
 
 
+def test_imagenet_preprocessing_rate_on_real_jpegs():
+  """--jpeg_dir: one JSON line per (augmentation, thread count), counting the decoded and augmented images."""
+  proc = run_cli(
+      "resnet_jax.benchmark",
+      f"--jpeg_dir={SHARED_DATA / 'imagenet-sample'}",
+      "--seconds=0.5",
+      "--threads=1,2",
+      "--augmentation=inception",
+      timeout=300,
+  )
+  rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+  assert [(r["augmentation"], r["threads"]) for r in rows] == [("inception", 1), ("inception", 2)]
+  assert all(r["images"] >= 32 and r["img_per_s"] > 0 and r["files"] >= 300 for r in rows), rows
+
+
 def test_gpu_results_table():
   """benchmarks/summarize_gpu_results.py on the recorded H100 run: every row, the peer ratio, the device."""
   sys.path.insert(0, str(REPO / "benchmarks"))
@@ -157,16 +172,13 @@ def _compiled_train_step(config):
 
   config = config_lib.resolve(config)
   tx, schedule = train.make_optimizer(config), train.make_schedule(config)
-  steps = train.Steps(config, tx, schedule)
+  steps = train.compile_steps(config, tx, schedule)
   state = steps.to_device(jax.device_get(train.init_state(steps.model, tx, config, jax.random.key(0))))
   batch = {
       "image": np.zeros((config.batch_size, 32, 32, 3), np.float32),
       "label": np.zeros((config.batch_size,), np.int32),
   }
-  from resnet_jax import parallel
-
-  placed = parallel.put_batch(batch, steps.mesh) if steps.mode == "jit" else parallel.pmap_split(batch)
-  return steps._train.lower(state, placed, jax.random.key(0)).compile().as_text()
+  return steps.compile(steps.lower_train_on_batch(state, batch, jax.random.key(0))).as_text()
 
 
 def _convolutions(hlo: str):
@@ -185,7 +197,7 @@ def test_cpu_train_step_uses_eigen_convolutions():
   top, total = _convolutions(_compiled_train_step(config))
   # ResNet-8: 7 convolutions; forward, input gradient (6: not the stem's) and 2 weight-gradient chunks each.
   assert top == total == 7 + 6 + 2 * 7
-  config.parallelism = "pmap"  # jax.pmap takes no compiler options: train.Steps passes them at compile time
+  config.parallelism = "pmap"  # jax.pmap takes no compiler options: CompiledSteps passes them at compile time
   top, total = _convolutions(_compiled_train_step(config))
   assert top == total == 7 + 6 + 2 * 7
   config.cpu.convolutions = "xla_default"

@@ -7,7 +7,7 @@ compilation or data loading, so each takes about a second.
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 CIFAR = "--config=configs/cifar20.py"
 
@@ -43,6 +43,8 @@ CASES = [
     ("resnet_jax.convert", ["to-pytorch", "x", "--workdir=W"], "usage: python -m resnet_jax.convert"),
     ("resnet_jax.benchmark", ["--config=configs/nope.py"], "configs/nope.py: no such config file"),
     ("resnet_jax.benchmark", [CIFAR, "--config.learning_rate=-1"], "learning_rate=-1"),
+    ("resnet_jax.benchmark", ["--jpeg_dir=MISSING_JPEGS"], "MISSING_JPEGS is not a directory"),
+    ("resnet_jax.imagenet_prepare", ["--data_dir=MISSING_DATA"], "ILSVRC2012_img_train.tar"),
     ("resnet_jax.sweep", ["experiments/nope.py", "--workdir=W"], "experiments/nope.py"),
     ("resnet_jax.sweep", ["experiments/depth.py"], "--workdir is required"),
     ("resnet_jax.report", ["MISSING_SWEEP"], "MISSING_SWEEP"),

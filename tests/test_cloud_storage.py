@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_DATA, SMALL, assert_trees_equal, load_state, run_cli, strip_speed
+from helpers import REPO, SHARED_DATA, SMALL, assert_trees_equal, load_state, read_metrics, run_cli, strip_speed
 
 BUCKET = "resnet-jax-test"
 
@@ -134,8 +134,7 @@ def test_train_resume_predict_report_on_a_bucket(gcs, tmp_path):
   copy = tmp_path / "copy"
   _download_tree(gcs, bucket_run, copy)
   assert_trees_equal(load_state(copy, 8), load_state(tmp_path / "local", 8))
-  rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
-  local = [json.loads(line) for line in (tmp_path / "local" / "metrics.jsonl").read_text().splitlines()]
+  rows, local = read_metrics(copy), read_metrics(tmp_path / "local")
   assert [r["step"] for r in rows] == [2, 4, 6, 8] and strip_speed(rows) == strip_speed(local)
   results = json.loads((copy / "results.json").read_text())
   assert results["resumed_from_step"] == 4 and results["steps"] == 8

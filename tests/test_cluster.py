@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import REPO, small_run_args
+from helpers import REPO, small_run_args
 from resnet_jax import cluster
 
 

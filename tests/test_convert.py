@@ -17,28 +17,10 @@ import pytest
 import torch
 import torchvision
 
-from conftest import REPO, run_cli
+from helpers import REPO, numpy_state, random_torchvision, run_cli
 from resnet_jax import config_lib, convert, models
 
 SAMPLES = REPO / ".." / "shared" / "data" / "imagenet-sample"
-
-
-def random_torchvision(depth, seed=0, **kwargs):
-  """torchvision's resnetNN in eval mode with random weights and non-trivial BN statistics and affine terms."""
-  torch.manual_seed(seed)
-  net = getattr(torchvision.models, f"resnet{depth}")(**kwargs)
-  with torch.no_grad():
-    for m in net.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.running_mean.normal_(0, 0.1)
-        m.running_var.uniform_(0.5, 1.5)
-        m.weight.uniform_(0.5, 1.5)
-        m.bias.normal_(0, 0.1)
-  return net.eval()
-
-
-def numpy_state(net):
-  return {k: v.numpy() for k, v in net.state_dict().items()}
 
 
 def our_logits(model_config, variables, x, **overrides):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from conftest import REPO
+from helpers import REPO
 from resnet_jax import config_lib, cpu, models
 from resnet_jax.cpu import kernels, onednn, xla_options
 

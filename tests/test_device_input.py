@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from conftest import REPO, SHARED_DATA, SMALL, assert_trees_equal, load_state, read_jsonl, run_cli, strip_speed
+from helpers import REPO, SHARED_DATA, SMALL, assert_trees_equal, load_state, read_metrics, run_cli, strip_speed
 from resnet_jax import config_lib, device_input, input_pipeline, parallel
 
 MAIN = "resnet_jax.main"
@@ -133,7 +133,7 @@ def test_steps_per_call_is_bit_identical_and_resumes_exactly(tmp_path):
   proc = run_cli(MAIN, *_args(tmp_path / "split", 6, steps_per_call=2))
   assert "2 training step(s) per compiled call" in proc.stderr
   run_cli(MAIN, *_args(tmp_path / "split", 12, steps_per_call=4))
-  ref, split = read_jsonl(tmp_path / "ref" / "metrics.jsonl"), read_jsonl(tmp_path / "split" / "metrics.jsonl")
+  ref, split = read_metrics(tmp_path / "ref"), read_metrics(tmp_path / "split")
   assert [r["step"] for r in ref] == [4, 8, 12] and [r["step"] for r in split] == [4, 6, 8, 12]
   losses = [r["train_loss"] for r in ref]
   assert losses[-1] < losses[0]
@@ -162,7 +162,7 @@ def test_trains_without_tensorflow(tmp_path):
   env = {"PYTHONPATH": f"{block}{os.pathsep}{REPO}"}
   wd = tmp_path / "w"
   run_cli(MAIN, *_args(wd, 4), env=env)
-  rows = read_jsonl(wd / "metrics.jsonl")
+  rows = read_metrics(wd)
   assert rows[-1]["step"] == 4 and rows[-1]["eval_count"] == 100
   assert any(p.name.startswith("events.out.tfevents") for p in wd.iterdir())  # tensorboard's TF-free writer
   # The tfdata backend needs TensorFlow: it says so instead of failing obscurely.

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_DATA
+from helpers import REPO, SHARED_DATA
 
 SCRIPT = REPO / "experiments" / "table6_gpu.sh"
 TINY = [

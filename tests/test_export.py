@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, small_run_args, run_cli
+from helpers import SHARED_DATA, small_run_args, run_cli
 
 CIFAR_SAMPLES = SHARED_DATA / "cifar10-lossless-test-samples"
 IMAGENET_SAMPLES = SHARED_DATA / "imagenet-sample"
@@ -162,7 +162,7 @@ def test_torchvision_resnet50_exports_with_torchvisions_probabilities(tmp_path):
   from torchvision import transforms
 
   from resnet_jax import config_lib, convert, export
-  from test_convert import numpy_state, random_torchvision
+  from helpers import numpy_state, random_torchvision
 
   net = random_torchvision(50)
   model_config, variables = convert.from_torchvision(numpy_state(net))

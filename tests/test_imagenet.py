@@ -18,7 +18,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from resnet_jax import config_lib, evaluate, imagenet_input as ii, models
+from resnet_jax import config_lib, evaluate, models
+from resnet_jax import imagenet_eval_input as eval_input
+from resnet_jax import imagenet_images as images
+from resnet_jax import imagenet_prepare as prepared
+from resnet_jax import imagenet_train_input as train_input
 
 REPO = Path(__file__).parents[1]
 
@@ -53,8 +57,8 @@ def seed(i):
 
 
 def test_missing_download_names_files_and_directory(tmp_path, monkeypatch):
-  with pytest.raises(ii.ImageNetNotFoundError) as e:
-    ii.check_manual_download(tmp_path)
+  with pytest.raises(prepared.ImageNetNotFoundError) as e:
+    prepared.check_manual_download(tmp_path)
   msg = str(e.value)
   assert isinstance(e.value, FileNotFoundError)
   assert "ILSVRC2012_img_train.tar" in msg and "ILSVRC2012_img_val.tar" in msg
@@ -62,18 +66,18 @@ def test_missing_download_names_files_and_directory(tmp_path, monkeypatch):
   # Only one tar present: still an error, naming the missing one.
   (tmp_path / "downloads" / "manual").mkdir(parents=True)
   (tmp_path / "downloads" / "manual" / "ILSVRC2012_img_train.tar").write_bytes(b"")
-  with pytest.raises(ii.ImageNetNotFoundError, match=r"missing: ILSVRC2012_img_val.tar\)"):
-    ii.check_manual_download(tmp_path)
+  with pytest.raises(prepared.ImageNetNotFoundError, match=r"missing: ILSVRC2012_img_val.tar\)"):
+    prepared.check_manual_download(tmp_path)
   # config.data_dir=None falls back to $TFDS_DATA_DIR, and the pipelines stop with the same error.
   env_dir = tmp_path / "from_env"
   monkeypatch.setenv("TFDS_DATA_DIR", str(env_dir))
   config = config_lib.imagenet(18)
   config.data_dir = None
-  with pytest.raises(ii.ImageNetNotFoundError, match=str(env_dir / "downloads" / "manual")):
-    ii.train_dataset(config, local_batch_size=2)
-  with pytest.raises(ii.ImageNetNotFoundError):
-    ii.eval_dataset(config, protocol="single", local_batch_size=2)
-  with pytest.raises(ii.ImageNetNotFoundError):
+  with pytest.raises(prepared.ImageNetNotFoundError, match=str(env_dir / "downloads" / "manual")):
+    train_input.train_dataset(config, local_batch_size=2)
+  with pytest.raises(prepared.ImageNetNotFoundError):
+    eval_input.eval_dataset(config, protocol="single", local_batch_size=2)
+  with pytest.raises(prepared.ImageNetNotFoundError):
     evaluate.evaluate_protocol(models.imagenet_resnet18(), {}, config, "single")
 
 
@@ -99,13 +103,13 @@ def tfds_skip():
 
 def test_grayscale_and_cmyk_jpegs_decode_to_rgb(fake):
   config = make_config(fake)
-  records = ii.train_records(config, local_batch_size=1).take(fake["num_train"])
+  records = train_input.train_records(config, local_batch_size=1).take(fake["num_train"])
   modes = set()
   for ex in records.as_numpy_iterator():
     mode = fake["train_files"][ex["file_name"].decode()]["mode"]
     modes.add(mode)
-    assert ii.decode(tf.constant(ex["image"])).shape[-1] == 3
-    assert ii.train_image(tf.constant(ex["image"]), seed(0)).shape == (224, 224, 3)
+    assert images.decode(tf.constant(ex["image"])).shape[-1] == 3
+    assert images.train_image(tf.constant(ex["image"]), seed(0)).shape == (224, 224, 3)
   assert {"L", "CMYK", "RGB"} <= modes
 
 
@@ -117,8 +121,8 @@ def test_grayscale_and_cmyk_jpegs_decode_to_rgb(fake):
 def test_train_batches_shapes_dtypes_ranges(fake, augmentation):
   config = make_config(fake, augmentation=augmentation)
   label_ids = {fake["builder"].info.features["label"].str2int(w) for w in fake["train_wnids"]}
-  batches = list(ii.train_dataset(config, local_batch_size=5).take(3).as_numpy_iterator())
-  lo, hi = -max(ii.IMAGENET_MEAN_RGB), 255 - min(ii.IMAGENET_MEAN_RGB)
+  batches = list(train_input.train_dataset(config, local_batch_size=5).take(3).as_numpy_iterator())
+  lo, hi = -max(images.IMAGENET_MEAN_RGB), 255 - min(images.IMAGENET_MEAN_RGB)
   pca_margin = 40.0 if augmentation == "paper" else 1e-3  # 0.1-std colour noise: a few grey levels
   for b in batches:
     assert set(b) == {"image", "label"}
@@ -131,13 +135,13 @@ def test_train_batches_shapes_dtypes_ranges(fake, augmentation):
     # per-channel mean subtraction: channel means of natural images land near zero
     assert np.abs(b["image"].mean()) < 60
   channel = make_config(fake, augmentation=augmentation, normalization="channel")
-  b = next(ii.train_dataset(channel, local_batch_size=5).as_numpy_iterator())
+  b = next(train_input.train_dataset(channel, local_batch_size=5).as_numpy_iterator())
   assert -2.2 - pca_margin / 57 <= b["image"].min() and b["image"].max() <= 2.7 + pca_margin / 57
 
 
 def test_train_stream_is_deterministic_and_resumes_exactly(fake):
   config = small_config(fake)
-  stream = lambda c, start: ii.train_dataset(c, start_step=start, local_batch_size=4)
+  stream = lambda c, start: train_input.train_dataset(c, start_step=start, local_batch_size=4)
   first = list(stream(config, 0).take(18).as_numpy_iterator())
   again = list(stream(config, 0).take(2).as_numpy_iterator())
   for a, b in zip(first, again):
@@ -156,13 +160,13 @@ def test_train_epochs_and_process_shards(fake):
   config = make_config(fake)
   n = fake["num_train"]
   names = lambda ds: [ex["file_name"].decode() for ex in ds.as_numpy_iterator()]
-  stream = names(ii.train_records(config, local_batch_size=4).take(2 * n))
+  stream = names(train_input.train_records(config, local_batch_size=4).take(2 * n))
   assert sorted(stream[:n]) == sorted(stream[n:]) == sorted(fake["train_files"])
   assert stream[:n] != stream[n:]  # reshuffled every epoch
   # Two processes, local batch 3: disjoint halves, together the whole split; positions interleave by batch.
   shards = []
   for p in range(2):
-    ds = ii.train_records(config, process_index=p, process_count=2, local_batch_size=3).take(n // 2)
+    ds = train_input.train_records(config, process_index=p, process_count=2, local_batch_size=3).take(n // 2)
     exs = list(ds.as_numpy_iterator())
     shards.append({ex["file_name"].decode() for ex in exs})
     assert len(shards[-1]) == n // 2
@@ -172,7 +176,7 @@ def test_train_epochs_and_process_shards(fake):
 
 def test_bad_augmentation_is_rejected(fake):
   with pytest.raises(ValueError, match="augmentation"):
-    ii.train_dataset(make_config(fake, augmentation="mixup"), local_batch_size=2)
+    train_input.train_dataset(make_config(fake, augmentation="mixup"), local_batch_size=2)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -183,7 +187,7 @@ def test_paper_scale_augmentation_shorter_side_range():
   hw, crop = (300, 400), 224
   scales = []
   for i in range(300):
-    window, s = ii.paper_crop_window(tf.constant(hw), seed(i), crop_size=crop, scale_range=(256, 480))
+    window, s = images.paper_crop_window(tf.constant(hw), seed(i), crop_size=crop, scale_range=(256, 480))
     y, x, h, w = window.numpy().tolist()
     assert 0 <= y and y + h <= hw[0] and 0 <= x and x + w <= hw[1] and h == w
     s = int(s)
@@ -195,7 +199,7 @@ def test_paper_scale_augmentation_shorter_side_range():
   image = coordinate_image(*hw)
   implied = []
   for i in range(40):
-    out = ii.train_image(image, seed(i), augmentation="paper", pca_std=0.0).numpy()
+    out = images.train_image(image, seed(i), augmentation="paper", pca_std=0.0).numpy()
     rows = out[:, 0, 0]
     assert np.all(np.diff(rows) > 0)  # rows stay in order (no vertical flip)
     implied.append(223 * min(hw) / (rows[-1] - rows[0]))  # shorter side of the resized image
@@ -206,7 +210,7 @@ def test_inception_crop_area_and_aspect():
   hw = (300, 400)
   for i in range(200):
     y, x, h, w = (
-        ii.inception_crop_window(tf.constant(hw), seed(i), area_range=(0.08, 1.0), aspect_range=(3 / 4, 4 / 3))
+        images.inception_crop_window(tf.constant(hw), seed(i), area_range=(0.08, 1.0), aspect_range=(3 / 4, 4 / 3))
         .numpy()
         .tolist()
     )
@@ -218,24 +222,24 @@ def test_inception_crop_area_and_aspect():
 
 def test_resize_shorter_side_keeps_aspect():
   for hw, size in [((300, 400), 256), ((400, 300), 480), ((97, 2400), 224)]:
-    out = ii.resize_shorter_side(coordinate_image(*hw), size)
+    out = images.resize_shorter_side(coordinate_image(*hw), size)
     assert min(out.shape[:2]) == size
     assert abs(max(out.shape[:2]) / size - max(hw) / min(hw)) < 1.5 / size
 
 
 def test_single_crop_position():
-  view = ii.single_view(coordinate_image(256, 320), resize_to=256, crop=224).numpy()
+  view = images.single_view(coordinate_image(256, 320), resize_to=256, crop=224).numpy()
   y, x = np.meshgrid(np.arange(224), np.arange(224), indexing="ij")
   np.testing.assert_array_equal(view[..., 0], y + 16)
   np.testing.assert_array_equal(view[..., 1], x + 48)
   # From a 512x640 image: resized by 1/2, so resized pixel i holds source coordinate 2i + 0.5.
-  view = ii.single_view(coordinate_image(512, 640), resize_to=256, crop=224).numpy()
+  view = images.single_view(coordinate_image(512, 640), resize_to=256, crop=224).numpy()
   np.testing.assert_allclose(view[..., 0], 2 * (y + 16) + 0.5, atol=1e-3)
   np.testing.assert_allclose(view[..., 1], 2 * (x + 48) + 0.5, atol=1e-3)
 
 
 def test_ten_crop_positions():
-  views = ii.ten_crop_views(coordinate_image(256, 320), resize_to=256, crop=224).numpy()
+  views = images.ten_crop_views(coordinate_image(256, 320), resize_to=256, crop=224).numpy()
   assert views.shape == (10, 224, 224, 3)
   y, x = np.meshgrid(np.arange(224), np.arange(224), indexing="ij")
   offsets = [(0, 0), (0, 96), (32, 0), (32, 96), (16, 48)]  # tl, tr, bl, br, centre
@@ -257,16 +261,16 @@ def test_multiscale_shapes_and_flips():
   for hw, (portrait, aspect) in cases.items():
     image = coordinate_image(*hw)
     for size in (224, 256, 384, 480, 640):
-      views, key = ii.multiscale_views(image, size)
+      views, key = images.multiscale_views(image, size)
       views = views.numpy()
-      expect = ii.multiscale_shape(size, portrait, aspect)
+      expect = images.multiscale_shape(size, portrait, aspect)
       assert views.shape == (2, *expect, 3), (hw, size)
       np.testing.assert_array_equal(views[1], views[0][:, ::-1])
       # Centre crop of the longer side: the crop is symmetric about the source centre.
       centre = views[0][..., 0].mean(), views[0][..., 1].mean()
       np.testing.assert_allclose(centre, ((hw[0] - 1) / 2, (hw[1] - 1) / 2), atol=1.0)
   config = config_lib.imagenet(18)
-  shapes = ii.multiscale_shapes(config, 250)
+  shapes = eval_input.multiscale_shapes(config, 250)
   assert len(shapes) == 25 and len({s[:2] for s in shapes}) == 25
   assert (224, 224, 250) in shapes and (640, 960, 250 * 224 * 224 // (640 * 960)) in shapes
 
@@ -280,13 +284,13 @@ def test_multiscale_shapes_and_flips():
 def test_eval_counts_every_image_once(fake, protocol, batch, processes):
   config = small_config(fake)
   n_scales = len(config.multiscale_sizes)
-  allowed = {s[:2] for s in ii.multiscale_shapes(config, batch)}
+  allowed = {s[:2] for s in eval_input.multiscale_shapes(config, batch)}
   labels, total, n_batches, shapes = [], 0, set(), set()
   for p in range(processes):
-    n_local = ii.split_size(fake["builder"], "validation", process_index=p, process_count=processes)
+    n_local = prepared.split_size(fake["builder"], "validation", process_index=p, process_count=processes)
     seen = collections.Counter()
     batches = list(
-        ii.eval_dataset(
+        eval_input.eval_dataset(
             config, protocol=protocol, process_index=p, process_count=processes, local_batch_size=batch
         ).as_numpy_iterator()
     )
@@ -304,7 +308,7 @@ def test_eval_counts_every_image_once(fake, protocol, batch, processes):
         assert b["image"].shape[2:4] in allowed and b["image"].shape[1] == 2
         assert (
             b["image"].shape[0]
-            == [s[2] for s in ii.multiscale_shapes(config, batch) if s[:2] == b["image"].shape[2:4]][0]
+            == [s[2] for s in eval_input.multiscale_shapes(config, batch) if s[:2] == b["image"].shape[2:4]][0]
         )
     per_image = n_scales if protocol == "multiscale" else 1
     assert seen == {i: per_image for i in range(n_local)}
@@ -382,10 +386,10 @@ def test_evaluate_all_protocols_at_paper_sizes(fake):
   model = models.create_model(config.model)
   variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
   cache = {}
-  for protocol in ii.PROTOCOLS:
+  for protocol in eval_input.PROTOCOLS:
     r = evaluate.evaluate_protocol(model, variables, config, protocol, eval_fn_cache=cache)
     assert r["count"] == fake["num_val"]
-    assert r["input_shapes"] <= len(ii.multiscale_shapes(config, 8))
+    assert r["input_shapes"] <= len(eval_input.multiscale_shapes(config, 8))
 
 
 def test_train_cli_then_every_protocol(fake, tmp_path):
@@ -425,7 +429,14 @@ def test_train_cli_then_every_protocol(fake, tmp_path):
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["steps"] == 3 and results["eval_count"] == fake["num_val"]
   out = subprocess.run(
-      [sys.executable, "-m", "resnet_jax.evaluate", *common, "--json", *(f"--protocol={p}" for p in ii.PROTOCOLS)],
+      [
+          sys.executable,
+          "-m",
+          "resnet_jax.evaluate",
+          *common,
+          "--json",
+          *(f"--protocol={p}" for p in eval_input.PROTOCOLS),
+      ],
       cwd=REPO,
       capture_output=True,
       text=True,
@@ -434,7 +445,7 @@ def test_train_cli_then_every_protocol(fake, tmp_path):
   )
   assert out.returncode == 0, out.stderr[-3000:]
   rows = [json.loads(line) for line in out.stdout.strip().splitlines()]
-  assert [r["protocol"] for r in rows] == list(ii.PROTOCOLS)
+  assert [r["protocol"] for r in rows] == list(eval_input.PROTOCOLS)
   assert all(r["count"] == fake["num_val"] for r in rows)
   # The single-crop protocol is the evaluation the training loop ran on the same checkpoint; the two compile the
   # network separately (another float32 summation order), so one image whose top two logits are within rounding

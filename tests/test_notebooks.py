@@ -5,7 +5,7 @@ import os
 import nbformat
 from nbclient import NotebookClient
 
-from conftest import REPO, SHARED_DATA
+from helpers import REPO, SHARED_DATA
 
 
 def test_tour_runs_top_to_bottom(tmp_path, monkeypatch):

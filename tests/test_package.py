@@ -7,7 +7,7 @@ import subprocess
 import sys
 import zipfile
 
-from conftest import REPO, SMALL
+from helpers import REPO, SMALL
 
 
 def test_wheel_installs_and_trains_outside_the_repository(tmp_path):

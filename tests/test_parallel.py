@@ -20,7 +20,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, SMALL, read_jsonl, run_cli
+from helpers import REPO, SMALL, read_metrics, run_cli
 
 EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 RATIO = 10  # a float32 rounding may be this many times the one-device run's
@@ -167,7 +167,7 @@ def test_two_processes_agree_with_one(tmp_path, tfds_dir):
       f"--workdir={tmp_path / 'one'}",
       env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
   )
-  two, one = read_jsonl(tmp_path / "two" / "metrics.jsonl"), read_jsonl(tmp_path / "one" / "metrics.jsonl")
+  two, one = read_metrics(tmp_path / "two"), read_metrics(tmp_path / "one")
   assert [r["step"] for r in two] == [1, 2, 3]
   # The first step's loss depends only on the data each device saw: equal up to float32 reduction order.
   np.testing.assert_allclose(two[0]["train_loss"], one[0]["train_loss"], rtol=1e-6)

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, SHARED_DATA, TFDS_DIR
+from helpers import REPO, SHARED_DATA, TFDS_DIR
 
 README = (REPO / "README.md").read_text()
 SHRINK = [
@@ -59,7 +59,7 @@ def test_commands_are_known():
 @pytest.mark.slow
 def test_every_command_runs(tmp_path):
   from resnet_jax import convert
-  from test_convert import numpy_state, random_torchvision
+  from helpers import numpy_state, random_torchvision
 
   (tmp_path / "experiments").symlink_to(REPO / "experiments")  # as in a clone, without writing into this one
   samples = sorted((SHARED_DATA / "cifar10-lossless-test-samples").glob("*.png"))

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import SMALL, TFDS_DIR, run_cli
+from helpers import SMALL, TFDS_DIR, run_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

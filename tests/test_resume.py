@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO, assert_trees_equal, load_state, read_jsonl, run_cli, small_run_args, strip_speed
+from helpers import REPO, assert_trees_equal, load_state, read_metrics, run_cli, small_run_args, strip_speed
 
 MAIN = "resnet_jax.main"
 
@@ -31,20 +31,19 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
       stdout=subprocess.DEVNULL,
       stderr=subprocess.DEVNULL,
   )
-  jsonl = wd / "metrics.jsonl"
   deadline = time.time() + 600
   while time.time() < deadline and proc.poll() is None:
     ckpts = wd / "checkpoints"  # a step's folder appears once its (async) save is complete
-    if jsonl.exists() and len(read_jsonl(jsonl)) >= kill_at and any(d.name.isdigit() for d in ckpts.iterdir()):
+    if len(read_metrics(wd)) >= kill_at and any(d.name.isdigit() for d in ckpts.iterdir()):
       break
     time.sleep(0.05)
   assert proc.poll() is None, "the run ended before it could be killed"
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  killed_rows = read_jsonl(jsonl)
+  killed_rows = read_metrics(wd)
   assert killed_rows[-1]["step"] < 24
   run_cli(MAIN, *tfdata_run_args(wd))
-  assert strip_speed(read_jsonl(jsonl)) == strip_speed(read_jsonl(ref / "metrics.jsonl"))
+  assert strip_speed(read_metrics(wd)) == strip_speed(read_metrics(ref))
   assert_trees_equal(load_state(wd, 24), load_state(ref, 24))
   res = json.loads((wd / "results.json").read_text())
   assert 0 < res["resumed_from_step"] < 24, (kill_at, res["resumed_from_step"])
@@ -62,10 +61,10 @@ def test_rerun_of_finished_run_changes_nothing(tmp_path):
 # Preemption, damaged checkpoints, full disks (issue: survive preemption and damage).
 
 
-def _wait_for_rows(proc, jsonl, n, timeout=600):
+def _wait_for_rows(proc, wd, n, timeout=600):
   deadline = time.time() + timeout
   while time.time() < deadline and proc.poll() is None:
-    if jsonl.exists() and len(read_jsonl(jsonl)) >= n:
+    if len(read_metrics(wd)) >= n:
       return True
     time.sleep(0.05)
   return False
@@ -88,16 +87,16 @@ def test_sigterm_saves_at_that_step_and_resumes_exactly(tmp_path, reference_run)
       stderr=subprocess.PIPE,
       text=True,
   )
-  assert _wait_for_rows(proc, wd / "metrics.jsonl", at), "the run ended before the signal"
+  assert _wait_for_rows(proc, wd, at), "the run ended before the signal"
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=600)
   assert proc.returncode == 75, err[-3000:]
-  stopped = read_jsonl(wd / "metrics.jsonl")[-1]["step"]
+  stopped = read_metrics(wd)[-1]["step"]
   assert f"stopped by a signal after step {stopped}" in err
   assert stopped in [int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()]
   run_cli(MAIN, *small_run_args(wd))
   assert json.loads((wd / "results.json").read_text())["resumed_from_step"] == stopped
-  assert strip_speed(read_jsonl(wd / "metrics.jsonl")) == strip_speed(read_jsonl(reference_run / "metrics.jsonl"))
+  assert strip_speed(read_metrics(wd)) == strip_speed(read_metrics(reference_run))
   assert_trees_equal(load_state(wd, 24), load_state(reference_run, 24))
 
 
@@ -112,7 +111,7 @@ def test_truncated_newest_checkpoint_falls_back_and_stays_exact(tmp_path, refere
   proc = subprocess.Popen(
       [sys.executable, "-m", MAIN, *small_run_args(wd)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
   )
-  assert _wait_for_rows(proc, wd / "metrics.jsonl", 13)
+  assert _wait_for_rows(proc, wd, 13)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   steps = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
@@ -125,7 +124,7 @@ def test_truncated_newest_checkpoint_falls_back_and_stays_exact(tmp_path, refere
   assert (wd / "checkpoints" / f"{steps[-1]}.unreadable").is_dir()  # kept, not deleted
   assert json.loads((wd / "results.json").read_text())["resumed_from_step"] == steps[-2]
   assert_trees_equal(load_state(wd, 24), load_state(reference_run, 24))
-  assert strip_speed(read_jsonl(wd / "metrics.jsonl")) == strip_speed(read_jsonl(reference_run / "metrics.jsonl"))
+  assert strip_speed(read_metrics(wd)) == strip_speed(read_metrics(reference_run))
 
 
 def _mount_tmpfs(path, size):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import REPO, read_jsonl, run_cli
+from helpers import REPO, read_metrics, run_cli
 
 SWEEP = "resnet_jax.sweep"
 
@@ -77,7 +77,7 @@ def test_sweep_resumes_after_kill_then_skips_what_is_complete(tmp_path):
   for name, residual in (("plain8", False), ("resnet8", True)):
     res = json.loads((wd / name / "results.json").read_text())
     assert res["steps"] == 12 and res["config"]["model"]["residual"] is residual
-    assert [r["step"] for r in read_jsonl(wd / name / "metrics.jsonl")] == list(range(1, 13))
+    assert [r["step"] for r in read_metrics(wd / name)] == list(range(1, 13))
   assert 0 < json.loads((wd / "resnet8" / "results.json").read_text())["resumed_from_step"] < 12
   manifest = json.loads((wd / "sweep.json").read_text())
   assert list(manifest["runs"]) == ["plain8", "resnet8"]

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from conftest import load_state, read_jsonl, run_cli, small_run_args
+from helpers import load_state, read_metrics, run_cli, small_run_args
 
 MAIN = "resnet_jax.main"
 
@@ -38,7 +38,7 @@ def test_resnet8_learns_real_cifar10_on_the_papers_split(tmp_path, tfds_dir):
   res = json.loads((wd / "results.json").read_text())
   assert res["eval_count"] == 5_000 and res["eval_split"] == "train[45000:]"
   assert res["final_eval_error"] < 0.80, res
-  rows = read_jsonl(wd / "metrics.jsonl")
+  rows = read_metrics(wd)
   train_rows = [r for r in rows if "train_loss" in r]
   assert [r["step"] for r in train_rows] == [50, 100, 150, 200]
   assert train_rows[-1]["train_loss"] < train_rows[0]["train_loss"]
@@ -111,13 +111,13 @@ def test_nonfinite_steps_are_named_and_skipped_exactly(tmp_path):
   stop with an error naming the first of them (exit 3). No checkpoint ever holds a non-finite value."""
   nan = ["--config.learning_rate=1e30", "--config.lr_boundaries=(0.9,)"]
   run_cli(MAIN, *small_run_args(tmp_path / "skip1", steps=8), *nan, "--config.skip_nonfinite=True")
-  counts = {r["step"]: r["skipped_nonfinite"] for r in read_jsonl(tmp_path / "skip1" / "metrics.jsonl")}
+  counts = {r["step"]: r["skipped_nonfinite"] for r in read_metrics(tmp_path / "skip1")}
   res = json.loads((tmp_path / "skip1" / "results.json").read_text())
   assert res["skipped_nonfinite_this_run"] == counts[8] >= 1
   first_bad = min(step for step, count in counts.items() if count)
   four = ["--config.log_every_steps=4", "--config.steps_per_call=4"]
   run_cli(MAIN, *small_run_args(tmp_path / "skip4", steps=8), *nan, *four, "--config.skip_nonfinite=True")
-  rows = read_jsonl(tmp_path / "skip4" / "metrics.jsonl")
+  rows = read_metrics(tmp_path / "skip4")
   assert {r["step"]: r["skipped_nonfinite"] for r in rows} == {4: counts[4], 8: counts[8]}
   wd = tmp_path / "stop4"
   proc = run_cli(MAIN, *small_run_args(wd, steps=8), *nan, *four, check=False)

@@ -1,7 +1,7 @@
 """CIFAR-10 ResNet-110 (option A shortcuts), the recipe of section 4.2 of He et al. (2015).
 
 Command:  python -m resnet_jax.main --config=configs/cifar110.py --workdir=runs/cifar110 \\
-              --config.data_dir=../shared/data/tfds
+              --config.data_dir=DIR  # a tfds data dir holding cifar10 (default: $TFDS_DATA_DIR)
 Paper (Table 6): 6.43 (best of 5; mean 6.61 +- 0.16) % test error.
 Ours: not yet measured at the full 64k-step budget (see README.md for the runs we have made).
 """

@@ -1,7 +1,7 @@
 """CIFAR-10 ResNet-32 (option A shortcuts), the recipe of section 4.2 of He et al. (2015).
 
 Command:  python -m resnet_jax.main --config=configs/cifar32.py --workdir=runs/cifar32 \\
-              --config.data_dir=../shared/data/tfds
+              --config.data_dir=DIR  # a tfds data dir holding cifar10 (default: $TFDS_DATA_DIR)
 Paper (Table 6): 7.51 % test error.
 Ours: not yet measured at the full 64k-step budget (see README.md for the runs we have made).
 """

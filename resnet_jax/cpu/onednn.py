@@ -10,7 +10,7 @@ registered with `jax.ffi`. `conv_general_dilated` is a drop-in for `lax.conv_gen
 `conv_general_dilated` argument) with a custom VJP whose backward pass calls oneDNN's backward-data and
 backward-weights kernels; what oneDNN does not cover here (other dtypes, dilation, groups, layouts other than
 NHWC/HWIO) falls through to `lax.conv_general_dilated`. Same mathematics, another summation order: outputs and
-gradients agree with XLA's to float32 rounding (tests/test_onednn.py).
+gradients agree with XLA's to float32 rounding (tests/test_cpu.py).
 
 config.cpu.convolutions: 'auto' (default) uses oneDNN for a float32 CPU run on one device when the kernels are
 built, and XLA's Eigen convolutions otherwise (half_precision's bfloat16 included); 'onednn' requires them (a

@@ -8,7 +8,8 @@ know the option is detected once and left at its default, with a warning. 'xla_d
 installed XLA chooses. With oneDNN convolutions (cpu/onednn.py) the steps are still compiled with the Eigen
 option, for any convolution left to XLA.
 
-`jax.pmap` takes no compiler options; train.Steps compiles its pmapped steps through `lower().compile()` with them.
+`jax.pmap` takes no compiler options; resnet_jax.compiled_steps compiles its pmapped steps through
+`lower().compile()` with them.
 """
 
 from __future__ import annotations

@@ -1,0 +1,274 @@
+"""The pure train and eval steps compiled for one parallelism mode, with the host <-> device conversions.
+
+train.py's `train_step` and `eval_step` know nothing about devices. `CompiledSteps` compiles them either in
+`jax.jit` over a device mesh (config.parallelism='jit', the default: one program on 1 device, 8 or a pod; the
+state replicated, the batch sharded along its leading axis) or in `jax.pmap` over the local devices ('pmap': the
+state carries a leading device axis). The choice is made once, in `CompiledSteps.__init__`: `_Jit` and `_Pmap`
+hold what differs (compilation, placement of states and batches, the shape of the outputs), and every method of
+`CompiledSteps` is the same for both. `train.compile_steps(config, tx, schedule)` builds one.
+
+The training loop calls `train` (n steps from a given step: several steps in one compiled call when the batches
+are drawn on the devices, else one step on a host batch), `eval_on_batch`, and the state conversions; the
+benchmark lowers exactly those calls with `lower_train_on_batch` / `lower_train_on_device` and compiles them with
+`compile`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from resnet_jax import config_lib, parallel
+
+# Automatic steps_per_call: at most this many steps per call, on GPUs and TPUs with batches drawn on the devices.
+AUTO_STEPS_PER_CALL = 100
+
+
+def resolve_steps_per_call(config, platform: str) -> int:
+  """config.steps_per_call, with 0 (auto) settled for the platform.
+
+  Auto is 1 on CPUs (the host is not the bottleneck there) and with host batches; on GPUs and TPUs with
+  input_backend='device' it is the largest divisor of the log, eval and checkpoint intervals and of
+  num_train_steps that is at most AUTO_STEPS_PER_CALL (100 for the CIFAR recipes).
+  """
+  k = int(config.get("steps_per_call", 1))
+  if k:
+    return k
+  if platform == "cpu" or config.input_backend != "device" or config.parallelism != "jit":
+    return 1
+  g = functools.reduce(
+      math.gcd, [int(config.get(f)) for f in config_lib.INTERVAL_FIELDS] + [int(config.num_train_steps)]
+  )
+  return max(d for d in range(1, AUTO_STEPS_PER_CALL + 1) if g % d == 0)
+
+
+def draw_and_train(state, window, source, first_step, rng, *, n: int, draw, step):
+  """n training steps in one computation (config.steps_per_call), each on a batch drawn on the devices.
+
+  `draw(*source, s)` gives the images and labels of batch s (device_input.DeviceData); `step` is train_step with
+  its model and optimiser bound. Returns (state, window merged with each step's metrics in order, the steps' infos
+  stacked). One call per n steps is what lets a GPU run a CIFAR step without waiting for the host to launch it.
+  """
+
+  def body(carry, i):
+    state, window = carry
+    images, labels = draw(*source, first_step + i)
+    state, (m, info) = step(state, {"image": images, "label": labels}, rng)
+    return (state, window.merge(m)), info
+
+  (state, window), infos = jax.lax.scan(body, (state, window), jnp.arange(n, dtype=jnp.int32))
+  return state, window, infos
+
+
+def _per_device_bn_forward(model, mesh):
+  """Forward pass in which each device normalises with its own sub-batch's statistics (bn_sync=False).
+
+  The gradient is taken outside this shard_map, so JAX sums the per-device contributions to the replicated
+  parameters' gradients itself; the running statistics are averaged so they stay identical on all devices.
+  """
+
+  def local(params, batch_stats, images):
+    logits, upd = model.apply(
+        {"params": params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
+    )
+    return logits, jax.lax.pmean(upd["batch_stats"], parallel.AXIS)
+
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(parallel.AXIS)), out_specs=(P(parallel.AXIS), P()))
+
+
+class _Jit:
+  """parallelism='jit': global arrays over the mesh; XLA inserts the collectives."""
+
+  def __init__(self, config, mesh, model_factory, train_step, eval_step, options):
+    self.mesh, self.options = mesh, options
+    self.model = model_factory(None)
+    forward = _per_device_bn_forward(self.model, mesh) if not config.bn_sync and mesh.size > 1 else None
+    self.step = functools.partial(train_step, model=self.model, forward=forward)
+    rep, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    self.train = jax.jit(
+        self.step, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=0, compiler_options=options
+    )
+    self.eval = jax.jit(
+        functools.partial(eval_step, model=self.model),
+        in_shardings=(rep, data),
+        out_shardings=rep,
+        compiler_options=options,
+    )
+    self.compile_options = {}  # given to jax.jit already
+    self._on_device_calls = {}
+
+  def place_state(self, host_state):
+    return parallel.put_replicated(host_state, self.mesh)
+
+  def to_global(self, state):
+    return state
+
+  def from_global(self, state):
+    return state
+
+  def place_window(self, window):
+    return parallel.put_replicated(window, self.mesh)
+
+  def place_batch(self, local_batch):
+    if isinstance(local_batch["image"], jax.Array):  # drawn on the devices: global arrays already
+      return local_batch
+    return parallel.put_batch(local_batch, self.mesh)
+
+  def unstack(self, out):
+    return out
+
+  def on_device_call(self, n: int, draw):
+    """The jitted `draw_and_train` of n steps (compiled once for each n a run uses: normally steps_per_call)."""
+    if n not in self._on_device_calls:
+      rep = parallel.replicated(self.mesh)
+      self._on_device_calls[n] = jax.jit(
+          functools.partial(draw_and_train, n=n, draw=draw, step=self.step),
+          out_shardings=(rep, rep, rep),
+          donate_argnums=0,
+          compiler_options=self.options,
+      )
+    return self._on_device_calls[n]
+
+
+class _Pmap:
+  """parallelism='pmap': arrays with a leading axis of local devices; the steps average over the axis 'data'."""
+
+  def __init__(self, config, mesh, model_factory, train_step, eval_step, options):
+    self.mesh = mesh
+    self.model = model_factory(parallel.AXIS if config.bn_sync else None)
+    step = functools.partial(train_step, model=self.model, axis_name=parallel.AXIS)
+    self.train = _with_compiler_options(
+        jax.pmap(step, axis_name=parallel.AXIS, in_axes=(0, 0, None), donate_argnums=0), options
+    )
+    self.eval = _with_compiler_options(
+        jax.pmap(functools.partial(eval_step, model=self.model, axis_name=parallel.AXIS), axis_name=parallel.AXIS),
+        options,
+    )
+    self.compile_options = {"compiler_options": options} if options else {}  # pmap takes none itself
+
+  def place_state(self, host_state):
+    return parallel.pmap_replicate(host_state)
+
+  def to_global(self, state):
+    return parallel.put_replicated(parallel.pmap_unreplicate(state), self.mesh)
+
+  def from_global(self, state):
+    return parallel.pmap_replicate(jax.device_get(state))
+
+  def place_window(self, window):
+    return window  # merged on the host with the first device's metrics (all are equal)
+
+  def place_batch(self, local_batch):
+    return parallel.pmap_split(local_batch)
+
+  def unstack(self, out):
+    return jax.tree.map(lambda x: x[0], out)
+
+  def on_device_call(self, n: int, draw):
+    raise ValueError("batches drawn on the devices need parallelism='jit'")
+
+
+class _PmapWithOptions:
+  """A jax.pmap'd function compiled with XLA compiler options (pmap, unlike jit, takes none itself): through
+  `lower(...).compile(compiler_options=...)` on the first call for each argument signature."""
+
+  def __init__(self, fn, options: dict):
+    self.fn, self.options, self._compiled = fn, options, {}
+
+  def lower(self, *args):
+    return self.fn.lower(*args)
+
+  def __call__(self, *args):
+    leaves, tree = jax.tree.flatten(args)
+    key = (tree, tuple((getattr(x, "shape", None), str(getattr(x, "dtype", type(x)))) for x in leaves))
+    compiled = self._compiled.get(key)
+    if compiled is None:
+      compiled = self._compiled[key] = self.fn.lower(*args).compile(compiler_options=self.options)
+    return compiled(*args)
+
+
+def _with_compiler_options(fn, options: dict):
+  return _PmapWithOptions(fn, options) if options else fn
+
+
+_MODES = {"jit": _Jit, "pmap": _Pmap}
+
+
+class CompiledSteps:
+  """The train and eval steps compiled for config.parallelism over `mesh`, with host <-> device conversions.
+
+  `train_step(state, batch, rng, *, model, forward=None, axis_name=None)` and `eval_step(state, batch, *, model,
+  axis_name=None)` are the pure steps with everything but the model bound; `model_factory(bn_axis_name)` builds
+  the network (pmap's synchronised BN needs the axis name); `plan` is the platform plan (resnet_jax.cpu) whose
+  XLA options both steps are compiled with.
+  """
+
+  def __init__(self, config, *, mesh, plan, model_factory, train_step, eval_step):
+    if config.parallelism not in _MODES:
+      raise ValueError(f"unknown parallelism {config.parallelism!r}: valid values are {list(_MODES)}")
+    self.mode, self.mesh, self.plan = config.parallelism, mesh, plan
+    self._mode = _MODES[self.mode](config, mesh, model_factory, train_step, eval_step, plan.options)
+    self.model = self._mode.model
+    self.steps_per_call = resolve_steps_per_call(config, mesh.devices.flat[0].platform)
+
+  # State placement.
+  def to_device(self, host_state):
+    return self._mode.place_state(host_state)
+
+  def to_global(self, state):
+    """The state as globally replicated jax.Arrays (what checkpoints store, in either mode)."""
+    return self._mode.to_global(state)
+
+  def from_global(self, state):
+    return self._mode.from_global(state)
+
+  def abstract_global(self, host_state):
+    return parallel.abstract_replicated(host_state, self.mesh)
+
+  def place_window(self, window):
+    """Training metrics placed where `train` merges into them."""
+    return self._mode.place_window(window)
+
+  # Steps.
+  def train(self, state, window, data, first_step: int, n: int, rng):
+    """Training steps first_step .. first_step + n - 1 (0-based: the state's step before each update).
+
+    Returns (state, `window` merged with their metrics, their step infos stacked along a leading axis of length
+    n). Batches drawn on the devices (input_backend='device', `data.device`) run all n steps in one compiled call,
+    the metrics merged on the devices in step order; host batches (tf.data, ImageNet) run one step per call.
+    """
+    if data.device is None:
+      if n != 1:
+        raise ValueError(f"{n} steps per call need batches drawn on the devices (input_backend='device')")
+      state, m, info = self.train_on_batch(state, data.train_batch(first_step), rng)
+      return state, window.merge(m), jax.tree.map(lambda x: x[None], info)
+    call = self._mode.on_device_call(n, data.device.draw)
+    return call(state, window, data.device.source(first_step, n), jnp.asarray(first_step, jnp.int32), rng)
+
+  def train_on_batch(self, state, local_batch, rng):
+    """One training step on this process's share of a batch; returns (state, metrics, step info)."""
+    state, out = self._mode.train(state, self._mode.place_batch(local_batch), rng)
+    m, info = self._mode.unstack(out)
+    return state, m, info
+
+  def eval_on_batch(self, state, local_batch):
+    """The evaluation metrics of this process's share of a padded, masked batch."""
+    return self._mode.unstack(self._mode.eval(state, self._mode.place_batch(local_batch)))
+
+  # Lowering, for measurements of the very calls above (resnet_jax.benchmark).
+  def lower_train_on_batch(self, state, local_batch, rng):
+    """The jax Lowered of `train_on_batch`'s call (the batch placed as it places it)."""
+    return self._mode.train.lower(state, self._mode.place_batch(local_batch), rng)
+
+  def lower_train_on_device(self, state, window, device, first_step: int, n: int, rng):
+    """The jax Lowered of `train`'s call of n steps on batches drawn on the devices (`device`: a DeviceData)."""
+    call = self._mode.on_device_call(n, device.draw)
+    return call.lower(state, window, device.source(first_step, n), jnp.asarray(first_step, jnp.int32), rng)
+
+  def compile(self, lowered):
+    """A Lowered of the methods above compiled as the steps are: with the plan's XLA options."""
+    return lowered.compile(**self._mode.compile_options)
