@@ -16,9 +16,10 @@ The network is the plain XLA formulation (never the CPU plan's oneDNN custom cal
 - savedmodel: a folder with the signature `serving_default` (input `images`, output `probabilities` or `logits`),
   made by jax2tf (the network as an XlaCallModule op, its weights as variables): TensorFlow, TF Serving.
 - onnx: one file through jax2onnx (input `images`, output `probabilities` or `logits`, a symbolic batch
-  dimension), checked with onnxruntime before it is written. jax2onnx's graph is wrong for nets that mix identity
-  and projection shortcuts (option B, so every ImageNet net): such an export stops with an error that says so
-  instead of writing a file onnxruntime rejects.
+  dimension), checked with onnxruntime against the network before it is written. jax2onnx handles the CIFAR nets
+  with option A or C shortcuts; it cannot convert ImageNet nets (its flax max-pool replacement takes no explicit
+  padding) and makes graphs onnxruntime rejects for option-B nets (identity and projection shortcuts mixed): such
+  an export stops with an error naming the other two formats, and writes nothing.
 
 OUT may be a local path or a cloud URL (gs://...); an existing OUT is kept unless --overwrite.
 The same in Python: `resnet_jax.export.export(workdir, out, "onnx")`.
@@ -138,13 +139,20 @@ def to_onnx(serve, config, *, output_name: str) -> bytes:
   # does not import with this JAX; none of them concerns a ResNet.
   logging.getLogger("jax2onnx").setLevel(logging.ERROR)
 
-  model = jax2onnx.to_onnx(
-      serve,
-      [_input_spec(config, "batch")],
-      opset=ONNX_OPSET,
-      input_names=["images"],
-      output_names=[output_name],
-  ).SerializeToString()
+  try:
+    model = jax2onnx.to_onnx(
+        serve,
+        [_input_spec(config, "batch")],
+        opset=ONNX_OPSET,
+        input_names=["images"],
+        output_names=[output_name],
+    ).SerializeToString()
+  except Exception as e:  # noqa: BLE001 - any failure inside the converter
+    raise ExportError(
+        f"jax2onnx {importlib.metadata.version('jax2onnx')} cannot convert this network "
+        f"({type(e).__name__}: {errors.one_line(e, 200)}); it handles CIFAR nets with option A or C shortcuts, "
+        "not ImageNet nets: export this workdir with --format=savedmodel or --format=stablehlo"
+    ) from None
   # onnxruntime checks the graph's shapes when it loads it; then the graph must compute the network's function
   # (within float32 reordering) on a small batch of random pixels.
   images = np.random.default_rng(0).integers(0, 256, (2, config.image_size, config.image_size, 3), np.uint8)

@@ -102,8 +102,7 @@ def test_artefacts_give_predicts_probabilities_without_resnet_jax(workdir, tmp_p
   calls = {line.split("@")[1].split("(")[0] for line in module.splitlines() if "stablehlo.custom_call" in line}
   assert calls <= {"shape_assertion"}  # no oneDNN (or any other) custom call inside
 
-  logits = tmp_path / "logits.stablehlo"
-  run_cli("resnet_jax.export", f"--workdir={workdir}", "--format=stablehlo", "--logits", logits)
+  logits = export.export(str(workdir), str(tmp_path / "logits.stablehlo"), "stablehlo", logits=True)
   got = np.asarray(jax_export.deserialize(bytearray(logits.read_bytes())).call(images))
   np.testing.assert_allclose(np.exp(got) / np.exp(got).sum(-1, keepdims=True), expected, atol=1e-4)
 
@@ -185,3 +184,6 @@ def test_torchvision_resnet50_exports_with_torchvisions_probabilities(tmp_path):
   exported = jax_export.deserialize(bytearray(out.read_bytes()))
   np.testing.assert_allclose(np.asarray(exported.call(images)), theirs, atol=1e-4)
   np.testing.assert_allclose(np.asarray(exported.call(images[:1])), theirs[:1], atol=1e-4)
+  with pytest.raises(export.ExportError, match="cannot convert this network .* --format=savedmodel or"):
+    export.export(str(tmp_path / "tv50"), str(tmp_path / "tv50.onnx"), "onnx")  # jax2onnx's max-pool patch
+  assert not (tmp_path / "tv50.onnx").exists()
