@@ -21,7 +21,7 @@ def pytest_configure(config):
   os.environ.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
 
 
-# The longest test files first: `make test` hands whole files to two workers in collection order (--dist loadfile),
+# The longest test files first: `make test` hands whole files to the workers in collection order (--dist loadfile),
 # so the files that take minutes start at once and the short ones fill the end (per-file totals of a run of the
 # suite on this project's 2-core machine, 2026-11-30: 90-145 s each for these, under a minute for the rest).
 _LONGEST_FIRST = (
