@@ -12,7 +12,7 @@ cropping an ImageNet photo to S x S stays outside (`resnet_jax.predict` shows th
 The network is the plain XLA formulation (never the CPU plan's oneDNN custom calls): an artefact runs anywhere.
 
 - stablehlo: one file, `jax.export`'s serialisation, lowered for CPU, CUDA and TPU. Load it with JAX alone:
-  `jax.export.deserialize(open(OUT, "rb").read()).call(images)`.
+  `jax.export.deserialize(bytearray(open(OUT, "rb").read())).call(images)`.
 - savedmodel: a folder with the signature `serving_default` (input `images`, output `probabilities` or `logits`),
   made by jax2tf (the network as an XlaCallModule op, its weights as variables): TensorFlow, TF Serving.
 - onnx: one file through jax2onnx (input `images`, output `probabilities` or `logits`, a symbolic batch
@@ -173,8 +173,6 @@ def to_onnx(serve, config, *, output_name: str) -> bytes:
 
 
 def _require(fmt: str) -> None:
-  import importlib
-
   for module in REQUIREMENTS.get(fmt, ()):
     try:
       importlib.import_module(module)

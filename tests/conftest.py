@@ -22,22 +22,25 @@ def pytest_configure(config):
 
 
 # The longest test files first: `make test` hands whole files to the workers in collection order (--dist loadfile),
-# so the files that take minutes start at once and the short ones fill the end (per-file totals of a run of the
-# suite on this project's 2-core machine, 2026-11-30: 90-145 s each for these, under a minute for the rest).
+# so the files that take minutes start at once and the short ones fill the end (ordered by per-file totals of a
+# clean-clone run of the suite on three workers on this project's 2-core machine, 2026-12-02).
 _LONGEST_FIRST = (
-    "test_imagenet.py",
-    "test_export.py",
-    "test_notebooks.py",
-    "test_cloud_storage.py",
-    "test_resume.py",
-    "test_cluster.py",
     "test_train.py",
-    "test_cpu.py",
+    "test_resume.py",
+    "test_export.py",
     "test_convert.py",
-    "test_sweep.py",
+    "test_cloud_storage.py",
     "test_device_input.py",
+    "test_imagenet.py",
+    "test_cpu.py",
+    "test_benchmark.py",
     "test_parallel.py",
+    "test_cluster.py",
     "test_models.py",
+    "test_notebooks.py",
+    "test_sweep.py",
+    "test_report.py",
+    "test_cli.py",
 )
 
 

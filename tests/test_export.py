@@ -183,7 +183,6 @@ def test_torchvision_resnet50_exports_with_torchvisions_probabilities(tmp_path):
 
   exported = jax_export.deserialize(bytearray(out.read_bytes()))
   np.testing.assert_allclose(np.asarray(exported.call(images)), theirs, atol=1e-4)
-  np.testing.assert_allclose(np.asarray(exported.call(images[:1])), theirs[:1], atol=1e-4)
   with pytest.raises(export.ExportError, match="cannot convert this network .* --format=savedmodel or"):
     export.export(str(tmp_path / "tv50"), str(tmp_path / "tv50.onnx"), "onnx")  # jax2onnx's max-pool patch
   assert not (tmp_path / "tv50.onnx").exists()
