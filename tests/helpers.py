@@ -3,6 +3,10 @@
 Test files import this module (`from helpers import ...`); conftest.py keeps only pytest's hooks and fixtures.
 """
 
+import contextlib
+import dataclasses
+import io
+import logging
 import os
 import subprocess
 import sys
@@ -28,6 +32,53 @@ def run_cli(module, *args, env=None, check=True, timeout=900):
   if check and proc.returncode != 0:
     raise AssertionError(f"{module} {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-6000:]}")
   return proc
+
+
+@dataclasses.dataclass
+class Finished:
+  """What a command run in this process left: its exit status and what it wrote to stderr (logs included)."""
+
+  returncode: int
+  stderr: str
+
+
+def train_in_process(*args, check=True) -> Finished:
+  """`python -m resnet_jax.main ARGS` run inside this process, as main.main runs it (the config from the same flag
+  definitions, cli.start, train.train_and_evaluate under cli.user_errors), without starting a Python, importing
+  JAX and loading compiled programs again for each run.
+
+  For the tests of the training machinery (resume, errors, writers); tests/test_cli.py and a few end-to-end tests
+  run the real command. A user error ends as it does in the command: its one-line message on stderr and its exit
+  status (cli.fail's SystemExit), which this returns instead of exiting.
+  """
+  from resnet_jax import cli, sweep, train
+
+  args = [str(a) for a in args]
+  config = sweep.config_from_argv(args)
+  (workdir,) = [a.split("=", 1)[1] for a in args if a.startswith("--workdir=")]
+  stderr = io.StringIO()
+  handler = logging.StreamHandler(stderr)
+  handler.setFormatter(logging.Formatter("%(levelname)s %(filename)s:%(lineno)d] %(message)s"))
+  root = logging.getLogger()  # the project logs with the standard logging module, absl's through its "absl" child
+  level = root.level
+  root.addHandler(handler)
+  root.setLevel(logging.INFO)
+  try:
+    with contextlib.redirect_stderr(stderr):
+      try:
+        cli.start(config, restart=False, join_cluster=True)
+        with cli.user_errors():
+          train.train_and_evaluate(config, workdir)
+        returncode = 0
+      except SystemExit as e:
+        returncode = e.code if isinstance(e.code, int) else 1
+  finally:
+    root.removeHandler(handler)
+    root.setLevel(level)
+  finished = Finished(returncode, stderr.getvalue())
+  if check and returncode != 0:
+    raise AssertionError(f"resnet_jax.main {' '.join(args)} exited {returncode}:\n{finished.stderr[-6000:]}")
+  return finished
 
 
 def read_metrics(workdir):

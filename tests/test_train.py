@@ -1,11 +1,11 @@
-"""End-to-end training tests: the real CLI on real CIFAR-10 and on fake data."""
+"""Training tests: the real command on real CIFAR-10, and the loop's errors on fake data (run in this process)."""
 
 import json
 import os
 
 import numpy as np
 
-from helpers import load_state, read_metrics, run_cli, small_run_args
+from helpers import load_state, read_metrics, run_cli, small_run_args, train_in_process
 
 MAIN = "resnet_jax.main"
 
@@ -53,7 +53,8 @@ def test_resnet8_learns_real_cifar10_on_the_papers_split(tmp_path, tfds_dir):
   assert res["config"]["model"]["depth"] == 8 and res["steps"] == 200
 
 
-# Errors: one clear message, exit status 2 (3 for non-finite values), no stack trace.
+# Errors: one clear message, exit status 2 (3 for non-finite values), no stack trace. The command's own flag errors
+# are run as the command; the rest run main's path in this process (helpers.train_in_process).
 
 
 def _assert_user_error(proc, *needles, code=2):
@@ -72,8 +73,7 @@ def test_unknown_field_and_wrong_type(tmp_path):
 
 
 def test_invalid_values_are_all_listed(tmp_path):
-  proc = run_cli(
-      MAIN,
+  proc = train_in_process(
       "--config=configs/cifar20.py",
       f"--workdir={tmp_path}",
       "--config.batch_size=0",
@@ -87,8 +87,7 @@ def test_invalid_values_are_all_listed(tmp_path):
 
 
 def test_missing_data_names_the_fix(tmp_path):
-  proc = run_cli(
-      MAIN,
+  proc = train_in_process(
       "--config=configs/cifar20.py",
       f"--workdir={tmp_path / 'w'}",
       f"--config.data_dir={tmp_path / 'nothing_here'}",
@@ -99,8 +98,8 @@ def test_missing_data_names_the_fix(tmp_path):
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):
   wd = tmp_path / "w"
-  run_cli(MAIN, *small_run_args(wd, steps=2))
-  proc = run_cli(MAIN, *small_run_args(wd, steps=4), "--config.model.depth=32", check=False)
+  train_in_process(*small_run_args(wd, steps=2))
+  proc = train_in_process(*small_run_args(wd, steps=4), "--config.model.depth=32", check=False)
   _assert_user_error(proc, "different model", "model.depth: checkpoint 8, this run 32")
   assert sorted(os.listdir(wd / "checkpoints")) == ["2"]
 
@@ -110,17 +109,17 @@ def test_nonfinite_steps_are_named_and_skipped_exactly(tmp_path):
   step, the log says which steps were skipped; four steps per call skip the same ones, and without skip_nonfinite
   stop with an error naming the first of them (exit 3). No checkpoint ever holds a non-finite value."""
   nan = ["--config.learning_rate=1e30", "--config.lr_boundaries=(0.9,)"]
-  run_cli(MAIN, *small_run_args(tmp_path / "skip1", steps=8), *nan, "--config.skip_nonfinite=True")
+  train_in_process(*small_run_args(tmp_path / "skip1", steps=8), *nan, "--config.skip_nonfinite=True")
   counts = {r["step"]: r["skipped_nonfinite"] for r in read_metrics(tmp_path / "skip1")}
   res = json.loads((tmp_path / "skip1" / "results.json").read_text())
   assert res["skipped_nonfinite_this_run"] == counts[8] >= 1
   first_bad = min(step for step, count in counts.items() if count)
   four = ["--config.log_every_steps=4", "--config.steps_per_call=4"]
-  run_cli(MAIN, *small_run_args(tmp_path / "skip4", steps=8), *nan, *four, "--config.skip_nonfinite=True")
+  train_in_process(*small_run_args(tmp_path / "skip4", steps=8), *nan, *four, "--config.skip_nonfinite=True")
   rows = read_metrics(tmp_path / "skip4")
   assert {r["step"]: r["skipped_nonfinite"] for r in rows} == {4: counts[4], 8: counts[8]}
   wd = tmp_path / "stop4"
-  proc = run_cli(MAIN, *small_run_args(wd, steps=8), *nan, *four, check=False)
+  proc = train_in_process(*small_run_args(wd, steps=8), *nan, *four, check=False)
   _assert_user_error(proc, f"non-finite loss or gradient at step {first_bad} ", "Newest good checkpoint", code=3)
   import jax
 
