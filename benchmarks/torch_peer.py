@@ -211,9 +211,13 @@ def copy_flax_params(net, flax_params) -> None:
 
 
 class TorchBench:
-  """The PyTorch twin's eager train step on fixed batches."""
+  """The PyTorch twin's train step on fixed batches: eager, or with the network under torch.compile (`compiled`:
+  TorchInductor's default mode, forward and backward compiled through AOTAutograd; the optimiser step stays
+  PyTorch's foreach SGD, as in the usual `model = torch.compile(model)` training loop)."""
 
-  def __init__(self, config, flax_params, host_batches, *, channels_last: bool, device: str = "cpu"):
+  def __init__(
+      self, config, flax_params, host_batches, *, channels_last: bool, device: str = "cpu", compiled: bool = False
+  ):
     import contextlib
     import torch
 
@@ -248,6 +252,7 @@ class TorchBench:
         for b in host_batches
     ]
     self.num_params = sum(p.numel() for p in self.net.parameters())
+    self.train_net = torch.compile(self.net) if compiled else self.net  # logits() checks the eager twin
     self._i = 0
 
   def step(self):
@@ -255,7 +260,7 @@ class TorchBench:
     self._i += 1
     self.opt.zero_grad(set_to_none=True)
     with self.autocast():
-      logits = self.net(x)
+      logits = self.train_net(x)
     loss = self.torch.nn.functional.cross_entropy(logits.float(), y)
     loss.backward()
     self.opt.step()
@@ -328,7 +333,10 @@ def compare(
     skip_jax: bool = False,
     torch_device: str = "cpu",
     window_warmup: int = 1,
+    torch_compile: bool = False,
 ) -> dict:
+  """Ours, PyTorch eager and (with `torch_compile`) PyTorch under torch.compile, their windows interleaved: one
+  window of each in turn, `windows` times, so that all see the same machine load."""
   import jax
   import torch
   from resnet_jax import benchmark
@@ -337,46 +345,56 @@ def compare(
   host = jax.device_get(bench.state)
   tb = TorchBench(config, host.params, bench.batches, channels_last=channels_last, device=torch_device)
   check = check_same_function(bench, tb)
+  contenders = {} if skip_jax else {"jax": bench.step}
+  contenders["torch"] = tb.step
+  compile_seconds = {}
   t0 = time.perf_counter()
   if not skip_jax:
     bench.compile()
-  compile_s = time.perf_counter() - t0
+  compile_seconds["jax"] = time.perf_counter() - t0
+  if torch_compile:
+    # Its own twin from the same initial parameters (the eager twin's steps would otherwise move them).
+    tc = TorchBench(config, host.params, bench.batches, channels_last=channels_last, device=torch_device, compiled=True)
+    t0 = time.perf_counter()
+    jax.block_until_ready(tc.step())  # TorchInductor compiles on the first call
+    compile_seconds["torch_compile"] = time.perf_counter() - t0
+    contenders["torch_compile"] = tc.step
   for _ in range(warmup):
-    if not skip_jax:
-      jax.block_until_ready(bench.step())
-    jax.block_until_ready(tb.step())
-  jax_rates, torch_rates, jax_cpu, torch_cpu = [], [], [], []
+    for step in contenders.values():
+      jax.block_until_ready(step())
+  rates = {name: [] for name in contenders}
+  cpu = {name: [] for name in contenders}
   b = config.batch_size
   loads = [os.getloadavg()[0]]
   for _ in range(windows):
-    if not skip_jax:
+    for name, step in contenders.items():
       for _ in range(window_warmup):
-        jax.block_until_ready(bench.step())
-      t = benchmark.timed_windows(bench.step, items_per_call=b, calls=steps, windows=1)
-      jax_rates.append(t["rate"])
-      jax_cpu.append(t["cpu_seconds_per_call"])
-    for _ in range(window_warmup):
-      jax.block_until_ready(tb.step())
-    t = benchmark.timed_windows(tb.step, items_per_call=b, calls=steps, windows=1)
-    torch_rates.append(t["rate"])
-    torch_cpu.append(t["cpu_seconds_per_call"])
+        jax.block_until_ready(step())
+      t = benchmark.timed_windows(step, items_per_call=b, calls=steps, windows=1)
+      rates[name].append(t["rate"])
+      cpu[name].append(t["cpu_seconds_per_call"])
     loads.append(os.getloadavg()[0])
-  jm = statistics.median(jax_rates) if jax_rates else None
-  tm = statistics.median(torch_rates)
-  jc = statistics.median(jax_cpu) if jax_cpu else None
-  tc = statistics.median(torch_cpu)
+  med = {name: statistics.median(r) for name, r in rates.items()}
+  cpu_med = {name: statistics.median(c) for name, c in cpu.items()}
+  jm, tm, tcm = med.get("jax"), med["torch"], med.get("torch_compile")
+  jc, tcpu = cpu_med.get("jax"), cpu_med["torch"]
   return {
       "config": benchmark.describe(config),
       "check": check,
       "jax_images_per_sec": jm,
       "torch_images_per_sec": tm,
+      "torch_compile_images_per_sec": tcm,
       "ratio_jax_over_torch": jm / tm if jm else None,
+      "ratio_jax_over_torch_compile": jm / tcm if jm and tcm else None,
       "jax_cpu_seconds_per_step": jc,
-      "torch_cpu_seconds_per_step": tc,
-      "cpu_time_ratio_torch_over_jax": tc / jc if jc else None,
-      "jax_windows": jax_rates,
-      "torch_windows": torch_rates,
-      "jax_compile_seconds": compile_s,
+      "torch_cpu_seconds_per_step": tcpu,
+      "torch_compile_cpu_seconds_per_step": cpu_med.get("torch_compile"),
+      "cpu_time_ratio_torch_over_jax": tcpu / jc if jc else None,
+      "jax_windows": rates.get("jax", []),
+      "torch_windows": rates["torch"],
+      "torch_compile_windows": rates.get("torch_compile", []),
+      "jax_compile_seconds": compile_seconds["jax"],
+      "torch_compile_seconds": compile_seconds.get("torch_compile"),
       "torch_version": torch.__version__,
       "torch_threads": torch.get_num_threads(),
       "torch_channels_last": channels_last,
@@ -409,6 +427,9 @@ def define_flags() -> None:
       cpu_devices=flags.DEFINE_integer("cpu_devices", None, "JAX on CPU: split the batch over N virtual devices."),
       json=flags.DEFINE_bool("json", False, "Print one JSON object."),
       skip_jax=flags.DEFINE_bool("skip_jax", False, "Time PyTorch only (still builds ours for the checks)."),
+      torch_compile=flags.DEFINE_bool(
+          "torch_compile", False, "Also time the PyTorch twin under torch.compile (a third interleaved window)."
+      ),
       torch_device=flags.DEFINE_string(
           "torch_device", "cpu", "PyTorch device: cpu, or cuda (then with half_precision under bfloat16 autocast)."
       ),
@@ -439,6 +460,7 @@ def main(argv):
       skip_jax=f["skip_jax"],
       torch_device=f["torch_device"],
       window_warmup=f["window_warmup"],
+      torch_compile=f["torch_compile"],
   )
   if f["json"]:
     print(json.dumps(r))
@@ -461,9 +483,16 @@ def main(argv):
       f"{', channels_last' if r['torch_channels_last'] else ''}): {r['torch_images_per_sec']:.1f} img/s  "
       f"[{fmt(r['torch_windows'])}]"
   )
+  if r["torch_compile_images_per_sec"]:
+    print(
+        f"pytorch torch.compile (compiled in {r['torch_compile_seconds']:.0f} s): "
+        f"{r['torch_compile_images_per_sec']:.1f} img/s  [{fmt(r['torch_compile_windows'])}]"
+    )
+  if r["ratio_jax_over_torch_compile"]:
+    print(f"ratio ours / torch.compile: {r['ratio_jax_over_torch_compile']:.2f}x")
   if r["ratio_jax_over_torch"]:
     print(
-        f"ratio ours / pytorch: {r['ratio_jax_over_torch']:.2f}x   (load average "
+        f"ratio ours / pytorch eager: {r['ratio_jax_over_torch']:.2f}x   (load average "
         f"{min(r['load_average_1min']):.1f}-{max(r['load_average_1min']):.1f} on {r['machine']['cpu_count']} CPUs)"
     )
     print(

@@ -112,14 +112,16 @@ def _set_cpu_devices(n: int | None) -> None:
 def timed_windows(fn: Callable[[], Any], *, items_per_call: int, calls: int, windows: int) -> dict:
   """`windows` windows of `calls` back-to-back calls of fn (which returns what to block on).
 
-  Returns the median items/s (wall clock), the per-window rates, and the median process CPU seconds per call
+  Returns the median items/s (wall clock), the per-window rates, and medians per call of the process's CPU seconds
   (all threads; less sensitive than the wall clock to other programs sharing the machine, but it also counts
-  threads spinning while they wait for work).
+  threads spinning while they wait for work), of its system CPU seconds and of its minor page faults (getrusage:
+  the kernel's share, which memory that is freed and touched again shows up in).
   """
   import jax
 
-  rates, cpu = [], []
+  rates, cpu, system, faults = [], [], [], []
   for _ in range(windows):
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0, c0 = time.perf_counter(), time.process_time()
     out = None
     for _ in range(calls):
@@ -127,7 +129,16 @@ def timed_windows(fn: Callable[[], Any], *, items_per_call: int, calls: int, win
     jax.block_until_ready(out)
     rates.append(items_per_call * calls / (time.perf_counter() - t0))
     cpu.append((time.process_time() - c0) / calls)
-  return {"rate": statistics.median(rates), "rates": rates, "cpu_seconds_per_call": statistics.median(cpu)}
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    system.append((r1.ru_stime - r0.ru_stime) / calls)
+    faults.append((r1.ru_minflt - r0.ru_minflt) / calls)
+  return {
+      "rate": statistics.median(rates),
+      "rates": rates,
+      "cpu_seconds_per_call": statistics.median(cpu),
+      "system_cpu_seconds_per_call": statistics.median(system),
+      "minor_faults_per_call": statistics.median(faults),
+  }
 
 
 def median_rate(fn: Callable[[], Any], *, items_per_call: int, calls: int, windows: int) -> tuple[float, list]:
@@ -503,22 +514,25 @@ def compare_steps_per_call(config, values, *, steps: int, windows: int, warmup: 
     bench.compile()
     for _ in range(max(1, -(-warmup // bench.steps_per_call))):
       jax.block_until_ready(bench.step())
-  rates = {v: [] for v in benches}
+  windows_of = {v: [] for v in benches}
   for _ in range(windows):
     for v, bench in benches.items():
       k = bench.steps_per_call
-      rates[v].append(
-          timed_windows(bench.step, items_per_call=config.batch_size * k, calls=max(1, steps // k), windows=1)["rate"]
-      )
-  medians = {v: statistics.median(r) for v, r in rates.items()}
+      t = timed_windows(bench.step, items_per_call=config.batch_size * k, calls=max(1, steps // k), windows=1)
+      windows_of[v].append(t)
+  per_step = lambda v, key: statistics.median(t[key] for t in windows_of[v]) / benches[v].steps_per_call
+  medians = {v: statistics.median(t["rate"] for t in ts) for v, ts in windows_of.items()}
   first = medians[next(iter(medians))]
   return {
       "config": describe(config),
       "steps_per_call": {
           str(v): {
               "train_images_per_sec": medians[v],
-              "train_window_images_per_sec": rates[v],
+              "train_window_images_per_sec": [t["rate"] for t in windows_of[v]],
               "ratio_to_first": medians[v] / first,
+              "cpu_seconds_per_step": per_step(v, "cpu_seconds_per_call"),
+              "system_cpu_seconds_per_step": per_step(v, "system_cpu_seconds_per_call"),
+              "minor_faults_per_step": per_step(v, "minor_faults_per_call"),
           }
           for v in benches
       },
@@ -532,12 +546,13 @@ def format_comparison(r: dict) -> str:
   lines = [
       f"{r['config']['family']} depth {r['config']['depth']}  batch {r['config']['batch_size']}; "
       f"{mach['device_count']} x {mach['device_kind']} ({mach['platform']}), {mach['cpu_count']} CPUs",
-      "steps_per_call | train img/s (median) | ratio | windows",
+      "steps_per_call | train img/s (median) | ratio | CPU s/step | system s/step | minor faults/step | windows",
   ]
   for v, x in r["steps_per_call"].items():
     lines.append(
         f"{v:>14} | {x['train_images_per_sec']:20.1f} | {x['ratio_to_first']:5.2f} | "
-        + ", ".join(f"{w:.1f}" for w in x["train_window_images_per_sec"])
+        f"{x['cpu_seconds_per_step']:10.3f} | {x['system_cpu_seconds_per_step']:13.3f} | "
+        f"{x['minor_faults_per_step']:17.0f} | " + ", ".join(f"{w:.1f}" for w in x["train_window_images_per_sec"])
     )
   return "\n".join(lines)
 

@@ -279,3 +279,59 @@ def test_torch_peer_half_precision_checks_the_float32_function():
   assert r["torch_autocast_bf16"] and r["torch_device"] == "cpu" and r["torch_device_name"] is None
   assert r["check"]["params"] == RESNET8_PARAMS and r["check"]["max_abs_logit_diff"] < 1e-3
   assert r["jax_images_per_sec"] > 0 and r["torch_images_per_sec"] > 0
+
+
+@pytest.mark.peer
+def test_torch_peer_times_torch_compile_beside_eager():
+  """--torch_compile adds a third contender, compiled from the same initial parameters, in the same rounds."""
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import torch_peer
+
+  config = config_lib.cifar(8)
+  config.dataset, config.batch_size = "fake", 8
+  r = torch_peer.compare(config, steps=1, windows=2, warmup=1, torch_compile=True)
+  assert len(r["torch_compile_windows"]) == len(r["torch_windows"]) == len(r["jax_windows"]) == 2
+  assert r["torch_compile_seconds"] > 0 and r["ratio_jax_over_torch_compile"] > 0
+
+
+def test_steps_per_call_comparison_reports_kernel_time_and_faults():
+  """--compare_steps_per_call's per-step CPU, system CPU and minor page faults (what explains the K>1 gain on CPU),
+  in this process on ResNet-8."""
+  from resnet_jax import benchmark
+
+  config = config_lib.cifar(8)
+  config.dataset, config.batch_size, config.input_backend = "fake", 8, "device"
+  config.fake_train_size, config.fake_eval_size = 64, 32
+  r = benchmark.compare_steps_per_call(config, [1, 2], steps=4, windows=2, warmup=1)
+  assert list(r["steps_per_call"]) == ["1", "2"]
+  for x in r["steps_per_call"].values():
+    assert len(x["train_window_images_per_sec"]) == 2 and x["train_images_per_sec"] > 0
+    assert x["cpu_seconds_per_step"] > 0 and x["system_cpu_seconds_per_step"] >= 0 and x["minor_faults_per_step"] >= 0
+  assert r["steps_per_call"]["1"]["ratio_to_first"] == 1.0
+  assert "minor faults/step" in benchmark.format_comparison(r)
+
+
+def test_step_profile_puts_every_convolution_flop_in_its_part():
+  """benchmarks/profile_step.py on ResNet-8: the three convolution parts hold exactly the network's training FLOPs
+  (forward and weight gradients of every convolution, input gradients of all but the stem: counted from the layer
+  shapes here), and the parts' shares of the step add up to about the whole step."""
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import profile_step
+
+  config = config_lib.cifar(8)
+  config.dataset, config.batch_size = "fake", 8
+  r = profile_step.breakdown(config, calls=2, warmup=1, peak_gflops=100.0)
+  # ResNet-8 on 32x32: stem 3->16 and three stages of one block; (out H*W, kernel, in, out) per convolution.
+  convs = [(32 * 32, 9, 3, 16), (32 * 32, 9, 16, 16), (32 * 32, 9, 16, 16)]
+  convs += [(16 * 16, 9, 16, 32), (16 * 16, 9, 32, 32), (8 * 8, 9, 32, 64), (8 * 8, 9, 64, 64)]
+  forward = sum(2 * 8 * hw * k * cin * cout for hw, k, cin, cout in convs)
+  backward_data = forward - 2 * 8 * 32 * 32 * 9 * 3 * 16
+  parts = {row["part"]: row for row in r["parts"]}
+  assert parts["convolution forward"]["gflop_per_step"] * 1e9 == pytest.approx(forward, rel=1e-9)
+  assert parts["convolution backward-weights"]["gflop_per_step"] * 1e9 == pytest.approx(forward, rel=1e-9)
+  assert parts["convolution backward-data"]["gflop_per_step"] * 1e9 == pytest.approx(backward_data, rel=1e-9)
+  assert r["unmatched_event_ms_per_step"] == 0
+  shares = sum(row["share_of_wall"] for row in r["parts"])
+  overlap = r["two_operations_at_once_ms_per_step"] / r["wall_ms_per_step_profiled"]
+  assert shares - overlap == pytest.approx(1.0, abs=0.02)
+  assert "| convolution forward |" in profile_step.format_table(r)
