@@ -6,6 +6,17 @@ import pytest
 
 from helpers import REPO, TFDS_DIR
 
+# PyTorch and torchvision before anything imports TensorFlow: importing torch, or torchvision, into a process that
+# has already imported TensorFlow crashes it (SIGSEGV; torch 2.14, torchvision 0.29, tensorflow-cpu 2.21); both
+# before works. A pytest worker gets all three: training runs in its process (helpers.train_in_process: clu's
+# writers import TensorFlow, as do the tf.data tests) and the torchvision tests import torch, in whichever order
+# the files come (collecting the whole suite imports torch first by chance: test_convert.py before test_imagenet.py).
+try:
+  import torch  # noqa: F401
+  import torchvision  # noqa: F401
+except ImportError:  # a test that needs them says so
+  pass
+
 
 def pytest_configure(config):
   # Subprocesses share one persistent XLA compilation cache, so the many small CLI runs of the suite compile

@@ -6,6 +6,7 @@ Test files import this module (`from helpers import ...`); conftest.py keeps onl
 import contextlib
 import dataclasses
 import io
+import json
 import logging
 import os
 import subprocess
@@ -79,6 +80,52 @@ def train_in_process(*args, check=True) -> Finished:
   if check and returncode != 0:
     raise AssertionError(f"resnet_jax.main {' '.join(args)} exited {returncode}:\n{finished.stderr[-6000:]}")
   return finished
+
+
+def predict_in_process(workdir, *images, top=5) -> list[dict]:
+  """The rows `python -m resnet_jax.predict --workdir=WORKDIR --json --top=TOP IMAGES` prints, computed in this
+  process as predict.main computes them (the workdir's config.json, its newest checkpoint, predict.predict).
+
+  For tests of what is predicted; tests/test_convert.py runs the command itself (with unreadable images: exit
+  status 2, no traceback). Every image must be readable here.
+  """
+  from resnet_jax import cli, config_lib, inference, predict
+
+  workdir = os.fspath(workdir)
+  config = config_lib.load_workdir_config(workdir)
+  cli.start(config, restart=False)
+  variables = inference.load_for_inference(workdir, config)
+  rows = []
+  for path, best, error in predict.predict(config, variables, [str(i) for i in images], top=top, workdir=workdir):
+    assert error is None, f"{path}: {error}"
+    rows.append(json.loads(json.dumps({"image": path, "top": best})))  # as the command's JSON line reads back
+  return rows
+
+
+def evaluate_in_process(workdir, *config_args, protocols=("single",)) -> list[dict]:
+  """The rows `python -m resnet_jax.evaluate --workdir=WORKDIR CONFIG_ARGS --json --protocol=P...` prints, computed
+  in this process as evaluate.main computes them: the config from --config=FILE and --config.FIELD=VALUE
+  arguments (the same flag definition as the command's), else the workdir's config.json; its newest checkpoint;
+  evaluate.evaluate_protocol per protocol.
+
+  For tests of what is evaluated; tests/test_imagenet.py runs the command itself.
+  """
+  from resnet_jax import cli, config_lib, evaluate, inference, models, rundir, sweep
+
+  workdir = os.fspath(workdir)
+  if config_args:
+    config = sweep.config_from_argv([*map(str, config_args), f"--workdir={workdir}"])
+  else:
+    config = config_lib.load_workdir_config(workdir)
+  cli.start(config, restart=False, join_cluster=True)
+  variables = inference.load_for_inference(workdir, config)
+  model = models.create_model(config.model, half_precision=config.get("half_precision", False))
+  cache, rows = {}, []
+  for protocol in protocols:
+    result = evaluate.evaluate_protocol(model, variables, config, protocol, eval_fn_cache=cache)
+    result["workdir"] = rundir.RunDir(workdir).name
+    rows.append(json.loads(json.dumps(result)))
+  return rows
 
 
 def read_metrics(workdir):

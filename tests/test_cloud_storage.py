@@ -19,7 +19,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import REPO, SHARED_DATA, SMALL, assert_trees_equal, load_state, read_metrics, run_cli, strip_speed
+from helpers import (
+    REPO,
+    SHARED_DATA,
+    SMALL,
+    assert_trees_equal,
+    load_state,
+    predict_in_process,
+    read_metrics,
+    run_cli,
+    strip_speed,
+    train_in_process,
+)
 
 BUCKET = "resnet-jax-test"
 
@@ -117,7 +128,11 @@ def _download_tree(gcs, url: str, dest):
 def test_train_resume_predict_report_on_a_bucket(gcs, tmp_path):
   """Workdir and data_file on gs://: 4 steps, then a resumed run to 8 that ends bit-identical to an uninterrupted
   local run; predict (without the training data) and report read the bucket; nothing lands in a local folder named
-  gs:."""
+  gs:.
+
+  Whatever touches the bucket is a command of its own, with the emulator's variable from its start (etils.epath
+  chooses TensorFlow's gfile or gcsfs once per process, tensorstore reads its URL from the environment); the local
+  reference run and the local predictions run in this process (helpers.train_in_process, predict_in_process)."""
   data = _small_cifar_npz()
   _upload(gcs, "data/cifar_small.npz", data)
   (tmp_path / "cifar_small.npz").write_bytes(data)
@@ -126,7 +141,7 @@ def test_train_resume_predict_report_on_a_bucket(gcs, tmp_path):
   assert "sweep/run/checkpoints/4/" in " ".join(_objects(gcs, "sweep/run/checkpoints/"))
   resumed = run_cli("resnet_jax.main", *_args(bucket_run, f"gs://{BUCKET}/data/cifar_small.npz", 8), env=gcs["env"])
   assert f"resumed from {bucket_run}/checkpoints/4" in resumed.stderr
-  run_cli("resnet_jax.main", *_args(tmp_path / "local", tmp_path / "cifar_small.npz", 8))
+  train_in_process(*_args(tmp_path / "local", tmp_path / "cifar_small.npz", 8))  # the reference: local files only
 
   names = _objects(gcs, "sweep/run/")
   assert {f"sweep/run/{f}" for f in ("config.json", "metrics.jsonl", "results.json", "normalization.npz")} <= set(names)
@@ -145,8 +160,8 @@ def test_train_resume_predict_report_on_a_bucket(gcs, tmp_path):
   _request(gcs["url"], "DELETE", f"/storage/v1/b/{BUCKET}/o/data%2Fcifar_small.npz")
   (tmp_path / "local" / "normalization.npz").unlink()
   preds = [
-      json.loads(run_cli("resnet_jax.predict", f"--workdir={w}", "--json", image, env=gcs["env"]).stdout)
-      for w in (bucket_run, tmp_path / "local")
+      json.loads(run_cli("resnet_jax.predict", f"--workdir={bucket_run}", "--json", image, env=gcs["env"]).stdout),
+      *predict_in_process(tmp_path / "local", image),  # `predict --json`'s row
   ]
   assert preds[0]["image"] == str(image) and len(preds[0]["top"]) == 5
   assert preds[0]["top"] == preds[1]["top"]

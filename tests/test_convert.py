@@ -17,7 +17,7 @@ import pytest
 import torch
 import torchvision
 
-from helpers import REPO, numpy_state, random_torchvision, run_cli
+from helpers import REPO, evaluate_in_process, numpy_state, random_torchvision, run_cli, train_in_process
 from resnet_jax import config_lib, convert, models
 
 SAMPLES = REPO / ".." / "shared" / "data" / "imagenet-sample"
@@ -133,7 +133,13 @@ def test_files_errors(tmp_path, monkeypatch):
 
 
 def test_cli_round_trip_evaluate_predict_and_fine_tune(fake, tmp_path):
-  """from-torchvision -> evaluate (no --config: the workdir's) -> predict -> fine-tune with main -> to-torchvision."""
+  """from-torchvision -> evaluate -> predict -> fine-tune with main -> to-torchvision.
+
+  convert (both ways) and predict are the commands themselves (the suite's only runs of convert, and of predict
+  with unreadable images); evaluation and fine-tuning run in this process as their commands run them
+  (tests/test_imagenet.py runs the evaluate command, other tests the training command), which saves starting
+  Python and JAX and loading the compiled ResNet-18 for each.
+  """
   sd = numpy_state(random_torchvision(18))
   weights, workdir = tmp_path / "r18.safetensors", tmp_path / "run"
   convert.save_state_dict(sd, str(weights))
@@ -145,15 +151,12 @@ def test_cli_round_trip_evaluate_predict_and_fine_tune(fake, tmp_path):
   with pytest.raises(convert.ConversionError, match="already holds checkpoints; choose an empty --workdir"):
     convert.write_workdir(config_lib.imagenet_torchvision(18), {}, str(workdir))  # refused before anything
 
-  out = run_cli(
-      "resnet_jax.evaluate",
+  (row,) = evaluate_in_process(
+      workdir,
       "--config=configs/imagenet_torchvision.py:18",
-      f"--workdir={workdir}",
       f"--config.data_dir={fake['data_dir']}",
       "--config.eval_batch_size=10",
-      "--json",
   )
-  row = json.loads(out.stdout.strip().splitlines()[-1])
   assert row["count"] == fake["num_val"] and row["protocol"] == "single"
 
   images = sorted(SAMPLES.glob("*.JPEG"))[:2]
@@ -176,8 +179,7 @@ def test_cli_round_trip_evaluate_predict_and_fine_tune(fake, tmp_path):
   assert all(len(r["top"]) == 3 and r["top"][0]["label"].startswith("n") for r in rows)
   assert "broken.jpg" in out.stderr and "missing.png: no such file" in out.stderr
 
-  run_cli(
-      "resnet_jax.main",
+  train_in_process(
       "--config=configs/imagenet_torchvision.py:18",
       f"--workdir={workdir}",
       f"--config.data_dir={fake['data_dir']}",

@@ -7,7 +7,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from helpers import REPO, SHARED_DATA, SMALL, assert_trees_equal, load_state, read_metrics, run_cli, strip_speed
+from helpers import (
+    REPO,
+    SHARED_DATA,
+    SMALL,
+    assert_trees_equal,
+    load_state,
+    read_metrics,
+    run_cli,
+    strip_speed,
+    train_in_process,
+)
 from resnet_jax import config_lib, device_input, input_pipeline, parallel
 
 MAIN = "resnet_jax.main"
@@ -127,12 +137,15 @@ def _args(wd, steps, steps_per_call=1):
 
 def test_steps_per_call_is_bit_identical_and_resumes_exactly(tmp_path):
   """Two steps per compiled call, then four after a resume from step 6 (not a multiple of 4: one call of two steps,
-  then one of four): the same metrics and checkpoints as one step per call, bit for bit."""
+  then one of four): the same metrics and checkpoints as one step per call, bit for bit.
+
+  The three runs train in this process (helpers.train_in_process): what is checked is the training loop, and
+  test_trains_without_tensorflow runs the command itself."""
   drop = strip_speed
-  run_cli(MAIN, *_args(tmp_path / "ref", 12))
-  proc = run_cli(MAIN, *_args(tmp_path / "split", 6, steps_per_call=2))
+  train_in_process(*_args(tmp_path / "ref", 12))
+  proc = train_in_process(*_args(tmp_path / "split", 6, steps_per_call=2))
   assert "2 training step(s) per compiled call" in proc.stderr
-  run_cli(MAIN, *_args(tmp_path / "split", 12, steps_per_call=4))
+  train_in_process(*_args(tmp_path / "split", 12, steps_per_call=4))
   ref, split = read_metrics(tmp_path / "ref"), read_metrics(tmp_path / "split")
   assert [r["step"] for r in ref] == [4, 8, 12] and [r["step"] for r in split] == [4, 6, 8, 12]
   losses = [r["train_loss"] for r in ref]

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import SHARED_DATA, small_run_args, run_cli
+from helpers import SHARED_DATA, predict_in_process, run_cli, small_run_args, train_in_process
 
 CIFAR_SAMPLES = SHARED_DATA / "cifar10-lossless-test-samples"
 IMAGENET_SAMPLES = SHARED_DATA / "imagenet-sample"
@@ -51,19 +51,20 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-  """A ResNet-8 (option A, the CIFAR nets' shortcut) trained for 4 steps: its normalisation saved in the workdir."""
+  """A ResNet-8 (option A, the CIFAR nets' shortcut) trained for 4 steps: its normalisation saved in the workdir.
+
+  Trained in this process (helpers.train_in_process): these tests are about the artefacts, not the command."""
   wd = tmp_path_factory.mktemp("export") / "run"
-  run_cli("resnet_jax.main", *small_run_args(wd, steps=4))
+  train_in_process(*small_run_args(wd, steps=4))
   assert (wd / "normalization.npz").exists()
   return wd
 
 
 def test_artefacts_give_predicts_probabilities_without_resnet_jax(workdir, tmp_path):
   paths = sorted(CIFAR_SAMPLES.glob("*.png"))[:5]
-  out = run_cli("resnet_jax.predict", f"--workdir={workdir}", "--json", "--top=10", *paths)
   expected = np.zeros((5, 10))
-  for i, line in enumerate(out.stdout.strip().splitlines()):
-    for t in json.loads(line)["top"]:
+  for i, row in enumerate(predict_in_process(workdir, *paths, top=10)):  # `predict --json --top=10`'s rows
+    for t in row["top"]:
       expected[i, t["class"]] = t["probability"]
 
   from resnet_jax import predict
@@ -75,13 +76,13 @@ def test_artefacts_give_predicts_probabilities_without_resnet_jax(workdir, tmp_p
       "savedmodel": tmp_path / "net_savedmodel",
       "onnx": tmp_path / "net.onnx",
   }
-  for fmt in ("onnx", "savedmodel"):  # TensorFlow in a process of its own: with PyTorch in one, imports crash
-    out = run_cli("resnet_jax.export", f"--workdir={workdir}", f"--format={fmt}", artefacts[fmt])
-    assert f"wrote {artefacts[fmt]} ({fmt})" in out.stdout
+  out = run_cli("resnet_jax.export", f"--workdir={workdir}", "--format=onnx", artefacts["onnx"])  # the command
+  assert f"wrote {artefacts['onnx']} (onnx)" in out.stdout
   from resnet_jax import export
 
-  path = export.export(str(workdir), str(artefacts["stablehlo"]), "stablehlo")  # the same in Python
-  assert str(path) == str(artefacts["stablehlo"])
+  for fmt in ("savedmodel", "stablehlo"):  # the same in Python
+    path = export.export(str(workdir), str(artefacts[fmt]), fmt)
+    assert str(path) == str(artefacts[fmt])
   loaded = subprocess.run(
       [sys.executable, "-c", LOADER, tmp_path / "images.npy", *[str(x) for kv in artefacts.items() for x in kv]],
       cwd=tmp_path,

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import train_in_process
 from resnet_jax import config_lib, evaluate, models
 from resnet_jax import imagenet_eval_input as eval_input
 from resnet_jax import imagenet_images as images
@@ -393,7 +394,10 @@ def test_evaluate_all_protocols_at_paper_sizes(fake):
 
 
 def test_train_cli_then_every_protocol(fake, tmp_path):
-  """A few ResNet-18 training steps through the real CLI, then each evaluation protocol through its CLI."""
+  """A few ResNet-18 training steps, then each evaluation protocol through the real evaluate command.
+
+  The training runs in this process as the command runs it (helpers.train_in_process; other tests run the
+  training command itself), which saves starting Python, JAX and TensorFlow and loading its compiled steps."""
   common = [
       "--config=configs/imagenet_resnet18.py",
       f"--workdir={tmp_path}",
@@ -406,23 +410,13 @@ def test_train_cli_then_every_protocol(fake, tmp_path):
       "--config.eval_batch_size=8",
   ]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  out = subprocess.run(
-      [
-          sys.executable,
-          "-m",
-          "resnet_jax.main",
-          *common,
-          "--config.batch_size=4",
-          "--config.num_train_steps=3",
-          "--config.eval_every_steps=3",
-          "--config.checkpoint_every_steps=3",
-          "--config.log_every_steps=1",
-      ],
-      cwd=REPO,
-      capture_output=True,
-      text=True,
-      timeout=1200,
-      env=env,
+  out = train_in_process(
+      *common,
+      "--config.batch_size=4",
+      "--config.num_train_steps=3",
+      "--config.eval_every_steps=3",
+      "--config.checkpoint_every_steps=3",
+      "--config.log_every_steps=1",
   )
   assert out.returncode == 0, out.stderr[-3000:]
   assert "step 3/3" in out.stderr

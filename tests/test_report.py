@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import SMALL, TFDS_DIR, run_cli
+from helpers import SMALL, TFDS_DIR, run_cli, train_in_process
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -216,9 +216,9 @@ def test_one_response_per_3x3_conv_in_network_order():
 
 
 def test_analyze_cli_writes_layer_responses(tmp_path):
+  """The analyze command on a plain-8 trained for two steps (in this process: helpers.train_in_process)."""
   wd = tmp_path / "run"
-  run_cli(
-      "resnet_jax.main",
+  train_in_process(
       "--config=configs/plain20.py",
       f"--workdir={wd}",
       *SMALL,
