@@ -34,24 +34,25 @@ def pytest_configure(config):
 
 # The longest test files first: `make test` hands whole files to the workers in collection order (--dist loadfile),
 # so the files that take minutes start at once and the short ones fill the end (ordered by per-file totals of a
-# clean-clone run of the suite on three workers on this project's 2-core machine, 2026-12-02).
+# run of the suite on three workers on this project's 2-core machine, 2026-12-02, machinery tests in-process).
 _LONGEST_FIRST = (
-    "test_train.py",
-    "test_resume.py",
     "test_export.py",
+    "test_resume.py",
     "test_convert.py",
-    "test_cloud_storage.py",
-    "test_device_input.py",
     "test_imagenet.py",
-    "test_cpu.py",
-    "test_benchmark.py",
-    "test_parallel.py",
-    "test_cluster.py",
-    "test_models.py",
-    "test_notebooks.py",
-    "test_sweep.py",
-    "test_report.py",
+    "test_train.py",
     "test_cli.py",
+    "test_cloud_storage.py",
+    "test_benchmark.py",
+    "test_models.py",
+    "test_cluster.py",
+    "test_cpu.py",
+    "test_notebooks.py",
+    "test_device_input.py",
+    "test_experiments.py",
+    "test_report.py",
+    "test_sweep.py",
+    "test_parallel.py",
 )
 
 
