@@ -83,12 +83,12 @@ def _bytes(text: str) -> int:
 
 
 def classify_operations(hlo_text: str) -> dict[str, dict]:
-  """{operation name: {"part", "flops", "bytes"}} for the entry computation's operations of an optimised module."""
+  """{operation name: {"part", "flops", "bytes"}} for the operations of an optimised module (names are unique in a
+  module; those inside fused computations never run on their own, and loops and calls are left out: the
+  operations of their bodies are what the runtime reports)."""
   reducing = _reducing_computations(hlo_text)
-  entry = hlo_text[hlo_text.index("\nENTRY") :]
-  entry = entry[: entry.index("\n}")]
   shapes, ops = {}, {}
-  for line in entry.splitlines()[1:]:
+  for line in hlo_text.splitlines():
     m = _LINE.match(line)
     if not m:
       continue
@@ -118,6 +118,8 @@ def classify_operations(hlo_text: str) -> dict[str, dict]:
     elif opcode == "fusion":
       called = re.search(r"calls=%?([\w.\-]+)", rest)
       part = "fusions: reductions" if called and called.group(1) in reducing else "fusions: elementwise"
+    elif opcode in ("while", "call", "conditional"):
+      part = None  # a container: its body's operations are reported one by one
     elif opcode in ("parameter", "constant", "get-tuple-element", "tuple", "bitcast"):
       continue
     else:
@@ -153,11 +155,15 @@ def profile(bench, calls: int) -> tuple[list[dict], float]:
       trace = json.load(f)
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
   threads = {e["tid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}
-  markers = ("Thunk", "end: ", "ThreadpoolListener")  # the executor's own events, of microseconds
+  # The runtime's own events (ThunkExecutor::Execute, ThreadpoolListener::..., "end: NAME" markers) are not
+  # operations: C++ scopes and markers of microseconds.
   ops = [
       e
       for e in events
-      if e.get("ph") == "X" and "XLAEigen" in threads.get(e.get("tid"), "") and not e["name"].startswith(markers)
+      if e.get("ph") == "X"
+      and "XLAEigen" in threads.get(e.get("tid"), "")
+      and "::" not in e["name"]
+      and not e["name"].startswith("end: ")
   ]
   return ops, wall
 
@@ -185,6 +191,8 @@ def breakdown(config, calls: int, warmup: int, peak_gflops: float) -> dict:
     name = e["name"]
     op = operations.get(name)
     seconds = e["dur"] / 1e6
+    if op is not None and op["part"] is None:
+      continue
     if op is None:
       unknown += seconds
       op = {"part": "other operations", "flops": 0, "bytes": 0}

@@ -24,26 +24,33 @@ from jax.sharding import PartitionSpec as P
 
 from resnet_jax import config_lib, parallel
 
-# Automatic steps_per_call: at most this many steps per call, on GPUs and TPUs with batches drawn on the devices.
-AUTO_STEPS_PER_CALL = 100
+# Automatic steps_per_call (batches drawn on the devices): at most this many steps per call. On GPUs and TPUs a call
+# of many steps hides the host's launch latency. On CPUs each call allocates the step's temporary buffer afresh (a
+# new mapping whose 2 MiB pages the kernel zeroes on first touch), and the steps of one call reuse it: 4 steps per
+# call take about a quarter of the page faults per step and speed up the forward pass's operations, which touch
+# the buffer first (benchmarks/RESULTS.md, "Steps per compiled call on the CPU"). Few, because a CPU step takes
+# up to seconds and signals (a preemption's SIGTERM) are answered between calls.
+AUTO_STEPS_PER_CALL = {"cpu": 4}
+AUTO_STEPS_PER_CALL_ACCELERATORS = 100
 
 
 def resolve_steps_per_call(config, platform: str) -> int:
   """config.steps_per_call, with 0 (auto) settled for the platform.
 
-  Auto is 1 on CPUs (the host is not the bottleneck there) and with host batches; on GPUs and TPUs with
-  input_backend='device' it is the largest divisor of the log, eval and checkpoint intervals and of
-  num_train_steps that is at most AUTO_STEPS_PER_CALL (100 for the CIFAR recipes).
+  Auto is 1 with host batches (input_backend='tfdata') or pmap; with input_backend='device' and jit it is the
+  largest divisor of the log, eval and checkpoint intervals and of num_train_steps that is at most 4 on CPUs and
+  100 on GPUs and TPUs (AUTO_STEPS_PER_CALL).
   """
   k = int(config.get("steps_per_call", 1))
   if k:
     return k
-  if platform == "cpu" or config.input_backend != "device" or config.parallelism != "jit":
+  if config.input_backend != "device" or config.parallelism != "jit":
     return 1
   g = functools.reduce(
       math.gcd, [int(config.get(f)) for f in config_lib.INTERVAL_FIELDS] + [int(config.num_train_steps)]
   )
-  return max(d for d in range(1, AUTO_STEPS_PER_CALL + 1) if g % d == 0)
+  cap = AUTO_STEPS_PER_CALL.get(platform, AUTO_STEPS_PER_CALL_ACCELERATORS)
+  return max(d for d in range(1, cap + 1) if g % d == 0)
 
 
 def draw_and_train(state, window, source, first_step, rng, *, n: int, draw, step):

@@ -104,9 +104,10 @@ def base_training_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.half_precision = False  # bfloat16 compute, float32 parameters, BN statistics and loss
   c.parallelism = "jit"  # 'jit' (mesh + NamedSharding) or 'pmap'
-  # Training steps per compiled call, so that a GPU does not wait for the host to launch each small step; needs
-  # input_backend='device' and parallelism='jit', and divides the log/eval/checkpoint intervals. Same results for
-  # any value. 0: auto (up to 100 on GPUs/TPUs with input_backend='device', 1 elsewhere).
+  # Training steps per compiled call, so that a GPU does not wait for the host to launch each small step and a CPU
+  # reuses the step's buffers; needs input_backend='device' and parallelism='jit', and divides the
+  # log/eval/checkpoint intervals. Same results for any value. 0: auto (with input_backend='device', up to 100 on
+  # GPUs/TPUs and 4 on CPUs; 1 elsewhere).
   c.steps_per_call = 0
   c.bn_sync = True  # BN statistics over the global batch (True) or each device's sub-batch
   # CPU speed settings, each the same mathematics and without effect on GPUs/TPUs (resnet_jax/cpu: what each

@@ -182,3 +182,34 @@ def test_trains_without_tensorflow(tmp_path):
   proc = run_cli(MAIN, *_args(tmp_path / "w2", 2), "--config.input_backend=tfdata", env=env, check=False)
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert "needs TensorFlow" in proc.stderr and "--config.input_backend=device" in proc.stderr
+
+
+def test_automatic_steps_per_call_per_platform():
+  """steps_per_call=0: the largest divisor of the intervals and the run's length up to 4 on CPUs and 100 on GPUs and
+  TPUs, with batches drawn on the devices and jit; 1 with host batches or pmap; an explicit value as given."""
+  from resnet_jax import compiled_steps, config_lib
+
+  config = config_lib.cifar(20)
+  config.input_backend = "device"
+  config.num_train_steps, config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps = (
+      6400,
+      100,
+      2000,
+      2000,
+  )
+  assert compiled_steps.resolve_steps_per_call(config, "cpu") == 4
+  assert (
+      compiled_steps.resolve_steps_per_call(config, "gpu")
+      == compiled_steps.resolve_steps_per_call(config, "tpu")
+      == 100
+  )
+  config.log_every_steps = 6
+  assert compiled_steps.resolve_steps_per_call(config, "cpu") == 2
+  assert compiled_steps.resolve_steps_per_call(config, "gpu") == 2
+  config.log_every_steps = 100
+  config.parallelism = "pmap"
+  assert compiled_steps.resolve_steps_per_call(config, "cpu") == 1
+  config.parallelism, config.input_backend = "jit", "tfdata"
+  assert compiled_steps.resolve_steps_per_call(config, "gpu") == 1
+  config.input_backend, config.steps_per_call = "device", 3
+  assert compiled_steps.resolve_steps_per_call(config, "cpu") == 3
