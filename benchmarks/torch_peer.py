@@ -362,6 +362,10 @@ def compare(
   for _ in range(warmup):
     for step in contenders.values():
       jax.block_until_ready(step())
+  # Ours with batches drawn on the devices runs steps_per_call steps per call; the others one.
+  steps_per_call = {name: 1 for name in contenders}
+  if "jax" in contenders and bench.data is not None:
+    steps_per_call["jax"] = bench.steps_per_call
   rates = {name: [] for name in contenders}
   cpu = {name: [] for name in contenders}
   b = config.batch_size
@@ -370,9 +374,10 @@ def compare(
     for name, step in contenders.items():
       for _ in range(window_warmup):
         jax.block_until_ready(step())
-      t = benchmark.timed_windows(step, items_per_call=b, calls=steps, windows=1)
+      k = steps_per_call[name]
+      t = benchmark.timed_windows(step, items_per_call=b * k, calls=max(1, steps // k), windows=1)
       rates[name].append(t["rate"])
-      cpu[name].append(t["cpu_seconds_per_call"])
+      cpu[name].append(t["cpu_seconds_per_call"] / k)
     loads.append(os.getloadavg()[0])
   med = {name: statistics.median(r) for name, r in rates.items()}
   cpu_med = {name: statistics.median(c) for name, c in cpu.items()}
@@ -404,6 +409,7 @@ def compare(
       "torch_autocast_bf16": bool(config.half_precision),
       "machine": benchmark.machine_info(),
       "steps": steps,
+      "jax_steps_per_call": steps_per_call.get("jax"),
       "windows": windows,
       "window_warmup": window_warmup,
   }

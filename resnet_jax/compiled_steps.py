@@ -28,8 +28,8 @@ from resnet_jax import config_lib, parallel
 # of many steps hides the host's launch latency. On CPUs each call allocates the step's temporary buffer afresh (a
 # new mapping whose 2 MiB pages the kernel zeroes on first touch), and the steps of one call reuse it: 4 steps per
 # call take about a quarter of the page faults per step and speed up the forward pass's operations, which touch
-# the buffer first (benchmarks/RESULTS.md, "Steps per compiled call on the CPU"). Few, because a CPU step takes
-# up to seconds and signals (a preemption's SIGTERM) are answered between calls.
+# the buffer first (benchmarks/RESULTS.md, "Why several steps per call are faster on the CPU"). Few, because a
+# CPU step takes up to seconds and signals (a preemption's SIGTERM) are answered between calls.
 AUTO_STEPS_PER_CALL = {"cpu": 4}
 AUTO_STEPS_PER_CALL_ACCELERATORS = 100
 
