@@ -114,7 +114,7 @@ def classify_operations(hlo_text: str) -> dict[str, dict]:
           kind, "convolution backward-weights"
       )
     elif opcode == "convolution":
-      part = "convolution forward"  # XLA's convolutions (not the CPU default): not split by direction
+      part = "convolution forward"  # XLA's convolutions (not the CPU default): neither split by direction nor counted
     elif opcode == "fusion":
       called = re.search(r"calls=%?([\w.\-]+)", rest)
       part = "fusions: reductions" if called and called.group(1) in reducing else "fusions: elementwise"
