@@ -12,7 +12,6 @@ Joining the other processes of a multi-host job is resnet_jax.cluster's.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -71,9 +70,10 @@ def put_replicated(tree, mesh: Mesh):
 
 
 def abstract_replicated(tree, mesh: Mesh):
-  """The shapes and dtypes of host values, replicated over the mesh: what a checkpoint is restored into."""
+  """The shapes and dtypes of host arrays (or jax.ShapeDtypeStructs), replicated over the mesh: what a checkpoint is
+  restored into."""
   sharding = replicated(mesh)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=sharding), tree)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
 def put_batch(local_batch: dict, mesh: Mesh) -> dict:

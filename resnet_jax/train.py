@@ -202,6 +202,15 @@ def init_host_state(model, tx, config) -> TrainState:
   return jax.device_get(init_state(model, tx, config, jax.random.key(config.seed)))
 
 
+def abstract_host_state(model, tx, config) -> TrainState:
+  """init_host_state's shapes and dtypes, without computing it: what a checkpoint is restored into.
+
+  Restoring needs no initial values, and computing them means compiling an initialiser per parameter (seconds,
+  more for deep nets), which a resumed run or a command that loads a trained workdir would throw away.
+  """
+  return jax.eval_shape(lambda: init_state(model, tx, config, jax.random.key(config.seed)))
+
+
 def _fmt_eta(seconds: float) -> str:
   seconds = int(max(0, seconds))
   return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -288,10 +297,10 @@ class TrainLog:
 
 def _restore_or_init(compiled: compiled_steps.CompiledSteps, tx, config, checkpointer, workdir: str):
   """(state on the devices, its step): the newest readable checkpoint of the workdir, or a fresh init."""
-  host_state = init_host_state(compiled.model, tx, config)
-  restored, start_step = checkpointer.restore_latest(compiled.abstract_global(host_state), ckpt_lib.meta_for(config))
+  abstract = compiled.abstract_global(abstract_host_state(compiled.model, tx, config))
+  restored, start_step = checkpointer.restore_latest(abstract, ckpt_lib.meta_for(config))
   if restored is None:
-    return compiled.to_device(host_state), 0
+    return compiled.to_device(init_host_state(compiled.model, tx, config)), 0
   logging.info("resumed from %s/checkpoints/%d", workdir, start_step)
   return compiled.from_global(restored), start_step
 
