@@ -14,6 +14,7 @@ number of compilations each protocol needs (1, 1, and at most 25 with the defaul
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import numpy as np
 from absl import flags, logging
@@ -161,6 +162,24 @@ def evaluate_protocol(
   }
 
 
+def evaluate_workdir(workdir: str, config, protocols=("single",)) -> Iterator[dict]:
+  """evaluate_protocol's result for each protocol, with the run's name as "workdir": what the command prints.
+
+  The newest checkpoint of `workdir` is loaded once for all protocols (inference.load_for_inference, which imports
+  the training stack), and the jitted forward pass is shared between them.
+  """
+  from resnet_jax import inference, models, rundir
+
+  variables = inference.load_for_inference(workdir, config)
+  model = models.create_model(config.model, half_precision=config.get("half_precision", False))
+  cache = {}
+  for protocol in protocols:
+    logging.info("evaluating %s with protocol %s", workdir, protocol)
+    result = evaluate_protocol(model, variables, config, protocol, eval_fn_cache=cache)
+    result["workdir"] = rundir.RunDir(workdir).name
+    yield result
+
+
 def format_result(r: dict) -> str:
   return (
       f"{r['protocol']}: top-1 error {100 * r['top1_error']:.2f}%, top-5 error {100 * r['top5_error']:.2f}% "
@@ -217,16 +236,9 @@ def main(argv):
       config = config_lib.load_workdir_config(workdir)
   cli.start(config, restart=__name__ == "__main__", join_cluster=True)
   import jax
-  from resnet_jax import inference, models  # inference imports the training stack: only the CLI needs it
 
   with cli.user_errors():
-    variables = inference.load_for_inference(workdir, config)
-    model = models.create_model(config.model, half_precision=config.get("half_precision", False))
-    cache = {}
-    for protocol in protocols:
-      logging.info("evaluating %s with protocol %s", workdir, protocol)
-      result = evaluate_protocol(model, variables, config, protocol, eval_fn_cache=cache)
-      result["workdir"] = run.name
+    for result in evaluate_workdir(workdir, config, protocols):
       if jax.process_index() == 0:  # every process computed the same totals
         print(json.dumps(result) if _FLAGS["json"].value else format_result(result), flush=True)
 

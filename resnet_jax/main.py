@@ -22,17 +22,25 @@ def define_flags():
   cluster.define_flags()
 
 
+def run(config, workdir: str, *, restart: bool = False):
+  """What the command does once its flags are read: cli.start (the config checked, this process in its cluster),
+  then training, a user error ending as one line and its exit status (cli.fail's SystemExit). `restart`: the
+  process may restart itself once for huge pages (only when it runs as the program)."""
+  from resnet_jax import cli
+
+  config = cli.start(config, restart=restart, join_cluster=True)
+  from resnet_jax import train  # after the start: keeps --help and config errors fast
+
+  with cli.user_errors():
+    train.train_and_evaluate(config, workdir)
+
+
 def main(argv):
   from resnet_jax import cli
 
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {argv[1:]}")
-  f = {name: holder.value for name, holder in _FLAGS.items()}
-  config = cli.start(f["config"], restart=__name__ == "__main__", join_cluster=True)
-  from resnet_jax import train  # after the start: keeps --help and config errors fast
-
-  with cli.user_errors():
-    train.train_and_evaluate(config, f["workdir"])
+  run(_FLAGS["config"].value, _FLAGS["workdir"].value, restart=__name__ == "__main__")
 
 
 if __name__ == "__main__":

@@ -116,6 +116,15 @@ def predict(config, variables, paths, *, top: int = 5, workdir=None):
     yield path, [{"class": int(c), "label": labels[c], "probability": float(p[c])} for c in best], None
 
 
+def predict_workdir(workdir: str, config, paths, *, top: int = 5):
+  """predict() with the variables of the newest checkpoint of `workdir` (and its saved input statistics): what the
+  command prints, one (path, top-k list or None, error or None) per path."""
+  from resnet_jax import inference  # imports the training stack
+
+  variables = inference.load_for_inference(workdir, config)
+  yield from predict(config, variables, paths, top=top, workdir=workdir)
+
+
 _FLAGS: dict = {}
 
 
@@ -137,12 +146,9 @@ def main(argv):
   with cli.user_errors():
     config = _FLAGS["config"].value or config_lib.load_workdir_config(workdir)
   cli.start(config, restart=__name__ == "__main__")
-  from resnet_jax import inference
-
   failed = 0
   with cli.user_errors():
-    variables = inference.load_for_inference(workdir, config)
-    for path, top, error in predict(config, variables, images, top=_FLAGS["top"].value, workdir=workdir):
+    for path, top, error in predict_workdir(workdir, config, images, top=_FLAGS["top"].value):
       if error:
         failed += 1
         print(f"error: {path}: {error}", file=sys.stderr)

@@ -44,15 +44,14 @@ class Finished:
 
 
 def train_in_process(*args, check=True) -> Finished:
-  """`python -m resnet_jax.main ARGS` run inside this process, as main.main runs it (the config from the same flag
-  definitions, cli.start, train.train_and_evaluate under cli.user_errors), without starting a Python, importing
-  JAX and loading compiled programs again for each run.
+  """`python -m resnet_jax.main ARGS` run inside this process (main.run with the config from the same flag
+  definitions), without starting a Python, importing JAX and loading compiled programs again for each run.
 
   For the tests of the training machinery (resume, errors, writers); tests/test_cli.py and a few end-to-end tests
   run the real command. A user error ends as it does in the command: its one-line message on stderr and its exit
   status (cli.fail's SystemExit), which this returns instead of exiting.
   """
-  from resnet_jax import cli, sweep, train
+  from resnet_jax import main, sweep
 
   args = [str(a) for a in args]
   config = sweep.config_from_argv(args)
@@ -67,9 +66,7 @@ def train_in_process(*args, check=True) -> Finished:
   try:
     with contextlib.redirect_stderr(stderr):
       try:
-        cli.start(config, restart=False, join_cluster=True)
-        with cli.user_errors():
-          train.train_and_evaluate(config, workdir)
+        main.run(config, workdir)
         returncode = 0
       except SystemExit as e:
         returncode = e.code if isinstance(e.code, int) else 1
@@ -83,49 +80,39 @@ def train_in_process(*args, check=True) -> Finished:
 
 
 def predict_in_process(workdir, *images, top=5) -> list[dict]:
-  """The rows `python -m resnet_jax.predict --workdir=WORKDIR --json --top=TOP IMAGES` prints, computed in this
-  process as predict.main computes them (the workdir's config.json, its newest checkpoint, predict.predict).
+  """The rows `python -m resnet_jax.predict --workdir=WORKDIR --json --top=TOP IMAGES` prints (the workdir's
+  config.json, predict.predict_workdir), computed in this process.
 
   For tests of what is predicted; tests/test_convert.py runs the command itself (with unreadable images: exit
   status 2, no traceback). Every image must be readable here.
   """
-  from resnet_jax import cli, config_lib, inference, predict
+  from resnet_jax import cli, config_lib, predict
 
   workdir = os.fspath(workdir)
-  config = config_lib.load_workdir_config(workdir)
-  cli.start(config, restart=False)
-  variables = inference.load_for_inference(workdir, config)
+  config = cli.start(config_lib.load_workdir_config(workdir), restart=False)
   rows = []
-  for path, best, error in predict.predict(config, variables, [str(i) for i in images], top=top, workdir=workdir):
+  for path, best, error in predict.predict_workdir(workdir, config, [str(i) for i in images], top=top):
     assert error is None, f"{path}: {error}"
     rows.append(json.loads(json.dumps({"image": path, "top": best})))  # as the command's JSON line reads back
   return rows
 
 
 def evaluate_in_process(workdir, *config_args, protocols=("single",)) -> list[dict]:
-  """The rows `python -m resnet_jax.evaluate --workdir=WORKDIR CONFIG_ARGS --json --protocol=P...` prints, computed
-  in this process as evaluate.main computes them: the config from --config=FILE and --config.FIELD=VALUE
-  arguments (the same flag definition as the command's), else the workdir's config.json; its newest checkpoint;
-  evaluate.evaluate_protocol per protocol.
+  """The rows `python -m resnet_jax.evaluate --workdir=WORKDIR CONFIG_ARGS --json --protocol=P...` prints
+  (evaluate.evaluate_workdir), computed in this process: the config from --config=FILE and --config.FIELD=VALUE
+  arguments (the same flag definition as the command's), else the workdir's config.json.
 
   For tests of what is evaluated; tests/test_imagenet.py runs the command itself.
   """
-  from resnet_jax import cli, config_lib, evaluate, inference, models, rundir, sweep
+  from resnet_jax import cli, config_lib, evaluate, sweep
 
   workdir = os.fspath(workdir)
   if config_args:
     config = sweep.config_from_argv([*map(str, config_args), f"--workdir={workdir}"])
   else:
     config = config_lib.load_workdir_config(workdir)
-  cli.start(config, restart=False, join_cluster=True)
-  variables = inference.load_for_inference(workdir, config)
-  model = models.create_model(config.model, half_precision=config.get("half_precision", False))
-  cache, rows = {}, []
-  for protocol in protocols:
-    result = evaluate.evaluate_protocol(model, variables, config, protocol, eval_fn_cache=cache)
-    result["workdir"] = rundir.RunDir(workdir).name
-    rows.append(json.loads(json.dumps(result)))
-  return rows
+  config = cli.start(config, restart=False, join_cluster=True)
+  return [json.loads(json.dumps(r)) for r in evaluate.evaluate_workdir(workdir, config, protocols)]
 
 
 def read_metrics(workdir):
