@@ -35,9 +35,11 @@ format: install
 	$(VENV)/bin/pyink $(SOURCES)
 
 # Three pytest workers on this project's 2-core machines: most tests wait on a command-line subprocess starting up
-# or compiling, and a third worker fills the cores' idle time (benchmarks/RESULTS.md, "Test suite time").
+# or compiling, and a third worker fills the cores' idle time (benchmarks/RESULTS.md, "Test suite time"). Whole
+# files go to the workers in the order of tests/conftest.py (longest first); xdist would otherwise reorder them by
+# their number of tests, which leaves the long one-test files for the end.
 test: lint
-	$(PY) -m pytest -q -m "not slow and not peer" -n 3 --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not peer" -n 3 --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The suite against the declared lower bounds (requirements-min.txt), in its own environment.
 test-min:

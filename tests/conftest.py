@@ -32,27 +32,30 @@ def pytest_configure(config):
   os.environ.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
 
 
-# The longest test files first: `make test` hands whole files to the workers in collection order (--dist loadfile),
-# so the files that take minutes start at once and the short ones fill the end (ordered by per-file totals of a
-# run of the suite on three workers on this project's 2-core machine, 2026-12-02, machinery tests in-process).
+# The longest test files first: `make test` hands whole files to the workers in this order (--dist loadfile
+# --no-loadscope-reorder), so the files that take minutes start at once and the short ones fill the end (ordered by
+# per-file totals of a run of the suite on three workers on this project's 2-core machine, 2026-12-02, cold
+# compilation cache).
 _LONGEST_FIRST = (
     "test_export.py",
+    "test_benchmark.py",
     "test_resume.py",
+    "test_train.py",
+    "test_cpu.py",
+    "test_parallel.py",
     "test_convert.py",
     "test_imagenet.py",
-    "test_train.py",
-    "test_cli.py",
-    "test_cloud_storage.py",
-    "test_benchmark.py",
-    "test_models.py",
     "test_cluster.py",
-    "test_cpu.py",
-    "test_notebooks.py",
+    "test_models.py",
     "test_device_input.py",
-    "test_experiments.py",
+    "test_cli.py",
+    "test_notebooks.py",
     "test_report.py",
     "test_sweep.py",
-    "test_parallel.py",
+    "test_cloud_storage.py",
+    "test_experiments.py",
+    "test_package.py",
+    "test_host_malloc.py",
 )
 
 

@@ -173,7 +173,11 @@ def _compiled_train_step(config):
   config = config_lib.resolve(config)
   tx, schedule = train.make_optimizer(config), train.make_schedule(config)
   steps = train.compile_steps(config, tx, schedule)
-  state = steps.to_device(jax.device_get(train.init_state(steps.model, tx, config, jax.random.key(0))))
+  shapes = train.abstract_host_state(steps.model, tx, config)  # all that compiling needs of the state
+  if config.parallelism == "pmap":  # a copy per device along a leading axis, as CompiledSteps places it
+    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct((jax.local_device_count(), *x.shape), x.dtype), shapes)
+  else:
+    state = steps.abstract_global(shapes)
   batch = {
       "image": np.zeros((config.batch_size, 32, 32, 3), np.float32),
       "label": np.zeros((config.batch_size,), np.int32),
