@@ -53,13 +53,23 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
   assert 0 < res["resumed_from_step"] < 24, (kill_at, res["resumed_from_step"])
 
 
-def test_rerun_of_finished_run_changes_nothing(tmp_path):
+def test_rerun_of_finished_run_changes_nothing(tmp_path, monkeypatch):
   wd = tmp_path / "done"
   train_in_process(*small_run_args(wd, steps=4))
   before = (wd / "metrics.jsonl").read_text()
+
+  def no_initial_state(*args):
+    raise AssertionError("an initial state was computed although a checkpoint is restored into its shapes")
+
+  from resnet_jax import train
+
+  monkeypatch.setattr(train, "init_host_state", no_initial_state)  # nor do predict, evaluate... (inference.py)
   train_in_process(*small_run_args(wd, steps=4))
   assert (wd / "metrics.jsonl").read_text() == before
   assert json.loads((wd / "results.json").read_text())["resumed_from_step"] == 4
+  from resnet_jax import inference
+
+  assert set(inference.load_for_inference(str(wd))) == {"params", "batch_stats"}
 
 
 # Preemption, damaged checkpoints, full disks (issue: survive preemption and damage).
