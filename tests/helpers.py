@@ -137,6 +137,22 @@ SMALL = [
 ]
 
 
+def small_cifar_npz(path, *, n_train, n_test):
+  """The first examples of the shared JPEG-compressed CIFAR-10 .npz (config.data_file), in its own layout: for runs
+  that need real images but not 50,000 of them to decode."""
+  import numpy as np
+
+  with np.load(SHARED_DATA / "cifar10_jpeg_bytes.npz") as z:
+    out = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+      offsets = z[f"{split}_offsets"][: n + 1]
+      out[f"{split}_jpeg"] = z[f"{split}_jpeg"][: offsets[-1]]
+      out[f"{split}_offsets"] = offsets
+      out[f"y_{split}"] = z[f"y_{split}"][:n]
+  np.savez(path, **out)
+  return path
+
+
 def load_state(workdir, step):
   """The TrainState of a checkpoint, as host arrays."""
   import orbax.checkpoint as ocp

@@ -11,10 +11,9 @@ import sys
 import tarfile
 import time
 
-import numpy as np
 import pytest
 
-from helpers import REPO, SHARED_DATA
+from helpers import REPO, small_cifar_npz
 
 SCRIPT = REPO / "experiments" / "table6_gpu.sh"
 TINY = [
@@ -26,19 +25,6 @@ TINY = [
     "--set=eval_every_steps=4",
     "--set=checkpoint_every_steps=2",
 ]
-
-
-def _small_npz(path, n_train=512, n_test=200):
-  """The first examples of the shared JPEG-compressed CIFAR-10 .npz, in its own layout."""
-  with np.load(SHARED_DATA / "cifar10_jpeg_bytes.npz") as z:
-    out = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-      offsets = z[f"{split}_offsets"][: n + 1]
-      out[f"{split}_jpeg"] = z[f"{split}_jpeg"][: offsets[-1]]
-      out[f"{split}_offsets"] = offsets
-      out[f"y_{split}"] = z[f"y_{split}"][:n]
-  np.savez(path, **out)
-  return path
 
 
 def _run_script(work, budget, *sets, env=None, timeout=600):
@@ -64,7 +50,7 @@ def _members(archive):
 
 
 def test_table6_gpu_script_dry_run(tmp_path):
-  npz = _small_npz(tmp_path / "small.npz")
+  npz = small_cifar_npz(tmp_path / "small.npz", n_train=512, n_test=200)
   work = tmp_path / "table6"
   proc = _run_script(work, 300, "--set=num_train_steps=4", env={"TABLE6_DATA": str(npz)})
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -101,7 +87,7 @@ def test_table6_gpu_script_dry_run(tmp_path):
 def test_table6_gpu_script_stops_at_its_deadline_and_resumes_in_another_call(tmp_path):
   """A deadline inside the first run: the run saves a checkpoint where it stopped and resume.tar.gz carries it to
   a fresh directory (another GPU machine), where the next call goes on from that step."""
-  npz = _small_npz(tmp_path / "small.npz")
+  npz = small_cifar_npz(tmp_path / "small.npz", n_train=512, n_test=200)
   env = {"TABLE6_DATA": str(npz), "TABLE6_RESERVE": "30"}
   first = tmp_path / "first"
   t0 = time.time()

@@ -5,17 +5,20 @@ import os
 import nbformat
 from nbclient import NotebookClient
 
-from helpers import REPO, SHARED_DATA
+from helpers import REPO, SHARED_DATA, small_cifar_npz
 
 
 def test_tour_runs_top_to_bottom(tmp_path, monkeypatch):
   path = REPO / "notebooks" / "tour.ipynb"
   notebook = nbformat.read(path, as_version=4)
   assert not any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # none committed
-  workdir = tmp_path / "tour"
+  workdir, data = tmp_path / "tour", tmp_path / "data"
+  data.mkdir()  # the shared data's layout, with the first 2,048 training and 1,000 test images of its .npz
+  small_cifar_npz(data / "cifar10_jpeg_bytes.npz", n_train=2048, n_test=1000)
+  (data / "cifar10-lossless-test-samples").symlink_to(SHARED_DATA / "cifar10-lossless-test-samples")
   monkeypatch.setenv("TOUR_WORKDIR", str(workdir))
   monkeypatch.setenv("TOUR_TRAIN_STEPS", "8")
-  monkeypatch.setenv("TOUR_SHARED_DATA", str(SHARED_DATA))
+  monkeypatch.setenv("TOUR_SHARED_DATA", str(data))
   NotebookClient(
       notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
   ).execute()
