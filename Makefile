@@ -34,12 +34,12 @@ lint: install
 format: install
 	$(VENV)/bin/pyink $(SOURCES)
 
-# Three pytest workers on this project's 2-core machines: most tests wait on a command-line subprocess starting up
-# or compiling, and a third worker fills the cores' idle time (benchmarks/RESULTS.md, "Test suite time"). Whole
-# files go to the workers in the order of tests/conftest.py (longest first); xdist would otherwise reorder them by
-# their number of tests, which leaves the long one-test files for the end.
+# Two pytest workers, one per core of this project's machines: with the training machinery in the workers' processes
+# a third no longer finds idle time to fill, and its contention cost a tenth more CPU time (benchmarks/RESULTS.md,
+# "Test suite time"). Whole files go to the workers in the order of tests/conftest.py (longest first); xdist would
+# otherwise reorder them by their number of tests, which leaves the long one-test files for the end.
 test: lint
-	$(PY) -m pytest -q -m "not slow and not peer" -n 3 --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not peer" -n 2 --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The suite against the declared lower bounds (requirements-min.txt), in its own environment.
 test-min:

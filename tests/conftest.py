@@ -35,7 +35,7 @@ def pytest_configure(config):
 # The longest test files first: `make test` hands whole files to the workers in this order (--dist loadfile
 # --no-loadscope-reorder), so the files that take minutes start at once and the short ones fill the end (ordered by
 # per-file totals of a run of the suite on three workers on this project's 2-core machine, 2026-12-02, cold
-# compilation cache).
+# compilation cache; `make test` now runs two).
 _LONGEST_FIRST = (
     "test_export.py",
     "test_benchmark.py",
