@@ -172,12 +172,10 @@ def evaluate_workdir(workdir: str, config, protocols=("single",)) -> Iterator[di
 
   variables = inference.load_for_inference(workdir, config)
   model = models.create_model(config.model, half_precision=config.get("half_precision", False))
-  cache = {}
+  name, cache = rundir.RunDir(workdir).name, {}
   for protocol in protocols:
     logging.info("evaluating %s with protocol %s", workdir, protocol)
-    result = evaluate_protocol(model, variables, config, protocol, eval_fn_cache=cache)
-    result["workdir"] = rundir.RunDir(workdir).name
-    yield result
+    yield evaluate_protocol(model, variables, config, protocol, eval_fn_cache=cache) | {"workdir": name}
 
 
 def format_result(r: dict) -> str:
