@@ -185,7 +185,7 @@ def breakdown(config, calls: int, warmup: int, peak_gflops: float) -> dict:
     out = bench.step()
   jax.block_until_ready(out)
   unprofiled_wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-  steps = calls * (bench.steps_per_call if bench.data is not None else 1)
+  steps = calls * bench.steps_per_call
   busy, parts, unknown = [], collections.defaultdict(lambda: {"seconds": 0.0, "flops": 0, "bytes": 0}), 0.0
   for e in events:
     name = e["name"]
@@ -230,7 +230,7 @@ def breakdown(config, calls: int, warmup: int, peak_gflops: float) -> dict:
   return {
       "config": {"model": dict(config.model), "batch_size": config.batch_size},
       "steps_profiled": steps,
-      "steps_per_call": bench.steps_per_call if bench.data is not None else 1,
+      "steps_per_call": bench.steps_per_call,
       "wall_ms_per_step_profiled": 1e3 * wall / steps,
       "wall_ms_per_step": 1e3 * unprofiled_wall / steps,
       "images_per_sec": config.batch_size * steps / unprofiled_wall,

@@ -362,9 +362,9 @@ def compare(
   for _ in range(warmup):
     for step in contenders.values():
       jax.block_until_ready(step())
-  # Ours with batches drawn on the devices runs steps_per_call steps per call; the others one.
+  # Ours runs steps_per_call steps per call; the others one.
   steps_per_call = {name: 1 for name in contenders}
-  if "jax" in contenders and bench.data is not None:
+  if "jax" in contenders:
     steps_per_call["jax"] = bench.steps_per_call
   rates = {name: [] for name in contenders}
   cpu = {name: [] for name in contenders}

@@ -8,8 +8,9 @@ Measures, on the devices JAX sees:
   of a window are dispatched back to back (through `train.compile_steps`' CompiledSteps, the same compiled step and
   host-to-device batch placement the training loop uses) and the clock stops when the window's last state is ready. With
   input_backend='tfdata' batches are random, pre-normalised arrays of the config's shape held in host memory, so
-  this excludes the input pipeline; with input_backend='device' each call is `CompiledSteps.train` of
-  config.steps_per_call steps on batches drawn on the devices, exactly as the training loop runs them;
+  this excludes the input pipeline; with input_backend='device' they are drawn on the devices; each call is
+  config.steps_per_call steps (`CompiledSteps.train_on_batches` of as many host batches, or `CompiledSteps.train`
+  on batches drawn on the devices), as the training loop runs them;
 * eval img/s, the same way, with the eval step on `eval_batch_size` batches;
 * input-pipeline img/s alone: the training input of inputs.Data, exactly as the training loop reads it, without
   the model: the tf.data pipeline (real tfds data when config.dataset names one that is present, with its
@@ -26,7 +27,7 @@ img/s per tf.data thread count of `--threads` and per augmentation of `--augment
     python -m resnet_jax.benchmark --jpeg_dir=DIR [--threads=1,2] [--seconds=20] [--augmentation=paper,inception]
 
 `--compare_steps_per_call=1,4` measures instead the train img/s of each config.steps_per_call value given, with
-their windows interleaved in one process (input_backend='device'), and the ratios to the first.
+their windows interleaved in one process, and the ratios to the first.
 
 `--json` prints one JSON object with all of these plus the machine (platform, device kind and count, CPU count)
 and the jax / flax versions. On CPU the device count can be raised before JAX starts with `--cpu_devices=N`
@@ -189,8 +190,12 @@ class TrainBench:
   def compile(self) -> dict:
     """Lowers and compiles the train step (the jitted/pmapped train.train_step of the training loop); timed."""
     t0 = time.perf_counter()
-    if self.data is None:
+    if self.data is None and self.steps_per_call == 1:
       lowered = self.compiled_steps.lower_train_on_batch(self.state, self.batches[0], self.rng)
+    elif self.data is None:
+      lowered = self.compiled_steps.lower_train_on_batches(
+          self.state, self.window, self._host_batches(self.steps_per_call), self.rng
+      )
     else:
       lowered = self.compiled_steps.lower_train_on_device(
           self.state, self.window, self.data.device, 0, self.steps_per_call, self.rng
@@ -203,25 +208,33 @@ class TrainBench:
     out["train_step_flops"] = None if self.compiled_steps.plan.convolutions == "onednn" else _flops(self.compiled)
     return out
 
+  def _host_batches(self, n: int) -> list:
+    return [self.batches[(self._i + j) % len(self.batches)] for j in range(n)]
+
   def step(self):
-    """One call exactly as the training loop makes it: one step on a host batch (CompiledSteps.train_on_batch), or
-    steps_per_call steps on batches drawn on the devices (CompiledSteps.train). Returns the last step's loss."""
+    """One call exactly as the training loop makes it: steps_per_call steps on batches drawn on the devices
+    (CompiledSteps.train), on as many host batches (CompiledSteps.train_on_batches), or one step on a host batch
+    (CompiledSteps.train_on_batch). Returns the last step's loss."""
+    k = self.steps_per_call
     if self.data is not None:
-      k = self.steps_per_call
       self.state, self.window, infos = self.compiled_steps.train(
           self.state, self.window, self.data, self._i, k, self.rng
       )
-      self._i += k
-      return infos["loss"][-1]
-    batch = self.batches[self._i % len(self.batches)]
-    self._i += 1
-    self.state, m, info = self.compiled_steps.train_on_batch(self.state, batch, self.rng)
-    return info["loss"]
+    elif k > 1:
+      self.state, self.window, infos = self.compiled_steps.train_on_batches(
+          self.state, self.window, self._host_batches(k), self.rng
+      )
+    else:
+      self.state, m, infos = self.compiled_steps.train_on_batch(self.state, self._host_batches(1)[0], self.rng)
+      self._i += 1
+      return infos["loss"]
+    self._i += k
+    return infos["loss"][-1]
 
   def train_rate(self, *, steps: int, windows: int, warmup: int) -> dict:
     import jax
 
-    k = self.steps_per_call if self.data is not None else 1
+    k = self.steps_per_call
     losses = []
     for _ in range(max(1, -(-warmup // k))):
       losses.append(float(jax.device_get(self.step())))
@@ -232,6 +245,8 @@ class TrainBench:
         "train_step_seconds": self.config.batch_size / t["rate"],
         "train_window_images_per_sec": t["rates"],
         "train_cpu_seconds_per_step": t["cpu_seconds_per_call"] / k,
+        "train_system_cpu_seconds_per_step": t["system_cpu_seconds_per_call"] / k,
+        "train_minor_faults_per_step": t["minor_faults_per_call"] / k,
         "train_steps_per_call": k,
         "train_batches_drawn_on_devices": self.data is not None,
         "train_loss_first": losses[0],
@@ -498,11 +513,6 @@ def compare_steps_per_call(config, values, *, steps: int, windows: int, warmup: 
   from resnet_jax import config_lib
 
   config = config_lib.resolve(config)
-  if config.input_backend != "device":
-    raise ValueError(
-        "--compare_steps_per_call needs --config.input_backend=device (several steps per call draw "
-        "their batches on the devices)"
-    )
   configs = {}
   for v in values:
     configs[v] = c = config.copy_and_resolve_references()

@@ -7,10 +7,9 @@ state carries a leading device axis). The choice is made once, in `CompiledSteps
 hold what differs (compilation, placement of states and batches, the shape of the outputs), and every method of
 `CompiledSteps` is the same for both. `train.compile_steps(config, tx, schedule)` builds one.
 
-The training loop calls `train` (n steps from a given step: several steps in one compiled call when the batches
-are drawn on the devices, else one step on a host batch), `eval_on_batch`, and the state conversions; the
-benchmark lowers exactly those calls with `lower_train_on_batch` / `lower_train_on_device` and compiles them with
-`compile`.
+The training loop calls `train` (n steps from a given step in one compiled call, on batches drawn on the devices
+or on n host batches stacked), `eval_on_batch`, and the state conversions; the benchmark lowers exactly those calls
+with `lower_train` / `lower_train_on_device` and compiles them with `compile`.
 """
 
 from __future__ import annotations
@@ -20,36 +19,40 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax import config_lib, parallel
 
-# Automatic steps_per_call (batches drawn on the devices): at most this many steps per call. On GPUs and TPUs a call
-# of many steps hides the host's launch latency. On CPUs each call allocates the step's temporary buffer afresh (a
-# new mapping whose 2 MiB pages the kernel zeroes on first touch), and the steps of one call reuse it: 4 steps per
-# call take about a quarter of the page faults per step and speed up the forward pass's operations, which touch
-# the buffer first (benchmarks/RESULTS.md, "Why several steps per call are faster on the CPU"). Few, because a
-# CPU step takes up to seconds and signals (a preemption's SIGTERM) are answered between calls.
+# Automatic steps_per_call: at most this many steps per call. On GPUs and TPUs a call of many steps on batches drawn
+# on the devices hides the host's launch latency; host batches there stay one per call (a call of n steps holds n
+# batches, and their steps are long enough to hide the launch). On CPUs each call allocates the step's temporary
+# buffer afresh (a new mapping whose 2 MiB pages the kernel zeroes on first touch), and the steps of one call reuse
+# it: 4 steps per call take about a quarter of the page faults per step and speed up the forward pass's operations,
+# which touch the buffer first (benchmarks/RESULTS.md, "Why several steps per call are faster on the CPU"), with
+# either input. Few, because a CPU step takes up to seconds and signals (a preemption's SIGTERM) are answered
+# between calls.
 AUTO_STEPS_PER_CALL = {"cpu": 4}
-AUTO_STEPS_PER_CALL_ACCELERATORS = 100
+AUTO_STEPS_PER_CALL_ACCELERATORS = {"device": 100, "host": 1}
 
 
 def resolve_steps_per_call(config, platform: str) -> int:
   """config.steps_per_call, with 0 (auto) settled for the platform.
 
-  Auto is 1 with host batches (input_backend='tfdata') or pmap; with input_backend='device' and jit it is the
-  largest divisor of the log, eval and checkpoint intervals and of num_train_steps that is at most 4 on CPUs and
-  100 on GPUs and TPUs (AUTO_STEPS_PER_CALL).
+  Auto is 1 with pmap; with jit it is the largest divisor of the log, eval and checkpoint intervals and of
+  num_train_steps that is at most 4 on CPUs, and on GPUs and TPUs at most 100 with batches drawn on the devices
+  (input_backend='device') and 1 with host batches (AUTO_STEPS_PER_CALL).
   """
   k = int(config.get("steps_per_call", 1))
   if k:
     return k
-  if config.input_backend != "device" or config.parallelism != "jit":
+  if config.parallelism != "jit":
     return 1
   g = functools.reduce(
       math.gcd, [int(config.get(f)) for f in config_lib.INTERVAL_FIELDS] + [int(config.num_train_steps)]
   )
-  cap = AUTO_STEPS_PER_CALL.get(platform, AUTO_STEPS_PER_CALL_ACCELERATORS)
+  source = "device" if config.input_backend == "device" else "host"
+  cap = AUTO_STEPS_PER_CALL.get(platform, AUTO_STEPS_PER_CALL_ACCELERATORS[source])
   return max(d for d in range(1, cap + 1) if g % d == 0)
 
 
@@ -68,6 +71,22 @@ def draw_and_train(state, window, source, first_step, rng, *, n: int, draw, step
     return (state, window.merge(m)), info
 
   (state, window), infos = jax.lax.scan(body, (state, window), jnp.arange(n, dtype=jnp.int32))
+  return state, window, infos
+
+
+def train_on_batches(state, window, batches, rng, *, step):
+  """One training step per host batch of `batches` (each field stacked along a leading axis), in one computation.
+
+  The same as draw_and_train, for batches that come from the host (tf.data): returns (state, window merged with
+  each step's metrics in order, the steps' infos stacked).
+  """
+
+  def body(carry, batch):
+    state, window = carry
+    state, (m, info) = step(state, batch, rng)
+    return (state, window.merge(m)), info
+
+  (state, window), infos = jax.lax.scan(body, (state, window), batches)
   return state, window, infos
 
 
@@ -105,6 +124,13 @@ class _Jit:
         out_shardings=rep,
         compiler_options=options,
     )
+    self.train_many = jax.jit(
+        functools.partial(train_on_batches, step=self.step),
+        in_shardings=(rep, rep, parallel.stacked_data_sharded(mesh), rep),
+        out_shardings=(rep, rep, rep),
+        donate_argnums=0,
+        compiler_options=options,
+    )
     self.compile_options = {}  # given to jax.jit already
     self._on_device_calls = {}
 
@@ -124,6 +150,9 @@ class _Jit:
     if isinstance(local_batch["image"], jax.Array):  # drawn on the devices: global arrays already
       return local_batch
     return parallel.put_batch(local_batch, self.mesh)
+
+  def place_batches(self, local_batches):
+    return parallel.put_batch(local_batches, self.mesh, stacked=True)
 
   def unstack(self, out):
     return out
@@ -172,6 +201,9 @@ class _Pmap:
   def place_batch(self, local_batch):
     return parallel.pmap_split(local_batch)
 
+  def place_batches(self, local_batches):
+    raise ValueError("several steps per call need parallelism='jit'")
+
   def unstack(self, out):
     return jax.tree.map(lambda x: x[0], out)
 
@@ -203,6 +235,11 @@ def _with_compiler_options(fn, options: dict):
 
 
 _MODES = {"jit": _Jit, "pmap": _Pmap}
+
+
+def stack(local_batches) -> dict:
+  """Host batches -> one batch whose fields have a leading axis of steps."""
+  return {k: np.stack([b[k] for b in local_batches]) for k in local_batches[0]}
 
 
 class CompiledSteps:
@@ -245,22 +282,28 @@ class CompiledSteps:
     """Training steps first_step .. first_step + n - 1 (0-based: the state's step before each update).
 
     Returns (state, `window` merged with their metrics, their step infos stacked along a leading axis of length
-    n). Batches drawn on the devices (input_backend='device', `data.device`) run all n steps in one compiled call,
-    the metrics merged on the devices in step order; host batches (tf.data, ImageNet) run one step per call.
+    n). All n steps run in one compiled call, the metrics merged on the devices in step order: on batches drawn on
+    the devices (input_backend='device', `data.device`), or on the n host batches (tf.data, ImageNet) stacked.
     """
-    if data.device is None:
-      if n != 1:
-        raise ValueError(f"{n} steps per call need batches drawn on the devices (input_backend='device')")
-      state, m, info = self.train_on_batch(state, data.train_batch(first_step), rng)
+    if data.device is not None:
+      call = self._mode.on_device_call(n, data.device.draw)
+      return call(state, window, data.device.source(first_step, n), jnp.asarray(first_step, jnp.int32), rng)
+    batches = [data.train_batch(first_step + i) for i in range(n)]
+    if n == 1:
+      state, m, info = self.train_on_batch(state, batches[0], rng)
       return state, window.merge(m), jax.tree.map(lambda x: x[None], info)
-    call = self._mode.on_device_call(n, data.device.draw)
-    return call(state, window, data.device.source(first_step, n), jnp.asarray(first_step, jnp.int32), rng)
+    return self.train_on_batches(state, window, batches, rng)
 
   def train_on_batch(self, state, local_batch, rng):
     """One training step on this process's share of a batch; returns (state, metrics, step info)."""
     state, out = self._mode.train(state, self._mode.place_batch(local_batch), rng)
     m, info = self._mode.unstack(out)
     return state, m, info
+
+  def train_on_batches(self, state, window, local_batches, rng):
+    """One training step on each of several host batches (this process's shares), in one compiled call; returns
+    (state, `window` merged with their metrics, their step infos stacked)."""
+    return self._mode.train_many(state, window, self._mode.place_batches(stack(local_batches)), rng)
 
   def eval_on_batch(self, state, local_batch):
     """The evaluation metrics of this process's share of a padded, masked batch."""
@@ -270,6 +313,10 @@ class CompiledSteps:
   def lower_train_on_batch(self, state, local_batch, rng):
     """The jax Lowered of `train_on_batch`'s call (the batch placed as it places it)."""
     return self._mode.train.lower(state, self._mode.place_batch(local_batch), rng)
+
+  def lower_train_on_batches(self, state, window, local_batches, rng):
+    """The jax Lowered of `train_on_batches`'s call."""
+    return self._mode.train_many.lower(state, window, self._mode.place_batches(stack(local_batches)), rng)
 
   def lower_train_on_device(self, state, window, device, first_step: int, n: int, rng):
     """The jax Lowered of `train`'s call of n steps on batches drawn on the devices (`device`: a DeviceData)."""

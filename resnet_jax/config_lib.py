@@ -105,9 +105,9 @@ def base_training_config() -> ml_collections.ConfigDict:
   c.half_precision = False  # bfloat16 compute, float32 parameters, BN statistics and loss
   c.parallelism = "jit"  # 'jit' (mesh + NamedSharding) or 'pmap'
   # Training steps per compiled call, so that a GPU does not wait for the host to launch each small step and a CPU
-  # reuses the step's buffers; needs input_backend='device' and parallelism='jit', and divides the
-  # log/eval/checkpoint intervals. Same results for any value. 0: auto (with input_backend='device', up to 100 on
-  # GPUs/TPUs and 4 on CPUs; 1 elsewhere).
+  # reuses the step's buffers; needs parallelism='jit', and divides the log/eval/checkpoint intervals. Same results
+  # for any value. 0: auto (with jit, up to 4 on CPUs; on GPUs/TPUs up to 100 with input_backend='device' and 1 with
+  # host batches; 1 with pmap).
   c.steps_per_call = 0
   c.bn_sync = True  # BN statistics over the global batch (True) or each device's sub-batch
   # CPU speed settings, each the same mathematics and without effect on GPUs/TPUs (resnet_jax/cpu: what each
@@ -369,11 +369,10 @@ def validate(config, *, with_devices: bool = True) -> None:
   if not (isinstance(k, int) and not isinstance(k, bool) and k >= 0):
     problems.append(f"steps_per_call={k!r}: must be 0 (auto) or a positive integer")
   elif k > 1:
-    if config.get("input_backend") != "device" or config.parallelism != "jit":
+    if config.parallelism != "jit":
       problems.append(
-          f"steps_per_call={k} runs {k} steps in one compiled call, which needs batches drawn on the "
-          "devices: set --config.input_backend=device and --config.parallelism=jit, or "
-          "--config.steps_per_call=1"
+          f"steps_per_call={k} runs {k} steps in one compiled call, which needs parallelism='jit': set "
+          "--config.parallelism=jit, or --config.steps_per_call=1"
       )
     for field in INTERVAL_FIELDS:
       v = config.get(field)

@@ -76,9 +76,15 @@ def abstract_replicated(tree, mesh: Mesh):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def put_batch(local_batch: dict, mesh: Mesh) -> dict:
-  """Process-local slices of a global batch -> global arrays sharded along the data axis."""
-  sharding = data_sharded(mesh)
+def stacked_data_sharded(mesh: Mesh) -> NamedSharding:
+  """Several steps' batches stacked along a leading axis: each batch sharded along the data axis."""
+  return NamedSharding(mesh, P(None, AXIS))
+
+
+def put_batch(local_batch: dict, mesh: Mesh, *, stacked: bool = False) -> dict:
+  """Process-local slices of a global batch -> global arrays sharded along the data axis (the second axis of
+  `stacked` batches, whose first is the step)."""
+  sharding = stacked_data_sharded(mesh) if stacked else data_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
 
 

@@ -24,7 +24,11 @@ CASES = [
         [CIFAR, "--config.input_backend=device", "--config.steps_per_call=3", "--workdir=W"],
         "log_every_steps=100 is not a multiple of steps_per_call=3",
     ),
-    ("resnet_jax.main", [CIFAR, "--config.steps_per_call=4", "--workdir=W"], "--config.input_backend=device"),
+    (
+        "resnet_jax.main",
+        [CIFAR, "--config.parallelism=pmap", "--config.steps_per_call=4", "--workdir=W"],
+        "--config.parallelism=jit",
+    ),
     ("resnet_jax.main", [CIFAR], "--workdir"),
     ("resnet_jax.main", [CIFAR, "--workdir=W", "extra"], "unexpected arguments"),
     ("resnet_jax.summary", [CIFAR, "--config.model.depth=21"], "CIFAR depth must be 6n+2"),

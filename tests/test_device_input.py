@@ -185,8 +185,9 @@ def test_trains_without_tensorflow(tmp_path):
 
 
 def test_automatic_steps_per_call_per_platform():
-  """steps_per_call=0: the largest divisor of the intervals and the run's length up to 4 on CPUs and 100 on GPUs and
-  TPUs, with batches drawn on the devices and jit; 1 with host batches or pmap; an explicit value as given."""
+  """steps_per_call=0: the largest divisor of the intervals and the run's length up to 4 on CPUs and, with batches
+  drawn on the devices, 100 on GPUs and TPUs; 1 there with host batches, and 1 with pmap; an explicit value as
+  given."""
   from resnet_jax import compiled_steps, config_lib
 
   config = config_lib.cifar(20)
@@ -210,6 +211,6 @@ def test_automatic_steps_per_call_per_platform():
   config.parallelism = "pmap"
   assert compiled_steps.resolve_steps_per_call(config, "cpu") == 1
   config.parallelism, config.input_backend = "jit", "tfdata"
-  assert compiled_steps.resolve_steps_per_call(config, "gpu") == 1
+  assert [compiled_steps.resolve_steps_per_call(config, p) for p in ("gpu", "tpu", "cpu")] == [1, 1, 4]
   config.input_backend, config.steps_per_call = "device", 3
   assert compiled_steps.resolve_steps_per_call(config, "cpu") == 3

@@ -5,7 +5,8 @@ import os
 
 import numpy as np
 
-from helpers import load_state, read_metrics, run_cli, small_run_args, train_in_process
+from helpers import assert_trees_equal, load_state, read_metrics, run_cli, small_run_args, strip_speed
+from helpers import train_in_process
 
 MAIN = "resnet_jax.main"
 
@@ -127,3 +128,28 @@ def test_nonfinite_steps_are_named_and_skipped_exactly(tmp_path):
     for step in os.listdir(tmp_path / run / "checkpoints"):
       state = load_state(tmp_path / run, int(step))
       assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
+
+
+def test_host_batches_several_steps_per_call_are_bit_identical_and_resume_exactly(tmp_path):
+  """Host batches (tf.data) stacked for several steps per call: two steps per call, then four after a resume from
+  step 6 (a call of two, then one of four), give the metrics and checkpoints of one step per call, bit for bit; the
+  default (auto) runs four per call on the CPU."""
+  host = [
+      "--config.input_backend=tfdata",
+      "--config.fake_train_size=64",
+      "--config.log_every_steps=4",
+      "--config.checkpoint_every_steps=4",
+      "--config.keep_checkpoints=5",
+      "--config.lr_decay_factor=1.0",  # one schedule whatever num_train_steps the first part of the run is given
+  ]
+  args = lambda name, steps: [*small_run_args(tmp_path / name, steps=steps), *host]
+  train_in_process(*args("ref", 12), "--config.steps_per_call=1")
+  proc = train_in_process(*args("split", 6), "--config.steps_per_call=2")
+  assert "2 training step(s) per compiled call" in proc.stderr
+  proc = train_in_process(*args("split", 12))
+  assert "4 training step(s) per compiled call" in proc.stderr
+  ref, split = read_metrics(tmp_path / "ref"), read_metrics(tmp_path / "split")
+  assert [r["step"] for r in ref] == [4, 8, 12] and [r["step"] for r in split] == [4, 6, 8, 12]
+  assert strip_speed(split)[0] == strip_speed(ref)[0] and strip_speed(split)[-1] == strip_speed(ref)[-1]
+  for step in (4, 8, 12):
+    assert_trees_equal(load_state(tmp_path / "split", step), load_state(tmp_path / "ref", step))
