@@ -9,7 +9,7 @@ hold what differs (compilation, placement of states and batches, the shape of th
 
 The training loop calls `train` (n steps from a given step in one compiled call, on batches drawn on the devices
 or on n host batches stacked), `eval_on_batch`, and the state conversions; the benchmark lowers exactly those calls
-with `lower_train` / `lower_train_on_device` and compiles them with `compile`.
+with `lower_train_on_batch` / `lower_train_on_batches` / `lower_train_on_device` and compiles them with `compile`.
 """
 
 from __future__ import annotations
