@@ -156,14 +156,13 @@ def profile(bench, calls: int) -> tuple[list[dict], float]:
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
   threads = {e["tid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}
   # The runtime's own events (ThunkExecutor::Execute, ThreadpoolListener::..., "end: NAME" markers) are not
-  # operations: C++ scopes and markers of microseconds.
+  # operations: C++ scopes and markers of microseconds. Each event carries its thread's name: XLA runs most
+  # operations on its XLAEigen threads, and a few (the first ready ones of a call) on the PjRt client thread that
+  # started the call.
   ops = [
-      e
+      dict(e, thread=threads.get(e.get("tid"), ""))
       for e in events
-      if e.get("ph") == "X"
-      and "XLAEigen" in threads.get(e.get("tid"), "")
-      and "::" not in e["name"]
-      and not e["name"].startswith("end: ")
+      if e.get("ph") == "X" and "::" not in e["name"] and not e["name"].startswith("end: ")
   ]
   return ops, wall
 
@@ -190,6 +189,8 @@ def breakdown(config, calls: int, warmup: int, peak_gflops: float) -> dict:
   for e in events:
     name = e["name"]
     op = operations.get(name)
+    if op is None and "XLAEigen" not in e["thread"]:
+      continue  # not an operation of the step (the host's own events)
     seconds = e["dur"] / 1e6
     if op is not None and op["part"] is None:
       continue
