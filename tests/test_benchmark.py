@@ -339,3 +339,17 @@ def test_step_profile_puts_every_convolution_flop_in_its_part():
   overlap = r["two_operations_at_once_ms_per_step"] / r["wall_ms_per_step_profiled"]
   assert shares - overlap == pytest.approx(1.0, abs=0.02)
   assert "| convolution forward |" in profile_step.format_table(r)
+
+
+def test_onednn_verbose_summary_reads_convolution_lines():
+  """benchmarks/onednn_verbose_summary.py: median ms and GFLOP/s per direction and shape, other lines ignored."""
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import onednn_verbose_summary
+
+  shape = "mb128_ic16oc16_ih32oh32kh3sh1dh0ph1_iw32ow32kw3sw1dw0pw1"
+  line = "onednn_verbose,exec,cpu,convolution,brgconv:avx512_core,forward_training,src dst,attr ,alg:direct,{},{}"
+  lines = [line.format(shape, ms) for ms in (3.0, 2.0, 4.0)]
+  lines += ["onednn_verbose,exec,cpu,reorder,jit:uni,undef,src dst,,,128x16,0.1", "unrelated log line"]
+  (row,) = onednn_verbose_summary.summarize(lines)
+  assert row["direction"] == "forward_training" and row["calls"] == 3 and row["median_ms"] == 3.0
+  assert row["gflops"] == pytest.approx(2 * 128 * 16 * 16 * 32 * 32 * 9 / 1e9 / 3.0e-3)
