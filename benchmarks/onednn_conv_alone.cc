@@ -3,13 +3,18 @@
 // back to back on one input that stays in the caches. Set beside oneDNN's own timings of the same primitives inside
 // the step (ONEDNN_VERBOSE=1 and benchmarks/onednn_verbose_summary.py), it says how much of the convolutions' gap
 // to the cores' peak is the kernels' and how much the step's surroundings. One JSON line per shape and direction.
+// The argument says what happens between two calls (untimed): 'none'; 'flush', a pass over 64 MB that evicts the
+// operands from the caches, as the fusions between two convolutions of a step may; 'pause', 2 ms of sleep, after
+// which oneDNN's OpenMP threads have gone to sleep and must be woken, as after a step's longer fusions.
 //
 //   g++ -O2 -std=c++17 -I.venv/include benchmarks/onednn_conv_alone.cc -L.venv/lib -ldnnl \
-//       -Wl,-rpath,$PWD/.venv/lib -o /tmp/onednn_conv_alone && /tmp/onednn_conv_alone
+//       -Wl,-rpath,$PWD/.venv/lib -o /tmp/onednn_conv_alone && /tmp/onednn_conv_alone [none|flush|pause]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <functional>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -17,9 +22,15 @@
 using dnnl::memory;
 using tag = memory::format_tag;
 
-static double MedianMs(const std::function<void()>& call) {
+static double MedianMs(const std::function<void()>& call, const std::string& between) {
+  static std::vector<float> other(16 << 20, 1.0f);  // 64 MB
   std::vector<double> ms;
   for (int i = 0; i < 40; ++i) {
+    if (between == "flush") {
+      for (float& v : other) v += 1.0f;
+    } else if (between == "pause") {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
     auto t0 = std::chrono::steady_clock::now();
     call();
     if (i >= 8) ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
@@ -34,7 +45,12 @@ static memory Filled(const memory::desc& md, const dnnl::engine& eng, float valu
   return m;
 }
 
-int main() {
+int main(int argc, char** argv) {
+  const std::string between = argc > 1 ? argv[1] : "none";
+  if (between != "none" && between != "flush" && between != "pause") {
+    std::fprintf(stderr, "usage: %s [none|flush|pause]\n", argv[0]);
+    return 2;
+  }
   dnnl::engine eng(dnnl::engine::kind::cpu, 0);
   dnnl::stream s(eng);
   const int kBatch = 128;
@@ -88,11 +104,11 @@ int main() {
          }},
     };
     for (const auto& d : directions) {
-      const double ms = MedianMs(d.call);
+      const double ms = MedianMs(d.call, between);
       std::printf(
-          "{\"in_channels\": %d, \"out_channels\": %d, \"size\": %d, \"stride\": %d, \"direction\": \"%s\", "
-          "\"impl\": \"%s\", \"ms\": %.3f, \"gflops\": %.1f}\n",
-          ic, oc, hw, st, d.name, d.impl, ms, gflop / ms * 1e3);
+          "{\"between\": \"%s\", \"in_channels\": %d, \"out_channels\": %d, \"size\": %d, \"stride\": %d, "
+          "\"direction\": \"%s\", \"impl\": \"%s\", \"ms\": %.3f, \"gflops\": %.1f}\n",
+          between.c_str(), ic, oc, hw, st, d.name, d.impl, ms, gflop / ms * 1e3);
     }
   }
 }
