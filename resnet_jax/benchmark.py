@@ -9,8 +9,7 @@ Measures, on the devices JAX sees:
   host-to-device batch placement the training loop uses) and the clock stops when the window's last state is ready. With
   input_backend='tfdata' batches are random, pre-normalised arrays of the config's shape held in host memory, so
   this excludes the input pipeline; with input_backend='device' they are drawn on the devices; each call is
-  config.steps_per_call steps (`CompiledSteps.train_on_batches` of as many host batches, or `CompiledSteps.train`
-  on batches drawn on the devices), as the training loop runs them;
+  `CompiledSteps.train` of config.steps_per_call steps, as the training loop runs them;
 * eval img/s, the same way, with the eval step on `eval_batch_size` batches;
 * input-pipeline img/s alone: the training input of inputs.Data, exactly as the training loop reads it, without
   the model: the tf.data pipeline (real tfds data when config.dataset names one that is present, with its
@@ -163,6 +162,18 @@ def random_batch(config, batch_size: int, seed: int, *, eval_mask: bool = False)
   return batch
 
 
+class _HostBatches:
+  """inputs.Data's interface (`device`, `train_batch(step)`) over a few fixed host batches."""
+
+  device = None
+
+  def __init__(self, batches: list):
+    self.batches = batches
+
+  def train_batch(self, step: int) -> dict:
+    return self.batches[step % len(self.batches)]
+
+
 class TrainBench:
   """The config's model, optimiser and compiled steps (train.compile_steps), with an initial state on the devices."""
 
@@ -184,22 +195,15 @@ class TrainBench:
     self.state = self.compiled_steps.to_device(host_state)
     self.rng = jax.random.key(config.seed)
     self.batches = [random_batch(config, config.batch_size, seed=i) for i in range(2)]
+    # What the training loop's inputs.Data gives CompiledSteps.train: batches drawn on the devices, or host batches.
+    self.input = self.data if self.data is not None else _HostBatches(self.batches)
     self._i = 0
     self.compiled = None
 
   def compile(self) -> dict:
     """Lowers and compiles the train step (the jitted/pmapped train.train_step of the training loop); timed."""
     t0 = time.perf_counter()
-    if self.data is None and self.steps_per_call == 1:
-      lowered = self.compiled_steps.lower_train_on_batch(self.state, self.batches[0], self.rng)
-    elif self.data is None:
-      lowered = self.compiled_steps.lower_train_on_batches(
-          self.state, self.window, self._host_batches(self.steps_per_call), self.rng
-      )
-    else:
-      lowered = self.compiled_steps.lower_train_on_device(
-          self.state, self.window, self.data.device, 0, self.steps_per_call, self.rng
-      )
+    lowered = self.compiled_steps.lower_train(self.state, self.window, self.input, 0, self.steps_per_call, self.rng)
     t1 = time.perf_counter()
     self.compiled = self.compiled_steps.compile(lowered)
     t2 = time.perf_counter()
@@ -208,26 +212,13 @@ class TrainBench:
     out["train_step_flops"] = None if self.compiled_steps.plan.convolutions == "onednn" else _flops(self.compiled)
     return out
 
-  def _host_batches(self, n: int) -> list:
-    return [self.batches[(self._i + j) % len(self.batches)] for j in range(n)]
-
   def step(self):
-    """One call exactly as the training loop makes it: steps_per_call steps on batches drawn on the devices
-    (CompiledSteps.train), on as many host batches (CompiledSteps.train_on_batches), or one step on a host batch
-    (CompiledSteps.train_on_batch). Returns the last step's loss."""
+    """One call exactly as the training loop makes it (CompiledSteps.train of steps_per_call steps); returns the
+    last step's loss."""
     k = self.steps_per_call
-    if self.data is not None:
-      self.state, self.window, infos = self.compiled_steps.train(
-          self.state, self.window, self.data, self._i, k, self.rng
-      )
-    elif k > 1:
-      self.state, self.window, infos = self.compiled_steps.train_on_batches(
-          self.state, self.window, self._host_batches(k), self.rng
-      )
-    else:
-      self.state, m, infos = self.compiled_steps.train_on_batch(self.state, self._host_batches(1)[0], self.rng)
-      self._i += 1
-      return infos["loss"]
+    self.state, self.window, infos = self.compiled_steps.train(
+        self.state, self.window, self.input, self._i, k, self.rng
+    )
     self._i += k
     return infos["loss"][-1]
 

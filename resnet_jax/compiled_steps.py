@@ -9,7 +9,7 @@ hold what differs (compilation, placement of states and batches, the shape of th
 
 The training loop calls `train` (n steps from a given step in one compiled call, on batches drawn on the devices
 or on n host batches stacked), `eval_on_batch`, and the state conversions; the benchmark lowers exactly those calls
-with `lower_train_on_batch` / `lower_train_on_batches` / `lower_train_on_device` and compiles them with `compile`.
+with `lower_train` (and `lower_train_on_batch`) and compiles them with `compile`.
 """
 
 from __future__ import annotations
@@ -56,38 +56,38 @@ def resolve_steps_per_call(config, platform: str) -> int:
   return max(d for d in range(1, cap + 1) if g % d == 0)
 
 
+def _train_steps(state, window, xs, rng, *, batch_of, step):
+  """One training step per element of `xs` (scanned along its leading axis), on the batch `batch_of(x)`; returns
+  (state, window merged with each step's metrics in order, the steps' infos stacked)."""
+
+  def body(carry, x):
+    state, window = carry
+    state, (m, info) = step(state, batch_of(x), rng)
+    return (state, window.merge(m)), info
+
+  (state, window), infos = jax.lax.scan(body, (state, window), xs)
+  return state, window, infos
+
+
 def draw_and_train(state, window, source, first_step, rng, *, n: int, draw, step):
   """n training steps in one computation (config.steps_per_call), each on a batch drawn on the devices.
 
   `draw(*source, s)` gives the images and labels of batch s (device_input.DeviceData); `step` is train_step with
-  its model and optimiser bound. Returns (state, window merged with each step's metrics in order, the steps' infos
-  stacked). One call per n steps is what lets a GPU run a CIFAR step without waiting for the host to launch it.
+  its model and optimiser bound. One call per n steps is what lets a GPU run a CIFAR step without waiting for the
+  host to launch it.
   """
 
-  def body(carry, i):
-    state, window = carry
-    images, labels = draw(*source, first_step + i)
-    state, (m, info) = step(state, {"image": images, "label": labels}, rng)
-    return (state, window.merge(m)), info
+  def batch_of(s):
+    images, labels = draw(*source, s)
+    return {"image": images, "label": labels}
 
-  (state, window), infos = jax.lax.scan(body, (state, window), jnp.arange(n, dtype=jnp.int32))
-  return state, window, infos
+  steps = first_step + jnp.arange(n, dtype=jnp.int32)
+  return _train_steps(state, window, steps, rng, batch_of=batch_of, step=step)
 
 
 def train_on_batches(state, window, batches, rng, *, step):
-  """One training step per host batch of `batches` (each field stacked along a leading axis), in one computation.
-
-  The same as draw_and_train, for batches that come from the host (tf.data): returns (state, window merged with
-  each step's metrics in order, the steps' infos stacked).
-  """
-
-  def body(carry, batch):
-    state, window = carry
-    state, (m, info) = step(state, batch, rng)
-    return (state, window.merge(m)), info
-
-  (state, window), infos = jax.lax.scan(body, (state, window), batches)
-  return state, window, infos
+  """One training step per host batch of `batches` (each field stacked along a leading axis), in one computation."""
+  return _train_steps(state, window, batches, rng, batch_of=lambda batch: batch, step=step)
 
 
 def _per_device_bn_forward(model, mesh):
@@ -285,25 +285,28 @@ class CompiledSteps:
     n). All n steps run in one compiled call, the metrics merged on the devices in step order: on batches drawn on
     the devices (input_backend='device', `data.device`), or on the n host batches (tf.data, ImageNet) stacked.
     """
+    call, args = self._train_call(state, window, data, first_step, n, rng)
+    if call is not self._mode.train:
+      return call(*args)
+    state, out = call(*args)  # one step on one host batch
+    m, info = self._mode.unstack(out)
+    return state, window.merge(m), jax.tree.map(lambda x: x[None], info)
+
+  def _train_call(self, state, window, data, first_step: int, n: int, rng):
+    """The compiled function that `train` calls, and its arguments placed on the devices."""
     if data.device is not None:
       call = self._mode.on_device_call(n, data.device.draw)
-      return call(state, window, data.device.source(first_step, n), jnp.asarray(first_step, jnp.int32), rng)
+      return call, (state, window, data.device.source(first_step, n), jnp.asarray(first_step, jnp.int32), rng)
     batches = [data.train_batch(first_step + i) for i in range(n)]
     if n == 1:
-      state, m, info = self.train_on_batch(state, batches[0], rng)
-      return state, window.merge(m), jax.tree.map(lambda x: x[None], info)
-    return self.train_on_batches(state, window, batches, rng)
+      return self._mode.train, (state, self._mode.place_batch(batches[0]), rng)
+    return self._mode.train_many, (state, window, self._mode.place_batches(stack(batches)), rng)
 
   def train_on_batch(self, state, local_batch, rng):
     """One training step on this process's share of a batch; returns (state, metrics, step info)."""
     state, out = self._mode.train(state, self._mode.place_batch(local_batch), rng)
     m, info = self._mode.unstack(out)
     return state, m, info
-
-  def train_on_batches(self, state, window, local_batches, rng):
-    """One training step on each of several host batches (this process's shares), in one compiled call; returns
-    (state, `window` merged with their metrics, their step infos stacked)."""
-    return self._mode.train_many(state, window, self._mode.place_batches(stack(local_batches)), rng)
 
   def eval_on_batch(self, state, local_batch):
     """The evaluation metrics of this process's share of a padded, masked batch."""
@@ -314,14 +317,10 @@ class CompiledSteps:
     """The jax Lowered of `train_on_batch`'s call (the batch placed as it places it)."""
     return self._mode.train.lower(state, self._mode.place_batch(local_batch), rng)
 
-  def lower_train_on_batches(self, state, window, local_batches, rng):
-    """The jax Lowered of `train_on_batches`'s call."""
-    return self._mode.train_many.lower(state, window, self._mode.place_batches(stack(local_batches)), rng)
-
-  def lower_train_on_device(self, state, window, device, first_step: int, n: int, rng):
-    """The jax Lowered of `train`'s call of n steps on batches drawn on the devices (`device`: a DeviceData)."""
-    call = self._mode.on_device_call(n, device.draw)
-    return call.lower(state, window, device.source(first_step, n), jnp.asarray(first_step, jnp.int32), rng)
+  def lower_train(self, state, window, data, first_step: int, n: int, rng):
+    """The jax Lowered of `train`'s call of n steps from first_step."""
+    call, args = self._train_call(state, window, data, first_step, n, rng)
+    return call.lower(*args)
 
   def compile(self, lowered):
     """A Lowered of the methods above compiled as the steps are: with the plan's XLA options."""
