@@ -1,11 +1,12 @@
-"""Train-step compile time against depth: each config in a fresh process, through the benchmark CLI.
+"""Train-step and initialiser compile time against depth: each config in a fresh process, through the benchmark CLI.
 
     python benchmarks/compile_time.py [--runs=2] [--batch_size=8] [--include_unscanned_1202]
 
 Runs `python -m resnet_jax.benchmark --json` (persistent compilation cache off, so every compile is real) for
 ResNet-20, ResNet-56 (unscanned, its default), ResNet-56 with model.scan=True, ResNet-1202 (scanned, its default)
 and optionally ResNet-1202 unscanned, with a small batch (compile time barely depends on it) and one timed step;
-prints lower + compile seconds (median of --runs) and the ratios to ResNet-56.
+prints the parameter initialiser's seconds (compiling it, mostly), the train step's lower + compile seconds (medians
+of --runs) and the train step's ratios to ResNet-56.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def main(argv):
       row = out.setdefault(
           name,
           {
+              "init": [],
               "lower": [],
               "compile": [],
               "total": [],
@@ -84,24 +86,30 @@ def main(argv):
               "params": res["params"],
           },
       )
+      row["init"].append(res["init_seconds"])
       row["lower"].append(res["train_lower_seconds"])
       row["compile"].append(res["train_compile_seconds"])
       row["total"].append(res["train_lower_compile_seconds"])
       row["step_s"].append(res["train_step_seconds"])
       row["load"].append(res["machine"]["load_average_1min"])
       print(
-          f"[run {r + 1}] {name:<18} lower {res['train_lower_seconds']:6.2f} s  compile "
+          f"[run {r + 1}] {name:<18} initialiser {res['init_seconds']:6.2f} s  "
+          f"lower {res['train_lower_seconds']:6.2f} s  compile "
           f"{res['train_compile_seconds']:6.2f} s  (load {res['machine']['load_average_1min']:.1f}, peak host "
           f"{res['peak_host_memory_bytes'] / 2**20:.0f} MiB)",
           flush=True,
       )
   base = statistics.median(out["resnet56"]["total"]) if "resnet56" in out else None
   print(f"\nmedian over {_RUNS.value} run(s), batch {_BATCH.value}:")
-  print(f"{'config':<18} {'scan':>5} {'params':>11} {'lower s':>8} {'compile s':>10} {'total s':>8} {'/ resnet56':>11}")
+  print(
+      f"{'config':<18} {'scan':>5} {'params':>11} {'init s':>7} {'lower s':>8} {'compile s':>10} {'total s':>8} "
+      f"{'/ resnet56':>11}"
+  )
   for name, row in out.items():
     total = statistics.median(row["total"])
     print(
-        f"{name:<18} {str(row['scan']):>5} {row['params']:>11,} {statistics.median(row['lower']):8.2f} "
+        f"{name:<18} {str(row['scan']):>5} {row['params']:>11,} {statistics.median(row['init']):7.2f} "
+        f"{statistics.median(row['lower']):8.2f} "
         f"{statistics.median(row['compile']):10.2f} {total:8.2f} {total / base if base else float('nan'):10.2f}x"
     )
   if _JSON.value:

@@ -97,7 +97,7 @@ def cross_entropy(logits, labels):
 
 def init_state(model, tx, config, rng) -> TrainState:
   x = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-  variables = jax.jit(functools.partial(model.init, train=False))(rng, x)
+  variables = model.init(rng, x, train=False)
   params = variables["params"]
   return TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -198,8 +198,11 @@ def compile_steps(config, tx, schedule, *, mesh=None, model_factory=None) -> com
 # The loop.
 
 
-def init_host_state(model, tx, config) -> TrainState:
-  return jax.device_get(init_state(model, tx, config, jax.random.key(config.seed)))
+def init_host_state(model, tx, config, *, compiler_options: dict | None = None) -> TrainState:
+  """The initial state on the host, computed by one compiled program (`compiler_options`: the platform plan's
+  `init_options`, which make it compile faster without changing a bit)."""
+  init = jax.jit(functools.partial(init_state, model, tx, config), compiler_options=compiler_options or None)
+  return jax.device_get(init(jax.random.key(config.seed)))
 
 
 def abstract_host_state(model, tx, config) -> TrainState:
@@ -300,7 +303,8 @@ def _restore_or_init(compiled: compiled_steps.CompiledSteps, tx, config, checkpo
   abstract = compiled.abstract_global(abstract_host_state(compiled.model, tx, config))
   restored, start_step = checkpointer.restore_latest(abstract, ckpt_lib.meta_for(config))
   if restored is None:
-    return compiled.to_device(init_host_state(compiled.model, tx, config)), 0
+    initial = init_host_state(compiled.model, tx, config, compiler_options=compiled.plan.init_options)
+    return compiled.to_device(initial), 0
   logging.info("resumed from %s/checkpoints/%d", workdir, start_step)
   return compiled.from_global(restored), start_step
 

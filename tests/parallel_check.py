@@ -39,7 +39,8 @@ def run(mode, bn_sync, n_devices, steps=3, dtype=np.float32):
   mesh = parallel.make_mesh(jax.devices()[:n_devices])
   s = train.compile_steps(config, tx, schedule, mesh=mesh, model_factory=factory)
   host = jax.tree.map(
-      lambda x: x.astype(dtype) if x.dtype == np.float32 else x, train.init_host_state(s.model, tx, config)
+      lambda x: x.astype(dtype) if x.dtype == np.float32 else x,
+      train.init_host_state(s.model, tx, config, compiler_options=s.plan.init_options),
   )
   state = s.to_device(host)
   rng = np.random.default_rng(0)

@@ -37,6 +37,7 @@ RESNET8_PARAMS = 75_290
 
 FIELDS = {
     "params": int,
+    "init_seconds": float,
     "train_lower_seconds": float,
     "train_compile_seconds": float,
     "train_lower_compile_seconds": float,

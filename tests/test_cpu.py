@@ -5,6 +5,7 @@ install` builds the kernels (resnet_jax/cpu/_onednn_conv.so); these tests fail, 
 Chunked weight gradients and materialised block outputs (cpu/kernels.py): the same gradients and outputs.
 """
 
+import functools
 import re
 import subprocess
 import sys
@@ -199,6 +200,7 @@ def test_plan_settles_every_auto_once():
   one = cpu.plan(c, platform="cpu", device_count=1)
   assert (one.convolutions, one.weight_grad_chunk, one.materialize_blocks) == ("onednn", 0, True)
   assert one.options == xla_options._EIGEN_CONVOLUTIONS  # for any convolution left to XLA
+  assert one.init_options == xla_options._FAST_INIT
   assert one.model_kwargs() == {
       "conv_general_dilated": onednn.conv_general_dilated,
       "block_output": kernels.materialize,
@@ -208,6 +210,7 @@ def test_plan_settles_every_auto_once():
   assert eight.model_kwargs()["conv_general_dilated"] is not None
   gpu = cpu.plan(c, platform="gpu", device_count=1)
   assert (gpu.convolutions, gpu.weight_grad_chunk, gpu.materialize_blocks, gpu.options) == ("native", 0, False, {})
+  assert gpu.init_options == {}
   assert gpu.model_kwargs() == {"conv_general_dilated": None, "block_output": None}
   c.half_precision = True
   assert cpu.plan(c, platform="cpu", device_count=1).convolutions == "eigen"
@@ -223,9 +226,28 @@ def test_plan_settles_every_auto_once():
       "weight_grad_chunk",
       "materialize_blocks",
       "xla_compiler_options",
+      "xla_init_compiler_options",
       "host_malloc",
       "host_malloc_reason",
   }
+
+
+def test_fast_compiling_initialiser_gives_the_same_bits():
+  """The plan's initialiser options (a lower LLVM optimisation level) must not change a bit of the initial
+  parameters: the reference is the network's initialiser compiled with XLA's defaults."""
+  from resnet_jax import train
+
+  config = config_lib.cifar(8)
+  plan = cpu.plan(config, platform="cpu", device_count=1)
+  assert plan.init_options
+  model, tx = models.create_model(config.model), train.make_optimizer(config)
+  state = train.init_host_state(model, tx, config, compiler_options=plan.init_options)
+  x = jnp.zeros((1, 32, 32, 3), jnp.float32)
+  reference = jax.jit(functools.partial(model.init, train=False))(jax.random.key(config.seed), x)
+  got = {"params": state.params, "batch_stats": state.batch_stats}
+  assert jax.tree.structure(got) == jax.tree.structure(reference)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(reference)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_bad_cpu_settings_are_listed_together():

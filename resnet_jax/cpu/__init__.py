@@ -14,7 +14,8 @@ it applies on GPUs or TPUs. The settings are the `config.cpu` group:
 * `cpu.host_malloc`: huge pages for malloc by one restart of the entry point (cpu/host_malloc.py).
 
 The model receives what the plan chose as plain arguments (`Plan.model_kwargs()`: a convolution function and a
-block-output hook), the compiled steps its compiler options; the figures behind each choice are in
+block-output hook), the compiled steps its compiler options, the parameter initialiser its own (faster to compile,
+same bits: cpu/xla_options.py); the figures behind each choice are in
 benchmarks/RESULTS.md.
 """
 
@@ -61,10 +62,15 @@ class Plan:
   weight_grad_chunk: int  # 0: whole-batch weight gradients
   materialize_blocks: bool
   compiler_options: tuple = ()  # (name, value) pairs for jax.jit(..., compiler_options=...)
+  init_compiler_options: tuple = ()  # the same for the parameter initialiser (train.init_host_state)
 
   @property
   def options(self) -> dict:
     return dict(self.compiler_options)
+
+  @property
+  def init_options(self) -> dict:
+    return dict(self.init_compiler_options)
 
   def model_kwargs(self) -> dict[str, Callable | None]:
     """The convolution function and block-output hook to build the model with (models.create_model)."""
@@ -89,6 +95,7 @@ class Plan:
         "weight_grad_chunk": self.weight_grad_chunk,
         "materialize_blocks": self.materialize_blocks,
         "xla_compiler_options": self.options,
+        "xla_init_compiler_options": self.init_options,
         "host_malloc": host_malloc.state["host_malloc"],
         "host_malloc_reason": host_malloc.state["reason"],
     }
@@ -123,5 +130,10 @@ def plan(config, *, platform: str | None = None, device_count: int | None = None
   materialize = c.get("materialize_blocks")
   options = xla_options.compiler_options(convolutions)
   return Plan(
-      platform, convolutions, chunk, True if materialize is None else materialize, tuple(sorted(options.items()))
+      platform,
+      convolutions,
+      chunk,
+      True if materialize is None else materialize,
+      tuple(sorted(options.items())),
+      tuple(sorted(xla_options.init_compiler_options().items())),
   )

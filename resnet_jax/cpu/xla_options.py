@@ -10,6 +10,11 @@ option, for any convolution left to XLA.
 
 `jax.pmap` takes no compiler options; resnet_jax.compiled_steps compiles its pmapped steps through
 `lower().compile()` with them.
+
+The parameter initialiser (train.init_host_state) runs once and in milliseconds, but XLA compiles every
+parameter's random draw as a loop of its own, and LLVM's full optimisation of those loops took longer than
+compiling the train step itself. Optimisation level 1 compiles it several times faster (benchmarks/RESULTS.md) and
+gives the same bits (tests/test_cpu.py checks it); level 0 does not give the same bits.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import jax
 _EIGEN_CONVOLUTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 }
+_FAST_INIT = {"xla_backend_optimization_level": 1}
 
 
 @functools.lru_cache(maxsize=None)
@@ -33,7 +39,7 @@ def _supported(items: tuple) -> bool:
     return True
   except Exception as e:  # noqa: BLE001  (XLA reports an unknown option or value as a runtime error)
     logging.warning(
-        "this XLA does not accept %s (%s); CPU convolutions stay at XLA's default",
+        "this XLA does not accept %s (%s); compiling with XLA's defaults instead",
         dict(items),
         str(e).splitlines()[0][:200],
     )
@@ -45,4 +51,10 @@ def compiler_options(convolutions: str) -> dict:
   if convolutions not in ("onednn", "eigen"):
     return {}
   items = tuple(sorted(_EIGEN_CONVOLUTIONS.items()))
+  return dict(items) if _supported(items) else {}
+
+
+def init_compiler_options() -> dict:
+  """The CPU compiler options for the parameter initialiser."""
+  items = tuple(sorted(_FAST_INIT.items()))
   return dict(items) if _supported(items) else {}
