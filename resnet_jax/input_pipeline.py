@@ -207,15 +207,29 @@ class Normalizer:
     return ((images.astype(np.float32) / 255.0 - self.mean) / self.std).astype(np.float32)
 
 
-def normalizer(config, train: ArrayData) -> Normalizer:
-  """The training split's statistics (computed once per process; about 0.1 s for CIFAR-10)."""
-  x = train.images.astype(np.float64) / 255.0
+def normalizer(config, train: ArrayData, chunk: int = 1024) -> Normalizer:
+  """The training split's statistics, computed once per process.
+
+  From exact integer sums of the uint8 pixels and of their squares, `chunk` images at a time: a float64 copy of
+  the whole split would be 1.1 GB for CIFAR-10's 45,000-50,000 images and took seconds to fill.
+  """
+  if config.normalization not in ("pixel_mean", "channel"):
+    raise ValueError(f"unknown normalization {config.normalization!r}: valid values are ['pixel_mean', 'channel']")
+  images = train.images
+  sums = np.zeros(images.shape[1:], np.int64)
+  squares = np.zeros(images.shape[1:], np.int64)
+  for start in range(0, len(images), chunk):
+    block = images[start : start + chunk].astype(np.int64)
+    sums += block.sum(axis=0)
+    squares += (block * block).sum(axis=0)
+  n = len(images)
   if config.normalization == "pixel_mean":
     # The paper: "the per-pixel mean subtracted"; no division by a standard deviation.
-    return Normalizer(x.mean(axis=0).astype(np.float32), np.ones((), np.float32))
-  if config.normalization == "channel":
-    return Normalizer(x.mean(axis=(0, 1, 2)).astype(np.float32), x.std(axis=(0, 1, 2)).astype(np.float32))
-  raise ValueError(f"unknown normalization {config.normalization!r}: valid values are ['pixel_mean', 'channel']")
+    return Normalizer((sums / n / 255.0).astype(np.float32), np.ones((), np.float32))
+  count = n * sums.shape[0] * sums.shape[1]
+  mean = sums.sum(axis=(0, 1)) / count / 255.0
+  variance = squares.sum(axis=(0, 1)) / count / 255.0**2 - mean**2
+  return Normalizer(mean.astype(np.float32), np.sqrt(variance).astype(np.float32))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from helpers import (
     REPO,
@@ -66,6 +67,25 @@ def test_mean_subtraction_identical():
   norm = input_pipeline.normalizer(config, data)
   ours = (jnp.asarray(data.images[:64]).astype(jnp.float32) / 255.0 - norm.mean) / norm.std
   np.testing.assert_allclose(np.asarray(ours), norm(data.images[:64]), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("normalization", ["pixel_mean", "channel"])
+def test_statistics_are_the_float64_ones_rounded_to_float32(normalization):
+  """The statistics come from exact integer sums, a chunk of images at a time (the last one partial); the
+  reference computes them over a float64 copy of the split. Both round a float64 value to float32, and the two
+  float64 values differ by a few float64 roundings, so the results may differ by one float32 ulp at most."""
+  config = config_lib.cifar(20)
+  config.normalization = normalization
+  images = np.random.default_rng(0).integers(0, 256, (300, 8, 8, 3), dtype=np.uint8)
+  norm = input_pipeline.normalizer(config, input_pipeline.ArrayData(images, np.zeros(300, np.int32)), chunk=64)
+  x = images.astype(np.float64) / 255.0
+  if normalization == "pixel_mean":
+    mean, std = x.mean(axis=0), np.ones(())
+  else:
+    mean, std = x.mean(axis=(0, 1, 2)), x.std(axis=(0, 1, 2))
+  assert norm.mean.dtype == norm.std.dtype == np.float32 and norm.mean.shape == mean.shape
+  np.testing.assert_array_max_ulp(norm.mean, mean.astype(np.float32), maxulp=1)
+  np.testing.assert_array_max_ulp(norm.std, std.astype(np.float32), maxulp=1)
 
 
 def test_device_batches_cover_each_epoch_once():
