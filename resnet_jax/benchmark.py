@@ -318,15 +318,17 @@ def imagenet_preprocessing_rate(
 ) -> dict:
   """img/s of the training decode + augment + normalise on the JPEG files of `images_dir`, with `threads`
   tf.data threads (one image per thread at a time; intra-op parallelism 1): a per-core figure for threads=1."""
-  import numpy as np
-  import tensorflow as tf
-  from resnet_jax import errors, imagenet_images, imagenet_prepare
+  from resnet_jax import errors
 
   if not os.path.isdir(images_dir):
     raise errors.NotFoundError(f"--jpeg_dir={images_dir} is not a directory; give a folder of JPEG images")
   paths = sorted(os.path.join(images_dir, f) for f in os.listdir(images_dir) if f.upper().endswith((".JPEG", ".JPG")))
   if not paths:
     raise errors.NotFoundError(f"no JPEG files in {images_dir}; give --jpeg_dir a folder of JPEG images")
+  import numpy as np
+  import tensorflow as tf  # seconds to import: after the checks above
+  from resnet_jax import imagenet_images, imagenet_prepare
+
   blobs = [open(p, "rb").read() for p in paths]
   kwargs = dict(augmentation=augmentation, image_size=image_size)
   ds = tf.data.Dataset.from_tensor_slices(blobs).repeat().enumerate()
