@@ -206,6 +206,12 @@ class Normalizer:
   def __call__(self, images: np.ndarray) -> np.ndarray:
     return ((images.astype(np.float32) / 255.0 - self.mean) / self.std).astype(np.float32)
 
+  def tensorflow(self, images):
+    """The same function of a uint8 TensorFlow tensor, bit for bit: the same float32 operations in the same order."""
+    import tensorflow as tf
+
+    return (tf.cast(images, tf.float32) / 255.0 - tf.constant(self.mean)) / tf.constant(self.std)
+
 
 def normalizer(config, train: ArrayData, chunk: int = 1024) -> Normalizer:
   """The training split's statistics, computed once per process.
@@ -297,14 +303,18 @@ def train_dataset(
   local_batch = global_batch // process_count
   lo = process_index * local_batch
   n = len(data)
-  images = tf.constant(norm(data.images))  # normalised once; captured by reference, not copied per batch
+  # The split stays uint8 (captured by reference, not copied per batch) and each batch is normalised as it is
+  # drawn: normalising the whole split at start-up made a float32 copy four times its size (and numpy's
+  # temporaries beside it), memory that every run had to fault in before its first step.
+  images = tf.constant(data.images)
   labels = tf.constant(data.labels)
   seed = int(config.seed)
 
   def make_batch(step):
     idx = example_indices(seed, step, global_batch, n)[lo : lo + local_batch]
     offsets, flips = augmentation_params(seed, step, global_batch)
-    x = pad_crop_flip(tf.gather(images, idx), offsets[lo : lo + local_batch], flips[lo : lo + local_batch])
+    x = norm.tensorflow(tf.gather(images, idx))
+    x = pad_crop_flip(x, offsets[lo : lo + local_batch], flips[lo : lo + local_batch])
     return {"image": x, "label": tf.gather(labels, idx)}
 
   ds = tf.data.Dataset.range(start_step, config.num_train_steps)

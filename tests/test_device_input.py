@@ -70,6 +70,29 @@ def test_mean_subtraction_identical():
 
 
 @pytest.mark.parametrize("normalization", ["pixel_mean", "channel"])
+def test_tfdata_batches_are_normalised_bit_for_bit_as_numpy_does(normalization):
+  """tf.data keeps the split as uint8 and normalises each batch in TensorFlow: the same bits as numpy for every
+  pixel value at every position (inside a tf.data map, as the pipeline runs it), and a training batch equals the
+  numpy-normalised images cropped and flipped."""
+  import tensorflow as tf
+
+  config = config_lib.cifar(20)
+  config.dataset, config.fake_train_size, config.batch_size, config.normalization = "fake", 96, 32, normalization
+  data = input_pipeline.load_split(config, "train")
+  norm = input_pipeline.normalizer(config, data)
+  every_value = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None, None, None], (256, 32, 32, 3))
+  in_tfdata = next(iter(tf.data.Dataset.from_tensors(every_value).map(norm.tensorflow))).numpy()
+  np.testing.assert_array_equal(in_tfdata.view(np.int32), norm(every_value).view(np.int32))
+
+  batch = next(input_pipeline.train_iterator(config, data, norm, start_step=5))
+  idx = input_pipeline.example_indices(config.seed, 5, 32, 96).numpy()
+  offsets, flips = input_pipeline.augmentation_params(config.seed, 5, 32)
+  expected = input_pipeline.pad_crop_flip(tf.constant(norm(data.images[idx])), offsets, flips).numpy()
+  np.testing.assert_array_equal(batch["image"].view(np.int32), expected.view(np.int32))
+  np.testing.assert_array_equal(batch["label"], data.labels[idx])
+
+
+@pytest.mark.parametrize("normalization", ["pixel_mean", "channel"])
 def test_statistics_are_the_float64_ones_rounded_to_float32(normalization):
   """The statistics come from exact integer sums, a chunk of images at a time (the last one partial); the
   reference computes them over a float64 copy of the split. Both round a float64 value to float32, and the two
