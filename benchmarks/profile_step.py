@@ -16,7 +16,10 @@ of the step:
 
 The cores' float32 peak is measured, not looked up: benchmarks/fma_peak.cc (independent FMA chains on every core)
 is built with g++ -march=native and run for two seconds (`--peak_gflops` gives it instead). Efficiency is the part's
-FLOP/s over that peak; for the fusions, whose FLOPs are few, the achieved GB/s is given instead.
+FLOP/s over that peak; for the fusions, whose FLOPs are few, the achieved GB/s is given instead, beside the cores'
+streaming bandwidth measured the same way (benchmarks/memory_bandwidth.cc, `--bandwidth=false` skips it) for arrays
+that fit the last-level cache (8 MiB in and out: a CIFAR ResNet's largest activation at batch 128) and for arrays
+that do not (256 MiB): a step's activations outgrow the cache, so a fusion reads its operands from one or the other.
 
 Results of this machine: benchmarks/RESULTS.md ("Where a CPU train step's time goes").
 """
@@ -43,6 +46,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
 _CALLS = flags.DEFINE_integer("calls", 6, "Profiled calls of the compiled step (after warm-up calls).")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed calls before profiling.")
 _PEAK = flags.DEFINE_float("peak_gflops", None, "The cores' float32 FMA peak; measured with fma_peak.cc if not given.")
+_BANDWIDTH = flags.DEFINE_bool("bandwidth", True, "Measure the cores' memory bandwidth with memory_bandwidth.cc.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
 
 PARTS = (
@@ -60,15 +64,27 @@ _SHAPE = re.compile(r"\b(f32|bf16|f16|s32|u32|pred|u8|s8|f64|s64)\[([\d,]*)\]")
 _LINE = re.compile(r"^\s+(?:ROOT )?%?([\w.\-]+) = (.+?) ([a-z\-]+)\((.*)$")
 
 
-def measure_peak_gflops(threads: int) -> float:
-  """GFLOP/s of fma_peak.cc on `threads` threads (built here with g++ -march=native)."""
-  source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fma_peak.cc")
+def _build_and_run(name: str, flags_: list[str], *args) -> dict:
+  """Builds benchmarks/NAME.cc here with g++ (-O2 -march=native FLAGS), runs it with ARGS, returns its JSON line."""
+  source = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.cc")
   with tempfile.TemporaryDirectory() as tmp:
-    binary = os.path.join(tmp, "fma_peak")
-    cmd = ["g++", "-O2", "-march=native", "-ffp-contract=fast", "-pthread", source, "-o", binary]
-    subprocess.run(cmd, check=True)
-    out = subprocess.run([binary, str(threads), "2"], check=True, capture_output=True, text=True).stdout
-  return json.loads(out)["gflops"]
+    binary = os.path.join(tmp, name)
+    subprocess.run(["g++", "-O2", "-march=native", *flags_, "-pthread", source, "-o", binary], check=True)
+    out = subprocess.run([binary, *map(str, args)], check=True, capture_output=True, text=True).stdout
+  return json.loads(out)
+
+
+def measure_peak_gflops(threads: int) -> float:
+  """GFLOP/s of fma_peak.cc on `threads` threads."""
+  return _build_and_run("fma_peak", ["-ffp-contract=fast"], threads, 2)["gflops"]
+
+
+def measure_bandwidth_gbs(threads: int) -> dict[str, float]:
+  """GB/s (read + written) of memory_bandwidth.cc on `threads` threads, for arrays in the cache and in memory."""
+  return {
+      f"{where}_{mib}_mib": _build_and_run("memory_bandwidth", [], threads, 1, mib)["gbytes_per_second"]
+      for where, mib in (("cache", 8), ("memory", 256))
+  }
 
 
 def _elements(dims: str) -> int:
@@ -167,7 +183,7 @@ def profile(bench, calls: int) -> tuple[list[dict], float]:
   return ops, wall
 
 
-def breakdown(config, calls: int, warmup: int, peak_gflops: float) -> dict:
+def breakdown(config, calls: int, warmup: int, peak_gflops: float, bandwidth_gbs: dict | None = None) -> dict:
   import jax
   from resnet_jax import benchmark
 
@@ -240,6 +256,7 @@ def breakdown(config, calls: int, warmup: int, peak_gflops: float) -> dict:
       "unmatched_event_ms_per_step": 1e3 * unknown / steps,
       "convolution_gflop_per_step": flops / 1e9,
       "peak_gflops": peak_gflops,
+      "bandwidth_gbs": bandwidth_gbs,
       "step_fraction_of_peak": flops / (unprofiled_wall / steps) / peak,
       "parts": rows,
       "cpu": _cpu_model(),
@@ -262,6 +279,14 @@ def format_table(r: dict) -> str:
       f"{r['images_per_sec']:.1f} img/s, {r['wall_ms_per_step']:.1f} ms/step ({r['steps_per_call']} step(s) per "
       f"call), convolutions {r['convolution_gflop_per_step']:.1f} GFLOP/step = {100 * r['step_fraction_of_peak']:.0f} "
       f"% of peak over the whole step; CPU s per wall s {r['cpu_seconds_per_wall_second']:.2f}",
+  ]
+  if r.get("bandwidth_gbs"):
+    b = r["bandwidth_gbs"]
+    lines.append(
+        f"memory bandwidth (memory_bandwidth.cc, read + written): {b['cache_8_mib']:.0f} GB/s for 8 MiB arrays (in the "
+        f"cache), {b['memory_256_mib']:.0f} GB/s for 256 MiB (in memory)"
+    )
+  lines += [
       "",
       "| part of the step | ms/step | share of the step | GFLOP/step | GFLOP/s | % of peak | GB/s |",
       "|---|---|---|---|---|---|---|",
@@ -282,10 +307,10 @@ def format_table(r: dict) -> str:
 
 def main(argv):
   del argv
-  import jax
-
-  peak = _PEAK.value or measure_peak_gflops(jax.local_device_count() and os.cpu_count())
-  result = breakdown(_CONFIG.value, _CALLS.value, _WARMUP.value, peak)
+  threads = os.cpu_count()
+  peak = _PEAK.value or measure_peak_gflops(threads)
+  bandwidth = measure_bandwidth_gbs(threads) if _BANDWIDTH.value else None
+  result = breakdown(_CONFIG.value, _CALLS.value, _WARMUP.value, peak, bandwidth)
   print(json.dumps(result) if _JSON.value else format_table(result))
 
 

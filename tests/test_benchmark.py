@@ -340,6 +340,20 @@ def test_step_profile_puts_every_convolution_flop_in_its_part():
   overlap = r["two_operations_at_once_ms_per_step"] / r["wall_ms_per_step_profiled"]
   assert shares - overlap == pytest.approx(1.0, abs=0.02)
   assert "| convolution forward |" in profile_step.format_table(r)
+  r["bandwidth_gbs"] = {"cache_8_mib": 150.0, "memory_256_mib": 35.0}
+  assert "150 GB/s for 8 MiB arrays (in the cache), 35 GB/s for 256 MiB" in profile_step.format_table(r)
+
+
+def test_memory_bandwidth_streams_every_element():
+  """benchmarks/memory_bandwidth.cc, as profile_step.py builds and runs it: its JSON line, y = 1.0001 x + 0.5 where
+  x = 1 (the middle element), and a positive rate."""
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import profile_step
+
+  r = profile_step._build_and_run("memory_bandwidth", [], 2, 0.05, 1)
+  assert r["threads"] == 2 and r["mib"] == 1
+  assert r["checksum"] == pytest.approx(1.0001 + 0.5, rel=1e-6)
+  assert r["gbytes_per_second"] > 0
 
 
 def test_onednn_verbose_summary_reads_convolution_lines():
