@@ -204,7 +204,7 @@ class Normalizer:
   std: np.ndarray  # float32, broadcastable
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
-    return ((images.astype(np.float32) / 255.0 - self.mean) / self.std).astype(np.float32)
+    return ((images.astype(np.float32) / 255.0 - self.mean) / self.std).astype(np.float32, copy=False)
 
   def tensorflow(self, images):
     """The same function of a uint8 TensorFlow tensor, bit for bit: the same float32 operations in the same order."""
