@@ -64,14 +64,21 @@ _SHAPE = re.compile(r"\b(f32|bf16|f16|s32|u32|pred|u8|s8|f64|s64)\[([\d,]*)\]")
 _LINE = re.compile(r"^\s+(?:ROOT )?%?([\w.\-]+) = (.+?) ([a-z\-]+)\((.*)$")
 
 
-def _build_and_run(name: str, flags_: list[str], *args) -> dict:
-  """Builds benchmarks/NAME.cc here with g++ (-O2 -march=native FLAGS), runs it with ARGS, returns its JSON line."""
+def _build_and_run_each(name: str, flags_: list[str], runs: list[tuple]) -> list[dict]:
+  """Builds benchmarks/NAME.cc once with g++ (-O2 -march=native FLAGS), runs it with each argument tuple of RUNS,
+  returns their JSON lines."""
   source = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.cc")
   with tempfile.TemporaryDirectory() as tmp:
     binary = os.path.join(tmp, name)
     subprocess.run(["g++", "-O2", "-march=native", *flags_, "-pthread", source, "-o", binary], check=True)
-    out = subprocess.run([binary, *map(str, args)], check=True, capture_output=True, text=True).stdout
-  return json.loads(out)
+    return [
+        json.loads(subprocess.run([binary, *map(str, args)], check=True, capture_output=True, text=True).stdout)
+        for args in runs
+    ]
+
+
+def _build_and_run(name: str, flags_: list[str], *args) -> dict:
+  return _build_and_run_each(name, flags_, [args])[0]
 
 
 def measure_peak_gflops(threads: int) -> float:
@@ -81,10 +88,9 @@ def measure_peak_gflops(threads: int) -> float:
 
 def measure_bandwidth_gbs(threads: int) -> dict[str, float]:
   """GB/s (read + written) of memory_bandwidth.cc on `threads` threads, for arrays in the cache and in memory."""
-  return {
-      f"{where}_{mib}_mib": _build_and_run("memory_bandwidth", [], threads, 1, mib)["gbytes_per_second"]
-      for where, mib in (("cache", 8), ("memory", 256))
-  }
+  sizes = (("cache", 8), ("memory", 256))
+  results = _build_and_run_each("memory_bandwidth", [], [(threads, 1, mib) for _, mib in sizes])
+  return {f"{where}_{mib}_mib": r["gbytes_per_second"] for (where, mib), r in zip(sizes, results)}
 
 
 def _elements(dims: str) -> int:

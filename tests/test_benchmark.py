@@ -344,7 +344,7 @@ def test_step_profile_puts_every_convolution_flop_in_its_part():
   assert "150 GB/s for 8 MiB arrays (in the cache), 35 GB/s for 256 MiB" in profile_step.format_table(r)
 
 
-def test_memory_bandwidth_streams_every_element():
+def test_memory_bandwidth_reports_its_result_and_rate():
   """benchmarks/memory_bandwidth.cc, as profile_step.py builds and runs it: its JSON line, y = 1.0001 x + 0.5 where
   x = 1 (the middle element), and a positive rate."""
   sys.path.insert(0, str(REPO / "benchmarks"))
