@@ -1,4 +1,5 @@
 """Entry point: python -m resnet_jax.main --config=configs/cifar56.py --workdir=DIR [--config.FIELD=VALUE ...]
+    [--stop_after=2h30m]
 
 Kept tiny on purpose (as flax's examples do): flags -> config -> train.train_and_evaluate. Everything else lives
 in importable, tested modules.
@@ -17,22 +18,26 @@ def define_flags():
   )
   _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
   flags.mark_flags_as_required(["config", "workdir"])
-  from resnet_jax import cluster
+  from resnet_jax import cluster, pieces
 
+  _FLAGS["stop_after"] = flags.DEFINE_string("stop_after", None, pieces.STOP_AFTER_HELP)
   cluster.define_flags()
 
 
-def run(config, workdir: str, *, restart: bool = False):
+def run(config, workdir: str, *, restart: bool = False, stop_after: str | None = None):
   """What the command does once its flags are read: cli.start (the config checked, this process in its cluster),
   then training, a user error ending as one line and its exit status (cli.fail's SystemExit). `restart`: the
-  process may restart itself once for huge pages (only when it runs as the program)."""
-  from resnet_jax import cli
+  process may restart itself once for huge pages (only when it runs as the program). `stop_after`: a duration
+  ('2h30m') after which training stops as on SIGTERM."""
+  from resnet_jax import cli, pieces
 
+  with cli.user_errors():
+    deadline = pieces.deadline(stop_after)
   config = cli.start(config, restart=restart, join_cluster=True)
   from resnet_jax import train  # after the start: keeps --help and config errors fast
 
   with cli.user_errors():
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, deadline=deadline)
 
 
 def main(argv):
@@ -40,7 +45,12 @@ def main(argv):
 
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {argv[1:]}")
-  run(_FLAGS["config"].value, _FLAGS["workdir"].value, restart=__name__ == "__main__")
+  run(
+      _FLAGS["config"].value,
+      _FLAGS["workdir"].value,
+      restart=__name__ == "__main__",
+      stop_after=_FLAGS["stop_after"].value,
+  )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Preemption: SIGTERM and SIGINT become a request to stop after the current call, with a checkpoint.
+"""Preemption: SIGTERM, SIGINT and a passed deadline (`--stop_after`) become a request to stop after the current
+call, with a checkpoint.
 
 The training loop asks `StopRequest.requested(step)` between compiled calls; when it says yes, the loop saves the
 step reached and raises `errors.Preempted`, which the command-line tools turn into exit status 75 (rerun to resume).
@@ -6,8 +7,10 @@ step reached and raises `errors.Preempted`, which the command-line tools turn in
 
 import logging
 import signal
+import time
 
 import jax
+import numpy as np
 
 
 class StopRequest:
@@ -17,8 +20,13 @@ class StopRequest:
   process) makes every process stop at the same step, so that they save one checkpoint together.
   """
 
-  def __init__(self):
+  def __init__(self, deadline: float | None = None, agree_every: int = 1):
+    """`deadline`: a time.time() after which to stop (None: none). With several processes the clocks and the steps
+    at which each passes it differ, so process 0's clock decides, at steps that are multiples of `agree_every`
+    (the loop's logged steps, where the processes wait for their devices anyway)."""
     self.signum = None
+    self.deadline, self.agree_every = deadline, agree_every
+    self.deadline_passed = False
     self._old = {}
     self._multi = jax.process_count() > 1
     sigs = (signal.SIGINT,) if self._multi else (signal.SIGTERM, signal.SIGINT)
@@ -38,6 +46,9 @@ class StopRequest:
     )
 
   def requested(self, step: int) -> bool:
+    return self._signalled(step) or self._past_deadline(step)
+
+  def _signalled(self, step: int) -> bool:
     if self._multi:
       try:
         from jax.experimental import multihost_utils
@@ -46,6 +57,19 @@ class StopRequest:
       except Exception:  # noqa: BLE001 - no preemption service (e.g. CPU without it): local signals only
         return False
     return self.signum is not None
+
+  def _past_deadline(self, step: int) -> bool:
+    if self.deadline is None:
+      return False
+    passed = time.time() >= self.deadline
+    if self._multi:
+      if step % self.agree_every:
+        return False
+      from jax.experimental import multihost_utils
+
+      passed = bool(multihost_utils.broadcast_one_to_all(np.int32(passed)))
+    self.deadline_passed = passed
+    return passed
 
   def restore(self):
     for sig, old in self._old.items():

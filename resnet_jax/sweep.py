@@ -1,7 +1,7 @@
 """Sweeps: a base config and a list of named overrides, run one after another through train.train_and_evaluate.
 
     python -m resnet_jax.sweep experiments/degradation.py --workdir=runs/degradation \\
-        [--dry_run] [--only=plain*,resnet20] [--set=num_train_steps=2000 --set=data_dir=DIR]
+        [--dry_run] [--only=plain*,resnet20] [--set=num_train_steps=2000 --set=data_dir=DIR] [--stop_after=2h30m]
 
 A sweep file is an ordinary config file (it defines `get_config()`, so `python -m resnet_jax.main
 --config=SWEEP_FILE` trains its base config) that also defines `get_sweep()`, returning a list of `Run`s:
@@ -27,6 +27,8 @@ A run whose results.json says it finished num_train_steps is skipped; an interru
 checkpoint (train_and_evaluate does that by itself). A run that stops on a non-finite loss is recorded and the
 sweep goes on with the next; any other error stops the sweep, and so does a preemption (SIGTERM/SIGINT: the run
 saves a checkpoint and the sweep exits with train's preemption status; rerun the same command to go on).
+`--stop_after` stops the whole sweep the same way once that long has passed since it started, in a run or
+between two runs.
 """
 
 from __future__ import annotations
@@ -358,8 +360,11 @@ def write_manifest(sweep_file: str, workdir: str, specs: Sequence[RunSpec], sets
   rundir.write_manifest(workdir, manifest)
 
 
-def run_sweep(specs: Sequence[RunSpec], *, log=print) -> list[dict]:
-  """Runs the specs in order (skipping finished ones); returns one summary dict per run."""
+def run_sweep(specs: Sequence[RunSpec], *, log=print, deadline: float | None = None) -> list[dict]:
+  """Runs the specs in order (skipping finished ones); returns one summary dict per run.
+
+  `deadline` (a time.time()): the run in progress stops at it as on SIGTERM, and no run starts after it.
+  """
   from resnet_jax import train
 
   summary = []
@@ -370,10 +375,14 @@ def run_sweep(specs: Sequence[RunSpec], *, log=print) -> list[dict]:
       log(f"{head}: complete ({step} steps), skipped")
       summary.append({"name": spec.name, "status": "skipped", "steps": step})
       continue
+    if deadline is not None and time.time() >= deadline:
+      raise errors.Preempted(
+          f"--stop_after's time limit passed before run {spec.name} started; rerun the same command to go on"
+      )
     log(f"{head}: {'resuming from step ' + str(step) if state == 'partial' else 'starting'} -> {spec.workdir}")
     t0 = time.time()
     try:
-      res = train.train_and_evaluate(spec.config, spec.workdir)
+      res = train.train_and_evaluate(spec.config, spec.workdir, deadline=deadline)
     except errors.NonFiniteError as e:
       log(f"{head}: FAILED after {time.time() - t0:.0f} s: {e}")
       summary.append({"name": spec.name, "status": "non-finite", "error": str(e)})
@@ -414,8 +423,9 @@ def define_flags():
       [],
       "FIELD=VALUE override for every run (repeatable), e.g. num_train_steps=2000; parsed as --config.FIELD=VALUE.",
   )
-  from resnet_jax import cluster
+  from resnet_jax import cluster, pieces
 
+  _FLAGS["stop_after"] = flags.DEFINE_string("stop_after", None, pieces.STOP_AFTER_HELP)
   cluster.define_flags()
 
 
@@ -425,11 +435,15 @@ def main(argv):
   if len(argv) != 2:
     cli.fail(
         "usage: python -m resnet_jax.sweep experiments/NAME.py --workdir=DIR "
-        "[--dry_run] [--only=PATTERN] [--set=FIELD=VALUE ...]"
+        "[--dry_run] [--only=PATTERN] [--set=FIELD=VALUE ...] [--stop_after=DURATION]"
     )
   f = {name: holder.value for name, holder in _FLAGS.items()}
   if not f["workdir"]:
     cli.fail("--workdir is required: the sweep's runs go to WORKDIR/NAME")
+  from resnet_jax import pieces
+
+  with cli.user_errors():
+    deadline = pieces.deadline(f["stop_after"])
   cli.start(restart=False, join_cluster=True)
   import jax
 
@@ -443,7 +457,7 @@ def main(argv):
     if chief:
       write_manifest(argv[1], f["workdir"], specs, f["set"])
     t0 = time.time()
-    summary = run_sweep(specs, log=lambda s: print(f"sweep: {s}", flush=True) if chief else None)
+    summary = run_sweep(specs, log=lambda s: print(f"sweep: {s}", flush=True) if chief else None, deadline=deadline)
   failed = [s for s in summary if s["status"] == "non-finite"]
   if not chief:
     sys.exit(errors.NonFiniteError.exit_code if failed else 0)

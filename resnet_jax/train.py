@@ -24,7 +24,8 @@ import optax
 from clu import metrics
 
 from resnet_jax import checkpoint as ckpt_lib
-from resnet_jax import cluster, compiled_steps, config_lib, cpu, errors, inputs, models, parallel, preemption, rundir
+from resnet_jax import cluster, compiled_steps, config_lib, cpu, errors, inputs, models, parallel, pieces, preemption
+from resnet_jax import rundir
 from resnet_jax import writers
 
 
@@ -279,6 +280,7 @@ class TrainLog:
         "grad_norm": float(computed["grad_norm"]),
         "learning_rate": float(infos["learning_rate"][-1]),
         "images_per_sec": n * config.batch_size / max(elapsed, 1e-9),
+        "host_rss_mb": pieces.host_rss_mb(),  # this process's; flat over a long run, or something leaks
     }
     if config.skip_nonfinite:
       scalars["skipped_nonfinite"] = float(self.skipped)
@@ -338,8 +340,12 @@ def call_lengths(start_step: int, num_train_steps: int, steps_per_call: int):
     step += n
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming from workdir/checkpoints if present) and evaluates; returns results.json's content."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, deadline: float | None = None) -> dict:
+  """Trains (resuming from workdir/checkpoints if present) and evaluates; returns results.json's content.
+
+  `deadline` (a time.time(); `--stop_after`): stop at the first call boundary after it, as on SIGTERM. Each call
+  appends its piece (steps, seconds, machine, how it ended) to WORKDIR/pieces.jsonl.
+  """
   t_start = time.time()
   config = config_lib.resolve(config)
   config_lib.validate(config)
@@ -370,7 +376,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # Train, logging, evaluating and saving between calls; a signal saves the step reached and stops.
   rng = jax.random.key(config.seed)
-  eval_results, step, stop = {}, start_step, preemption.StopRequest()
+  eval_results, step = {}, start_step
+  stop = preemption.StopRequest(deadline, agree_every=config.log_every_steps)
+  devices = jax.devices()
+  piece = pieces.Piece(
+      run.name, start_step, started=t_start, jax=jax.__version__, devices=f"{len(devices)} x {devices[0].device_kind}"
+  )
+  outcome = "error"
   try:
     for first, n in call_lengths(start_step, config.num_train_steps, compiled.steps_per_call):
       state, window, infos = compiled.train(state, log.window, data, first, n, rng)  # first == state.step
@@ -396,11 +408,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if stop.requested(step) and not is_last:
         save(step, force=True)
         checkpointer.close()
+        outcome = "stop_after" if stop.deadline_passed else "signal"
+        cause = "--stop_after's time limit passed" if stop.deadline_passed else "stopped by a signal"
         raise errors.Preempted(
-            f"stopped by a signal after step {step}; checkpoint saved in "
+            f"{cause} after step {step}; checkpoint saved in "
             f"{checkpointer.directory}/{step}. Rerun the same command to resume exactly there."
         )
     checkpointer.close()
+    outcome = "finished"
+  except BaseException as e:  # KeyboardInterrupt too: the piece says how it ended
+    if outcome == "error":
+      outcome = f"{type(e).__name__}: {errors.one_line(e, 200)}"
+    raise
   finally:
     stop.restore()
     try:
@@ -409,6 +428,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       pass
     writer.flush()
     writer.close()
+    if is_chief and step > start_step:
+      piece.finish(step, outcome)
 
   # Report.
   if not eval_results and start_step >= config.num_train_steps:  # rerun of a finished run: just report

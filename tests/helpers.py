@@ -54,6 +54,8 @@ def train_in_process(*args, check=True) -> Finished:
   from resnet_jax import main, sweep
 
   args = [str(a) for a in args]
+  stop_after = [a.split("=", 1)[1] for a in args if a.startswith("--stop_after=")]
+  args = [a for a in args if not a.startswith("--stop_after=")]
   config = sweep.config_from_argv(args)
   (workdir,) = [a.split("=", 1)[1] for a in args if a.startswith("--workdir=")]
   stderr = io.StringIO()
@@ -66,7 +68,7 @@ def train_in_process(*args, check=True) -> Finished:
   try:
     with contextlib.redirect_stderr(stderr):
       try:
-        main.run(config, workdir)
+        main.run(config, workdir, stop_after=stop_after[0] if stop_after else None)
         returncode = 0
       except SystemExit as e:
         returncode = e.code if isinstance(e.code, int) else 1
@@ -171,8 +173,9 @@ def assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def strip_speed(rows):
-  return [{k: v for k, v in r.items() if k != "images_per_sec"} for r in rows]
+def without_host_measures(rows):
+  """Metrics rows without what measures the machine rather than the training (speed, resident memory)."""
+  return [{k: v for k, v in r.items() if k not in ("images_per_sec", "host_rss_mb")} for r in rows]
 
 
 def small_run_args(wd, steps=24):

@@ -16,7 +16,7 @@ from helpers import (
     load_state,
     read_metrics,
     run_cli,
-    strip_speed,
+    without_host_measures,
     train_in_process,
 )
 from resnet_jax import config_lib, device_input, input_pipeline, parallel
@@ -184,7 +184,7 @@ def test_steps_per_call_is_bit_identical_and_resumes_exactly(tmp_path):
 
   The three runs train in this process (helpers.train_in_process): what is checked is the training loop, and
   test_trains_without_tensorflow runs the command itself."""
-  drop = strip_speed
+  drop = without_host_measures
   train_in_process(*_args(tmp_path / "ref", 12))
   proc = train_in_process(*_args(tmp_path / "split", 6, steps_per_call=2))
   assert "2 training step(s) per compiled call" in proc.stderr

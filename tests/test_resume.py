@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from helpers import REPO, assert_trees_equal, load_state, read_metrics, small_run_args, strip_speed, train_in_process
+from helpers import REPO, assert_trees_equal, load_state, read_metrics, small_run_args, train_in_process
+from helpers import without_host_measures
 
 MAIN = "resnet_jax.main"
 
@@ -48,7 +49,7 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
   killed_rows = read_metrics(wd)
   assert killed_rows[-1]["step"] < 24
   train_in_process(*tfdata_run_args(wd))
-  assert strip_speed(read_metrics(wd)) == strip_speed(read_metrics(ref))
+  assert without_host_measures(read_metrics(wd)) == without_host_measures(read_metrics(ref))
   assert_trees_equal(load_state(wd, 24), load_state(ref, 24))
   res = json.loads((wd / "results.json").read_text())
   assert 0 < res["resumed_from_step"] < 24, (kill_at, res["resumed_from_step"])
@@ -111,7 +112,7 @@ def test_sigterm_saves_at_that_step_and_resumes_exactly(tmp_path, reference_run)
   assert stopped in [int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()]
   train_in_process(*small_run_args(wd))
   assert json.loads((wd / "results.json").read_text())["resumed_from_step"] == stopped
-  assert strip_speed(read_metrics(wd)) == strip_speed(read_metrics(reference_run))
+  assert without_host_measures(read_metrics(wd)) == without_host_measures(read_metrics(reference_run))
   assert_trees_equal(load_state(wd, 24), load_state(reference_run, 24))
 
 
@@ -143,7 +144,7 @@ def test_truncated_newest_checkpoint_falls_back_and_stays_exact(tmp_path, refere
   assert (wd / "checkpoints" / f"{steps[-1]}.unreadable").is_dir()  # kept, not deleted
   assert json.loads((wd / "results.json").read_text())["resumed_from_step"] == steps[-2]
   assert_trees_equal(load_state(wd, 24), load_state(reference_run, 24))
-  assert strip_speed(read_metrics(wd)) == strip_speed(read_metrics(reference_run))
+  assert without_host_measures(read_metrics(wd)) == without_host_measures(read_metrics(reference_run))
   gc.collect()
 
 
@@ -179,3 +180,84 @@ def test_unwritable_workdir_is_reported_before_training(tmp_path):
   target.write_text("x")
   proc = train_in_process(*small_run_args(target / "w", steps=2), check=False)
   assert proc.returncode == 2 and "workdir" in proc.stderr
+
+
+def test_stop_after_stops_at_a_call_boundary_records_the_piece_and_resumes_exactly(tmp_path, reference_run):
+  """--stop_after=0.001s has passed by the end of the first compiled call: the run saves there and exits 75."""
+  from resnet_jax import pieces
+
+  wd = tmp_path / "pieces"
+  first = train_in_process(*small_run_args(wd), "--stop_after=0.001s", check=False)
+  assert first.returncode == 75, first.stderr[-3000:]
+  stopped = read_metrics(wd)[-1]["step"]
+  assert f"--stop_after's time limit passed after step {stopped}" in first.stderr
+  assert stopped in [int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()]
+  train_in_process(*small_run_args(wd))
+  assert without_host_measures(read_metrics(wd)) == without_host_measures(read_metrics(reference_run))
+  assert_trees_equal(load_state(wd, 24), load_state(reference_run, 24))
+  records = pieces.read(wd)
+  assert [(r["start_step"], r["end_step"], r["outcome"]) for r in records] == [
+      (0, stopped, "stop_after"),
+      (stopped, 24, "finished"),
+  ]
+  for r in records:
+    assert r["seconds"] > 0 and r["peak_rss_mb"] > 100 and r["machine"]["jax"] and r["machine"]["cpu"]
+  assert all(row["host_rss_mb"] > 100 for row in read_metrics(wd) if "train_loss" in row)
+
+
+@pytest.mark.parametrize("text", ["2h30m", "90m", "45s", "1.5h", "9000", "1h5m30s"])
+def test_stop_after_durations(text):
+  from resnet_jax import pieces
+
+  expected = {"2h30m": 9000, "90m": 5400, "45s": 45, "1.5h": 5400, "9000": 9000, "1h5m30s": 3930}[text]
+  assert pieces.parse_duration(text) == expected
+
+
+def test_stop_after_that_is_not_a_duration_is_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", MAIN, *small_run_args(tmp_path / "x"), "--stop_after=2 hours"],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+  )
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+      "error: '2 hours' is not a duration; write hours, minutes and seconds such as 2h30m, 90m, 45s or 9000"
+  ]
+  assert not (tmp_path / "x").exists()
+
+
+def _pieces_script(*args):
+  return subprocess.run(
+      [sys.executable, str(REPO / "experiments" / "pieces.py"), *map(str, args)],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+  )
+
+
+def test_a_run_packed_after_a_piece_resumes_exactly_elsewhere(tmp_path, reference_run):
+  """experiments/pieces.py: stop, pack (the folder committed), unpack on 'another machine', resume, pack again."""
+  here, there, packed = tmp_path / "here", tmp_path / "there", tmp_path / "results" / "run"
+  assert train_in_process(*small_run_args(here), "--stop_after=0.001s", check=False).returncode == 75
+  stopped = read_metrics(here)[-1]["step"]
+  proc = _pieces_script("pack", here, packed)
+  assert proc.returncode == 0, proc.stderr
+  assert sorted(p.name for p in packed.iterdir()) == sorted(
+      ["checkpoints", "config.json", "metrics.jsonl", "normalization.npz", "packed.json", "pieces.jsonl"]
+  )
+  assert [p.name for p in (packed / "checkpoints").iterdir()] == [str(stopped)]
+  assert _pieces_script("unpack", packed, there).returncode == 0
+  train_in_process(*small_run_args(there))
+  assert without_host_measures(read_metrics(there)) == without_host_measures(read_metrics(reference_run))
+  assert_trees_equal(load_state(there, 24), load_state(reference_run, 24))
+  # The finished run packed over the earlier pack: the trained network, readable from the pack itself.
+  assert _pieces_script("pack", there, packed).returncode == 0
+  assert [p.name for p in (packed / "checkpoints").iterdir()] == ["24"]
+  assert json.loads((packed / "packed.json").read_text())["runs"]["."] == {"finished": True, "checkpoint": 24}
+  assert_trees_equal(load_state(packed, 24), load_state(reference_run, 24))
+  # Nothing is overwritten: unpacking onto a run, or packing into a folder that holds something else.
+  proc = _pieces_script("unpack", packed, there)
+  assert proc.returncode == 2 and "exists; unpack into a new folder (nothing was copied)" in proc.stderr
+  proc = _pieces_script("pack", there, here)
+  assert proc.returncode == 2 and "is not empty and holds no earlier pack" in proc.stderr
+  assert (here / "checkpoints" / str(stopped)).is_dir()

@@ -44,10 +44,6 @@ def write_sweep(tmp_path, steps=12, extra="", name="tiny.py"):
   return str(path)
 
 
-def strip_speed(rows):
-  return [{k: v for k, v in r.items() if k != "images_per_sec"} for r in rows]
-
-
 @pytest.mark.slow  # `make test-slow`: the suite's time budget; make test runs sweeps end to end in test_experiments.py
 def test_sweep_resumes_after_kill_then_skips_what_is_complete(tmp_path):
   """SIGKILL in the second run after its first checkpoint; the rerun skips the first run and resumes the second
