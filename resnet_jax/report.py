@@ -1,9 +1,9 @@
-"""Tables and plots of a sweep directory: Table 6 (ours beside the paper's), Figure 6 and Figure 7.
+"""Tables and plots of a sweep directory (or of one run): Table 6 (ours beside the paper's), Figure 6 and Figure 7.
 
     python -m resnet_jax.report runs/degradation [--out=runs/degradation/report]
 
 Reads every run directory under DIR (one with metrics.jsonl or results.json, as train_and_evaluate writes; the
-order of DIR/sweep.json when there is one) and writes to --out:
+order of DIR/sweep.json when there is one), or DIR itself when it is a run's directory, and writes to --out:
 
 * report.md: a table in the layout of the paper's Table 6 (method, layers, parameters, our errors beside the
   paper's test error; ImageNet runs beside Tables 2-3), the training and test error of each run at a few budgets
@@ -121,9 +121,13 @@ def load_run(path: str) -> RunData | None:
 
 
 def discover(sweep_dir: str) -> list[RunData]:
-  """The runs under sweep_dir, in the sweep's order (sweep.json), else plain before residual, by depth."""
+  """The runs under sweep_dir, in the sweep's order (sweep.json), else plain before residual, by depth; or the run
+  that sweep_dir is, given a run's own --workdir."""
   if not storage.path(sweep_dir).is_dir():
-    raise errors.NotFoundError(f"{sweep_dir} is not a directory; give the --workdir of a sweep")
+    raise errors.NotFoundError(f"{sweep_dir} is not a directory; give the --workdir of a sweep or a run")
+  single = load_run(sweep_dir)
+  if single is not None:
+    return [single]
   runs = [r for r in (load_run(d.name) for d in rundir.run_dirs(sweep_dir)) if r is not None]
   if not runs:
     raise errors.NotFoundError(f"no training runs (metrics.jsonl / results.json) under {sweep_dir}")

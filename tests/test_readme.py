@@ -83,3 +83,39 @@ def test_every_command_runs(tmp_path):
     assert proc.returncode == 0, f"{command}\n{proc.stderr[-4000:]}"
   for made in ("cifar20.onnx", "resnet50.stablehlo", "runs/cifar56/results.json", "runs/table6/report/report.md"):
     assert (tmp_path / made).exists(), made
+
+
+def test_results_table_is_the_packed_runs():
+  """The README's results are what experiments/results_table.py writes from the committed packs, word for word."""
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "experiments" / "results_table.py")], capture_output=True, text=True, check=True
+  )
+  table = proc.stdout.strip()
+  assert table.count("\n") >= 2 and "| ResNet-20 | 8.75 % |" in table
+  assert table in README, "README.md's results table is stale: paste `python experiments/results_table.py`"
+
+
+def test_results_table_cells(tmp_path):
+  """Finished: the final test error; in pieces: the step reached; absent: 'not measured'; pieces' time summed."""
+  import importlib.util
+  import json
+
+  spec = importlib.util.spec_from_file_location("results_table", REPO / "experiments" / "results_table.py")
+  results_table = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(results_table)
+  machine = {"cpu": "AMD EPYC (family 26, model 2)", "cpus": 2, "devices": "1 x cpu"}
+  for name, steps, checkpoint in (("cifar20_resnet20", 64_000, 64_000), ("cifar20_resnet20_torch", 30_000, 30_000)):
+    pack = tmp_path / name
+    pack.mkdir()
+    (pack / "config.json").write_text(json.dumps({"num_train_steps": 64_000}))
+    (pack / "packed.json").write_text(json.dumps({"runs": {".": {"checkpoint": checkpoint}}}))
+    (pack / "pieces.jsonl").write_text(
+        "".join(json.dumps({"seconds": 5400.0, "machine": machine}) + "\n" for _ in range(steps // 30_000))
+    )
+    if steps == 64_000:
+      (pack / "results.json").write_text(json.dumps({"steps": 64_000, "final_eval_error": 0.08914}))
+  row = results_table.table(tmp_path).splitlines()[2].split(" | ")
+  assert row[2:4] == ["8.91 %", "running: step 30,000 of 64,000"]
+  assert row[5] == "AMD EPYC (family 26, model 2), 2 CPUs; AMD EPYC (family 26, model 2), 2 CPUs"
+  assert row[6] == "3 h 00 min; 1 h 30 min |"
+  assert results_table.error_cell(tmp_path / "nothing") == "not measured"

@@ -171,6 +171,14 @@ def test_report_cli_and_missing_dir(sweep_dir, tmp_path):
   assert proc.returncode == 2 and "is not a directory" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_report_of_one_run_directory(sweep_dir, tmp_path):
+  """A run's own --workdir (a long run trained alone) is reported as a sweep of one."""
+  proc = run_cli("resnet_jax.report", str(sweep_dir / "resnet20"), f"--out={tmp_path / 'one'}")
+  md = (tmp_path / "one" / "report.md").read_text()
+  assert "figure6.png" in proc.stdout and len(_table_rows(md, "ResNet-20 (resnet20)")) == 1
+  assert not _table_rows(md, "ResNet-56") and (tmp_path / "one" / "figure6.png").read_bytes()[:8] == PNG_MAGIC
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Layer responses (Figure 7).
 
