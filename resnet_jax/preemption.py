@@ -45,15 +45,18 @@ class StopRequest:
         signal.Signals(signum).name,
     )
 
-  def requested(self, step: int) -> bool:
-    return self._signalled(step) or self._past_deadline(step)
+  def requested(self, first: int, step: int) -> bool:
+    """Whether to stop after a call that trained steps first + 1 .. step."""
+    return self._signalled(first, step) or self._past_deadline(step)
 
-  def _signalled(self, step: int) -> bool:
+  def _signalled(self, first: int, step: int) -> bool:
     if self._multi:
       try:
         from jax.experimental import multihost_utils
 
-        return bool(multihost_utils.reached_preemption_sync_point(step))
+        # JAX's sync point is the largest step any process reported plus one, and it is reached only on an exact
+        # match: every step a call trained is reported, so that a call of several steps cannot skip over it.
+        return any(multihost_utils.reached_preemption_sync_point(s) for s in range(first + 1, step + 1))
       except Exception:  # noqa: BLE001 - no preemption service (e.g. CPU without it): local signals only
         return False
     return self.signum is not None

@@ -405,7 +405,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, deadl
         log.restart_clock()
       if step % config.checkpoint_every_steps == 0 or is_last:
         save(step, force=is_last)
-      if stop.requested(step) and not is_last:
+      if stop.requested(first, step) and not is_last:
         save(step, force=True)
         checkpointer.close()
         outcome = "stop_after" if stop.deadline_passed else "signal"

@@ -154,8 +154,12 @@ def test_error_on_one_host_stops_all(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_process_saves_one_checkpoint_for_all(tmp_path):
-  procs = _start_long_run(tmp_path, ["--config.checkpoint_every_steps=100000"])
+@pytest.mark.parametrize("steps_per_call", [1, 4, 100])
+def test_sigterm_to_one_process_saves_one_checkpoint_for_all(tmp_path, steps_per_call):
+  """With several steps per compiled call too (auto: 4 on CPUs, 100 with device input on GPUs), where JAX's sync
+  point (a step number) falls inside a call."""
+  every = [f"--config.{f}={steps_per_call}" for f in ("steps_per_call", "log_every_steps", "eval_every_steps")]
+  procs = _start_long_run(tmp_path, ["--config.checkpoint_every_steps=100000", *every])
   procs[1].send_signal(signal.SIGTERM)
   codes, errs = _wait(procs, timeout=180)
   assert codes == [75, 75], errs
