@@ -11,8 +11,11 @@ from helpers import REPO, TFDS_DIR
 # before works. A pytest worker gets all three: training runs in its process (helpers.train_in_process: clu's
 # writers import TensorFlow, as do the tf.data tests) and the torchvision tests import torch, in whichever order
 # the files come (collecting the whole suite imports torch first by chance: test_convert.py before test_imagenet.py).
+# torch._dynamo too (through triton's native library), which torch.optim imports on its first use
+# (experiments/torch_twin.py trains with it).
 try:
   import torch  # noqa: F401
+  import torch._dynamo  # noqa: F401
   import torchvision  # noqa: F401
 except ImportError:  # a test that needs them says so
   pass
@@ -54,6 +57,7 @@ _LONGEST_FIRST = (
     "test_sweep.py",
     "test_cloud_storage.py",
     "test_experiments.py",
+    "test_torch_twin.py",
     "test_package.py",
     "test_host_malloc.py",
 )
