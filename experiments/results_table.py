@@ -48,6 +48,7 @@ def machines(records: list[dict]) -> list[str]:
   for r in records:
     m = r["machine"]
     name = f"{m['cpu']}, {m['cpus']} CPUs" + (f", {m['devices']}" if "cpu" not in m.get("devices", "cpu") else "")
+    name += f", {m['threads']} thread{'s' if m['threads'] > 1 else ''}" if "threads" in m else ""
     if name not in seen:
       seen.append(name)
   return seen
