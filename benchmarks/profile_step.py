@@ -42,6 +42,8 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
+from resnet_jax import cpu, pieces  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _CALLS = flags.DEFINE_integer("calls", 6, "Profiled calls of the compiled step (after warm-up calls).")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed calls before profiling.")
@@ -205,7 +207,7 @@ def breakdown(config, calls: int, warmup: int, peak_gflops: float, bandwidth_gbs
   for _ in range(calls):
     out = bench.step()
   jax.block_until_ready(out)
-  unprofiled_wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+  unprofiled_wall, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
   steps = calls * bench.steps_per_call
   busy, parts, unknown = [], collections.defaultdict(lambda: {"seconds": 0.0, "flops": 0, "bytes": 0}), 0.0
   for e in events:
@@ -257,7 +259,7 @@ def breakdown(config, calls: int, warmup: int, peak_gflops: float, bandwidth_gbs
       "wall_ms_per_step_profiled": 1e3 * wall / steps,
       "wall_ms_per_step": 1e3 * unprofiled_wall / steps,
       "images_per_sec": config.batch_size * steps / unprofiled_wall,
-      "cpu_seconds_per_wall_second": cpu / unprofiled_wall,
+      "cpu_seconds_per_wall_second": cpu_seconds / unprofiled_wall,
       "two_operations_at_once_ms_per_step": overlap / 1e3 / steps,
       "unmatched_event_ms_per_step": 1e3 * unknown / steps,
       "convolution_gflop_per_step": flops / 1e9,
@@ -265,18 +267,10 @@ def breakdown(config, calls: int, warmup: int, peak_gflops: float, bandwidth_gbs
       "bandwidth_gbs": bandwidth_gbs,
       "step_fraction_of_peak": flops / (unprofiled_wall / steps) / peak,
       "parts": rows,
-      "cpu": _cpu_model(),
-      "cores": os.cpu_count(),
+      "cpu": pieces.cpu_model(),
+      "cores": cpu.usable_cpus(),
       "jax": jax.__version__,
   }
-
-
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    return "unknown"
 
 
 def format_table(r: dict) -> str:
@@ -313,7 +307,7 @@ def format_table(r: dict) -> str:
 
 def main(argv):
   del argv
-  threads = os.cpu_count()
+  threads = cpu.usable_cpus()
   peak = _PEAK.value or measure_peak_gflops(threads)
   bandwidth = measure_bandwidth_gbs(threads) if _BANDWIDTH.value else None
   result = breakdown(_CONFIG.value, _CALLS.value, _WARMUP.value, peak, bandwidth)

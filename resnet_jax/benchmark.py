@@ -43,12 +43,13 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import time
 from typing import Any, Callable
 
 from absl import flags
 from ml_collections import config_flags
+
+from resnet_jax import cpu, pieces
 
 _FLAGS: dict = {}
 
@@ -372,8 +373,8 @@ def machine_info() -> dict:
       "device_count": jax.device_count(),
       "local_device_count": jax.local_device_count(),
       "process_count": jax.process_count(),
-      "cpu_count": os.cpu_count(),
-      "cpu_model": _cpu_model(),
+      "cpu_count": cpu.usable_cpus(),
+      "cpu_model": pieces.cpu_model(),
       "python": platform.python_version(),
       "jax_version": jax.__version__,
       "jaxlib_version": _jaxlib_version(),
@@ -392,20 +393,8 @@ def _jaxlib_version():
     return None
 
 
-def _cpu_model() -> str | None:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or None
-
-
 def peak_host_memory_bytes() -> int:
-  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
+  return int(pieces.peak_rss_mb() * 2**20)
 
 
 def peak_device_memory_bytes() -> int | None:
@@ -425,7 +414,7 @@ def peak_device_memory_bytes() -> int | None:
 def describe(config) -> dict:
   """The config's network and run settings, and the platform plan (resnet_jax.cpu) it runs with."""
   import jax
-  from resnet_jax import compiled_steps, cpu
+  from resnet_jax import compiled_steps
 
   m = config.model
   return {

@@ -55,7 +55,9 @@ def define_flags() -> None:
 
 
 def _tasks_per_node(env) -> int | None:
-  for var in ("SLURM_NTASKS_PER_NODE", "SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"):
+  """This step's tasks per node: srun's own layout (SLURM_STEP_TASKS_PER_NODE) before the job's #SBATCH one, which
+  an `srun -n4 --gpus-per-task=8` inside an `--ntasks-per-node=8` allocation does not follow."""
+  for var in ("SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE"):
     m = re.match(r"\d+", env.get(var, ""))
     if m:
       return int(m.group())
@@ -121,8 +123,14 @@ def start(*, coordinator_address=None, num_processes=None, process_id=None, fail
         heartbeat_timeout_seconds=int(failure_timeout),
     )
   except ValueError as e:
-    if "coordinator_address should be defined" not in str(e):  # JAX found no cluster: a single process
+    if "coordinator_address should be defined" not in str(e):
       raise ClusterError(f"cannot start the cluster: {e}") from None
+    # JAX found no cluster to take the coordinator from: each process would train alone into the same workdir.
+    raise ClusterError(
+        f"--num_processes={num_processes} / --process_id={process_id} without --coordinator_address, and no "
+        "cluster (SLURM, Cloud TPU, Open MPI, ...) that names one: give every process "
+        "--coordinator_address=HOST:PORT of process 0, or drop --num_processes and --process_id for one process"
+    ) from None
   multi = jax.process_count() > 1
   _log_devices()
   if multi:

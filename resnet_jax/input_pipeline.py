@@ -23,7 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
-from resnet_jax import errors
+from resnet_jax import cpu, errors
 
 CIFAR_DATASETS = ("cifar10", "cifar100")
 PAD = 4
@@ -320,7 +320,7 @@ def train_dataset(
   ds = tf.data.Dataset.range(start_step, config.num_train_steps)
   ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   options = tf.data.Options()
-  options.threading.private_threadpool_size = max(2, os.cpu_count() or 2)
+  options.threading.private_threadpool_size = max(2, cpu.usable_cpus())
   ds = ds.with_options(options)
   return ds.prefetch(tf.data.AUTOTUNE)
 

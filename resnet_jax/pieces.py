@@ -98,14 +98,12 @@ def cpu_model() -> str:
 
 def machine(**frameworks: str) -> dict:
   """Where a piece ran: host, CPU model, the CPUs this process may use, Python and the given framework versions."""
-  try:
-    cpus = len(os.sched_getaffinity(0))
-  except AttributeError:
-    cpus = os.cpu_count()
+  from resnet_jax import cpu
+
   return {
       "host": socket.gethostname(),
       "cpu": cpu_model(),
-      "cpus": cpus,
+      "cpus": cpu.usable_cpus(),
       "python": platform.python_version(),
       **frameworks,
   }

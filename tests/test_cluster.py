@@ -36,6 +36,24 @@ def test_slurm_local_devices():
   assert cluster.slurm_local_device_ids(two_each) == [0, 1]  # --gpus-per-task=2: both of its own
   with pytest.raises(cluster.ClusterError, match=r"2 tasks per node and each task sees 8 GPUs.*--ntasks-per-node=1"):
     cluster.slurm_local_device_ids({**base, "SLURM_NTASKS_PER_NODE": "2", "SLURM_GPUS_ON_NODE": "8"})
+  # #SBATCH --ntasks-per-node=8, then `srun -n4 --gpus-per-task=8` on 4 nodes: the step's layout is what counts.
+  step = {**base, "SLURM_NTASKS_PER_NODE": "8", "SLURM_STEP_TASKS_PER_NODE": "1(x4)"}
+  assert cluster.slurm_local_device_ids({**step, "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}) == [*range(8)]
+
+
+def test_num_processes_without_a_coordinator_is_one_line(tmp_path):
+  """Not two one-process runs writing into one workdir: the missing flag named before anything starts."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+  args = [*small_run_args(tmp_path / "run", steps=4), "--num_processes=2", "--process_id=0"]
+  proc = subprocess.run(
+      [sys.executable, "-m", "resnet_jax.main", *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True
+  )
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+      "error: --num_processes=2 / --process_id=0 without --coordinator_address, and no cluster (SLURM, Cloud TPU, "
+      "Open MPI, ...) that names one: give every process --coordinator_address=HOST:PORT of process 0, or drop "
+      "--num_processes and --process_id for one process"
+  )
+  assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def _slurm_env(rank: int, n: int, job_id: int) -> dict:
@@ -218,3 +236,10 @@ def test_recipe_configs_validate_on_pod_device_counts(devices):
       timeout=300,
   )
   assert proc.returncode == 0 and proc.stdout.split() == [str(devices)], proc.stderr[-3000:]
+
+
+def test_usable_cpus_follow_the_affinity_mask():
+  """What SLURM, a container or taskset grants, not the machine's count (tf.data's threads, the pieces' record)."""
+  code = "from resnet_jax import cpu; print(cpu.usable_cpus())"
+  proc = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert proc.stdout.strip() == "1"

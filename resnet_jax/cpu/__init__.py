@@ -22,11 +22,20 @@ benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable
 
 CONVOLUTIONS = ("auto", "onednn", "eigen", "xla_default")
 HOST_MALLOC = ("auto", "huge_pages", "system")
 CPU_WEIGHT_GRAD_CHUNK = 8  # weight_grad_chunk=-1 (automatic) on CPU with XLA's convolutions
+
+
+def usable_cpus() -> int:
+  """The CPUs this process may run on: under SLURM, a container or taskset, fewer than os.cpu_count() says."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # macOS
+    return os.cpu_count() or 1
 
 
 def check(config) -> list[str]:
