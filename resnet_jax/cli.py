@@ -118,10 +118,12 @@ def run(main) -> None:
     except Exception as e:  # noqa: BLE001 - a bug or a failed collective: the traceback, then stop the others
       if not cluster.active():
         raise
+      error = f"{type(e).__name__}: {errors.one_line(e, 500)}"
+      cluster.wait_if_caused_by_another(error)  # if so, the watchdog ends this process with the line naming it
       import traceback
 
       traceback.print_exc()
-      fail(cluster.explain(f"{type(e).__name__}: {errors.one_line(e, 500)}"), code=1)
+      fail(error, code=1)
     cluster.finish()
 
   app.run(main_in_cluster, flags_parser=parse_flags)

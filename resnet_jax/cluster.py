@@ -203,6 +203,7 @@ class _Watchdog(threading.Thread):
     self.me, self.n, self.timeout = jax.process_index(), jax.process_count(), timeout
     self.period = min(1.0, timeout / 10)
     self.stopped = threading.Event()
+    self.ending = threading.Event()  # set once it has found a failed or vanished process and ends this one
 
   @classmethod
   def start_for(cls, failure_timeout: float) -> None:
@@ -259,12 +260,14 @@ class _Watchdog(threading.Thread):
         if seen.get(proc, (None,))[0] != value:
           seen[proc] = (value, now)
       if failed:
+        self.ending.set()
         proc, code, message = failed[0]
         print(f"error: process {proc} failed: {message}; stopping process {self.me} too", file=sys.stderr)
         self.leave(code or 1)
       others = [p for p in range(self.n) if p != self.me and p not in done]
       silent = [p for p in others if now - seen.get(p, (None, t0))[1] > self.timeout]
       if silent:
+        self.ending.set()
         print(f"error: {_vanished(silent[0])}; stopping process {self.me} too", file=sys.stderr)
         self.leave(1)
 
@@ -299,26 +302,19 @@ def _vanished(process: int) -> str:
 _COLLECTIVE_FAILURE = re.compile(r"gloo|nccl|collective|all.?reduce|all.?gather|all.?to.?all", re.I)
 
 
-def explain(error: str) -> str:
-  """An error of this process, preceded by its cause when that is another process.
+def wait_if_caused_by_another(error: str) -> None:
+  """Returns once no other process is to blame for this process's `error` (a collective's failure, say).
 
   A collective fails at once when another process dies (gloo), before the watchdog can tell which: then this
-  waits for its verdict (at most the failure timeout), which ends the process with a line naming the one that
-  failed or vanished.
+  waits for its verdict (at most the failure timeout), and the watchdog ends the process with the one line that
+  names the process that failed or vanished, so that this error is not printed as a second one.
   """
   w = _Watchdog.instance
   if w is None or not _COLLECTIVE_FAILURE.search(error):
-    return error
+    return
   deadline = time.monotonic() + w.timeout + 3 * w.period
-  while time.monotonic() < deadline:
-    try:
-      failed = w.failures()
-    except Exception:  # noqa: BLE001 - the service is gone: the watchdog says so
-      failed = []
-    if failed:
-      return f"process {failed[0][0]} failed first ({failed[0][2]}); here: {error}"
+  while time.monotonic() < deadline or w.ending.is_set():
     time.sleep(w.period)
-  return error
 
 
 def active() -> bool:

@@ -142,6 +142,12 @@ def test_killing_one_process_ends_the_other(tmp_path, victim):
   if victim == 1:  # process 0 names it; process 1 is stopped by JAX itself when process 0 (which runs the
     # coordination service) dies, with JAX's own message
     assert "error: process 1 stopped without reporting an error" in err, err[-3000:]
+    # One line: not the failed collective's error and traceback after it.
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        "error: process 1 stopped without reporting an error (killed, or its host failed or lost the network); "
+        "stopping process 0 too"
+    ], err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
 
 
 @pytest.mark.slow
