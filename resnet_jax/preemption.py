@@ -1,23 +1,28 @@
 """Preemption: SIGTERM, SIGINT and a passed deadline (`--stop_after`) become a request to stop after the current
 call, with a checkpoint.
 
-The training loop asks `StopRequest.requested(step)` between compiled calls; when it says yes, the loop saves the
+The training loop asks `StopRequest.requested(first, step)` between compiled calls; when it says yes, the loop saves the
 step reached and raises `errors.Preempted`, which the command-line tools turn into exit status 75 (rerun to resume).
 """
 
 import logging
+import os
 import signal
+import sys
 import time
 
 import jax
 import numpy as np
+
+INTERRUPTED = 130  # the shell's status for a program ended by Ctrl-C
 
 
 class StopRequest:
   """Turns SIGTERM and SIGINT into a request to stop after the current call (a second SIGINT stops at once).
 
   With several processes, JAX's preemption sync point (the coordination service's notice of a SIGTERM on any
-  process) makes every process stop at the same step, so that they save one checkpoint together.
+  process) makes every process stop at the same step, so that they save one checkpoint together; a Ctrl-C on any
+  process is turned into that notice too.
   """
 
   def __init__(self, deadline: float | None = None, agree_every: int = 1):
@@ -29,7 +34,7 @@ class StopRequest:
     self.deadline_passed = False
     self._old = {}
     self._multi = jax.process_count() > 1
-    sigs = (signal.SIGINT,) if self._multi else (signal.SIGTERM, signal.SIGINT)
+    sigs = (signal.SIGINT,) if self._multi else (signal.SIGTERM, signal.SIGINT)  # JAX's own SIGTERM handler
     for sig in sigs:
       try:
         self._old[sig] = signal.signal(sig, self._handle)
@@ -38,12 +43,19 @@ class StopRequest:
 
   def _handle(self, signum, frame):
     if self.signum is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt("second interrupt: stopping at once (the newest checkpoint is intact)")
+      from resnet_jax import cluster
+
+      message = "second interrupt: stopped at once; the newest checkpoint is intact, rerun the command to resume"
+      print(f"error: {message}", file=sys.stderr, flush=True)
+      cluster.fail(INTERRUPTED, message)  # with several processes the others stop too, and this one exits
+      raise SystemExit(INTERRUPTED)  # one process: through the loop's cleanup (pending saves, the piece record)
     self.signum = signum
     logging.warning(
         "received %s: finishing this step, saving a checkpoint and exiting (press Ctrl-C again to stop at once)",
         signal.Signals(signum).name,
     )
+    if self._multi and signum == signal.SIGINT:
+      os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption notice, which every process stops on
 
   def requested(self, first: int, step: int) -> bool:
     """Whether to stop after a call that trained steps first + 1 .. step."""

@@ -193,6 +193,17 @@ def test_sigterm_to_one_process_saves_one_checkpoint_for_all(tmp_path, steps_per
 
 
 @pytest.mark.slow
+def test_ctrl_c_on_one_process_stops_the_job_as_sigterm(tmp_path):
+  every = [f"--config.{f}=4" for f in ("steps_per_call", "log_every_steps", "eval_every_steps")]
+  procs = _start_long_run(tmp_path, ["--config.checkpoint_every_steps=100000", *every])
+  procs[1].send_signal(signal.SIGINT)
+  codes, errs = _wait(procs, timeout=180)
+  assert codes == [75, 75], errs
+  steps = [int(d.name) for d in (tmp_path / "run" / "checkpoints").iterdir() if d.name.isdigit()]
+  assert len(steps) == 1 and "Traceback" not in errs[0] + errs[1], (steps, errs)
+
+
+@pytest.mark.slow
 def test_processes_agree_on_the_fallback_checkpoint(tmp_path):
   """The newest checkpoint's record damaged: both processes set it aside and resume from the same older one (a
   SLURM-style launch that trains, then one that resumes)."""

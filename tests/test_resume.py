@@ -261,3 +261,38 @@ def test_a_run_packed_after_a_piece_resumes_exactly_elsewhere(tmp_path, referenc
   proc = _pieces_script("pack", there, here)
   assert proc.returncode == 2 and "is not empty and holds no earlier pack" in proc.stderr
   assert (here / "checkpoints" / str(stopped)).is_dir()
+
+
+def test_second_ctrl_c_stops_at_once_with_one_line(tmp_path):
+  """The second Ctrl-C is sent as soon as the first is acknowledged, while the run finishes its step and saves."""
+  import threading
+
+  wd = tmp_path / "interrupted"
+  proc = subprocess.Popen(
+      [sys.executable, "-m", MAIN, *small_run_args(wd, steps=100_000)],
+      cwd=REPO,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
+  lines, acknowledged = [], threading.Event()
+
+  def read():
+    for line in proc.stderr:
+      lines.append(line)
+      if "received SIGINT" in line:
+        acknowledged.set()
+
+  reader = threading.Thread(target=read, daemon=True)
+  reader.start()
+  assert _wait_for_rows(proc, wd, 3), "the run ended before the signal"
+  proc.send_signal(signal.SIGINT)
+  assert acknowledged.wait(60), "".join(lines)[-3000:]
+  proc.send_signal(signal.SIGINT)
+  proc.wait(timeout=600)
+  reader.join(60)
+  err = "".join(lines)
+  assert proc.returncode == 130, err[-3000:]
+  assert "Traceback" not in err and [line for line in err.splitlines() if line.startswith("error:")] == [
+      "error: second interrupt: stopped at once; the newest checkpoint is intact, rerun the command to resume"
+  ], err[-3000:]
