@@ -162,6 +162,7 @@ def start(config=None, *, restart: bool, validate: bool = True, join_cluster: bo
     from resnet_jax.cpu import host_malloc
 
     host_malloc.apply((config.get("cpu") or {}).get("host_malloc", "auto"), restart=restart)
+    use_compilation_cache(config.get("compilation_cache_dir"))
   quiet_library_logs()
   if join_cluster:
     from resnet_jax import cluster
@@ -173,6 +174,19 @@ def start(config=None, *, restart: bool, validate: bool = True, join_cluster: bo
     if jax.process_index() > 0:  # only process 0 logs progress; the others report warnings and errors
       logging.set_verbosity(logging.WARNING)
   return config
+
+
+def use_compilation_cache(directory: str | None) -> None:
+  """JAX's persistent compilation cache in `directory` (a local folder or a gs:// URL), for every compilation of
+  this process however short: a restarted or resumed run, and every process of a pod, then loads its compiled
+  steps instead of compiling them again. None leaves JAX's own setting (JAX_COMPILATION_CACHE_DIR)."""
+  if directory is None:
+    return
+  import jax
+
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_enable_compilation_cache", True)
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ LEGACY_CONV_PADDING = "same"
 BOOKKEEPING_FIELDS = frozenset(
     {
         "data_dir",
+        "compilation_cache_dir",
         "log_every_steps",
         "eval_every_steps",
         "checkpoint_every_steps",
@@ -118,6 +119,9 @@ def base_training_config() -> ml_collections.ConfigDict:
   c.cpu.materialize_blocks = ml_collections.config_dict.placeholder(bool)  # None: on for CPU
   c.cpu.host_malloc = "auto"  # 'auto' (huge pages for malloc on CPU-only runs), 'huge_pages', 'system'
   c.skip_nonfinite = False  # skip updates whose loss or gradient is not finite instead of stopping
+  # JAX's persistent compilation cache (a folder or a gs:// URL, shared by a pod's processes): restarts load the
+  # compiled steps instead of compiling them. None: JAX_COMPILATION_CACHE_DIR, if set.
+  c.compilation_cache_dir = ml_collections.config_dict.placeholder(str)
   c.model = ml_collections.ConfigDict()
   return c
 

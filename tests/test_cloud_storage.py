@@ -136,11 +136,16 @@ def test_train_resume_predict_report_on_a_bucket(gcs, tmp_path):
   data = _small_cifar_npz()
   _upload(gcs, "data/cifar_small.npz", data)
   (tmp_path / "cifar_small.npz").write_bytes(data)
-  bucket_run = f"gs://{BUCKET}/sweep/run"
-  run_cli("resnet_jax.main", *_args(bucket_run, f"gs://{BUCKET}/data/cifar_small.npz", 4), env=gcs["env"])
+  bucket_run, cache = f"gs://{BUCKET}/sweep/run", f"--config.compilation_cache_dir=gs://{BUCKET}/jax_cache"
+  run_cli("resnet_jax.main", *_args(bucket_run, f"gs://{BUCKET}/data/cifar_small.npz", 4), cache, env=gcs["env"])
   assert "sweep/run/checkpoints/4/" in " ".join(_objects(gcs, "sweep/run/checkpoints/"))
-  resumed = run_cli("resnet_jax.main", *_args(bucket_run, f"gs://{BUCKET}/data/cifar_small.npz", 8), env=gcs["env"])
+  compiled = {n for n in _objects(gcs, "jax_cache/") if not n.endswith("-atime")}
+  assert any(n.startswith("jax_cache/jit_") for n in compiled), compiled
+  resumed = run_cli(
+      "resnet_jax.main", *_args(bucket_run, f"gs://{BUCKET}/data/cifar_small.npz", 8), cache, env=gcs["env"]
+  )
   assert f"resumed from {bucket_run}/checkpoints/4" in resumed.stderr
+  assert {n for n in _objects(gcs, "jax_cache/") if not n.endswith("-atime")} == compiled  # all loaded, none new
   train_in_process(*_args(tmp_path / "local", tmp_path / "cifar_small.npz", 8))  # the reference: local files only
 
   names = _objects(gcs, "sweep/run/")

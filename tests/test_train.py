@@ -2,11 +2,13 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 
 from helpers import assert_trees_equal, load_state, read_metrics, run_cli, small_run_args, without_host_measures
-from helpers import train_in_process
+from helpers import REPO, train_in_process
 
 MAIN = "resnet_jax.main"
 
@@ -154,3 +156,30 @@ def test_host_batches_several_steps_per_call_are_bit_identical_and_resume_exactl
   assert split[0] == ref[0] and split[-1] == ref[-1]
   for step in (4, 8, 12):
     assert_trees_equal(load_state(tmp_path / "split", step), load_state(tmp_path / "ref", step))
+
+
+def test_compilation_cache_dir_holds_the_compiled_steps_for_a_restart(tmp_path):
+  """--config.compilation_cache_dir: the first run writes its executables there, a second one loads them all."""
+  cache = tmp_path / "cache"
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+
+  def run(name):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "resnet_jax.main",
+            *small_run_args(tmp_path / name, steps=4),
+            f"--config.compilation_cache_dir={cache}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {p.name for p in cache.iterdir() if not p.name.endswith("-atime")}
+
+  first = run("first")
+  assert any(name.startswith("jit_") for name in first), first
+  assert run("second") == first  # nothing compiled again
