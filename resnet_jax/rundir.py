@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 
 from resnet_jax import errors, storage
 
@@ -126,22 +127,33 @@ class RunDir:
 
 
 class MetricsLog:
-  """Appends rows to metrics.jsonl: a local file is appended to, a cloud object rewritten whole each time."""
+  """Appends rows to metrics.jsonl: a local file is appended to; a cloud object, which cannot be appended to, is
+  kept in memory and rewritten whole by `upload` (writers.FallbackWriter calls it from a thread, now and then)."""
 
   def __init__(self, path, *, whole_file: bool):
     self.path, self.whole_file = path, whole_file
     self._text = path.read_text() if whole_file and path.exists() else ""
+    self._uploaded = len(self._text)
+    self._lock = threading.Lock()
 
   def write(self, step: int, scalars: dict) -> None:
     row = {"step": int(step)}
     row.update({k: float(v) for k, v in scalars.items()})
     line = json.dumps(row) + "\n"
     if self.whole_file:
-      self._text += line
-      storage.write_text_atomic(self.path, self._text)
+      with self._lock:
+        self._text += line
     else:
       with open(self.path, "a") as f:
         f.write(line)
+
+  def upload(self) -> None:
+    """The rows written so far, to the cloud object (nothing when no row is new)."""
+    with self._lock:
+      text = self._text
+    if self.whole_file and len(text) != self._uploaded:
+      storage.write_text_atomic(self.path, text)
+      self._uploaded = len(text)
 
 
 def read_manifest(sweep_dir) -> dict | None:

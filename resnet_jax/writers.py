@@ -4,14 +4,16 @@ clu.metric_writers imports TensorFlow when it is imported (seconds of start-up).
 TensorFlow (input_backend='device') and machines without it (GPU machines often have JAX without TF) write to
 the console and metrics.jsonl, plus TensorBoard event files through the `tensorboard` package's own TF-free
 event writer when that package is installed; where TensorFlow is missing, one line says so. A workdir on cloud
-storage also takes the fallback, with its event file uploaded whole at each flush through epath: TensorFlow's
-gfile, under clu, would ignore an emulator (resnet_jax.storage).
+storage also takes the fallback, with metrics.jsonl and its event file uploaded whole through epath from a
+background thread, every UPLOAD_PERIOD_S and at the end: TensorFlow's gfile, under clu, would ignore an emulator
+(resnet_jax.storage).
 """
 
 import io
 import logging
 import os
 import socket
+import threading
 import time
 
 from resnet_jax import rundir
@@ -65,20 +67,63 @@ def _clu_writers(run: rundir.RunDir, is_chief: bool):
   return metric_writers.MultiWriter(writers)
 
 
+# A cloud workdir's growing files are uploaded whole (cloud objects cannot be appended to) at most this often, and at
+# every flush (the end of a run, however it ends): uploading at every logged step made the other hosts wait for
+# process 0, with bytes growing as the square of the run's length.
+UPLOAD_PERIOD_S = 30.0
+
+
+class _Uploads(threading.Thread):
+  """Calls the upload functions every `period` seconds in the background, and at once on `upload_now`."""
+
+  def __init__(self, uploads, period: float = UPLOAD_PERIOD_S):
+    super().__init__(name="resnet_jax-uploads", daemon=True)
+    self.uploads, self.period = uploads, period
+    self.stopped = threading.Event()
+    self.lock = threading.Lock()  # one upload at a time: the thread's or a flush's
+
+  def run(self):
+    while not self.stopped.wait(self.period):
+      self.upload_now(background=True)
+
+  def upload_now(self, background: bool = False) -> None:
+    with self.lock:
+      for upload in self.uploads:
+        try:
+          upload()
+        except Exception as e:  # noqa: BLE001 - in the background, the next upload tries again
+          if not background:
+            raise
+          logging.warning("uploading the metrics failed (%s: %s); trying again later", type(e).__name__, e)
+
+  def close(self) -> None:
+    self.stopped.set()
+    self.join()
+    self.upload_now()
+
+
 class _WholeObject(io.BytesIO):
-  """A file for tensorboard's RecordWriter whose flush uploads everything written so far (a cloud object is
-  written whole)."""
+  """A file for tensorboard's RecordWriter kept in memory; `upload` writes it whole to its cloud object."""
 
   def __init__(self, path):
     super().__init__()
     self.path = path
+    self._lock = threading.Lock()
+    self._uploaded = 0
+
+  def write(self, data):
+    with self._lock:
+      return super().write(data)
 
   def flush(self):
-    self.path.write_bytes(self.getvalue())
+    pass  # uploads happen in `upload`, at most every UPLOAD_PERIOD_S
 
-  def close(self):
-    self.flush()
-    super().close()
+  def upload(self):
+    with self._lock:
+      data = self.getvalue()
+    if len(data) != self._uploaded:
+      self.path.write_bytes(data)
+      self._uploaded = len(data)
 
 
 def _cloud_event_writer(run: rundir.RunDir):
@@ -87,7 +132,8 @@ def _cloud_event_writer(run: rundir.RunDir):
   from tensorboard.summary.writer.record_writer import RecordWriter
 
   name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
-  records = RecordWriter(_WholeObject(run / name))
+  events = _WholeObject(run / name)
+  records = RecordWriter(events)
   records.write(Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
 
   class Writer:
@@ -95,11 +141,14 @@ def _cloud_event_writer(run: rundir.RunDir):
     def add_event(self, event):
       records.write(event.SerializeToString())
 
+    def upload(self):
+      events.upload()
+
     def flush(self):
-      records.flush()
+      pass  # FallbackWriter's uploads
 
     def close(self):
-      records.close()
+      pass
 
   return Writer()
 
@@ -110,7 +159,7 @@ class FallbackWriter(_JsonlMixin):
   def __init__(self, run: rundir.RunDir, is_chief: bool):
     super().__init__(run)
     self.run, self.is_chief = run, is_chief
-    self._events = None
+    self._events = self._uploads = None
     if is_chief:
       try:
         if run.is_url:
@@ -122,6 +171,9 @@ class FallbackWriter(_JsonlMixin):
       except Exception as e:  # noqa: BLE001 - TensorBoard is optional here
         logging.warning("no TensorBoard event file (%s: %s); metrics still go to metrics.jsonl", type(e).__name__, e)
         self._events = None
+      if run.is_url:
+        self._uploads = _Uploads([self.metrics.upload] + ([self._events.upload] if self._events else []))
+        self._uploads.start()
 
   def write_scalars(self, step, scalars):
     logging.info("[%d] %s", step, ", ".join(f"{k}={float(v):.6g}" for k, v in scalars.items()))
@@ -134,8 +186,6 @@ class FallbackWriter(_JsonlMixin):
 
       values = [Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
       self._events.add_event(Event(wall_time=time.time(), step=int(step), summary=Summary(value=values)))
-      if self.run.is_url:  # visible in TensorBoard while the run goes on (the object is uploaded whole)
-        self._events.flush()
 
   def write_hparams(self, hparams):
     logging.info("hparams: %s", hparams)
@@ -143,10 +193,15 @@ class FallbackWriter(_JsonlMixin):
   def flush(self):
     if self._events is not None:
       self._events.flush()
+    if self._uploads is not None:
+      self._uploads.upload_now()
 
   def close(self):
     if self._events is not None:
       self._events.close()
+    if self._uploads is not None:
+      self._uploads.close()
+      self._uploads = None
 
 
 def make_writer(run: rundir.RunDir, is_chief: bool, *, tensorflow: bool = True):

@@ -226,3 +226,27 @@ def test_documented_pod_and_slurm_commands_run_in_simulated_form(gcs, tmp_path):
     codes, errs = _wait(_launch(args + TINY_IMAGENET, extra_env=gcs["env"]))
     assert codes == [0, 0], (args, errs[0][-3000:], errs[1][-3000:])
     assert "cluster: process 0 of 2" in errs[0] and "step 2/2" in errs[0]
+
+
+def test_a_cloud_workdirs_metrics_are_uploaded_in_the_background_not_at_each_step(tmp_path, monkeypatch):
+  """metrics.jsonl of a cloud workdir (rewritten whole: objects cannot be appended to) is uploaded every period
+  and at the end, not at each of its rows; an upload with no new row writes nothing."""
+  from resnet_jax import rundir, storage, writers
+
+  uploads = []
+  write = storage.write_text_atomic
+  monkeypatch.setattr(
+      storage, "write_text_atomic", lambda path, text: (uploads.append(text.count("\n")), write(path, text))
+  )
+  log = rundir.MetricsLog(storage.path(tmp_path / "metrics.jsonl"), whole_file=True)
+  background = writers._Uploads([log.upload], period=1.0)
+  background.start()
+  for step in range(1, 201):
+    log.write(step, {"train_loss": 1.0})
+  assert uploads == []  # the rows so far are in memory
+  time.sleep(1.5)
+  assert uploads == [200]  # one periodic upload of them all
+  log.write(201, {"train_loss": 1.0})
+  background.close()
+  assert uploads == [200, 201]  # and the last row at the end
+  assert [r["step"] for r in rundir.RunDir(tmp_path).read_metrics()] == list(range(1, 202))
