@@ -40,6 +40,11 @@ def fail(message: str, code: int = errors.UserError.exit_code) -> None:
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")  # configs/ links here
 
 
+def recipes() -> list[str]:
+  """The recipes' names (--config=NAME): the packaged configs/ files."""
+  return sorted(f[:-3] for f in os.listdir(CONFIGS_DIR) if f.endswith(".py") and not f.startswith("_"))
+
+
 def _config_flag(arg: str):
   """(flag name, value) of a --NAME=VALUE argument for a config-file flag, else None."""
   m = re.fullmatch(r"--(\w+)=(.+)", arg)
@@ -71,9 +76,8 @@ def _config_file_problem(argv: list[str]) -> str | None:
     if not parsed or os.path.isfile(parsed[1].split(":", 1)[0]):
       continue
     path = parsed[1].split(":", 1)[0]
-    recipes = sorted(f[:-3] for f in os.listdir(CONFIGS_DIR) if f.endswith(".py") and not f.startswith("_"))
-    close = difflib.get_close_matches(os.path.basename(path).removesuffix(".py"), recipes, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else f" (recipes: {', '.join(recipes)})"
+    close = difflib.get_close_matches(os.path.basename(path).removesuffix(".py"), recipes(), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else f" (recipes: {', '.join(recipes())})"
     return f"{arg}: no such config file{hint}"
   return None
 

@@ -1,7 +1,13 @@
-r"""ImageNet evaluation under the paper's protocols: single crop, 10-crop, fully-convolutional multi-scale.
+r"""Evaluation of a trained workdir: CIFAR's test set, ImageNet's validation set under the paper's protocols
+(single crop, 10-crop, fully-convolutional multi-scale).
 
+    python -m resnet_jax.evaluate --workdir=runs/cifar20 [--json]
     python -m resnet_jax.evaluate --config=configs/imagenet_resnet18.py --workdir=runs/imagenet_resnet18 \
         --protocol=10crop [--json] [--config.data_dir=...]
+
+A CIFAR net (or one trained on fake data) is evaluated as training evaluates it: each image of config.eval_split
+whole, once (the paper's CIFAR errors are single-view; --protocol=single only), normalised with the statistics
+saved in the workdir, read from config.data_file when the run had one, else tfds.
 
 Loads the variables of the workdir's latest checkpoint (inference.load_for_inference), runs the model (train=False)
 over every validation image exactly once, averages the softmax over each image's views (1, 10, or 2 flips x 5
@@ -20,7 +26,12 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import config_lib
+from resnet_jax import config_lib, errors
+
+
+class EvaluateError(errors.UserError, ValueError):
+  """The workdir cannot be evaluated as asked (and what to ask instead)."""
+
 
 # jax, TensorFlow (imagenet_eval_input) and the training stack are imported where they are used, so that the command
 # answers a missing workdir or a bad flag at once.
@@ -162,20 +173,74 @@ def evaluate_protocol(
   }
 
 
+def evaluate_cifar(model, variables, config, workdir: str) -> dict:
+  """evaluate_protocol's dict for a CIFAR (or fake-data) net on config.eval_split: each image whole, once, padded
+  and masked as training's evaluation, with the input statistics saved in `workdir`."""
+  import jax
+  from resnet_jax import cpu, device_input, input_pipeline, parallel, predict
+
+  data = device_input.load_split(config, "eval")  # config.data_file where the run had one, else tfds
+  norm = predict.cifar_normalizer(config, workdir)
+  forward = _forward_fn(model, cpu.plan(config).options)
+  variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
+  correct1 = correct5 = 0
+  shapes, placed_vars = set(), {}
+  batches = input_pipeline.eval_batches(
+      data,
+      norm,
+      global_batch=parallel.padded_eval_batch(config.eval_batch_size),
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+  )
+  for batch in batches:
+    images = batch["image"]
+    data_sharding, replicated = _local_sharding(images.shape[0])
+    if str(replicated) not in placed_vars:
+      placed_vars[str(replicated)] = jax.device_put(variables, replicated)
+    shapes.add(images.shape)
+    probs = np.asarray(forward(placed_vars[str(replicated)], jax.device_put(images, data_sharding)))
+    real = batch["mask"].astype(bool)
+    top5 = np.argsort(-probs[real], axis=1)[:, :5]
+    labels = batch["label"][real]
+    correct1 += int((top5[:, 0] == labels).sum())
+    correct5 += int((top5 == labels[:, None]).any(axis=1).sum())
+  correct1, correct5 = (int(x) for x in _sum_over_processes(np.array([correct1, correct5])))
+  count = len(data)  # every process holds the whole split and counted its share of it
+  return {
+      "protocol": "single",
+      "top1_error": 1.0 - correct1 / max(count, 1),
+      "top5_error": 1.0 - correct5 / max(count, 1),
+      "count": count,
+      "views_per_image": 1,
+      "input_shapes": len(shapes),
+  }
+
+
 def evaluate_workdir(workdir: str, config, protocols=("single",)) -> Iterator[dict]:
-  """evaluate_protocol's result for each protocol, with the run's name as "workdir": what the command prints.
+  """evaluate_protocol's (ImageNet) or evaluate_cifar's result for each protocol, with the run's name as "workdir":
+  what the command prints.
 
   The newest checkpoint of `workdir` is loaded once for all protocols (inference.load_for_inference, which imports
   the training stack), and the jitted forward pass is shared between them.
   """
-  from resnet_jax import inference, models, rundir
+  from resnet_jax import inference, models, predict, rundir
 
+  imagenet = predict.is_imagenet(config)
+  if not imagenet and set(protocols) != {"single"}:  # before the checkpoint loads
+    raise EvaluateError(
+        f"--protocol={next(p for p in protocols if p != 'single')} is one of ImageNet's protocols; a CIFAR net is "
+        "evaluated on each whole image once: --protocol=single (the default)"
+    )
   variables = inference.load_for_inference(workdir, config)
   model = models.create_model(config.model, half_precision=config.get("half_precision", False))
   name, cache = rundir.RunDir(workdir).name, {}
   for protocol in protocols:
-    logging.info("evaluating %s with protocol %s", workdir, protocol)
-    yield evaluate_protocol(model, variables, config, protocol, eval_fn_cache=cache) | {"workdir": name}
+    logging.info("evaluating %s with protocol %s on %s", workdir, protocol, config.eval_split)
+    if imagenet:
+      result = evaluate_protocol(model, variables, config, protocol, eval_fn_cache=cache)
+    else:
+      result = evaluate_cifar(model, variables, config, workdir)
+    yield result | {"workdir": name}
 
 
 def format_result(r: dict) -> str:
@@ -194,7 +259,7 @@ def define_flags():
   if _FLAGS:
     return
   _FLAGS["config"] = config_flags.DEFINE_config_file(
-      "config", None, "Config file (configs/imagenet_*.py); default: the workdir's config.json.", lock_config=True
+      "config", None, "Config file or recipe (configs/); default: the workdir's config.json.", lock_config=True
   )
   _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Training directory whose latest checkpoint is evaluated.")
   _FLAGS["protocol"] = flags.DEFINE_multi_enum(

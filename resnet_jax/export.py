@@ -21,7 +21,8 @@ The network is the plain XLA formulation (never the CPU plan's oneDNN custom cal
   padding) and makes graphs onnxruntime rejects for option-B nets (identity and projection shortcuts mixed): such
   an export stops with an error naming the other two formats, and writes nothing.
 
-OUT may be a local path or a cloud URL (gs://...); an existing OUT is kept unless --overwrite.
+OUT may be a local path in a folder that exists or a cloud URL (gs://...); an existing OUT is kept unless
+--overwrite. Both are checked before the checkpoint is loaded; without --format the command lists the formats.
 The same in Python: `resnet_jax.export.export(workdir, out, "onnx")`.
 """
 
@@ -185,15 +186,34 @@ def _require(fmt: str) -> None:
       ) from None
 
 
+def check_output(out, *, overwrite: bool):
+  """OUT as a storage path, once it is known to be writable as asked; raises ExportError otherwise.
+
+  Checked before the checkpoint loads and the network converts (seconds to minutes), so that a mistyped path
+  costs nothing. A local OUT's folder must exist (a cloud URL has no folders to make).
+  """
+  from resnet_jax import storage
+
+  path = storage.path(out)
+  if path.exists() and not overwrite:
+    raise ExportError(f"{path} already exists: give another path, or --overwrite to replace it")
+  if not storage.is_url(path) and not path.parent.is_dir():
+    folder = os.path.dirname(os.fspath(out))
+    where = folder if os.path.abspath(folder) == os.fspath(path.parent) else f"{folder} ({path.parent})"
+    raise ExportError(
+        f"the folder {where} does not exist: create it first (mkdir -p {folder}), or give an OUT in a folder that "
+        "exists"
+    )
+  return path
+
+
 def export(workdir, out, fmt: str, *, logits: bool = False, overwrite: bool = False, config=None):
   """Writes the workdir's newest checkpoint to `out` as `fmt` (see the module docstring); returns out's path."""
   from resnet_jax import config_lib, inference, storage
 
   if fmt not in FORMATS:
     raise ExportError(f"unknown format {fmt!r}: valid formats are {', '.join(FORMATS)}")
-  out = storage.path(out)
-  if out.exists() and not overwrite:
-    raise ExportError(f"{out} already exists: give another path, or --overwrite to replace it")
+  out = check_output(out, overwrite=overwrite)
   _require(fmt)
   config = config or config_lib.load_workdir_config(workdir)
   variables = inference.load_for_inference(workdir, config)
@@ -218,7 +238,6 @@ def export(workdir, out, fmt: str, *, logits: bool = False, overwrite: bool = Fa
     if storage.is_url(out):
       storage.copy_tree(folder, out)
     else:
-      out.parent.mkdir(parents=True, exist_ok=True)
       shutil.move(folder, out)
   return out
 
@@ -231,18 +250,24 @@ def define_flags():
   _FLAGS["format"] = flags.DEFINE_string("format", None, f"One of {', '.join(FORMATS)}.")
   _FLAGS["logits"] = flags.DEFINE_bool("logits", False, "Return logits instead of class probabilities.")
   _FLAGS["overwrite"] = flags.DEFINE_bool("overwrite", False, "Replace OUT if it exists.")
-  flags.mark_flags_as_required(["workdir", "format"])
+  flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
   from resnet_jax import config_lib
 
-  if len(argv) != 2:
-    cli.fail("give one output path: python -m resnet_jax.export --workdir=DIR --format=FORMAT OUT")
   workdir, fmt = _FLAGS["workdir"].value, _FLAGS["format"].value
+  if fmt is None:  # not absl's "flag --format must have a value": the user needs the formats
+    cli.fail(
+        f"give --format: {', '.join(FORMATS[:-1])} or {FORMATS[-1]}, e.g. python -m resnet_jax.export "
+        f"--workdir={workdir} --format=onnx OUT.onnx"
+    )
   if fmt not in FORMATS:
     cli.fail(f"unknown --format={fmt}: valid formats are {', '.join(FORMATS)}")
-  with cli.user_errors():
+  if len(argv) != 2:
+    cli.fail("give one output path: python -m resnet_jax.export --workdir=DIR --format=FORMAT OUT")
+  with cli.user_errors():  # the arguments first, then the seconds of loading and converting
+    check_output(argv[1], overwrite=_FLAGS["overwrite"].value)
     config = config_lib.load_workdir_config(workdir)
   cli.start(config, restart=__name__ == "__main__")
   with cli.user_errors():

@@ -1,6 +1,7 @@
 r"""Classify images with a trained (or converted) workdir.
 
     python -m resnet_jax.predict --workdir=runs/tv50 cat.jpg dog.png [--top=5] [--json]
+    python -m resnet_jax.predict --workdir=runs/cifar20 photos/     # the images in a folder, by name
 
 Each image gets the workdir's single-crop evaluation preprocessing: for ImageNet nets the shorter side resized to
 config.eval_resize, the centre config.image_size crop and config.normalization (imagenet_images.single_view and
@@ -9,8 +10,10 @@ to config.image_size (CIFAR images already are) and the training split's normali
 training (workdirs from before that read the training split once to compute it), so that no training data is
 needed. The config is the workdir's config.json unless --config is given.
 `--json` prints one object per image: {"image": PATH, "top": [{"class": INT, "label": STR, "probability": FLOAT}]}.
-An image that cannot be read (missing, not an image, truncated) gets one line on stderr; the others are still
-classified, and the exit status is then 2.
+A folder stands for its image files (by extension: JPEG, PNG, BMP, GIF, TIFF, WebP, PPM), sorted by name. Paths
+that do not exist, and folders without such files, stop the command in one line before the checkpoint is loaded; a
+file that cannot be read (not an image, truncated) gets one line on stderr, the others are still classified, and
+the exit status is then 2.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from resnet_jax import errors
 
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGENET_CLASSES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "imagenet_classes.tsv")
+
+# The files of a folder that predict classifies: photo formats Pillow decodes. Not Pillow's whole registry, which
+# also names formats it only identifies (HDF5, GRIB, MPEG), so that a folder's data files would count as images.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 def class_labels(config) -> list[str]:
@@ -54,6 +61,30 @@ def read_image(path: str) -> np.ndarray:
     raise ValueError("not an image Pillow can read (JPEG, PNG, ...)") from None
   except OSError as e:  # e.g. "image file is truncated"
     raise OSError(str(e)) from None
+
+
+def image_files(args) -> list[str]:
+  """The image paths of the command line, a folder replaced by its files with an IMAGE_EXTENSIONS extension (any
+  case), sorted by name; errors.NotFoundError for paths that do not exist or a folder without such files.
+
+  Checked before the checkpoint loads (seconds), so that a mistyped path costs nothing.
+  """
+  missing = [a for a in args if not os.path.exists(a)]
+  if missing:
+    raise errors.NotFoundError(f"no such file or folder: {', '.join(missing)}; nothing was classified")
+  files = []
+  for arg in args:
+    if not os.path.isdir(arg):
+      files.append(arg)
+      continue
+    found = sorted(f for f in os.listdir(arg) if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
+    if not found:
+      raise errors.NotFoundError(
+          f"the folder {arg} holds no image file ({', '.join(IMAGE_EXTENSIONS)}): predict takes image files, or "
+          "folders of them"
+      )
+    files += [os.path.join(arg, f) for f in found]
+  return files
 
 
 def is_imagenet(config) -> bool:
@@ -141,10 +172,11 @@ def main(argv):
 
   images = argv[1:]
   if not images:
-    cli.fail("give one or more image files: python -m resnet_jax.predict --workdir=DIR IMAGE ...")
+    cli.fail("give one or more image files or folders: python -m resnet_jax.predict --workdir=DIR IMAGE|FOLDER ...")
   workdir = _FLAGS["workdir"].value
   with cli.user_errors():
     config = _FLAGS["config"].value or config_lib.load_workdir_config(workdir)
+    images = image_files(images)
   cli.start(config, restart=__name__ == "__main__")
   failed = 0
   with cli.user_errors():

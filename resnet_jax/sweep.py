@@ -1,7 +1,10 @@
 """Sweeps: a base config and a list of named overrides, run one after another through train.train_and_evaluate.
 
-    python -m resnet_jax.sweep experiments/degradation.py --workdir=runs/degradation \\
+    python -m resnet_jax.sweep degradation --workdir=runs/degradation \\
         [--dry_run] [--only=plain*,resnet20] [--set=num_train_steps=2000 --set=data_dir=DIR] [--stop_after=2h30m]
+
+The sweep is a name (`table6`: experiments/table6.py of the checkout that holds this package, from any folder, as
+--config=cifar20 names a recipe) or the path of a sweep file; a name that is neither gets the list of the sweeps.
 
 A sweep file is an ordinary config file (it defines `get_config()`, so `python -m resnet_jax.main
 --config=SWEEP_FILE` trains its base config) that also defines `get_sweep()`, returning a list of `Run`s:
@@ -128,9 +131,45 @@ def overrides_between(base, target) -> dict:
 # Loading and validating a sweep.
 
 
+# The sweep files: experiments/ of the checkout that holds this package (not installed with it).
+EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+
+
+def sweep_names() -> list[str]:
+  """The names of experiments/'s sweep files (those defining get_sweep), or [] without a checkout."""
+  if not os.path.isdir(EXPERIMENTS_DIR):
+    return []
+  names = []
+  for f in sorted(os.listdir(EXPERIMENTS_DIR)):
+    if f.endswith(".py"):
+      with open(os.path.join(EXPERIMENTS_DIR, f)) as text:
+        if "\ndef get_sweep(" in text.read():
+          names.append(f[:-3])
+  return names
+
+
+def resolve_sweep_file(name_or_path: str) -> str:
+  """A sweep's file: a path as given, or a bare name (`table6`) as experiments/NAME.py, as --config=cifar20
+  names a recipe; from the repository root that is the relative path experiments/NAME.py, so that the commands
+  and sweep.json read as they do when the path is typed. SweepError listing the sweeps when there is no such file.
+  """
+  if os.path.isfile(name_or_path):
+    return name_or_path
+  path = os.path.join(EXPERIMENTS_DIR, name_or_path + ".py")
+  if re.fullmatch(r"\w+", name_or_path) and os.path.isfile(path):
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+  names = sweep_names()
+  where = (
+      f"the sweeps are {', '.join(names)} ({EXPERIMENTS_DIR}): give a name or the path of a sweep file"
+      if names
+      else f"sweeps live in experiments/ of a clone of resnet_jax, which {EXPERIMENTS_DIR} is not: give a path"
+  )
+  raise SweepError(f"no sweep file {name_or_path}; {where}")
+
+
 def load_sweep_file(path: str):
-  if not os.path.isfile(path):
-    raise SweepError(f"sweep file {path} not found; sweep files live in experiments/ (e.g. experiments/degradation.py)")
+  """The module of a sweep file (a path: resolve_sweep_file gives it)."""
   name = "resnet_jax_sweep_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
@@ -254,7 +293,9 @@ def select(runs: Sequence[Run], only: str | None) -> list[Run]:
 
 
 def build_runs(sweep_file: str, workdir: str, *, only: str | None = None, sets: Sequence[str] = ()) -> list[RunSpec]:
-  """Loads, selects and validates the runs of a sweep; raises SweepError listing every problem found."""
+  """Loads, selects and validates the runs of a sweep (a path, or a name of experiments/); raises SweepError
+  listing every problem found."""
+  sweep_file = resolve_sweep_file(sweep_file)
   module = load_sweep_file(sweep_file)
   runs = list(module.get_sweep())
   names = [r.name for r in runs]
@@ -434,7 +475,7 @@ def main(argv):
 
   if len(argv) != 2:
     cli.fail(
-        "usage: python -m resnet_jax.sweep experiments/NAME.py --workdir=DIR "
+        "usage: python -m resnet_jax.sweep NAME|FILE --workdir=DIR "
         "[--dry_run] [--only=PATTERN] [--set=FIELD=VALUE ...] [--stop_after=DURATION]"
     )
   f = {name: holder.value for name, holder in _FLAGS.items()}
@@ -449,13 +490,14 @@ def main(argv):
 
   chief = jax.process_index() == 0  # on several hosts, every process trains each run; process 0 reports
   with cli.user_errors():
-    specs = build_runs(argv[1], f["workdir"], only=f["only"], sets=f["set"])
+    sweep_file = resolve_sweep_file(argv[1])
+    specs = build_runs(sweep_file, f["workdir"], only=f["only"], sets=f["set"])
     if f["dry_run"]:
       for spec in specs if chief else ():
         print(spec.command)
       return
     if chief:
-      write_manifest(argv[1], f["workdir"], specs, f["set"])
+      write_manifest(sweep_file, f["workdir"], specs, f["set"])
     t0 = time.time()
     summary = run_sweep(specs, log=lambda s: print(f"sweep: {s}", flush=True) if chief else None, deadline=deadline)
   failed = [s for s in summary if s["status"] == "non-finite"]

@@ -216,8 +216,14 @@ def abstract_host_state(model, tx, config) -> TrainState:
 
 
 def _fmt_eta(seconds: float) -> str:
-  seconds = int(max(0, seconds))
-  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+  """A duration as a person reads it ('15 h 03 min', '3 min 20 s', '40 s'), never as a clock time ('15:02:40')."""
+  seconds = round(max(0.0, seconds))
+  if seconds >= 3600:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+  if seconds >= 60:
+    return f"{seconds // 60} min {seconds % 60:02d} s"
+  return f"{seconds} s"
 
 
 def evaluate(compiled: compiled_steps.CompiledSteps, state, data: inputs.Data) -> dict:
@@ -238,7 +244,7 @@ def evaluate(compiled: compiled_steps.CompiledSteps, state, data: inputs.Data) -
 class TrainLog:
   """The training metrics between two log lines: merged on the devices, fetched once per line, checked for
   non-finite steps (an error naming the step, or counted with skip_nonfinite), written and printed with img/s and
-  ETA."""
+  the time left."""
 
   def __init__(self, config, workdir: str, checkpointer, new_window):
     self.config, self.workdir, self.checkpointer = config, workdir, checkpointer
@@ -287,7 +293,7 @@ class TrainLog:
     self.last_finite = {k: round(v, 6) for k, v in scalars.items()} | {"step": step}
     remaining = (config.num_train_steps - step) * elapsed / max(n, 1)
     logging.info(
-        "step %d/%d  loss %.4f  train error %.4f  lr %.4g  %.0f img/s  ETA %s",
+        "step %d/%d  loss %.4f  train error %.4f  lr %.4g  %.0f img/s  %s left",
         step,
         config.num_train_steps,
         scalars["train_loss"],
@@ -305,6 +311,9 @@ def _restore_or_init(compiled: compiled_steps.CompiledSteps, tx, config, checkpo
   abstract = compiled.abstract_global(abstract_host_state(compiled.model, tx, config))
   restored, start_step = checkpointer.restore_latest(abstract, ckpt_lib.meta_for(config))
   if restored is None:
+    logging.info(
+        "no checkpoint in %s: a new run, the network initialised from seed %d", checkpointer.directory, config.seed
+    )
     initial = init_host_state(compiled.model, tx, config, compiler_options=compiled.plan.init_options)
     return compiled.to_device(initial), 0
   logging.info("resumed from %s/checkpoints/%d", workdir, start_step)
@@ -344,13 +353,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, deadl
   """Trains (resuming from workdir/checkpoints if present) and evaluates; returns results.json's content.
 
   `deadline` (a time.time(); `--stop_after`): stop at the first call boundary after it, as on SIGTERM. Each call
-  appends its piece (steps, seconds, machine, how it ended) to WORKDIR/pieces.jsonl.
+  appends its piece (steps, seconds, machine, how it ended) to WORKDIR/pieces.jsonl. A finished run (results.json
+  of num_train_steps of this network) is not touched: its results are logged in one line and returned.
   """
   t_start = time.time()
   config = config_lib.resolve(config)
   config_lib.validate(config)
   run = rundir.RunDir(workdir)
   workdir = run.name
+  finished = _finished_results(config, run)
+  if finished is not None:  # before any data or compilation: a rerun of a finished run changes nothing
+    logging.info(
+        "%s is finished: %s; nothing trained or evaluated (a larger --config.num_train_steps trains on)",
+        workdir,
+        _summary(finished, run),
+    )
+    return finished
   is_chief = jax.process_index() == 0
   run.check_writable()
   cluster.check_shared(run)
@@ -383,6 +401,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, deadl
       run.name, start_step, started=t_start, jax=jax.__version__, devices=f"{len(devices)} x {devices[0].device_kind}"
   )
   outcome = "error"
+  if start_step < config.num_train_steps:
+    logging.info(
+        "training steps %d to %d: compiling the train step first (the first call takes a while), then a line every "
+        "%d steps",
+        start_step + 1,
+        config.num_train_steps,
+        config.log_every_steps,
+    )
   try:
     for first, n in call_lengths(start_step, config.num_train_steps, compiled.steps_per_call):
       state, window, infos = compiled.train(state, log.window, data, first, n, rng)  # first == state.step
@@ -444,7 +470,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, deadl
       skipped=log.skipped,
       is_chief=is_chief,
   )
+  logging.info(
+      "done: %s; look at them with python -m resnet_jax.report %s (tables, curves) and python -m resnet_jax.predict "
+      "--workdir=%s IMAGE|FOLDER",
+      _summary(results, run),
+      workdir,
+      workdir,
+  )
   return results
+
+
+def _finished_results(config, run: rundir.RunDir) -> dict | None:
+  """results.json of a run that trained config.num_train_steps (or more) of this config's network, else None.
+
+  A directory holding another network is not finished: restoring its checkpoint refuses it with the differences.
+  """
+  results = run.read_results()
+  if not results or results.get("final_eval_error") is None or results.get("steps", 0) < config.num_train_steps:
+    return None
+  if ckpt_lib.model_differences(results.get("config", {}), ckpt_lib.meta_for(config)):
+    return None
+  return results
+
+
+def _summary(results: dict, run: rundir.RunDir) -> str:
+  """'error 8.75% on test (10000 examples) after 64000 steps, in WORKDIR/results.json'."""
+  return (
+      f"error {100 * results['final_eval_error']:.2f}% on {results['eval_split']} ({results['eval_count']} examples) "
+      f"after {results['steps']} steps, in {run / rundir.RESULTS}"
+  )
 
 
 def _results(config, run: rundir.RunDir, eval_results, *, step, start_step, t_start, skipped, is_chief) -> dict:

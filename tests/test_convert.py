@@ -169,7 +169,6 @@ def test_cli_round_trip_evaluate_predict_and_fine_tune(fake, tmp_path):
       "--top=3",
       images[0],
       broken,
-      tmp_path / "missing.png",
       images[1],
       check=False,
   )
@@ -177,7 +176,7 @@ def test_cli_round_trip_evaluate_predict_and_fine_tune(fake, tmp_path):
   rows = [json.loads(line) for line in out.stdout.strip().splitlines()]
   assert [r["image"] for r in rows] == [str(images[0]), str(images[1])]
   assert all(len(r["top"]) == 3 and r["top"][0]["label"].startswith("n") for r in rows)
-  assert "broken.jpg" in out.stderr and "missing.png: no such file" in out.stderr
+  assert "broken.jpg" in out.stderr  # a path that does not exist stops predict at once: tests/test_cli.py
 
   train_in_process(
       "--config=configs/imagenet_torchvision.py:18",

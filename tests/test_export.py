@@ -128,6 +128,25 @@ def test_errors_are_one_line(workdir, tmp_path):
   assert not (tmp_path / "y").exists()
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "stablehlo"])
+def test_output_folder_is_checked_before_the_checkpoint_loads(workdir, tmp_path, fmt):
+  """An OUT in a folder that does not exist: one line naming the folder and the fix, before the checkpoint loads
+  (a workdir without one answers the same), not a FileNotFoundError once the network is converted."""
+  out = tmp_path / "exports" / f"tiny.{fmt}"
+  no_checkpoint = tmp_path / "no_checkpoint"
+  no_checkpoint.mkdir()
+  (no_checkpoint / "config.json").write_text((workdir / "config.json").read_text())
+  for wd in (workdir, no_checkpoint):
+    proc = run_cli("resnet_jax.export", f"--workdir={wd}", f"--format={fmt}", out, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: the folder {out.parent} does not exist: create it first (mkdir -p {out.parent}), or give an OUT "
+        "in a folder that exists"
+    ]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["no_checkpoint"]
+
+
 def test_missing_runtime_names_the_extra(workdir, tmp_path, monkeypatch):
   from resnet_jax import export, input_pipeline
 

@@ -56,22 +56,41 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
 
 
 def test_rerun_of_finished_run_changes_nothing(tmp_path, monkeypatch):
+  """Rerunning a finished run says so in one line (its test error, results.json) and neither evaluates again nor
+  rewrites a file; train_and_evaluate still returns the results. A run whose results.json is missing (stopped
+  between its last checkpoint and the results) is evaluated from its checkpoint, without training."""
   wd = tmp_path / "done"
   train_in_process(*small_run_args(wd, steps=4))
-  before = (wd / "metrics.jsonl").read_text()
+  before = {name: (wd / name).read_text() for name in ("metrics.jsonl", "results.json", "pieces.jsonl")}
+  results = json.loads(before["results.json"])
 
   def no_initial_state(*args):
     raise AssertionError("an initial state was computed although a checkpoint is restored into its shapes")
 
-  from resnet_jax import train
+  def no_evaluation(*args):
+    raise AssertionError("a finished run was evaluated again")
 
+  from resnet_jax import sweep, train
+
+  evaluate = train.evaluate
   monkeypatch.setattr(train, "init_host_state", no_initial_state)  # nor do predict, evaluate... (inference.py)
-  train_in_process(*small_run_args(wd, steps=4))
-  assert (wd / "metrics.jsonl").read_text() == before
-  assert json.loads((wd / "results.json").read_text())["resumed_from_step"] == 4
+  monkeypatch.setattr(train, "evaluate", no_evaluation)
+  log = train_in_process(*small_run_args(wd, steps=4)).stderr
+  assert {name: (wd / name).read_text() for name in before} == before
+  assert (
+      f"{wd} is finished: error {100 * results['final_eval_error']:.2f}% on test (100 examples) after 4 steps, in "
+      f"{wd}/results.json; nothing trained or evaluated (a larger --config.num_train_steps trains on)"
+  ) in log
+  assert train.train_and_evaluate(sweep.config_from_argv(small_run_args(wd, steps=4)), str(wd)) == results
   from resnet_jax import inference
 
   assert set(inference.load_for_inference(str(wd))) == {"params", "batch_stats"}
+  monkeypatch.setattr(train, "evaluate", evaluate)
+  (wd / "results.json").unlink()
+  train_in_process(*small_run_args(wd, steps=4))
+  again = json.loads((wd / "results.json").read_text())
+  assert again["resumed_from_step"] == 4 and again["final_eval_error"] == results["final_eval_error"]
+  assert (wd / "metrics.jsonl").read_text() == before["metrics.jsonl"]
 
 
 # Preemption, damaged checkpoints, full disks (issue: survive preemption and damage).

@@ -112,6 +112,24 @@ def test_dry_run_prints_commands_that_train_the_same_runs(tmp_path):
   assert "plain8: complete (2 steps), skipped" in proc.stdout and "resnet8" not in proc.stdout
 
 
+def test_a_sweep_is_named_as_a_recipe_is_from_any_folder(tmp_path):
+  """`sweep table6` is experiments/table6.py of this checkout, from any folder (the printed commands too); from the
+  repository root it reads as the path typed there."""
+  elsewhere = subprocess.run(
+      [sys.executable, "-m", SWEEP, "table6", f"--workdir={tmp_path / 't6'}", "--dry_run", "--only=resnet20"],
+      cwd=tmp_path,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
+  assert elsewhere.returncode == 0, elsewhere.stderr[-3000:]
+  (command,) = elsewhere.stdout.strip().splitlines()
+  assert f"--config={REPO}/experiments/table6.py" in shlex.split(command)
+  from_root = run_cli(SWEEP, "table6", f"--workdir={tmp_path / 't6'}", "--dry_run", "--only=resnet20")
+  assert from_root.stdout == command.replace(f"{REPO}/experiments", "experiments") + "\n"
+  assert not (tmp_path / "t6").exists()
+
+
 def test_bad_override_stops_the_sweep_before_any_run(tmp_path):
   sweep_file = write_sweep(tmp_path, extra=', Run("typo8", {"model.dept": 8})')
   wd = tmp_path / "bad"

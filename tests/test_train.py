@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -54,6 +55,48 @@ def test_resnet8_learns_real_cifar10_on_the_papers_split(tmp_path, tfds_dir):
   assert res["best_validation_error"] == best["eval_error"] and res["best_validation_step"] == best["step"]
   assert any(p.name.startswith("events.out.tfevents") for p in wd.iterdir())
   assert res["config"]["model"]["depth"] == 8 and res["steps"] == 200
+
+
+def test_evaluate_command_on_a_cifar_run(tmp_path, tfds_dir):
+  """`evaluate --workdir=` a CIFAR run: its test split (here the first 200 real test images, labels of every class),
+  with the error training's own evaluation gave; and ImageNet's protocols refused in one line."""
+  wd = tmp_path / "cifar"
+  train_in_process(
+      *small_run_args(wd, steps=8),
+      "--config.dataset=cifar10",
+      f"--config.data_dir={tfds_dir}",
+      "--config.train_split=train[:512]",
+      "--config.eval_split=test[:200]",
+  )
+  res = json.loads((wd / "results.json").read_text())
+  proc = run_cli("resnet_jax.evaluate", f"--workdir={wd}", "--json")
+  (row,) = [json.loads(line) for line in proc.stdout.splitlines()]
+  assert row["count"] == res["eval_count"] == 200 and row["protocol"] == "single" and row["workdir"] == str(wd)
+  # Training evaluates with the CPU plan's convolutions, evaluate with XLA's: float32 rounding may flip one argmax.
+  assert abs(row["top1_error"] - res["final_eval_error"]) <= 1 / 200, (row, res)
+  assert 0 <= row["top5_error"] < row["top1_error"]
+  proc = run_cli("resnet_jax.evaluate", f"--workdir={wd}", "--protocol=10crop", check=False)
+  _assert_user_error(proc, "--protocol=10crop is one of ImageNet's protocols; a CIFAR net is evaluated on each whole")
+
+
+def test_training_log_says_what_it_does_and_where_the_results_are(tmp_path):
+  """A line before the first (compiling) call, the time left as a duration, and a closing line with the test error,
+  results.json and the commands that read the run."""
+  from resnet_jax import train
+
+  assert [train._fmt_eta(s) for s in (54160, 3599.6, 200, 40.4)] == ["15 h 03 min", "1 h 00 min", "3 min 20 s", "40 s"]
+  wd = tmp_path / "w"
+  log = train_in_process(*small_run_args(wd, steps=4)).stderr.splitlines()
+  compiling = next(i for i, line in enumerate(log) if "compiling the train step first" in line)
+  steps = [line for line in log if " step 1/4 " in line or " step 4/4 " in line]
+  assert steps and log.index(steps[0]) > compiling
+  assert all(re.search(r"img/s  (\d+ h \d\d min|\d+ min \d\d s|\d+ s) left$", line) for line in steps), steps
+  res = json.loads((wd / "results.json").read_text())
+  assert log[-1].endswith(
+      f"done: error {100 * res['final_eval_error']:.2f}% on test (100 examples) after 4 steps, in {wd}/results.json; "
+      f"look at them with python -m resnet_jax.report {wd} (tables, curves) and python -m resnet_jax.predict "
+      f"--workdir={wd} IMAGE|FOLDER"
+  ), log[-3:]
 
 
 # Errors: one clear message, exit status 2 (3 for non-finite values), no stack trace. The command's own flag errors
