@@ -26,6 +26,7 @@ BOOKKEEPING_FIELDS = frozenset(
     {
         "data_dir",
         "compilation_cache_dir",
+        "hang_timeout_s",
         "log_every_steps",
         "eval_every_steps",
         "checkpoint_every_steps",
@@ -119,6 +120,9 @@ def base_training_config() -> ml_collections.ConfigDict:
   c.cpu.materialize_blocks = ml_collections.config_dict.placeholder(bool)  # None: on for CPU
   c.cpu.host_malloc = "auto"  # 'auto' (huge pages for malloc on CPU-only runs), 'huge_pages', 'system'
   c.skip_nonfinite = False  # skip updates whose loss or gradient is not finite instead of stopping
+  # Stop the job, with every thread's stack, when no result comes back from the devices for this long once the
+  # first call has compiled (resnet_jax/hang.py); 0: never.
+  c.hang_timeout_s = 1800.0
   # JAX's persistent compilation cache (a folder or a gs:// URL, shared by a pod's processes): restarts load the
   # compiled steps instead of compiling them. None: JAX_COMPILATION_CACHE_DIR, if set.
   c.compilation_cache_dir = ml_collections.config_dict.placeholder(str)
@@ -327,6 +331,11 @@ def validate(config, *, with_devices: bool = True) -> None:
       f"learning_rate={config.learning_rate!r}: must be a positive number",
   )
   check(0 <= config.momentum < 1, f"momentum={config.momentum!r}: must be in [0, 1)")
+  hang_timeout = config.get("hang_timeout_s", 0)  # older workdirs' config.json lacks it
+  check(
+      isinstance(hang_timeout, (int, float)) and hang_timeout >= 0,
+      f"hang_timeout_s={hang_timeout!r}: seconds without progress before the job is stopped (0: never)",
+  )
   check(config.weight_decay >= 0, f"weight_decay={config.weight_decay!r}: must be >= 0")
   check(config.parallelism in ("jit", "pmap"), f"parallelism={config.parallelism!r}: use 'jit' or 'pmap'")
   normalizations = ("pixel_mean", "channel") + (("torchvision",) if config.dataset == "imagenet2012" else ())

@@ -24,8 +24,8 @@ import optax
 from clu import metrics
 
 from resnet_jax import checkpoint as ckpt_lib
-from resnet_jax import cluster, compiled_steps, config_lib, cpu, errors, inputs, models, parallel, pieces, preemption
-from resnet_jax import rundir
+from resnet_jax import cluster, compiled_steps, config_lib, cpu, errors, hang, inputs, models, parallel, pieces
+from resnet_jax import preemption, rundir
 from resnet_jax import writers
 
 
@@ -226,11 +226,13 @@ def _fmt_eta(seconds: float) -> str:
   return f"{seconds} s"
 
 
-def evaluate(compiled: compiled_steps.CompiledSteps, state, data: inputs.Data) -> dict:
+def evaluate(compiled: compiled_steps.CompiledSteps, state, data: inputs.Data, progressed=lambda: None) -> dict:
+  """The eval split's loss, error and count; `progressed` is called at each batch (hang.ProgressWatch)."""
   total = None
   for batch in data.eval_batches():
     m = compiled.eval_on_batch(state, batch)
     total = m if total is None else total.merge(m)
+    progressed()
   out = total.compute()
   count = int(jax.device_get(total.loss.count))
   return {
@@ -401,6 +403,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, deadl
       run.name, start_step, started=t_start, jax=jax.__version__, devices=f"{len(devices)} x {devices[0].device_kind}"
   )
   outcome = "error"
+  watch = hang.ProgressWatch(config.hang_timeout_s, run.name, jax.process_index())
+  if config.hang_timeout_s > 0:
+    watch.start()
+  previous = None  # the outputs of the call before the one in flight
   if start_step < config.num_train_steps:
     logging.info(
         "training steps %d to %d: compiling the train step first (the first call takes a while), then a line every "
@@ -412,12 +418,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, deadl
   try:
     for first, n in call_lengths(start_step, config.num_train_steps, compiled.steps_per_call):
       state, window, infos = compiled.train(state, log.window, data, first, n, rng)  # first == state.step
+      if previous is not None:
+        # At most one call queued behind the one running: a signal or a deadline is answered at the next call
+        # instead of at the next logged step (to which the host would run ahead), and a hang is seen.
+        jax.block_until_ready(previous)
+        watch.arm()
+      previous = infos
       log.add(window, infos)
       step = first + n
       is_last = step == config.num_train_steps
       scalars = log.flush(step) if step % config.log_every_steps == 0 or is_last else {}
       if step % config.eval_every_steps == 0 or is_last:
-        eval_results = evaluate(compiled, state, data)
+        eval_results = evaluate(compiled, state, data, watch.progressed)
         scalars.update(eval_results)
         logging.info(
             "step %d  eval error %.4f  loss %.4f  (%d examples)",
@@ -431,6 +443,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, deadl
         log.restart_clock()
       if step % config.checkpoint_every_steps == 0 or is_last:
         save(step, force=is_last)
+      watch.progressed()
       if stop.requested(first, step) and not is_last:
         save(step, force=True)
         checkpointer.close()
@@ -447,6 +460,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, deadl
       outcome = f"{type(e).__name__}: {errors.one_line(e, 200)}"
     raise
   finally:
+    watch.stop()
     stop.restore()
     try:
       checkpointer.wait()  # on any exit, let pending async saves of good states finish

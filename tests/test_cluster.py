@@ -204,6 +204,25 @@ def test_ctrl_c_on_one_process_stops_the_job_as_sigterm(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_process_stuck_in_a_collective_ends_the_job_with_its_stacks(tmp_path):
+  """Process 1 frozen (SIGSTOP: alive, silent): process 0 waits in a collective that never completes; before the
+  cluster's watchdog would call process 1 gone, its progress watch ends the job with every thread's stack."""
+  procs = _start_long_run(tmp_path, ["--config.hang_timeout_s=5", "--failure_timeout=120"])
+  procs[1].send_signal(signal.SIGSTOP)
+  try:
+    _, err = procs[0].communicate(timeout=100)
+  finally:
+    procs[1].kill()
+    procs[1].communicate()
+  report = tmp_path / "run" / "hang.process0.txt"
+  assert procs[0].returncode == 4, err[-3000:]
+  assert (
+      f"error: process 0 got no result from its devices for 5 s (a hang; every thread's stack is in {report})" in err
+  ), err[-3000:]
+  assert "Thread" in report.read_text() and "train.py" in report.read_text()
+
+
+@pytest.mark.slow
 def test_processes_agree_on_the_fallback_checkpoint(tmp_path):
   """The newest checkpoint's record damaged: both processes set it aside and resume from the same older one (a
   SLURM-style launch that trains, then one that resumes)."""
