@@ -27,6 +27,8 @@ BOOKKEEPING_FIELDS = frozenset(
         "data_dir",
         "compilation_cache_dir",
         "hang_timeout_s",
+        "profile_first_step",
+        "profile_num_steps",
         "log_every_steps",
         "eval_every_steps",
         "checkpoint_every_steps",
@@ -123,6 +125,10 @@ def base_training_config() -> ml_collections.ConfigDict:
   # Stop the job, with every thread's stack, when no result comes back from the devices for this long once the
   # first call has compiled (resnet_jax/hang.py); 0: never.
   c.hang_timeout_s = 1800.0
+  # A profile (jax.profiler, process 0) of the calls holding these steps, into WORKDIR/profile (resnet_jax/tracing.py);
+  # 0: none.
+  c.profile_first_step = 0
+  c.profile_num_steps = 5
   # JAX's persistent compilation cache (a folder or a gs:// URL, shared by a pod's processes): restarts load the
   # compiled steps instead of compiling them. None: JAX_COMPILATION_CACHE_DIR, if set.
   c.compilation_cache_dir = ml_collections.config_dict.placeholder(str)
@@ -331,6 +337,12 @@ def validate(config, *, with_devices: bool = True) -> None:
       f"learning_rate={config.learning_rate!r}: must be a positive number",
   )
   check(0 <= config.momentum < 1, f"momentum={config.momentum!r}: must be in [0, 1)")
+  for field in ("profile_first_step", "profile_num_steps"):  # older workdirs' config.json lacks them
+    value = config.get(field, 0)
+    check(
+        isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+        f"{field}={value!r}: a step number (profile_first_step=0: no profile)",
+    )
   hang_timeout = config.get("hang_timeout_s", 0)  # older workdirs' config.json lacks it
   check(
       isinstance(hang_timeout, (int, float)) and hang_timeout >= 0,

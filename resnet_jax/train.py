@@ -25,7 +25,7 @@ from clu import metrics
 
 from resnet_jax import checkpoint as ckpt_lib
 from resnet_jax import cluster, compiled_steps, config_lib, cpu, errors, hang, inputs, models, parallel, pieces
-from resnet_jax import preemption, rundir
+from resnet_jax import preemption, rundir, tracing
 from resnet_jax import writers
 
 
@@ -406,6 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, deadl
   watch = hang.ProgressWatch(config.hang_timeout_s, run.name, jax.process_index())
   if config.hang_timeout_s > 0:
     watch.start()
+  profile = tracing.StepProfile(config, run.name)
   previous = None  # the outputs of the call before the one in flight
   if start_step < config.num_train_steps:
     logging.info(
@@ -417,7 +418,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, deadl
     )
   try:
     for first, n in call_lengths(start_step, config.num_train_steps, compiled.steps_per_call):
+      profile.before_call(first, n)
       state, window, infos = compiled.train(state, log.window, data, first, n, rng)  # first == state.step
+      profile.after_call(first + n, infos)
       if previous is not None:
         # At most one call queued behind the one running: a signal or a deadline is answered at the next call
         # instead of at the next logged step (to which the host would run ahead), and a hang is seen.
@@ -461,6 +464,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, deadl
     raise
   finally:
     watch.stop()
+    profile.stop()
     stop.restore()
     try:
       checkpointer.wait()  # on any exit, let pending async saves of good states finish

@@ -226,3 +226,14 @@ def test_compilation_cache_dir_holds_the_compiled_steps_for_a_restart(tmp_path):
   first = run("first")
   assert any(name.startswith("jit_") for name in first), first
   assert run("second") == first  # nothing compiled again
+
+
+def test_profile_of_chosen_steps_lands_in_the_workdir(tmp_path):
+  """--config.profile_first_step: a trace of those steps for TensorBoard (xplane) and Perfetto (trace.json.gz)."""
+  wd = tmp_path / "profiled"
+  finished = train_in_process(
+      *small_run_args(wd, steps=8), "--config.profile_first_step=3", "--config.profile_num_steps=2"
+  )
+  traces = [p.name for p in (wd / "profile").rglob("*") if p.is_file()]
+  assert any(n.endswith(".xplane.pb") for n in traces) and any(n.endswith(".trace.json.gz") for n in traces), traces
+  assert f"profile of steps 3 to 4 in {wd / 'profile'}" in finished.stderr
