@@ -20,6 +20,7 @@ recoverable mode keeps the service from aborting the survivors itself, so that t
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import re
@@ -188,10 +189,13 @@ def _exit(code: int) -> None:
 class _Watchdog(threading.Thread):
   """Watches the job's other processes through the coordination service's key-value store.
 
-  Every period it publishes its own heartbeat (a counter) and reads everyone's: a process whose counter has not
-  moved for `timeout` seconds is gone (killed, or its host failed); one that published a failure has failed. Either
-  ends this process with a line naming it. (The store is polled, never waited on: a wait would hang on a process
-  that has stopped answering.)
+  Every period it publishes its own heartbeat (a counter), reads the failures published (none, almost always) and
+  the heartbeat of one process, the next one in a ring: a fixed cost per process and period however large the job,
+  where reading every heartbeat made the service's load grow with the square of the process count. A watched
+  process whose counter has not moved for `timeout` seconds is gone (killed, or its host failed): its watcher
+  publishes that as its failure, which every process reads. A failure ends each process with a line naming the one
+  that failed. The store is polled, never waited on (a wait would hang on a process that has stopped answering),
+  and every call has a deadline: a service that stops answering ends the process too.
   """
 
   instance: _Watchdog | None = None
@@ -201,7 +205,9 @@ class _Watchdog(threading.Thread):
     import jax
 
     self.me, self.n, self.timeout = jax.process_index(), jax.process_count(), timeout
+    self.watched = (self.me + 1) % self.n
     self.period = min(1.0, timeout / 10)
+    self._calls = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="resnet_jax-store")
     self.stopped = threading.Event()
     self.ending = threading.Event()  # set once it has found a failed or vanished process and ends this one
 
@@ -218,58 +224,80 @@ class _Watchdog(threading.Thread):
     cls.instance = cls(failure_timeout)
     cls.instance.start()
 
-  def published(self) -> dict[str, dict[int, str]]:
-    """What the processes have published, in one read of the store: {kind: {process: value}}."""
+  def store(self, method: str, *args):
+    """The coordination client's `method`, with the failure timeout as its deadline (TimeoutError after it)."""
+    return self._calls.submit(getattr(_client(), method), *args).result(timeout=self.timeout)
+
+  def try_get(self, key: str) -> str | None:
+    """The value of `key`, or None where nobody has published it yet."""
+    try:
+      return self.store("key_value_try_get", key)
+    except Exception as e:  # noqa: BLE001 - JaxRuntimeError: NOT_FOUND, or the service's own failure
+      if "NOT_FOUND" in str(e):
+        return None
+      raise
+
+  def published(self, kind: str = "") -> dict[str, dict[int, str]]:
+    """What the processes have published (of one `kind`, or all), in one read of the store: {kind: {process:
+    value}}."""
     out = {}
-    for key, value in _client().key_value_dir_get(f"{_KEY}/"):
-      _, kind, proc = key.rsplit("/", 2)
-      out.setdefault(kind, {})[int(proc)] = value
+    for key, value in self.store("key_value_dir_get", f"{_KEY}/{kind + '/' if kind else ''}"):
+      _, kind_of_key, proc = key.rsplit("/", 2)
+      out.setdefault(kind_of_key, {})[int(proc)] = value
     return out
 
-  def failures(self, published=None) -> list[tuple[int, int, str]]:
-    """(process, exit code, message) of every other process that published a failure."""
+  def failures(self) -> list[tuple[int, int, str]]:
+    """(process, exit code, message) of every other process whose failure was published."""
     out = []
-    for proc, value in (published or self.published()).get("failed", {}).items():
+    for proc, value in self.published("failed").get("failed", {}).items():
       code, _, message = value.partition("\t")
       if proc != self.me:
         out.append((proc, int(code), message))
     return sorted(out)
 
   def run(self):
-    client = _client()
-    beat, seen, t0 = 0, {}, time.monotonic()  # seen: process -> (its last counter, when it changed, by this clock)
+    beat, last, changed = 0, None, time.monotonic()  # the watched process's counter, and when it last changed
     while not self.stopped.wait(self.period):
       try:
         beat += 1
-        client.key_value_set(f"{_KEY}/beat/{self.me}", str(beat), allow_overwrite=True)
-        published = self.published()
-        failed, beats, done = self.failures(published), published.get("beat", {}), published.get("done", {})
-      except Exception:  # noqa: BLE001 - the service itself is gone: it runs in process 0
+        self.store("key_value_set", f"{_KEY}/beat/{self.me}", str(beat), True)
+        failed = self.failures()
+        watched = self.try_get(f"{_KEY}/beat/{self.watched}")
+      except Exception as e:  # noqa: BLE001 - the service is gone (it runs in process 0) or does not answer
         if self.stopped.is_set():
           return
         print(
             f"error: process {self.me} lost contact with process 0, which runs the job's coordination service "
-            "(it was killed, or its host failed); stopping this process too",
+            f"(it was killed, its host failed, or it did not answer within {self.timeout:.0f} s: "
+            f"{type(e).__name__}); stopping this process too",
             file=sys.stderr,
         )
         _exit(1)
       if self.stopped.is_set():
         return
       now = time.monotonic()
-      for proc, value in beats.items():
-        if seen.get(proc, (None,))[0] != value:
-          seen[proc] = (value, now)
+      if watched != last:
+        last, changed = watched, now
       if failed:
         self.ending.set()
         proc, code, message = failed[0]
         print(f"error: process {proc} failed: {message}; stopping process {self.me} too", file=sys.stderr)
         self.leave(code or 1)
-      others = [p for p in range(self.n) if p != self.me and p not in done]
-      silent = [p for p in others if now - seen.get(p, (None, t0))[1] > self.timeout]
-      if silent:
+      if now - changed > self.timeout and not self._finished(self.watched):
         self.ending.set()
-        print(f"error: {_vanished(silent[0])}; stopping process {self.me} too", file=sys.stderr)
+        print(f"error: {_vanished(self.watched)}; stopping process {self.me} too", file=sys.stderr)
+        try:  # said for the watched process, so that every other process stops too
+          self.store("key_value_set", f"{_KEY}/failed/{self.watched}", f"1\t{_vanished(self.watched)}", True)
+        except Exception:  # noqa: BLE001 - the service is gone: the others notice that themselves
+          pass
         self.leave(1)
+
+  def _finished(self, process: int) -> bool:
+    """Whether `process` said it ended normally (its heartbeat then stops)."""
+    try:
+      return self.try_get(f"{_KEY}/done/{process}") is not None
+    except Exception:  # noqa: BLE001 - the service is gone: the next round says so
+      return False
 
   def leave(self, code: int) -> None:
     """Says so (the process that failed waits for that) and exits; process 0, which runs the coordination service,
