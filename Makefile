@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DATA_DIR ?= ../shared/data/tfds
+# CIFAR-10 for `make train`: a tfds data folder holding cifar10/; empty means tfds's own choice, $TFDS_DATA_DIR or
+# else ~/tensorflow_datasets (a run without it says how to prepare it).
+DATA_DIR ?=
 PYTEST_ARGS ?=
 # torch/torchvision builds that import together and lie on this project's machines (a CUDA build on x86_64 that
 # runs on the CPU; a CPU build on aarch64); other releases would be downloaded (several GB).
@@ -56,9 +58,9 @@ test-slow: install
 test-peer: install
 	$(PY) -m pytest -q -m peer $(PYTEST_ARGS)
 
-# The main job: the paper's CIFAR-10 ResNet-20 recipe on the shared data (override any field with ARGS=...).
+# The main job: the paper's CIFAR-10 ResNet-20 recipe (override any field with ARGS=...; DATA_DIR=DIR for the data).
 train: install
-	$(PY) -m resnet_jax.main --config=configs/cifar20.py --workdir=runs/cifar20 --config.data_dir=$(DATA_DIR) $(ARGS)
+	$(PY) -m resnet_jax.main --config=configs/cifar20.py --workdir=runs/cifar20 $(if $(DATA_DIR),--config.data_dir=$(DATA_DIR)) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-min build *.egg-info resnet_jax/cpu/_onednn_conv.so

@@ -134,12 +134,17 @@ def run(main) -> None:
 
 
 class _QuietLibraries(logging_std.Filter):
-  """Drops the INFO chatter of orbax, clu and tfds (their warnings and errors still show)."""
+  """Drops the INFO chatter of orbax, clu, tfds, JAX and the ONNX converter (their warnings and errors still show),
+  unless -v 1 (absl's --verbosity=1) asks for everything."""
 
-  NOISY = ("/orbax/", "/clu/", "/tensorflow_datasets/", "/jax/_src/")
+  NOISY = ("/orbax/", "/clu/", "/tensorflow_datasets/", "/jax/_src/", "/jax2onnx/", "/onnx_ir/")
 
   def filter(self, record):
-    return record.levelno >= logging_std.WARNING or not any(p in record.pathname for p in self.NOISY)
+    return (
+        record.levelno >= logging_std.WARNING
+        or logging.get_verbosity() >= logging.DEBUG
+        or not any(p in record.pathname for p in self.NOISY)
+    )
 
 
 def quiet_library_logs():

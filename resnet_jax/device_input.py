@@ -12,11 +12,21 @@ over the mesh's data axis. Each step, every device draws its share of the batch 
 
 Everything is a function of (seed, step), so resumed runs stay exact. The random numbers differ from the
 tfdata backend's (JAX's PRNG instead of TensorFlow's); the distributions are the same (tests check them).
+
+The .npz holds, for each of `train` and `test`, either `x_train` (uint8 [N, 32, 32, 3]) and `y_train` (the
+labels), or `train_jpeg` (the JPEG files' bytes, concatenated), `train_offsets` (N + 1: image i is
+`train_jpeg[off[i]:off[i + 1]]`) and `y_train`; row i is the i-th example in the order of tfds's keys (the
+official CIFAR order for the official files, as `keras.datasets.cifar10.load_data()` returns them). A split string
+selects the same examples, in the same order, from it as from tfds (`test[:1000]`, `train[45000:]`,
+`train[:90%]`): `tfds_order` sorts the rows as tfds's prepared files hold them before the slice is taken. The
+file's own order would give the first rows of whatever order it was written in: `test[:1000]` of a class-sorted
+test split is one class.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import logging
 import re
@@ -29,22 +39,21 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from resnet_jax import input_pipeline, parallel, storage
 
 PAD = input_pipeline.PAD
-_SPLIT = re.compile(r"^(train|test)(?:\[(-?\d*):(-?\d*)\])?$")
+_SPLIT = re.compile(r"^(train|test)(?:\[(-?\d*%?):(-?\d*%?)\])?$")
 
 
-def _decode_jpegs(buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-  from PIL import Image  # Pillow decodes these JPEGs to exactly the tfds pixels (../shared/data/README.md)
+def _decode_jpegs(buf: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+  from PIL import Image  # Pillow made the tfds copy's pixels from these JPEGs: it gives them exactly (tested)
 
   return np.stack(
-      [
-          np.asarray(Image.open(io.BytesIO(buf[offsets[i] : offsets[i + 1]].tobytes())).convert("RGB"))
-          for i in range(len(offsets) - 1)
-      ]
+      [np.asarray(Image.open(io.BytesIO(buf[offsets[i] : offsets[i + 1]].tobytes())).convert("RGB")) for i in rows]
   )
 
 
 @functools.lru_cache(maxsize=4)
-def _load_npz(path: str, which: str) -> input_pipeline.ArrayData:
+def _load_npz(path: str, which: str) -> tuple[dict, np.ndarray]:
+  """A split's arrays as the file stores them ({'x': images} or {'jpeg', 'offsets'}) and its labels: the rows a
+  split string selects are decoded afterwards, so that `test[:1000]` decodes 1,000 JPEGs, not 10,000."""
   storage.check_supported(path)
   if not storage.path(path).exists():
     raise input_pipeline.DataNotFoundError(
@@ -53,17 +62,46 @@ def _load_npz(path: str, which: str) -> input_pipeline.ArrayData:
     )
   with storage.path(path).open("rb") as f, np.load(f) as z:
     if f"x_{which}" in z:
-      images = np.asarray(z[f"x_{which}"], np.uint8)
+      stored = {"x": np.asarray(z[f"x_{which}"], np.uint8)}
     elif f"{which}_jpeg" in z:
-      images = _decode_jpegs(z[f"{which}_jpeg"], z[f"{which}_offsets"])
+      stored = {"jpeg": z[f"{which}_jpeg"], "offsets": z[f"{which}_offsets"]}
     else:
       raise input_pipeline.SplitError(f"{path} holds neither x_{which} nor {which}_jpeg (it has {sorted(z.files)})")
-    labels = np.asarray(z[f"y_{which}"], np.int32)
-  return input_pipeline.ArrayData(images, labels)
+    labels = np.asarray(z[f"y_{which}"], np.int32).reshape(-1)  # keras's labels are [N, 1]
+  return stored, labels
+
+
+def tfds_order(split: str, n: int) -> np.ndarray:
+  """Rows 0..n-1 of a split in the order of tfds's prepared files, computed without TensorFlow.
+
+  tfds's cifar10 and cifar100 builders key the i-th example of the official files by the integer i, and its writer
+  stores a split sorted by the md5 hash of the split's name followed by the key (tensorflow_datasets/core/hashing.py;
+  the name salts the hash so that two splits are shuffled differently). tfds reads them in that order and slices
+  that order, so a .npz in key order read in this order gives any split string tfds's examples.
+  tests/test_device_input.py compares it with the prepared files.
+  """
+  salted = hashlib.md5(split.encode())
+
+  def key(i: int) -> bytes:
+    h = salted.copy()
+    h.update(str(i).encode())
+    return h.digest()  # big-endian: bytes order is tfds's integer order
+
+  return np.array(sorted(range(n), key=key), dtype=np.int64)
+
+
+def _bound(value: str, n: int) -> int | None:
+  """A slice bound as tfds reads it: examples, or a percentage rounded to the closest example."""
+  if not value:
+    return None
+  return round(float(value[:-1]) * n / 100) if value.endswith("%") else int(value)
 
 
 def load_split(config, which: str) -> input_pipeline.ArrayData:
-  """The train or eval split, from config.data_file when given, else as input_pipeline loads it (tfds)."""
+  """The train or eval split, from config.data_file when given, else as input_pipeline loads it (tfds).
+
+  From a data_file, the split string selects what it selects in tfds (see tfds_order).
+  """
   if not config.get("data_file") or config.dataset == "fake":
     return input_pipeline.load_split(config, which)
   split = config.train_split if which == "train" else config.eval_split
@@ -71,12 +109,20 @@ def load_split(config, which: str) -> input_pipeline.ArrayData:
   if not m:
     raise input_pipeline.SplitError(
         f"split {split!r} is not supported with data_file: use train, test, or a slice "
-        "such as train[:45000] / train[45000:]"
+        "such as train[:45000] / train[45000:] / test[:10%]"
     )
   name, lo, hi = m.groups()
-  data = _load_npz(storage.name(config.data_file), name)
-  sl = slice(int(lo) if lo else None, int(hi) if hi else None)
-  return input_pipeline.ArrayData(data.images[sl], data.labels[sl])
+  stored, labels = _load_npz(storage.name(config.data_file), name)
+  n = len(labels)
+  start, stop = _bound(lo, n), _bound(hi, n)
+  rows = tfds_order(name, n)[start:stop]
+  if any(b is not None and abs(b) > n for b in (start, stop)) or not len(rows):
+    raise input_pipeline.SplitError(
+        f"split {split!r} does not fit the {n} examples of {name!r} in {config.data_file}: it must select at least "
+        f"one of them and reach no further than {n}"
+    )
+  images = stored["x"][rows] if "x" in stored else _decode_jpegs(stored["jpeg"], stored["offsets"], rows)
+  return input_pipeline.ArrayData(images, labels[rows])
 
 
 class DeviceData:

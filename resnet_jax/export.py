@@ -16,10 +16,12 @@ The network is the plain XLA formulation (never the CPU plan's oneDNN custom cal
 - savedmodel: a folder with the signature `serving_default` (input `images`, output `probabilities` or `logits`),
   made by jax2tf (the network as an XlaCallModule op, its weights as variables): TensorFlow, TF Serving.
 - onnx: one file through jax2onnx (input `images`, output `probabilities` or `logits`, a symbolic batch
-  dimension), checked with onnxruntime against the network before it is written. jax2onnx handles the CIFAR nets
-  with option A or C shortcuts; it cannot convert ImageNet nets (its flax max-pool replacement takes no explicit
-  padding) and makes graphs onnxruntime rejects for option-B nets (identity and projection shortcuts mixed): such
-  an export stops with an error naming the other two formats, and writes nothing.
+  dimension, the class names as JSON in the metadata: `json.loads(session.get_modelmeta().custom_metadata_map
+  ["class_names"])` in onnxruntime), checked with onnxruntime against the network before it is written; it loads
+  without warnings. The converter's own output (jax2onnx prints a line per convolution) is silenced; `-v 1`
+  (absl's --verbosity=1) shows it. jax2onnx handles the CIFAR nets (shortcut options A, B and C); it cannot
+  convert ImageNet nets (its flax max-pool replacement takes no explicit padding): such an export stops with an
+  error naming the other two formats, and writes nothing.
 
 OUT may be a local path in a folder that exists or a cloud URL (gs://...); an existing OUT is kept unless
 --overwrite. Both are checked before the checkpoint is loaded; without --format the command lists the formats.
@@ -131,29 +133,47 @@ def to_savedmodel(serve, config, variables, folder: str, *, output_name: str) ->
 
 
 def to_onnx(serve, config, *, output_name: str) -> bytes:
+  import contextlib
+  import io
+  import json
   import logging
 
   import jax2onnx
+  import onnx
   import onnxruntime
+  from absl import logging as absl_logging
 
-  # jax2onnx logs a warning with a traceback for each of its plugins for other libraries (dm_pix, equinox) that
-  # does not import with this JAX; none of them concerns a ResNet.
-  logging.getLogger("jax2onnx").setLevel(logging.ERROR)
+  from resnet_jax import predict
 
+  quiet = absl_logging.get_verbosity() < absl_logging.DEBUG  # -v 1 asks for the converter's own output
+  if quiet:
+    # jax2onnx logs a warning with a traceback for each of its plugins for other libraries (dm_pix, equinox) that
+    # does not import with this JAX; none of them concerns a ResNet.
+    logging.getLogger("jax2onnx").setLevel(logging.ERROR)
   try:
-    model = jax2onnx.to_onnx(
-        serve,
-        [_input_spec(config, "batch")],
-        opset=ONNX_OPSET,
-        input_names=["images"],
-        output_names=[output_name],
-    ).SerializeToString()
+    # jax2onnx 0.13's flax Conv plugin print()s "DEBUG: ..." lines (the module's attributes) for every convolution.
+    with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+      model = jax2onnx.to_onnx(
+          serve,
+          [_input_spec(config, "batch")],
+          opset=ONNX_OPSET,
+          input_names=["images"],
+          output_names=[output_name],
+      )
   except Exception as e:  # noqa: BLE001 - any failure inside the converter
     raise ExportError(
         f"jax2onnx {importlib.metadata.version('jax2onnx')} cannot convert this network "
-        f"({type(e).__name__}: {errors.one_line(e, 200)}); it handles CIFAR nets with option A or C shortcuts, "
-        "not ImageNet nets: export this workdir with --format=savedmodel or --format=stablehlo"
+        f"({type(e).__name__}: {errors.one_line(e, 200)}); it handles the CIFAR nets, not ImageNet "
+        "nets: export this workdir with --format=savedmodel or --format=stablehlo"
     ) from None
+  # jax2onnx declares the activations it moves to NCHW around each convolution with their NHWC shapes: onnxruntime
+  # warns about each one (MergeShapeInfo) at every load, and rejected the graphs of option-B nets, whose shortcuts
+  # add such activations. ONNX's shape inference declares them again from the graph.
+  del model.graph.value_info[:]
+  model = onnx.shape_inference.infer_shapes(model)
+  # The names of the outputs' classes travel with the file, in the order of the outputs.
+  model.metadata_props.add(key="class_names", value=json.dumps(predict.class_labels(config)))
+  model = model.SerializeToString()
   # onnxruntime checks the graph's shapes when it loads it; then the graph must compute the network's function
   # (within float32 reordering) on a small batch of random pixels.
   images = np.random.default_rng(0).integers(0, 256, (2, config.image_size, config.image_size, 3), np.uint8)
@@ -166,9 +186,8 @@ def to_onnx(serve, config, *, output_name: str) -> bytes:
     problem = None if difference <= ONNX_TOLERANCE else f"its outputs differ from the network's by {difference:.2g}"
   if problem:
     raise ExportError(
-        f"jax2onnx {importlib.metadata.version('jax2onnx')} made an ONNX graph, but {problem}; jax2onnx gets nets "
-        "with both identity and projection shortcuts (shortcut option B, every ImageNet net) wrong: export this "
-        "workdir with --format=savedmodel or --format=stablehlo"
+        f"jax2onnx {importlib.metadata.version('jax2onnx')} made an ONNX graph, but {problem}: export this workdir "
+        "with --format=savedmodel or --format=stablehlo"
     )
   return model
 

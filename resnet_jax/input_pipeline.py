@@ -352,11 +352,23 @@ def eval_batches(
 
 
 def log_data_summary(config, train: ArrayData, evaluation: ArrayData):
+  """One line with each split's size and how evenly its classes are represented: a split that holds one class
+  (the first rows of a class-sorted file) shows at start-up, not as a strange test error hours later."""
   logging.info(
-      "data: %s train %r = %d examples, eval %r = %d examples",
+      "data: %s train %r = %d examples %s, eval %r = %d examples %s",
       config.dataset,
       config.train_split,
       len(train),
+      _class_counts(train.labels),
       config.eval_split,
       len(evaluation),
+      _class_counts(evaluation.labels),
   )
+
+
+def _class_counts(labels: np.ndarray) -> str:
+  counts = np.bincount(labels)
+  counts = counts[counts > 0]
+  if not len(counts):
+    return "(none)"
+  return f"of {len(counts)} class{'es' if len(counts) != 1 else ''} ({counts.min()} to {counts.max()} per class)"

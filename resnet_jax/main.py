@@ -1,6 +1,6 @@
 """Trains a network: python -m resnet_jax.main --config=RECIPE --workdir=DIR [--config.FIELD=VALUE ...]
 
-    python -m resnet_jax.main --config=cifar20 --workdir=runs/cifar20 --config.data_dir=../shared/data/tfds
+    python -m resnet_jax.main --config=cifar20 --workdir=runs/cifar20   # tfds: $TFDS_DATA_DIR or ~/tensorflow_datasets
     python -m resnet_jax.main --config=cifar20 --config.num_train_steps=2000 --print_config   # see, train nothing
 
 --config is a recipe's name (the files of configs/, listed under --config below; `imagenet_torchvision:50`

@@ -29,7 +29,7 @@ import numpy as np
 
 from resnet_jax import errors, rundir, storage
 
-# The paper's errors (../shared/PAPER.md); ours are measured, these are only printed beside them.
+# The paper's errors (docs/paper.md); ours are measured, these are only printed beside them.
 PAPER_CIFAR_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
 # ImageNet top-1 error, 10-crop (Tables 2 and 3): (residual, depth, shortcut) -> error; plain nets have no shortcut.
 PAPER_IMAGENET_TOP1_10CROP = {

@@ -22,7 +22,7 @@ from ml_collections import config_flags
 
 from resnet_jax import models
 
-# The paper's figures (../shared/PAPER.md); ours are computed, these are only shown beside them.
+# The paper's figures (docs/paper.md); ours are computed, these are only shown beside them.
 PAPER_CIFAR_PARAMS_M = {20: 0.27, 32: 0.46, 44: 0.66, 56: 0.85, 110: 1.7, 1202: 19.4}
 PAPER_IMAGENET_MULT_ADDS_G = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}
 TORCHVISION_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}

@@ -22,7 +22,9 @@ import io
 import tarfile
 from pathlib import Path
 
-SAMPLE_DIR = Path(__file__).parents[1] / ".." / "shared" / "data" / "imagenet-sample"
+from helpers import SHARED_DATA
+
+SAMPLE_DIR = SHARED_DATA / "imagenet-sample"
 NUM_TRAIN_CLASSES = 6
 TRAIN_PER_CLASS = 5
 NUM_VAL = 20

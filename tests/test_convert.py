@@ -17,10 +17,10 @@ import pytest
 import torch
 import torchvision
 
-from helpers import REPO, evaluate_in_process, numpy_state, random_torchvision, run_cli, train_in_process
+from helpers import SHARED_DATA, evaluate_in_process, numpy_state, random_torchvision, run_cli, train_in_process
 from resnet_jax import config_lib, convert, models
 
-SAMPLES = REPO / ".." / "shared" / "data" / "imagenet-sample"
+SAMPLES = SHARED_DATA / "imagenet-sample"
 
 
 def our_logits(model_config, variables, x, **overrides):

@@ -1,6 +1,7 @@
 """input_backend='device': same augmentation and normalisation as tf.data, exact resume, TF-free import path."""
 
 import os
+import re
 import textwrap
 
 import jax
@@ -22,6 +23,7 @@ from helpers import (
 from resnet_jax import config_lib, device_input, input_pipeline, parallel
 
 MAIN = "resnet_jax.main"
+NPZ = str(SHARED_DATA / "cifar10_jpeg_bytes.npz")
 
 
 def _coord_images(n=16, size=32):
@@ -142,20 +144,67 @@ def test_device_batches_spanning_epochs_are_a_function_of_the_step():
     np.testing.assert_array_equal(np.asarray(fresh.batch(s)["label"]), labels[40 * s : 40 * (s + 1)])
 
 
-def test_npz_decodes_to_the_tfds_pixels(tfds_dir):
+def test_tfds_order_is_the_order_of_the_prepared_files(tfds_dir):
+  """device_input.tfds_order (no TensorFlow) lists each split's official indices in the order of the ids in
+  tfds's prepared cifar10 files."""
+  import tensorflow_datasets as tfds
+
+  builder = tfds.builder("cifar10", data_dir=tfds_dir)
+  for split in ("train", "test"):
+    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    ids = np.concatenate(list(tfds.as_numpy(ds.map(lambda x: x["id"]).batch(10_000))))
+    official = [int(i.decode().split("_")[1]) for i in ids]
+    np.testing.assert_array_equal(device_input.tfds_order(split, len(official)), official)
+
+
+@pytest.mark.parametrize("split", ["test[:1000]", "train[45000:]", "test[-5%:]"])
+def test_a_split_string_selects_the_same_examples_on_every_input(tfds_dir, split):
+  """tf.data, device input from tfds and device input from the .npz (what inputs.Data loads for each): the same
+  examples in the same order, pixel for pixel. The .npz's test split is sorted by class; its first 1,000 rows
+  were once test[:1000], all airplanes."""
+  loaded = []
+  for backend, data_file in (("tfdata", None), ("device", None), ("device", NPZ)):
+    config = config_lib.cifar(20)
+    config.input_backend, config.data_dir, config.data_file, config.eval_split = backend, tfds_dir, data_file, split
+    loaded.append((device_input if backend == "device" else input_pipeline).load_split(config, "eval"))
+  tfdata, *others = loaded
+  assert len(np.unique(tfdata.labels)) == 10
+  for data in others:
+    np.testing.assert_array_equal(data.labels, tfdata.labels)
+    np.testing.assert_array_equal(data.images, tfdata.images)
+
+
+def test_npz_split_errors_name_the_limits():
   config = config_lib.cifar(20)
-  config.data_file = str(SHARED_DATA / "cifar10_jpeg_bytes.npz")
-  config.data_dir = tfds_dir
-  config.eval_split = "test[:500]"
-  ours = device_input.load_split(config, "eval")
-  theirs = input_pipeline.load_split(config, "eval")
-  assert len(ours) == 500
-  # tfds shuffles examples when it writes, so compare as sets of (image, label).
-  key = lambda d: sorted(zip(map(bytes, d.images.reshape(len(d), -1)), d.labels.tolist()))
-  full = input_pipeline._load_tfds_split("cifar10", "test", tfds_dir)
-  full_keys = set(zip(map(bytes, full.images.reshape(len(full), -1)), full.labels.tolist()))
-  assert all(k in full_keys for k in key(ours))
-  del theirs
+  config.input_backend, config.data_file = "device", NPZ
+  for split in ("test[:20000]", "test[5:5]", "validation"):
+    config.eval_split = split
+    with pytest.raises(input_pipeline.SplitError, match=f"split {re.escape(repr(split))}"):
+      device_input.load_split(config, "eval")
+
+
+def test_notebooks_fallback_run_evaluates_on_every_class(tfds_dir, tmp_path):
+  """The command of notebooks/tour.ipynb's own run with TOUR_DATA_FILE (CIFAR-10 from the .npz, test[:1000]): its
+  log line counts tfds's classes of test[:1000], and the run evaluates those 1,000 examples."""
+  config = config_lib.cifar(20)
+  config.data_dir, config.eval_split = tfds_dir, "test[:1000]"
+  counts = np.bincount(input_pipeline.load_split(config, "eval").labels)
+  proc = run_cli(
+      MAIN,
+      "--config=cifar20",
+      f"--workdir={tmp_path / 'run'}",
+      "--config.input_backend=device",
+      f"--config.data_file={NPZ}",
+      "--config.eval_split=test[:1000]",
+      "--config.train_split=train[:256]",
+      *[a for a in SMALL if not a.startswith(("--config.dataset", "--config.fake", "--config.input_backend"))],
+      "--config.num_train_steps=2",
+      "--config.eval_every_steps=2",
+  )
+  assert (
+      f"eval 'test[:1000]' = 1000 examples of 10 classes ({counts.min()} to {counts.max()} per class)" in proc.stderr
+  ), proc.stderr[-3000:]
+  assert read_metrics(tmp_path / "run")[-1]["eval_count"] == 1000
 
 
 def _args(wd, steps, steps_per_call=1):

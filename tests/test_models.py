@@ -1,4 +1,4 @@
-"""Architecture tests: parameter counts, multiply-adds, shapes and shortcuts against ../shared/PAPER.md."""
+"""Architecture tests: parameter counts, multiply-adds, shapes and shortcuts against docs/paper.md."""
 
 import functools
 import json

@@ -1,24 +1,23 @@
-"""notebooks/tour.ipynb runs top to bottom (nbclient), training its own small run on the shared CIFAR-10."""
+"""notebooks/tour.ipynb runs top to bottom (nbclient), training its own small run on real CIFAR-10 (from tfds, where
+TFDS_DATA_DIR points, as a user's run reads it)."""
 
 import os
 
 import nbformat
 from nbclient import NotebookClient
 
-from helpers import REPO, SHARED_DATA, small_cifar_npz
+from helpers import REPO, TFDS_DIR
 
 
 def test_tour_runs_top_to_bottom(tmp_path, monkeypatch):
   path = REPO / "notebooks" / "tour.ipynb"
   notebook = nbformat.read(path, as_version=4)
   assert not any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # none committed
-  workdir, data = tmp_path / "tour", tmp_path / "data"
-  data.mkdir()  # the shared data's layout, with the first 2,048 training and 1,000 test images of its .npz
-  small_cifar_npz(data / "cifar10_jpeg_bytes.npz", n_train=2048, n_test=1000)
-  (data / "cifar10-lossless-test-samples").symlink_to(SHARED_DATA / "cifar10-lossless-test-samples")
+  workdir = tmp_path / "tour"
   monkeypatch.setenv("TOUR_WORKDIR", str(workdir))
   monkeypatch.setenv("TOUR_TRAIN_STEPS", "8")
-  monkeypatch.setenv("TOUR_SHARED_DATA", str(data))
+  monkeypatch.setenv("TFDS_DATA_DIR", str(TFDS_DIR))
+  monkeypatch.delenv("TOUR_DATA_FILE", raising=False)
   NotebookClient(
       notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
   ).execute()
@@ -41,6 +40,8 @@ def test_tour_opens_the_committed_full_recipe_run_by_default(monkeypatch):
   before = sorted(p.relative_to(pack) for p in pack.rglob("*"))
   notebook = nbformat.read(path, as_version=4)
   monkeypatch.delenv("TOUR_WORKDIR", raising=False)
+  monkeypatch.setenv("TFDS_DATA_DIR", str(TFDS_DIR))  # the test images it classifies
+  monkeypatch.delenv("TOUR_DATA_FILE", raising=False)
   NotebookClient(
       notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
   ).execute()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import REPO, read_metrics, run_cli
+from helpers import REPO, TFDS_DIR, read_metrics, run_cli
 
 SWEEP = "resnet_jax.sweep"
 
@@ -241,7 +241,7 @@ def test_experiment_sweeps_load_and_validate(tmp_path):
   from resnet_jax import sweep
 
   wd = str(tmp_path / "x")
-  sets = ["data_dir=../shared/data/tfds"]
+  sets = [f"data_dir={TFDS_DIR}"]
   deg = sweep.build_runs("experiments/degradation.py", wd, sets=sets)
   assert [s.name for s in deg] == [
       "plain20",

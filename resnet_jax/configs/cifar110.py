@@ -3,7 +3,7 @@
 Command:  python -m resnet_jax.main --config=configs/cifar110.py --workdir=runs/cifar110 \\
               --config.data_dir=DIR  # a tfds data dir holding cifar10 (default: $TFDS_DATA_DIR)
 Paper (Table 6): 6.43 (best of 5; mean 6.61 +- 0.16) % test error.
-Ours: not yet measured at the full 64k-step budget (see README.md for the runs we have made).
+Ours: not measured yet; experiments/table6.py trains it with the other Table 6 nets (experiments/README.md).
 """
 
 from resnet_jax import config_lib

@@ -3,7 +3,7 @@
 Command:  python -m resnet_jax.main --config=configs/cifar1202.py --workdir=runs/cifar1202 \\
               --config.data_dir=DIR  # a tfds data dir holding cifar10 (default: $TFDS_DATA_DIR)
 Paper (Table 6): 7.93 % test error.
-Ours: not yet measured at the full 64k-step budget (see README.md for the runs we have made).
+Ours: not measured yet (no sweep of experiments/ trains it).
 """
 
 from resnet_jax import config_lib
