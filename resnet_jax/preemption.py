@@ -48,7 +48,10 @@ class StopRequest:
       message = "second interrupt: stopped at once; the newest checkpoint is intact, rerun the command to resume"
       print(f"error: {message}", file=sys.stderr, flush=True)
       cluster.fail(INTERRUPTED, message)  # with several processes the others stop too, and this one exits
-      raise SystemExit(INTERRUPTED)  # one process: through the loop's cleanup (pending saves, the piece record)
+      # At once, from wherever the signal came (an orbax save's event loop, say): unwinding from there would print
+      # the half-done work's complaints. A checkpoint being written is in a temporary folder, never taken for one.
+      sys.stdout.flush()
+      os._exit(INTERRUPTED)
     self.signum = signum
     logging.warning(
         "received %s: finishing this step, saving a checkpoint and exiting (press Ctrl-C again to stop at once)",
