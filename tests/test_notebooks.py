@@ -8,23 +8,28 @@ from nbclient import NotebookClient
 
 from helpers import REPO, TFDS_DIR
 
+NOTEBOOK = REPO / "notebooks" / "tour.ipynb"
+
+
+def _run_tour() -> tuple[list, str]:
+  """The notebook executed top to bottom in this environment: its outputs, and the text it printed."""
+  notebook = nbformat.read(NOTEBOOK, as_version=4)
+  assert not any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # none committed
+  NotebookClient(
+      notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+  ).execute()
+  outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+  assert not [o for o in outputs if o.output_type == "error"]
+  return outputs, "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+
 
 def test_tour_runs_top_to_bottom(tmp_path, monkeypatch):
-  path = REPO / "notebooks" / "tour.ipynb"
-  notebook = nbformat.read(path, as_version=4)
-  assert not any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # none committed
   workdir = tmp_path / "tour"
   monkeypatch.setenv("TOUR_WORKDIR", str(workdir))
   monkeypatch.setenv("TOUR_TRAIN_STEPS", "8")
   monkeypatch.setenv("TFDS_DATA_DIR", str(TFDS_DIR))
   monkeypatch.delenv("TOUR_DATA_FILE", raising=False)
-  NotebookClient(
-      notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-  ).execute()
-
-  outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
-  assert not [o for o in outputs if o.output_type == "error"]
-  text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+  outputs, text = _run_tour()
   assert f"{workdir}: cifar depth 20, 8 steps" in text
   assert "parameters:   269,722   (paper: 0.27M)" in text
   images = [o for o in outputs if "image/png" in o.get("data", {})]
@@ -35,18 +40,11 @@ def test_tour_runs_top_to_bottom(tmp_path, monkeypatch):
 
 def test_tour_opens_the_committed_full_recipe_run_by_default(monkeypatch):
   """No TOUR_WORKDIR: the packed ResNet-20 run of the README's table, read as it is (nothing trained or written)."""
-  path = REPO / "notebooks" / "tour.ipynb"
   pack = REPO / "experiments" / "results" / "cifar20_resnet20"
   before = sorted(p.relative_to(pack) for p in pack.rglob("*"))
-  notebook = nbformat.read(path, as_version=4)
   monkeypatch.delenv("TOUR_WORKDIR", raising=False)
   monkeypatch.setenv("TFDS_DATA_DIR", str(TFDS_DIR))  # the test images it classifies
   monkeypatch.delenv("TOUR_DATA_FILE", raising=False)
-  NotebookClient(
-      notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-  ).execute()
-  outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
-  assert not [o for o in outputs if o.output_type == "error"]
-  text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+  _, text = _run_tour()
   assert f"{pack}: cifar depth 20, 64000 steps (" in text and "resnet_jax.main" not in text
   assert sorted(p.relative_to(pack) for p in pack.rglob("*")) == before

@@ -283,36 +283,49 @@ def test_a_run_packed_after_a_piece_resumes_exactly_elsewhere(tmp_path, referenc
   assert (here / "checkpoints" / str(stopped)).is_dir()
 
 
+class _Watched:
+  """`python -m resnet_jax.main ARGS` with its stderr read as it comes: `seen` is set at the first line holding
+  `marker`; `finish()` waits for the exit and returns all of stderr."""
+
+  def __init__(self, args, marker: str):
+    import threading
+
+    self.proc = subprocess.Popen(
+        [sys.executable, "-m", MAIN, *map(str, args)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    self.lines, self.seen = [], threading.Event()
+    self.reader = threading.Thread(target=self._read, args=(marker,), daemon=True)
+    self.reader.start()
+
+  def _read(self, marker):
+    for line in self.proc.stderr:
+      self.lines.append(line)
+      if marker in line:
+        self.seen.set()
+
+  def text(self) -> str:
+    return "".join(self.lines)
+
+  def finish(self) -> str:
+    self.proc.wait(timeout=600)
+    self.reader.join(60)
+    return self.text()
+
+
 def test_second_ctrl_c_stops_at_once_with_one_line(tmp_path):
   """The second Ctrl-C is sent as soon as the first is acknowledged, while the run finishes its step and saves."""
-  import threading
-
   wd = tmp_path / "interrupted"
-  proc = subprocess.Popen(
-      [sys.executable, "-m", MAIN, *small_run_args(wd, steps=100_000)],
-      cwd=REPO,
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE,
-      text=True,
-  )
-  lines, acknowledged = [], threading.Event()
-
-  def read():
-    for line in proc.stderr:
-      lines.append(line)
-      if "received SIGINT" in line:
-        acknowledged.set()
-
-  reader = threading.Thread(target=read, daemon=True)
-  reader.start()
-  assert _wait_for_rows(proc, wd, 3), "the run ended before the signal"
-  proc.send_signal(signal.SIGINT)
-  assert acknowledged.wait(60), "".join(lines)[-3000:]
-  proc.send_signal(signal.SIGINT)
-  proc.wait(timeout=600)
-  reader.join(60)
-  err = "".join(lines)
-  assert proc.returncode == 130, err[-3000:]
+  run = _Watched(small_run_args(wd, steps=100_000), marker="received SIGINT")
+  assert _wait_for_rows(run.proc, wd, 3), "the run ended before the signal"
+  run.proc.send_signal(signal.SIGINT)
+  assert run.seen.wait(60), run.text()[-3000:]
+  run.proc.send_signal(signal.SIGINT)
+  err = run.finish()
+  assert run.proc.returncode == 130, err[-3000:]
   assert "Traceback" not in err and [line for line in err.splitlines() if line.startswith("error:")] == [
       "error: second interrupt: stopped at once; the newest checkpoint is intact, rerun the command to resume"
   ], err[-3000:]
@@ -322,39 +335,22 @@ def test_a_signal_is_answered_at_the_next_call_not_at_the_next_logged_step(tmp_p
   """ResNet-20 on real CIFAR-10 through tf.data, logged, evaluated and saved every 400 steps: the steps take longer
   than the input, so a host free to run ahead is at step 400 when the signal is handled, and stops there (a minute
   later); with at most one call queued, it stops a call or two after the signal."""
-  import threading
-
-  wd = tmp_path / "far_log"
   args = [
       "--config=configs/cifar20.py",
-      f"--workdir={wd}",
+      f"--workdir={tmp_path / 'far_log'}",
       f"--config.data_dir={TFDS_DIR}",
       "--config.eval_split=test[:100]",
       "--config.steps_per_call=4",
       *[f"--config.{f}=400" for f in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps")],
   ]
-  proc = subprocess.Popen(
-      [sys.executable, "-m", MAIN, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-  )
-  lines, training = [], threading.Event()
-
-  def read():
-    for line in proc.stderr:
-      lines.append(line)
-      if "training steps 1 to 64000" in line:
-        training.set()
-
-  reader = threading.Thread(target=read, daemon=True)
-  reader.start()
-  assert training.wait(300), "".join(lines)[-3000:]
+  run = _Watched(args, marker="training steps 1 to 64000")
+  assert run.seen.wait(300), run.text()[-3000:]
   time.sleep(10)  # compiled, and a few calls run
-  proc.send_signal(signal.SIGTERM)
+  run.proc.send_signal(signal.SIGTERM)
   signalled = time.monotonic()
-  proc.wait(timeout=600)
+  err = run.finish()
   waited = time.monotonic() - signalled
-  reader.join(60)
-  err = "".join(lines)
-  assert proc.returncode == 75, err[-3000:]
+  assert run.proc.returncode == 75, err[-3000:]
   stopped = int(re.search(r"stopped by a signal after step (\d+)", err).group(1))
   # A call of 4 steps takes 1-2 s here even beside another process; the host, left to run ahead, had queued some
   # 200 steps (50 s and more on this project's machines) that the devices had to finish before the checkpoint.
