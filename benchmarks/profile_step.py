@@ -310,7 +310,9 @@ def main(argv):
   threads = cpu.usable_cpus()
   peak = _PEAK.value or measure_peak_gflops(threads)
   bandwidth = measure_bandwidth_gbs(threads) if _BANDWIDTH.value else None
-  result = breakdown(_CONFIG.value, _CALLS.value, _WARMUP.value, peak, bandwidth)
+  from resnet_jax import config_lib
+
+  result = breakdown(config_lib.resolve(_CONFIG.value), _CALLS.value, _WARMUP.value, peak, bandwidth)
   print(json.dumps(result) if _JSON.value else format_table(result))
 
 

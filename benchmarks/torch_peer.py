@@ -60,23 +60,9 @@ def build_torch_model(model_config):
   shortcut, placement, residual = flax_model.shortcut, flax_model.stride_placement, flax_model.residual
   bn = lambda c: nn.BatchNorm2d(c, eps=flax_model.bn_epsilon, momentum=1.0 - flax_model.bn_momentum)
 
-  same_padding = flax_model.conv_padding == "same"
-
-  class Conv(nn.Conv2d):
-    """PyTorch's own k x k convolution, padding k // 2 on each side (model.conv_padding='symmetric', the paper's);
-    for the legacy 'same' an explicit F.pad as flax's 'SAME' (0 before and 1 after for stride 2 on an even size)."""
-
-    def __init__(self, i, o, k, s):
-      super().__init__(i, o, k, stride=s, padding=0 if (s > 1 and same_padding) else k // 2, bias=False)
-      self.k, self.s = k, s
-
-    def forward(self, x):
-      if self.s > 1 and same_padding:
-        total = max((-(-x.shape[-1] // self.s) - 1) * self.s + self.k - x.shape[-1], 0)
-        x = nn.functional.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2))
-      return super().forward(x)
-
-  conv = Conv
+  def conv(i, o, k, s):
+    """PyTorch's own k x k convolution, padding k // 2 on each side, as ours (resnet_jax.models.padded_conv)."""
+    return nn.Conv2d(i, o, k, stride=s, padding=k // 2, bias=False)
 
   class Shortcut(nn.Module):
 
@@ -451,7 +437,7 @@ def main(argv):
   if f["window_warmup"] < 0:
     raise app.UsageError(f"--window_warmup={f['window_warmup']}: use 0 or more untimed steps per window")
   # As the training loop does; one process, so PyTorch runs with the same malloc settings as ours.
-  cli.start(f["config"], restart=__name__ == "__main__")
+  f["config"] = cli.start(f["config"], restart=__name__ == "__main__")
   benchmark._set_cpu_devices(f["cpu_devices"])
   import torch
 

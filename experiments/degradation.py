@@ -24,7 +24,7 @@ paper's first 32k iterations are), evaluated on the first 1,000 test images ever
         --set=num_train_steps=150 --set=lr_decay_factor=1.0 '--set=eval_split=test[:1000]' \\
         --set=log_every_steps=10 --set=eval_every_steps=50 --set=checkpoint_every_steps=50
     for r in plain20 plain56 resnet20 resnet56; do
-      python -m resnet_jax.analyze --workdir=runs/degradation_cpu/$r
+      python -m resnet_jax.layer_responses --workdir=runs/degradation_cpu/$r
     done
     python -m resnet_jax.report runs/degradation_cpu --out=experiments/results/degradation_cpu
 

@@ -16,7 +16,7 @@ What it matches (each read from the same ml_collections config, `--config.FIELD=
   (all parameters with weight_decay_bn_and_bias, else only the convolution and dense kernels), which is optax's
   add_decayed_weights followed by sgd; the learning rate of each update set from `learning_rate(config, step)`, our
   optax schedule written out (warm-up, then step or cosine decay; tests/test_torch_twin.py compares the two).
-* The data: the same decoded uint8 pixels (resnet_jax.input_pipeline.load_split: tfds from config.data_dir,
+* The data: the same decoded uint8 pixels (resnet_jax.data.cifar.load_split: tfds from config.data_dir,
   config.train_split and config.eval_split), normalised by our Normalizer of the training split's statistics
   (config.normalization; 'pixel_mean' is x / 255 minus the per-pixel mean image, no division), then padded by 4
   zeros *after* normalisation (the mean image in pixel terms), a 32x32 crop at offsets uniform in 0..8 and a
@@ -74,7 +74,8 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import numpy as np  # noqa: E402
 import torch_peer  # noqa: E402
-from resnet_jax import config_lib, errors, input_pipeline, pieces, rundir  # noqa: E402
+from resnet_jax import config_lib, errors, pieces, rundir  # noqa: E402
+from resnet_jax.data import cifar  # noqa: E402
 
 STATE = "state.pt"  # WORKDIR/checkpoints/<step>/state.pt
 FRAMEWORK = "pytorch"
@@ -89,7 +90,7 @@ class TwinError(errors.UserError, ValueError):
 def check_supported(config) -> None:
   """Refuses configs whose training the twin would not reproduce, each with its reason."""
   problems = []
-  if config.dataset not in input_pipeline.CIFAR_DATASETS + ("fake",):
+  if config.dataset not in cifar.CIFAR_DATASETS + ("fake",):
     problems.append(f"dataset={config.dataset!r}: the twin trains the in-memory data sets cifar10, cifar100, fake")
   if config.half_precision:
     problems.append("half_precision=True: the twin trains in float32 only; set --config.half_precision=False")
@@ -165,7 +166,7 @@ class TrainBatches:
   numpy generator keyed by (seed, epoch); the batches read the epochs' orders one after another, so that a batch
   may end one epoch and begin the next. Crop offsets and flips come from a generator keyed by (seed, step)."""
 
-  def __init__(self, config, data: input_pipeline.ArrayData, norm: input_pipeline.Normalizer):
+  def __init__(self, config, data: cifar.ArrayData, norm: cifar.Normalizer):
     self.data, self.norm = data, norm
     self.seed, self.batch = int(config.seed), int(config.batch_size)
     self._orders = {}
@@ -188,11 +189,11 @@ class TrainBatches:
   def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     idx = self.indices(step)
     rng = np.random.default_rng([self.seed, 1, step])
-    offsets = rng.integers(0, 2 * input_pipeline.PAD + 1, size=(self.batch, 2))
+    offsets = rng.integers(0, 2 * cifar.PAD + 1, size=(self.batch, 2))
     flips = rng.integers(0, 2, size=self.batch).astype(bool)
     x = self.norm(self.data.images[idx])
     b, h, w, _ = x.shape
-    pad = input_pipeline.PAD
+    pad = cifar.PAD
     x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))  # zeros after normalisation: the mean image
     rows = offsets[:, 0, None] + np.arange(h)
     cols = offsets[:, 1, None] + np.arange(w)
@@ -202,7 +203,7 @@ class TrainBatches:
 
 
 @torch.no_grad()
-def evaluate(net, data: input_pipeline.ArrayData, norm, batch_size: int) -> dict:
+def evaluate(net, data: cifar.ArrayData, norm, batch_size: int) -> dict:
   """Every example of the split once (the last batch is simply shorter), BN with its running statistics."""
   net.eval()
   loss = wrong = 0.0
@@ -284,11 +285,8 @@ def check_workdir(run: rundir.RunDir, config) -> dict | None:
     )
   stored = run.read_config()
   if stored is not None:
-    a, b = config_lib.flatten(stored), config_lib.flatten(_config_json(config))
     diffs = [
-        f"{k}: workdir {a.get(k)!r}, this run {b.get(k)!r}"
-        for k in sorted(set(a) | set(b))
-        if k not in config_lib.BOOKKEEPING_FIELDS and a.get(k) != b.get(k)
+        f"{k}: workdir {a!r}, this run {b!r}" for k, a, b in config_lib.differences(config_lib.fill(stored), config)
     ]
     if diffs:
       raise TwinError(
@@ -380,11 +378,11 @@ def train_step(net, opt, images, labels, lr: float, step: int) -> tuple[float, f
 
 def train_and_evaluate(config, workdir: str, *, deadline: float | None = None) -> dict:
   """Trains the twin (resuming from the workdir's newest checkpoint), evaluates, and writes the workdir's files;
-  returns results.json's content. `deadline` (a time.time(), from --stop_after): stop as on SIGTERM after it."""
+  returns results.json's content. `config` is resolved (cli.start). `deadline` (a time.time(), from --stop_after):
+  stop as on SIGTERM after it."""
   from resnet_jax import preemption
 
   t_start = time.time()
-  config = config_lib.resolve(config)
   check_supported(config)
   run = rundir.RunDir(workdir)
   if run.is_url:
@@ -401,14 +399,14 @@ def train_and_evaluate(config, workdir: str, *, deadline: float | None = None) -
     )
     return finished
 
-  train_data = input_pipeline.load_split(config, "train")
-  eval_data = input_pipeline.load_split(config, "eval")
+  train_data = cifar.load_split(config, "train")
+  eval_data = cifar.load_split(config, "eval")
   if config.batch_size > len(train_data):
     raise config_lib.ConfigError(
         [f"batch_size={config.batch_size} exceeds the {len(train_data)} training examples of {config.train_split!r}"]
     )
-  norm = input_pipeline.normalizer(config, train_data)
-  input_pipeline.log_data_summary(config, train_data, eval_data)
+  norm = cifar.normalizer(config, train_data)
+  cifar.log_data_summary(config, train_data, eval_data)
   batches = TrainBatches(config, train_data, norm)
 
   saved = checkpoint_steps(run)

@@ -19,12 +19,6 @@ Measures, on the devices JAX sees:
   memory (`memory_stats()['peak_bytes_in_use']`, null on CPU);
 * the compiled step's FLOPs (XLA cost analysis) and the achieved FLOP/s.
 
-`--jpeg_dir=DIR` measures instead, without a config, the ImageNet training preprocessing alone (JPEG decode of the
-crop window + augmentation + normalisation, resnet_jax.imagenet_images.train_image) on the JPEG files of DIR, in
-img/s per tf.data thread count of `--threads` and per augmentation of `--augmentation` (one JSON line each):
-
-    python -m resnet_jax.benchmark --jpeg_dir=DIR [--threads=1,2] [--seconds=20] [--augmentation=paper,inception]
-
 `--compare_steps_per_call=1,4` measures instead the train img/s of each config.steps_per_call value given, with
 their windows interleaved in one process, and the ratios to the first.
 
@@ -33,7 +27,8 @@ and the jax / flax versions. On CPU the device count can be raised before JAX st
 (the same as XLA_FLAGS=--xla_force_host_platform_device_count=N); the global batch is then split over N
 devices (same mathematics: BN statistics stay global with config.bn_sync=True).
 
-Results of this machine: benchmarks/RESULTS.md. The PyTorch peer comparison: benchmarks/torch_peer.py.
+Results of this machine: benchmarks/RESULTS.md. The PyTorch peer comparison: benchmarks/torch_peer.py; the ImageNet
+JPEG preprocessing alone: benchmarks/imagenet_preprocessing.py.
 """
 
 from __future__ import annotations
@@ -76,16 +71,6 @@ def define_flags():
               None,
               "Instead of the measurements above: train img/s for each of these "
               "config.steps_per_call values (e.g. 1,4), their timed windows interleaved in one process.",
-          ),
-          "jpeg_dir": flags.DEFINE_string(
-              "jpeg_dir",
-              None,
-              "Instead of the measurements above: the ImageNet training preprocessing's img/s on the JPEGs of DIR.",
-          ),
-          "threads": flags.DEFINE_list("threads", ["1"], "With --jpeg_dir: tf.data thread counts to measure."),
-          "seconds": flags.DEFINE_float("seconds", 20.0, "With --jpeg_dir: timed seconds per measurement."),
-          "augmentation": flags.DEFINE_list(
-              "augmentation", ["paper", "inception"], "With --jpeg_dir: the augmentations to measure."
           ),
           "compilation_cache": flags.DEFINE_bool(
               "compilation_cache",
@@ -142,12 +127,6 @@ def timed_windows(fn: Callable[[], Any], *, items_per_call: int, calls: int, win
   }
 
 
-def median_rate(fn: Callable[[], Any], *, items_per_call: int, calls: int, windows: int) -> tuple[float, list]:
-  """Median items/s of `windows` windows, each `calls` back-to-back calls of fn; fn returns what to block on."""
-  r = timed_windows(fn, items_per_call=items_per_call, calls=calls, windows=windows)
-  return r["rate"], r["rates"]
-
-
 def random_batch(config, batch_size: int, seed: int, *, eval_mask: bool = False) -> dict:
   """A host batch of pre-normalised random images and labels of the config's shape."""
   import numpy as np
@@ -164,9 +143,9 @@ def random_batch(config, batch_size: int, seed: int, *, eval_mask: bool = False)
 
 
 class _HostBatches:
-  """inputs.Data's interface (`device`, `train_batch(step)`) over a few fixed host batches."""
+  """inputs.Data's interface (`draw`, `train_batch(step)`) over a few fixed host batches."""
 
-  device = None
+  draw = None  # host batches, as tf.data's
 
   def __init__(self, batches: list):
     self.batches = batches
@@ -182,8 +161,7 @@ class TrainBench:
     import jax
     from resnet_jax import config_lib, inputs, train
 
-    config = config_lib.resolve(config)  # epoch-based lengths and batch-relative learning rates, as training does
-    config_lib.validate(config)
+    config_lib.validate(config)  # with the devices, as training checks its config
     self.config = config
     self.tx = train.make_optimizer(config)
     schedule = train.make_schedule(config)
@@ -256,13 +234,13 @@ class TrainBench:
 
     jax.block_until_ready(self.compiled_steps.eval_on_batch(self.state, batch))  # compiles
     compile_s = time.perf_counter() - t0
-    rate, _ = median_rate(
+    t = timed_windows(
         lambda: self.compiled_steps.eval_on_batch(self.state, batch),
         items_per_call=self.config.eval_batch_size,
         calls=steps,
         windows=windows,
     )
-    return {"eval_images_per_sec": rate, "eval_first_call_seconds": compile_s}
+    return {"eval_images_per_sec": t["rate"], "eval_first_call_seconds": compile_s}
 
 
 def _flops(compiled) -> float | None:
@@ -292,79 +270,33 @@ def input_pipeline_rate(config, *, steps: int, windows: int) -> dict:
   """img/s of the training input alone (no model): inputs.Data, exactly as the training loop reads its batches.
 
   input_backend='tfdata': the tf.data pipeline (tfds CIFAR, fake data, or ImageNet when prepared);
-  input_backend='device': the jitted draw-and-augment of device_input.DeviceData on this host's devices.
+  input_backend='device': the jitted draw-and-augment of data.cifar_device.DeviceData on this host's devices.
   """
-  from resnet_jax import config_lib, errors, inputs, parallel
+  from resnet_jax import errors, inputs, parallel
 
-  cfg = config_lib.resolve(config)
   t0 = time.perf_counter()
   try:
-    data = inputs.Data(cfg, parallel.make_mesh())
+    data = inputs.Data(config, parallel.make_mesh())
     data.train_batch(0)  # builds the pipeline (and compiles the device draw); starts filling any prefetch buffer
   except (FileNotFoundError, RuntimeError, ValueError) as e:  # no data or no TensorFlow on this machine
     return {"input_images_per_sec": None, "input_note": f"no input pipeline: {errors.one_line(e, 400)}"}
   load_s = time.perf_counter() - t0
   counter = iter(range(1, 10**9))
   fetch = lambda: data.train_batch(next(counter))["label"]
-  if cfg.input_backend == "device":
-    source = f"device ({cfg.dataset}, augmentation inside jit)"
+  if config.input_backend == "device":
+    source = f"device ({config.dataset}, augmentation inside jit)"
   else:
-    source = {"fake": "fake (random images, the same tf.data augmentation)"}.get(cfg.dataset, f"tfds {cfg.dataset}")
-  rate, _ = median_rate(fetch, items_per_call=cfg.batch_size, calls=steps, windows=windows)
-  return {"input_images_per_sec": rate, "input_source": source, "input_load_seconds": load_s}
-
-
-def imagenet_preprocessing_rate(
-    images_dir, *, augmentation: str, threads: int = 1, image_size: int = 224, seconds: float = 20.0, warmup: int = 200
-) -> dict:
-  """img/s of the training decode + augment + normalise on the JPEG files of `images_dir`, with `threads`
-  tf.data threads (one image per thread at a time; intra-op parallelism 1): a per-core figure for threads=1."""
-  from resnet_jax import errors
-
-  if not os.path.isdir(images_dir):
-    raise errors.NotFoundError(f"--jpeg_dir={images_dir} is not a directory; give a folder of JPEG images")
-  paths = sorted(os.path.join(images_dir, f) for f in os.listdir(images_dir) if f.upper().endswith((".JPEG", ".JPG")))
-  if not paths:
-    raise errors.NotFoundError(f"no JPEG files in {images_dir}; give --jpeg_dir a folder of JPEG images")
-  import numpy as np
-  import tensorflow as tf  # seconds to import: after the checks above
-  from resnet_jax import imagenet_images, imagenet_prepare
-
-  blobs = [open(p, "rb").read() for p in paths]
-  kwargs = dict(augmentation=augmentation, image_size=image_size)
-  ds = tf.data.Dataset.from_tensor_slices(blobs).repeat().enumerate()
-  ds = ds.map(
-      lambda i, b: imagenet_images.normalize(
-          imagenet_images.train_image(b, tf.stack([tf.constant(0, tf.int64), i]), **kwargs), "pixel_mean"
-      ),
-      num_parallel_calls=threads,
-      deterministic=True,
-  )
-  ds = ds.batch(32).prefetch(2).with_options(imagenet_prepare.dataset_options(threads))
-  it = iter(ds)
-  for _ in range(max(1, warmup // 32)):
-    next(it)
-  n, t0 = 0, time.perf_counter()
-  while time.perf_counter() - t0 < seconds:
-    next(it)
-    n += 32
-  dt = time.perf_counter() - t0
-  mean_bytes = float(np.mean([len(b) for b in blobs]))
-  return {
-      "augmentation": augmentation,
-      "threads": threads,
-      "images": n,
-      "seconds": round(dt, 2),
-      "img_per_s": round(n / dt, 1),
-      "img_per_s_per_thread": round(n / dt / threads, 1),
-      "files": len(blobs),
-      "mean_file_kB": round(mean_bytes / 1e3, 1),
-  }
+    source = {"fake": "fake (random images, the same tf.data augmentation)"}.get(
+        config.dataset, f"tfds {config.dataset}"
+    )
+  t = timed_windows(fetch, items_per_call=config.batch_size, calls=steps, windows=windows)
+  return {"input_images_per_sec": t["rate"], "input_source": source, "input_load_seconds": load_s}
 
 
 def machine_info() -> dict:
   import flax
   import jax
+  import jaxlib
 
   dev = jax.devices()[0]
   return {
@@ -377,24 +309,11 @@ def machine_info() -> dict:
       "cpu_model": pieces.cpu_model(),
       "python": platform.python_version(),
       "jax_version": jax.__version__,
-      "jaxlib_version": _jaxlib_version(),
+      "jaxlib_version": jaxlib.__version__,
       "flax_version": flax.__version__,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "load_average_1min": os.getloadavg()[0],
   }
-
-
-def _jaxlib_version():
-  try:
-    import jaxlib
-
-    return jaxlib.__version__
-  except Exception:
-    return None
-
-
-def peak_host_memory_bytes() -> int:
-  return int(pieces.peak_rss_mb() * 2**20)
 
 
 def peak_device_memory_bytes() -> int | None:
@@ -418,12 +337,12 @@ def describe(config) -> dict:
 
   m = config.model
   return {
-      "family": m.get("family", "cifar"),
+      "family": m.family,
       "depth": m.depth,
-      "residual": m.get("residual", True),
-      "shortcut": m.get("shortcut"),
-      "scan": m.get("scan", False),
-      "remat": m.get("remat", False),
+      "residual": m.residual,
+      "shortcut": m.shortcut,
+      "scan": m.scan,
+      "remat": m.remat,
       "batch_size": config.batch_size,
       "eval_batch_size": config.eval_batch_size,
       "image_size": config.image_size,
@@ -453,10 +372,8 @@ def run(
   would report the time to read an executable, not to compile it.
   """
   import jax
-  from resnet_jax import config_lib
 
   jax.config.update("jax_enable_compilation_cache", bool(compilation_cache))
-  config = config_lib.resolve(config)
   out: dict[str, Any] = {"config": describe(config)}
   bench = TrainBench(config)
   out["params"] = bench.num_params
@@ -474,7 +391,7 @@ def run(
     out.update(input_pipeline_rate(config, steps=input_steps, windows=windows))
   else:
     out.update({"input_images_per_sec": None, "input_note": "skipped (--input_steps=0)"})
-  out["peak_host_memory_bytes"] = peak_host_memory_bytes()
+  out["peak_host_memory_bytes"] = int(pieces.peak_rss_mb() * 2**20)
   out["peak_device_memory_bytes"] = peak_device_memory_bytes()
   out["machine"] = machine_info()
   out["settings"] = {
@@ -499,7 +416,6 @@ def compare_steps_per_call(config, values, *, steps: int, windows: int, warmup: 
   import jax
   from resnet_jax import config_lib
 
-  config = config_lib.resolve(config)
   configs = {}
   for v in values:
     configs[v] = c = config.copy_and_resolve_references()
@@ -602,19 +518,9 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {argv[1:]}")
   f = {k: v.value for k, v in _FLAGS.items()}
-  if f["jpeg_dir"]:
-    cli.start(restart=False)
-    with cli.user_errors():
-      for augmentation in f["augmentation"]:
-        for threads in f["threads"]:
-          r = imagenet_preprocessing_rate(
-              f["jpeg_dir"], augmentation=augmentation, threads=int(threads), seconds=f["seconds"]
-          )
-          print(json.dumps(r), flush=True)
-    return
   if f["config"] is None:
-    cli.fail("--config is required, e.g. --config=configs/cifar56.py (or --jpeg_dir=DIR)")
-  cli.start(f["config"], restart=__name__ == "__main__")
+    cli.fail("--config is required, e.g. --config=configs/cifar56.py")
+  f["config"] = cli.start(f["config"], restart=__name__ == "__main__")
   _set_cpu_devices(f["cpu_devices"])
   with cli.user_errors():
     if f["compare_steps_per_call"]:

@@ -45,13 +45,13 @@ def _free_space(directory: str) -> str:
 
 
 def model_differences(saved: dict, current: dict) -> list[str]:
-  """['model.depth: checkpoint 56, this run 20', ...]: model fields that both configs hold and that change what
-  the network computes (config_lib.BOOKKEEPING_FIELDS do not)."""
-  a, b = (config_lib.flatten({"model": c.get("model", {})}) for c in (saved, current))
+  """['model.depth: checkpoint 56, this run 20', ...]: the fields of the network (config.model) in which a stored
+  config (a checkpoint's record, results.json's), filled from its recipe as a workdir's is, and this run's differ
+  (config_lib.differences)."""
   return [
-      f"{k}: checkpoint {a[k]!r}, this run {b[k]!r}"
-      for k in sorted(set(a) & set(b))
-      if a[k] != b[k] and k not in config_lib.BOOKKEEPING_FIELDS
+      f"{k}: checkpoint {a!r}, this run {b!r}"
+      for k, a, b in config_lib.differences(config_lib.fill(saved), current)
+      if k.startswith("model.")
   ]
 
 
@@ -185,7 +185,6 @@ class Checkpointer:
         problem = f"step {step}: meta unreadable ({type(e).__name__}: {str(e)[:200]})"
       if problem is None:
         diffs = model_differences(saved, meta)
-        _check_conv_padding(saved, meta, path)
         self._check_shapes(step, abstract_state, diffs, path)
         if diffs:  # same arrays, another function (e.g. stride placement, BN epsilon, no shortcuts)
           raise CheckpointMismatchError(
@@ -261,18 +260,6 @@ def _sync(name: str) -> None:
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices(name)
-
-
-def _check_conv_padding(saved: dict, meta: dict, path: str) -> None:
-  """Refuses a checkpoint trained with other convolution padding: same shapes, but another function."""
-  was = saved.get("model", {}).get("conv_padding", config_lib.LEGACY_CONV_PADDING)
-  now = meta.get("model", {}).get("conv_padding", config_lib.LEGACY_CONV_PADDING)
-  if was != now:
-    raise CheckpointMismatchError(
-        f"the checkpoint in {path} was trained with model.conv_padding={was!r} and this run asks for {now!r}: "
-        f"the arrays fit, but the network would compute another function. Rerun with "
-        f"--config.model.conv_padding={was}, or use a new --workdir."
-    )
 
 
 def meta_for(config) -> dict:

@@ -4,7 +4,7 @@
       cli.run(main)              # instead of absl's app.run
 
     def main(argv):
-      config = cli.start(_CONFIG.value, restart=True)   # checks, huge pages for malloc, quiet library logs
+      config = cli.start(_CONFIG.value, restart=True)   # resolved and checked; huge pages for malloc, quiet logs
       with cli.user_errors():
         ...
 
@@ -153,25 +153,24 @@ def quiet_library_logs():
     handler.addFilter(_QuietLibraries())
 
 
-def start(config=None, *, restart: bool, validate: bool = True, join_cluster: bool = False):
-  """What a command does once its flags are parsed; returns the config.
+def start(config=None, *, restart: bool, join_cluster: bool = False):
+  """What a command does once its flags are parsed; returns the config resolved and checked, the one the command
+  passes on (config_lib.resolve: epochs as steps, the learning rate scaled to the batch).
 
-  The config is checked first (everything that does not need JAX's backend; one list of problems, exit 2), then
-  config.cpu.host_malloc is applied, which may restart this process once with huge pages for malloc (`restart`:
-  the command runs as __main__), so that an error is printed once and before any restart; then library logs are
-  quietened, and with `join_cluster` the process joins the job's other processes (resnet_jax.cluster; the command
-  defines cluster.define_flags()), after which only process 0 logs progress.
+  The config is resolved and checked first (everything that does not need JAX's backend; one list of problems,
+  exit 2), then config.cpu.host_malloc is applied, which may restart this process once with huge pages for malloc
+  (`restart`: the command runs as __main__), so that an error is printed once and before any restart; then library
+  logs are quietened, and with `join_cluster` the process joins the job's other processes (resnet_jax.cluster; the
+  command defines cluster.define_flags()), after which only process 0 logs progress.
   """
-  if config is not None and validate:
-    from resnet_jax import config_lib
-
-    with user_errors():
-      config_lib.validate(config_lib.resolve(config), with_devices=False)
   if config is not None:
+    from resnet_jax import config_lib
     from resnet_jax.cpu import host_malloc
 
-    host_malloc.apply((config.get("cpu") or {}).get("host_malloc", "auto"), restart=restart)
-    use_compilation_cache(config.get("compilation_cache_dir"))
+    with user_errors():
+      config = config_lib.resolve(config)
+    host_malloc.apply(config.cpu.host_malloc, restart=restart)
+    use_compilation_cache(config.compilation_cache_dir)
   quiet_library_logs()
   if join_cluster:
     from resnet_jax import cluster

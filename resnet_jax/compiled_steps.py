@@ -9,7 +9,7 @@ hold what differs (compilation, placement of states and batches, the shape of th
 
 The training loop calls `train` (n steps from a given step in one compiled call, on batches drawn on the devices
 or on n host batches stacked), `eval_on_batch`, and the state conversions; the benchmark lowers exactly those calls
-with `lower_train` (and `lower_train_on_batch`) and compiles them with `compile`.
+with `lower_train` and compiles them with `compile`.
 """
 
 from __future__ import annotations
@@ -43,14 +43,12 @@ def resolve_steps_per_call(config, platform: str) -> int:
   num_train_steps that is at most 4 on CPUs, and on GPUs and TPUs at most 100 with batches drawn on the devices
   (input_backend='device') and 1 with host batches (AUTO_STEPS_PER_CALL).
   """
-  k = int(config.get("steps_per_call", 1))
+  k = int(config.steps_per_call)
   if k:
     return k
   if config.parallelism != "jit":
     return 1
-  g = functools.reduce(
-      math.gcd, [int(config.get(f)) for f in config_lib.INTERVAL_FIELDS] + [int(config.num_train_steps)]
-  )
+  g = functools.reduce(math.gcd, [int(config[f]) for f in config_lib.INTERVAL_FIELDS] + [int(config.num_train_steps)])
   source = "device" if config.input_backend == "device" else "host"
   cap = AUTO_STEPS_PER_CALL.get(platform, AUTO_STEPS_PER_CALL_ACCELERATORS[source])
   return max(d for d in range(1, cap + 1) if g % d == 0)
@@ -72,7 +70,7 @@ def _train_steps(state, window, xs, rng, *, batch_of, step):
 def draw_and_train(state, window, source, first_step, rng, *, n: int, draw, step):
   """n training steps in one computation (config.steps_per_call), each on a batch drawn on the devices.
 
-  `draw(*source, s)` gives the images and labels of batch s (device_input.DeviceData); `step` is train_step with
+  `draw(*source, s)` gives the images and labels of batch s (inputs.Data.draw); `step` is train_step with
   its model and optimiser bound. One call per n steps is what lets a GPU run a CIFAR step without waiting for the
   host to launch it.
   """
@@ -283,7 +281,8 @@ class CompiledSteps:
 
     Returns (state, `window` merged with their metrics, their step infos stacked along a leading axis of length
     n). All n steps run in one compiled call, the metrics merged on the devices in step order: on batches drawn on
-    the devices (input_backend='device', `data.device`), or on the n host batches (tf.data, ImageNet) stacked.
+    the devices (input_backend='device': `data.draw` and `data.source`), or on the n host batches (tf.data,
+    ImageNet) stacked.
     """
     call, args = self._train_call(state, window, data, first_step, n, rng)
     if call is not self._mode.train:
@@ -294,29 +293,19 @@ class CompiledSteps:
 
   def _train_call(self, state, window, data, first_step: int, n: int, rng):
     """The compiled function that `train` calls, and its arguments placed on the devices."""
-    if data.device is not None:
-      call = self._mode.on_device_call(n, data.device.draw)
-      return call, (state, window, data.device.source(first_step, n), jnp.asarray(first_step, jnp.int32), rng)
+    if data.draw is not None:
+      call = self._mode.on_device_call(n, data.draw)
+      return call, (state, window, data.source(first_step, n), jnp.asarray(first_step, jnp.int32), rng)
     batches = [data.train_batch(first_step + i) for i in range(n)]
     if n == 1:
       return self._mode.train, (state, self._mode.place_batch(batches[0]), rng)
     return self._mode.train_many, (state, window, self._mode.place_batches(stack(batches)), rng)
-
-  def train_on_batch(self, state, local_batch, rng):
-    """One training step on this process's share of a batch; returns (state, metrics, step info)."""
-    state, out = self._mode.train(state, self._mode.place_batch(local_batch), rng)
-    m, info = self._mode.unstack(out)
-    return state, m, info
 
   def eval_on_batch(self, state, local_batch):
     """The evaluation metrics of this process's share of a padded, masked batch."""
     return self._mode.unstack(self._mode.eval(state, self._mode.place_batch(local_batch)))
 
   # Lowering, for measurements of the very calls above (resnet_jax.benchmark).
-  def lower_train_on_batch(self, state, local_batch, rng):
-    """The jax Lowered of `train_on_batch`'s call (the batch placed as it places it)."""
-    return self._mode.train.lower(state, self._mode.place_batch(local_batch), rng)
-
   def lower_train(self, state, window, data, first_step: int, n: int, rng):
     """The jax Lowered of `train`'s call of n steps from first_step."""
     call, args = self._train_call(state, window, data, first_step, n, rng)

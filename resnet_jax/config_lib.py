@@ -6,7 +6,7 @@ the command-line interface (`--config.FIELD=VALUE`), so changing one is a user-v
 
 from __future__ import annotations
 
-import functools
+import json
 from typing import Sequence
 
 import ml_collections
@@ -15,9 +15,6 @@ from resnet_jax import errors
 
 # ImageNet evaluation protocols (resnet_jax.evaluate): 256/224 centre crop, 10-crop, fully-convolutional multi-scale.
 EVAL_PROTOCOLS = ("single", "10crop", "multiscale")
-
-# Checkpoints and run directories written before model.conv_padding existed were trained with flax's 'SAME'.
-LEGACY_CONV_PADDING = "same"
 
 # Fields that say how a run is observed or computed, not what it computes: results agree to float32 rounding
 # whatever their values (a data_dir spelling, logging intervals, the CPU kernels and malloc settings, ...). A sweep
@@ -42,11 +39,6 @@ BOOKKEEPING_FIELDS = frozenset(
         "cpu.weight_grad_chunk",
         "cpu.materialize_blocks",
         "cpu.host_malloc",
-        # The same settings under their names before 2026-11-30 (CHANGELOG), as older run directories hold them.
-        "cpu_convolutions",
-        "host_malloc",
-        "model.weight_grad_chunk",
-        "model.materialize_blocks",
     }
 )
 
@@ -132,27 +124,34 @@ def base_training_config() -> ml_collections.ConfigDict:
   # JAX's persistent compilation cache (a folder or a gs:// URL, shared by a pod's processes): restarts load the
   # compiled steps instead of compiling them. None: JAX_COMPILATION_CACHE_DIR, if set.
   c.compilation_cache_dir = ml_collections.config_dict.placeholder(str)
-  c.model = ml_collections.ConfigDict()
   return c
+
+
+def model_config(
+    family: str, depth: int, residual: bool = True, shortcut: str = "A", *, num_classes: int = 10, scan: bool = False
+) -> ml_collections.ConfigDict:
+  """config.model of every recipe: the paper's network (resnet_jax.models.create_model builds it)."""
+  m = ml_collections.ConfigDict()
+  m.family = family  # 'cifar' (3x3 stem, 16/32/64 filters) or 'imagenet' (7x7 stem and max pool, 64 to 512)
+  m.depth = depth
+  m.residual = residual  # False: the plain twin, the same layers without shortcuts
+  m.shortcut = shortcut  # section 3.3: 'A' zero-padded identity, 'B' projections where the shape changes, 'C' all
+  m.stride_placement = "v1"  # 'v1' (the paper: stride on a bottleneck's first 1x1) or 'v1.5' (on its 3x3)
+  m.num_classes = num_classes
+  m.zero_init_last_bn = False
+  m.bn_momentum = 0.9
+  m.bn_epsilon = 1e-5
+  m.scan = scan
+  m.remat = False
+  return m
 
 
 def cifar(depth: int, residual: bool = True, shortcut: str = "A") -> ml_collections.ConfigDict:
   """CIFAR-10 recipe of section 4.2: batch 128, lr 0.1 /10 at 32k and 48k, stop at 64k, wd 1e-4."""
   c = base_training_config()
-  c.model.family = "cifar"
-  c.model.depth = depth
-  c.model.residual = residual
-  c.model.shortcut = shortcut
-  c.model.stride_placement = "v1"
-  c.model.conv_padding = "symmetric"  # k // 2 on each side, as the paper; 'same' only for older checkpoints
-  c.model.num_classes = 10
-  c.model.zero_init_last_bn = False
-  c.model.bn_momentum = 0.9
-  c.model.bn_epsilon = 1e-5
   # nn.scan makes compile time flat in depth (ResNet-1202 compiles like ResNet-56) and computes the same
   # function, but on CPU the scanned step runs several times slower (benchmarks/RESULTS.md): only 1202 uses it.
-  c.model.scan = depth >= 1202
-  c.model.remat = False
+  c.model = model_config("cifar", depth, residual, shortcut, num_classes=10, scan=depth >= 1202)
   if depth >= 110:
     # Section 4.2: "we use 0.01 to warm up the training until the training error is below 80% (about 400
     # iterations), and then go back to 0.1". We use the fixed 400 iterations: deterministic and resumable.
@@ -190,7 +189,7 @@ def imagenet(depth: int, residual: bool = True, shortcut: str | None = None) -> 
   c.log_every_steps = 100
   c.eval_every_steps = 5 * IMAGENET_TRAIN_SIZE // 256
   c.checkpoint_every_steps = 2_000
-  # Input (resnet_jax/imagenet_images.py, imagenet_train_input.py, imagenet_eval_input.py).
+  # Input (resnet_jax/data/imagenet_images.py, imagenet_train.py, imagenet_eval.py).
   c.augmentation = "paper"  # 'paper' (scale 256-480, crop, flip, PCA colour) or 'inception'
   c.scale_range = (256, 480)  # shorter side, uniform ('paper')
   c.pca_std = 0.1  # AlexNet-style colour augmentation ('paper'); 0 turns it off
@@ -202,18 +201,8 @@ def imagenet(depth: int, residual: bool = True, shortcut: str | None = None) -> 
   c.shuffle_buffer_size = ml_collections.config_dict.placeholder(int)  # None: 16 x local batch
   c.manual_dir = ml_collections.config_dict.placeholder(str)  # None: <data_dir>/downloads/manual
   c.normalization = "pixel_mean"  # ImageNet: per-channel mean subtraction (see imagenet_images.py)
-  c.model.family = "imagenet"
-  c.model.depth = depth
-  c.model.residual = residual
-  c.model.shortcut = shortcut or ("A" if depth < 50 else "B")
-  c.model.stride_placement = "v1"
-  c.model.conv_padding = "symmetric"  # k // 2 on each side, as the paper; 'same' only for older checkpoints
-  c.model.num_classes = 1000
-  c.model.zero_init_last_bn = False
-  c.model.bn_momentum = 0.9
-  c.model.bn_epsilon = 1e-5
-  c.model.scan = False
-  c.model.remat = False
+  # Table 2 uses option A for 18 and 34 layers, B from 50 on.
+  c.model = model_config("imagenet", depth, residual, shortcut or ("A" if depth < 50 else "B"), num_classes=1000)
   return c
 
 
@@ -241,17 +230,6 @@ def imagenet_torchvision(depth: int = 50) -> ml_collections.ConfigDict:
   return c
 
 
-def imagenet_setting(config, name: str):
-  """config.<name> of an ImageNet input field (augmentation, scale_range, eval_resize, ...); where the config lacks
-  the field (a config stored before the field existed), the value of the ImageNet recipe."""
-  return config.get(name, _imagenet_recipe()[name])
-
-
-@functools.cache
-def _imagenet_recipe() -> ml_collections.ConfigDict:
-  return imagenet(50)
-
-
 def flatten(config) -> dict:
   """{'model.depth': 20, ...}: every leaf field of a ConfigDict (or dict) by its dotted path."""
   out = {}
@@ -263,29 +241,26 @@ def flatten(config) -> dict:
   return out
 
 
-def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir was trained (or converted) with: its config.json, as main.py writes it."""
-  from resnet_jax import rundir
+def resolve(config, *, with_devices: bool = False) -> ml_collections.ConfigDict:
+  """The config as a run holds it, checked: a copy with epoch-based and batch-relative fields turned into steps and
+  an absolute learning rate, then `validate`d (ConfigError listing every problem).
 
-  run = rundir.RunDir(workdir)
-  try:
-    stored = run.read_config()
-  except (OSError, ValueError) as e:
-    raise errors.NotFoundError(f"{run / rundir.CONFIG} is unreadable ({e}); pass --config=... instead") from None
-  if stored is None:
-    raise errors.NotFoundError(
-        f"{run / rundir.CONFIG} does not exist: {run.name} is not a training directory of resnet_jax (pass "
-        "--config=..., or train or convert into it first)"
-    )
-  return ml_collections.ConfigDict(stored)
+  Every command passes its config through here once (cli.start), and the library functions it calls
+  (train.train_and_evaluate, inference.load_for_inference, the benchmarks, ...) take the result as it is.
+  `with_devices`: the checks that need JAX's backend too (see validate).
+  """
+  c = _resolved(config)
+  validate(c, with_devices=with_devices)
+  return c
 
 
-def resolve(config) -> ml_collections.ConfigDict:
-  """A copy with epoch-based and batch-relative fields turned into steps and an absolute learning rate."""
+def _resolved(config) -> ml_collections.ConfigDict:
+  """resolve's copy, unchecked. The epoch and reference-batch fields are the ImageNet recipes' only; once resolved
+  they read as steps and lr_reference_batch_size=0, so that resolving again changes nothing."""
   c = ml_collections.ConfigDict(config.to_dict())
   with c.unlocked():
     epochs_to_steps = lambda e: int(e * c.train_size // c.batch_size)
-    if c.get("num_train_steps") is None and c.get("num_epochs"):
+    if c.num_train_steps is None and c.get("num_epochs"):
       c.num_train_steps = epochs_to_steps(c.num_epochs)
     if c.get("warmup_epochs"):
       c.warmup_steps = epochs_to_steps(c.warmup_epochs)
@@ -295,6 +270,69 @@ def resolve(config) -> ml_collections.ConfigDict:
       c.warmup_learning_rate = c.warmup_learning_rate * c.batch_size / c.lr_reference_batch_size
       c.lr_reference_batch_size = 0
   return c
+
+
+def _recipe_of(stored: dict) -> ml_collections.ConfigDict:
+  """The recipe a stored config was made from, by its network: config_lib.cifar or imagenet of its model's family,
+  depth, residual and shortcut, imagenet_torchvision for a net converted from torchvision (convert.py writes that
+  recipe, recognised by its normalization)."""
+  model = stored.get("model")
+  if not isinstance(model, dict) or not isinstance(model.get("depth"), int):
+    raise ValueError("it holds no model.depth: not a config of resnet_jax")
+  depth, residual, shortcut = model["depth"], model.get("residual", True), model.get("shortcut")
+  if model.get("family", "cifar") == "cifar":  # configs from before model.family were CIFAR nets
+    return cifar(depth, residual, shortcut or "A")
+  if stored.get("normalization") == "torchvision":
+    return imagenet_torchvision(depth)
+  return imagenet(depth, residual, shortcut)
+
+
+def fill(stored: dict) -> ml_collections.ConfigDict:
+  """A stored config (a workdir's config.json, results.json's, a checkpoint's record) with every field it lacks
+  taken from its resolved recipe (_recipe_of): the value the code used before the field existed.
+
+  Stored configs are resolved (training and convert write them so), hence the resolved recipe: an old ImageNet
+  config without lr_reference_batch_size holds an absolute learning rate. Fields of the stored config that no
+  recipe has (settings renamed since) are kept; `differences` and the code pass them by.
+  """
+
+  def overlay(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+      out[k] = overlay(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+  return ml_collections.ConfigDict(overlay(_resolved(_recipe_of(stored)).to_dict(), stored))
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained (or converted) with: its config.json, `fill`ed, so that every field reads
+  plainly (config.FIELD) and holds the value training had."""
+  from resnet_jax import rundir
+
+  run = rundir.RunDir(workdir)
+  try:
+    stored = run.read_config()
+    config = None if stored is None else fill(stored)
+  except (OSError, ValueError) as e:
+    raise errors.NotFoundError(f"{run / rundir.CONFIG} is unreadable ({e}); pass --config=... instead") from None
+  if config is None:
+    raise errors.NotFoundError(
+        f"{run / rundir.CONFIG} does not exist: {run.name} is not a training directory of resnet_jax (pass "
+        "--config=..., or train or convert into it first)"
+    )
+  return config
+
+
+def differences(stored, wanted) -> list[tuple[str, object, object]]:
+  """(field, stored value, wanted value) of each field in which a stored config (`fill`ed) and the wanted one
+  differ, other than BOOKKEEPING_FIELDS: what a resumed checkpoint or a reused run directory must agree on.
+
+  Only fields that both hold count: one that only the stored config has is a setting the code no longer has (an
+  older name), one that only the wanted has belongs to another recipe's family (whose network differs anyway).
+  """
+  a, b = (flatten(json.loads(ml_collections.ConfigDict(c).to_json_best_effort())) for c in (stored, wanted))
+  return [(k, a[k], b[k]) for k in sorted(set(a) & set(b)) if k not in BOOKKEEPING_FIELDS and a[k] != b[k]]
 
 
 def lr_boundaries(config) -> list[int]:
@@ -317,7 +355,7 @@ def validate(config, *, with_devices: bool = True) -> None:
       problems.append(msg)
 
   def positive_int(field):
-    v = config.get(field)
+    v = config[field]
     ok = isinstance(v, int) and not isinstance(v, bool) and v > 0
     check(ok, f"{field}={v!r}: must be a positive integer")
     return ok
@@ -337,16 +375,15 @@ def validate(config, *, with_devices: bool = True) -> None:
       f"learning_rate={config.learning_rate!r}: must be a positive number",
   )
   check(0 <= config.momentum < 1, f"momentum={config.momentum!r}: must be in [0, 1)")
-  for field in ("profile_first_step", "profile_num_steps"):  # older workdirs' config.json lacks them
-    value = config.get(field, 0)
+  for field in ("profile_first_step", "profile_num_steps"):
+    value = config[field]
     check(
         isinstance(value, int) and not isinstance(value, bool) and value >= 0,
         f"{field}={value!r}: a step number (profile_first_step=0: no profile)",
     )
-  hang_timeout = config.get("hang_timeout_s", 0)  # older workdirs' config.json lacks it
   check(
-      isinstance(hang_timeout, (int, float)) and hang_timeout >= 0,
-      f"hang_timeout_s={hang_timeout!r}: seconds without progress before the job is stopped (0: never)",
+      isinstance(config.hang_timeout_s, (int, float)) and config.hang_timeout_s >= 0,
+      f"hang_timeout_s={config.hang_timeout_s!r}: seconds without progress before the job is stopped (0: never)",
   )
   check(config.weight_decay >= 0, f"weight_decay={config.weight_decay!r}: must be >= 0")
   check(config.parallelism in ("jit", "pmap"), f"parallelism={config.parallelism!r}: use 'jit' or 'pmap'")
@@ -356,11 +393,11 @@ def validate(config, *, with_devices: bool = True) -> None:
       f"normalization={config.normalization!r}: valid values for {config.dataset} are {list(normalizations)}",
   )
   check(
-      config.get("input_backend", "tfdata") in ("tfdata", "device"),
-      f"input_backend={config.get('input_backend')!r}: use 'tfdata' or 'device'",
+      config.input_backend in ("tfdata", "device"),
+      f"input_backend={config.input_backend!r}: use 'tfdata' or 'device'",
   )
   check(
-      config.get("input_backend", "tfdata") == "tfdata" or config.dataset in ("cifar10", "cifar100", "fake"),
+      config.input_backend == "tfdata" or config.dataset in ("cifar10", "cifar100", "fake"),
       f"input_backend='device' holds small data sets (cifar10, fake) in device memory, not "
       f"{config.dataset!r}; use input_backend='tfdata'",
   )
@@ -381,16 +418,16 @@ def validate(config, *, with_devices: bool = True) -> None:
   cpu_problems = cpu.check(config)
   problems.extend(cpu_problems)
   if with_devices:
-    if isinstance(config.get("batch_size"), int) and config.batch_size > 0:  # eval batches are padded instead
+    if isinstance(config.batch_size, int) and config.batch_size > 0:  # eval batches are padded instead
       problems.extend(parallel.check_batch(config.batch_size, "batch_size"))
     if not cpu_problems:
       try:
         cpu.plan(config)
       except ValueError as e:
         problems.append(str(e))
-  if config.parallelism == "pmap" and config.get("input_backend") == "device":
+  if config.parallelism == "pmap" and config.input_backend == "device":
     problems.append("input_backend='device' supports parallelism='jit' only; set --config.parallelism=jit")
-  k = config.get("steps_per_call", 1)
+  k = config.steps_per_call
   if not (isinstance(k, int) and not isinstance(k, bool) and k >= 0):
     problems.append(f"steps_per_call={k!r}: must be 0 (auto) or a positive integer")
   elif k > 1:
@@ -400,7 +437,7 @@ def validate(config, *, with_devices: bool = True) -> None:
           "--config.parallelism=jit, or --config.steps_per_call=1"
       )
     for field in INTERVAL_FIELDS:
-      v = config.get(field)
+      v = config[field]
       if isinstance(v, int) and v > 0 and v % k:
         problems.append(
             f"{field}={v} is not a multiple of steps_per_call={k}: logging, evaluation and "

@@ -7,8 +7,8 @@ torchvision's ResNet state dicts (`conv1`, `bn1`, `layer1.0.conv1`, ..., `downsa
 ResNets share, map one to one onto our ImageNet `ResNet`: convolutions OIHW <-> HWIO, the dense layer [out, in] <->
 [in, out], batch norm weight/bias/running_mean/running_var <-> scale/bias/mean/var. torchvision's networks are our
 v1.5 bottlenecks (stride on the 3x3) with option B shortcuts (a projection where the shape changes; a projection on
-every block is option C) and symmetric k // 2 padding (model.conv_padding='symmetric'). Depth and block type are
-read from the keys and shapes; widened (wide_resnet) and grouped (ResNeXt) variants are refused with what differs.
+every block is option C) and k // 2 padding on each side, as ours. Depth and block type are read from the keys and
+shapes; widened (wide_resnet) and grouped (ResNeXt) variants are refused with what differs.
 
 `from_torchvision(state_dict) -> (model_config, variables)` and `to_torchvision(model_config, variables)` are the
 library functions; the command writes or reads a workdir (a step-0 checkpoint and config.json) that
@@ -227,26 +227,23 @@ def from_torchvision(state_dict: dict):
 
 def to_torchvision(model_config, variables) -> dict[str, np.ndarray]:
   """torchvision's state dict (numpy arrays) of our ImageNet ResNet; loads into torchvision.models.resnetNN()
-  with strict=True. Only the networks torchvision has: option B, v1.5 bottlenecks, symmetric padding."""
+  with strict=True. Only the networks torchvision has: option B, v1.5 bottlenecks."""
   c = model_config
   problems = []
-  if c.get("family", "cifar") != "imagenet" or c.depth not in (18, 34, 50, 101, 152):
+  if c.family != "imagenet" or c.depth not in (18, 34, 50, 101, 152):
     problems.append(
-        f"model.family={c.get('family')!r}, depth {c.get('depth')}: torchvision has ImageNet ResNet-18/34/"
-        "50/101/152 only"
+        f"model.family={c.family!r}, depth {c.depth}: torchvision has ImageNet ResNet-18/34/50/101/152 only"
     )
-  if c.get("shortcut") != "B":
-    problems.append(f"model.shortcut={c.get('shortcut')!r}: torchvision's blocks are option B")
-  if not c.get("residual", True):
+  if c.shortcut != "B":
+    problems.append(f"model.shortcut={c.shortcut!r}: torchvision's blocks are option B")
+  if not c.residual:
     problems.append("model.residual=False: torchvision has no plain nets")
-  if c.get("depth", 0) >= 50 and c.get("stride_placement") != "v1.5":
+  if c.depth >= 50 and c.stride_placement != "v1.5":
     problems.append(
-        f"model.stride_placement={c.get('stride_placement')!r}: torchvision's bottlenecks are v1.5 "
+        f"model.stride_placement={c.stride_placement!r}: torchvision's bottlenecks are v1.5 "
         "(stride on the 3x3), the same weights would compute another function"
     )
-  if c.get("conv_padding", "symmetric") != "symmetric":
-    problems.append(f"model.conv_padding={c.get('conv_padding')!r}: torchvision pads k // 2 on each side")
-  if c.get("scan", False):
+  if c.scan:
     problems.append("model.scan=True: convert the parameters with models.scan=False first")
   if problems:
     raise ConversionError("cannot export to torchvision's layout: " + "; ".join(problems))
@@ -313,7 +310,8 @@ def save_state_dict(state_dict: dict, path: str) -> None:
 
 
 def write_workdir(config, variables, workdir: str) -> str:
-  """Writes `variables` as the step-0 checkpoint of a run of `config` in workdir (plus config.json)."""
+  """Writes `variables` as the step-0 checkpoint of a run of `config` (resolved: config_lib.resolve) in workdir
+  (plus config.json)."""
   from resnet_jax import checkpoint as ckpt_lib
   from resnet_jax import parallel, rundir, train
 
@@ -322,7 +320,6 @@ def write_workdir(config, variables, workdir: str) -> str:
     raise ConversionError(
         f"{run.checkpoints} already holds checkpoints; choose an empty --workdir (nothing was written)"
     )
-  config = config_lib.resolve(config)
   tx = train.make_optimizer(config)
   params = jax.tree.map(jnp.asarray, variables["params"])
   state = train.TrainState(
@@ -379,7 +376,7 @@ def main(argv):
       model_config, variables = from_torchvision(load_state_dict(path))
       config = config_lib.imagenet_torchvision(model_config.depth)
       config.model = model_config
-      written = write_workdir(config, variables, workdir)
+      written = write_workdir(config_lib.resolve(config), variables, workdir)
       print(
           f"ResNet-{model_config.depth} (v1.5, option {model_config.shortcut}, {model_config.num_classes} classes) "
           f"written to {written}; evaluate with python -m resnet_jax.evaluate --workdir={workdir}"

@@ -19,6 +19,22 @@ class NotFoundError(UserError, FileNotFoundError):
   looked and how to make it."""
 
 
+class DataNotFoundError(UserError, RuntimeError):
+  """The data set is not where the config says; the message says where we looked and how to get it."""
+
+
+class ImageNetNotFoundError(NotFoundError):
+  """The prepared imagenet2012 data set and the manual download it is built from are both missing."""
+
+
+class SplitError(UserError, ValueError):
+  """A split string that the data set cannot provide (e.g. train[:90000] of a 50k split)."""
+
+
+class MissingDependencyError(UserError, RuntimeError):
+  """An optional dependency (TensorFlow, tfds, an export runtime) that this configuration needs is not installed."""
+
+
 class NonFiniteError(UserError, FloatingPointError):
   """The loss or the gradient norm became NaN or Inf (the update was not applied)."""
 

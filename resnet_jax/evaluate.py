@@ -13,7 +13,7 @@ Loads the variables of the workdir's latest checkpoint (inference.load_for_infer
 over every validation image exactly once, averages the softmax over each image's views (1, 10, or 2 flips x 5
 scales) and reports top-1 / top-5 error (fractions; printed as percentages) and the number of images counted.
 
-The views of an image come from resnet_jax.imagenet_eval_input.eval_dataset; see its docstring for the crops and for the
+The views of an image come from resnet_jax.data.imagenet_eval.eval_dataset; see its docstring for the crops and for the
 number of compilations each protocol needs (1, 1, and at most 25 with the default multi-scale settings).
 """
 
@@ -33,7 +33,7 @@ class EvaluateError(errors.UserError, ValueError):
   """The workdir cannot be evaluated as asked (and what to ask instead)."""
 
 
-# jax, TensorFlow (imagenet_eval_input) and the training stack are imported where they are used, so that the command
+# jax, TensorFlow (data.imagenet_eval) and the training stack are imported where they are used, so that the command
 # answers a missing workdir or a bad flag at once.
 
 
@@ -97,7 +97,8 @@ def evaluate_protocol(
   number of distinct batch shapes (each compiles once).
   """
   import jax
-  from resnet_jax import config_lib, cpu, imagenet_eval_input, imagenet_prepare, parallel
+  from resnet_jax import cpu, parallel
+  from resnet_jax.data import imagenet_eval, imagenet_prepare
 
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -106,9 +107,9 @@ def evaluate_protocol(
     local_batch = parallel.padded_eval_batch(config.eval_batch_size) // process_count
   builder = builder or imagenet_prepare.load_builder(config, process_count=process_count)
   n_local = imagenet_prepare.split_size(
-      builder, config.get("eval_split", "validation"), process_index=process_index, process_count=process_count
+      builder, config.eval_split, process_index=process_index, process_count=process_count
   )
-  ds = imagenet_eval_input.eval_dataset(
+  ds = imagenet_eval.eval_dataset(
       config,
       protocol=protocol,
       process_index=process_index,
@@ -148,8 +149,9 @@ def evaluate_protocol(
     np.add.at(views_seen, idx, n_views)
     labels[idx] = batch["label"][real]
 
-  sizes = config_lib.imagenet_setting(config, "multiscale_sizes")
-  expected_views = 2 * len(sizes) if protocol == "multiscale" else imagenet_eval_input.VIEWS_PER_IMAGE[protocol]
+  expected_views = (
+      2 * len(config.multiscale_sizes) if protocol == "multiscale" else imagenet_eval.VIEWS_PER_IMAGE[protocol]
+  )
   if n_local and (views_seen != expected_views).any():
     bad = np.flatnonzero(views_seen != expected_views)
     raise RuntimeError(
@@ -177,15 +179,16 @@ def evaluate_cifar(model, variables, config, workdir: str) -> dict:
   """evaluate_protocol's dict for a CIFAR (or fake-data) net on config.eval_split: each image whole, once, padded
   and masked as training's evaluation, with the input statistics saved in `workdir`."""
   import jax
-  from resnet_jax import cpu, device_input, input_pipeline, parallel, predict
+  from resnet_jax import cpu, inference, parallel
+  from resnet_jax.data import cifar
 
-  data = device_input.load_split(config, "eval")  # config.data_file where the run had one, else tfds
-  norm = predict.cifar_normalizer(config, workdir)
+  data = cifar.load_split(config, "eval")  # config.data_file where the run had one, else tfds
+  norm = inference.cifar_normalizer(workdir)
   forward = _forward_fn(model, cpu.plan(config).options)
   variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
   correct1 = correct5 = 0
   shapes, placed_vars = set(), {}
-  batches = input_pipeline.eval_batches(
+  batches = cifar.eval_batches(
       data,
       norm,
       global_batch=parallel.padded_eval_batch(config.eval_batch_size),
@@ -223,16 +226,16 @@ def evaluate_workdir(workdir: str, config, protocols=("single",)) -> Iterator[di
   The newest checkpoint of `workdir` is loaded once for all protocols (inference.load_for_inference, which imports
   the training stack), and the jitted forward pass is shared between them.
   """
-  from resnet_jax import inference, models, predict, rundir
+  from resnet_jax import inference, models, rundir
 
-  imagenet = predict.is_imagenet(config)
+  imagenet = inference.is_imagenet(config)
   if not imagenet and set(protocols) != {"single"}:  # before the checkpoint loads
     raise EvaluateError(
         f"--protocol={next(p for p in protocols if p != 'single')} is one of ImageNet's protocols; a CIFAR net is "
         "evaluated on each whole image once: --protocol=single (the default)"
     )
   variables = inference.load_for_inference(workdir, config)
-  model = models.create_model(config.model, half_precision=config.get("half_precision", False))
+  model = models.create_model(config.model, half_precision=config.half_precision)
   name, cache = rundir.RunDir(workdir).name, {}
   for protocol in protocols:
     logging.info("evaluating %s with protocol %s on %s", workdir, protocol, config.eval_split)
@@ -297,7 +300,7 @@ def main(argv):
   if config is None:
     with cli.user_errors():
       config = config_lib.load_workdir_config(workdir)
-  cli.start(config, restart=__name__ == "__main__", join_cluster=True)
+  config = cli.start(config, restart=__name__ == "__main__", join_cluster=True)
   import jax
 
   with cli.user_errors():

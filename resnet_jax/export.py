@@ -8,7 +8,8 @@ Every artefact takes uint8 RGB images [N, S, S, 3] (NHWC; S is the workdir's con
 224 for ImageNet nets; any N) and returns class probabilities [N, classes], or logits with --logits. The input
 normalisation the network was trained with is inside the artefact (CIFAR: the training split's mean image, saved in
 the workdir by training; ImageNet: config.normalization's constants), so a caller feeds raw pixels. Resizing and
-cropping an ImageNet photo to S x S stays outside (`resnet_jax.predict` shows the evaluation's resize and crop).
+cropping an ImageNet photo to S x S stays outside (`resnet_jax.inference.preprocessor` is the evaluation's resize
+and crop).
 The network is the plain XLA formulation (never the CPU plan's oneDNN custom calls): an artefact runs anywhere.
 
 - stablehlo: one file, `jax.export`'s serialisation, lowered for CPU, CUDA and TPU. Load it with JAX alone:
@@ -54,25 +55,25 @@ class ExportError(errors.UserError, ValueError):
   """The workdir cannot be exported in this format (and what to do instead)."""
 
 
-def input_normalization(config, workdir=None) -> tuple[float, np.ndarray, np.ndarray]:
+def input_normalization(config, workdir) -> tuple[float, np.ndarray, np.ndarray]:
   """(divisor, mean, std) such that the network's input is (pixels / divisor - mean) / std.
 
-  The same arithmetic as training's input pipelines: CIFAR's statistics (saved in the workdir, else computed
-  again from the training split), ImageNet's constants of config.normalization.
+  The same arithmetic as training's input pipelines: CIFAR's statistics (saved in the workdir), ImageNet's
+  constants of config.normalization.
   """
-  from resnet_jax import predict
+  from resnet_jax import inference
 
-  if predict.is_imagenet(config):
-    from resnet_jax import imagenet_images
+  if inference.is_imagenet(config):
+    from resnet_jax.data import imagenet_images
 
-    mode = config.get("normalization", "pixel_mean")
+    mode = config.normalization
     if mode == "torchvision":
       return 255.0, np.float32(imagenet_images.TORCHVISION_MEAN_RGB), np.float32(imagenet_images.TORCHVISION_STD_RGB)
     if mode not in imagenet_images.NORMALIZATIONS:
       raise ExportError(f"unknown normalization {mode!r}: valid values are {list(imagenet_images.NORMALIZATIONS)}")
     std = imagenet_images.IMAGENET_STD_RGB if mode == "channel" else (1.0, 1.0, 1.0)
     return 1.0, np.float32(imagenet_images.IMAGENET_MEAN_RGB), np.float32(std)
-  normalize = predict.cifar_normalizer(config, workdir)
+  normalize = inference.cifar_normalizer(workdir)
   return 255.0, np.asarray(normalize.mean, np.float32), np.asarray(normalize.std, np.float32)
 
 
@@ -83,7 +84,7 @@ def serving_function(config, variables, normalization, *, logits: bool = False):
 
   from resnet_jax import models
 
-  model = models.create_model(config.model, half_precision=config.get("half_precision", False))
+  model = models.create_model(config.model, half_precision=config.half_precision)
   divisor, mean, std = normalization
 
   def serve(images, variables=variables):
@@ -143,7 +144,7 @@ def to_onnx(serve, config, *, output_name: str) -> bytes:
   import onnxruntime
   from absl import logging as absl_logging
 
-  from resnet_jax import predict
+  from resnet_jax import inference
 
   quiet = absl_logging.get_verbosity() < absl_logging.DEBUG  # -v 1 asks for the converter's own output
   if quiet:
@@ -172,7 +173,7 @@ def to_onnx(serve, config, *, output_name: str) -> bytes:
   del model.graph.value_info[:]
   model = onnx.shape_inference.infer_shapes(model)
   # The names of the outputs' classes travel with the file, in the order of the outputs.
-  model.metadata_props.add(key="class_names", value=json.dumps(predict.class_labels(config)))
+  model.metadata_props.add(key="class_names", value=json.dumps(inference.class_labels(config)))
   model = model.SerializeToString()
   # onnxruntime checks the graph's shapes when it loads it; then the graph must compute the network's function
   # (within float32 reordering) on a small batch of random pixels.
@@ -197,9 +198,7 @@ def _require(fmt: str) -> None:
     try:
       importlib.import_module(module)
     except ImportError:
-      from resnet_jax import input_pipeline
-
-      raise input_pipeline.MissingDependencyError(
+      raise errors.MissingDependencyError(
           f"--format={fmt} needs {module}, which is not installed: pip install 'resnet_jax[export]' "
           f"(or pip install {' '.join(REQUIREMENTS[fmt])})"
       ) from None
@@ -288,7 +287,7 @@ def main(argv):
   with cli.user_errors():  # the arguments first, then the seconds of loading and converting
     check_output(argv[1], overwrite=_FLAGS["overwrite"].value)
     config = config_lib.load_workdir_config(workdir)
-  cli.start(config, restart=__name__ == "__main__")
+  config = cli.start(config, restart=__name__ == "__main__")
   with cli.user_errors():
     out = export(
         workdir, argv[1], fmt, logits=_FLAGS["logits"].value, overwrite=_FLAGS["overwrite"].value, config=config

@@ -40,10 +40,10 @@ def define_flags():
 
 
 def run(config, workdir: str, *, restart: bool = False, stop_after: str | None = None):
-  """What the command does once its flags are read: cli.start (the config checked, this process in its cluster),
-  then training, a user error ending as one line and its exit status (cli.fail's SystemExit). `restart`: the
-  process may restart itself once for huge pages (only when it runs as the program). `stop_after`: a duration
-  ('2h30m') after which training stops as on SIGTERM."""
+  """What the command does once its flags are read: cli.start (the config resolved and checked, this process in
+  its cluster), then training on the config it returns, a user error ending as one line and its exit status
+  (cli.fail's SystemExit). `restart`: the process may restart itself once for huge pages (only when it runs as the
+  program). `stop_after`: a duration ('2h30m') after which training stops as on SIGTERM."""
   from resnet_jax import cli, pieces
 
   with cli.user_errors():
@@ -61,9 +61,8 @@ def print_config(config) -> None:
   from resnet_jax import cli, config_lib
 
   with cli.user_errors():
-    resolved = config_lib.resolve(config)
-    config_lib.validate(resolved, with_devices=False)
-  print(resolved.to_json_best_effort(indent=2))
+    config = config_lib.resolve(config)
+  print(config.to_json_best_effort(indent=2))
 
 
 def main(argv):

@@ -35,11 +35,6 @@ import jax.numpy as jnp
 ModuleDef = Any
 
 SHORTCUT_OPTIONS = ("A", "B", "C")
-# 'symmetric': every k x k convolution pads k // 2 pixels on each side, as the paper's Caffe/Torch networks and
-# torchvision; a stride-2 3x3 convolution then centres output (i, j) on input (2i, 2j), where the shortcut samples.
-# 'same': flax/XLA's 'SAME', which pads a stride-2 3x3 convolution on an even input by (0, 1) and so centres it on
-# (2i + 1, 2j + 1), one pixel off its shortcut; kept only for checkpoints written before 2026-11-30.
-CONV_PADDINGS = ("symmetric", "same")
 STRIDE_PLACEMENTS = ("v1", "v1.5")
 FAMILIES = ("cifar", "imagenet")
 IMAGENET_DEPTHS = {
@@ -140,12 +135,16 @@ class BottleneckBlock(nn.Module):
     return self.act(y)
 
 
-def padded_conv(conv: ModuleDef, conv_padding: str) -> Callable:
-  """`conv` (an nn.Conv partial) with each layer's padding set by `conv_padding` (CONV_PADDINGS) unless given."""
+def padded_conv(conv: ModuleDef) -> Callable:
+  """`conv` (an nn.Conv partial) padding every k x k convolution by k // 2 pixels on each side unless given.
+
+  As the paper's Caffe/Torch networks and torchvision: a stride-2 3x3 convolution then centres output (i, j) on
+  input (2i, 2j), where the shortcut samples. flax/XLA's 'SAME' would pad it on an even input by (0, 1) and centre
+  it on (2i + 1, 2j + 1), one pixel off its shortcut.
+  """
 
   def make(features, kernel_size, strides=(1, 1), **kwargs):
-    if "padding" not in kwargs:
-      kwargs["padding"] = "SAME" if conv_padding == "same" else tuple((k // 2, k // 2) for k in kernel_size)
+    kwargs.setdefault("padding", tuple((k // 2, k // 2) for k in kernel_size))
     return conv(features, kernel_size, strides, **kwargs)
 
   return make
@@ -176,7 +175,6 @@ class ResNet(nn.Module):
     residual: False builds the plain twin (no shortcuts, identical layers otherwise).
     shortcut: 'A', 'B' or 'C' (section 3.3).
     stride_placement: 'v1' (paper) or 'v1.5' (stride on the bottleneck's 3x3).
-    conv_padding: 'symmetric' (k // 2 on each side, the paper's) or 'same' (flax's 'SAME'); see CONV_PADDINGS.
     zero_init_last_bn: zero-initialise the scale of each block's last BN (Goyal et al.); off in the paper.
     dtype: computation dtype (bfloat16 for mixed precision); parameters and BN statistics stay float32.
     scan: run each stage's identical blocks under nn.scan (same function, much faster compile for deep nets).
@@ -196,7 +194,6 @@ class ResNet(nn.Module):
   residual: bool = True
   shortcut: str = "A"
   stride_placement: str = "v1"
-  conv_padding: str = "symmetric"
   zero_init_last_bn: bool = False
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
@@ -216,7 +213,6 @@ class ResNet(nn.Module):
         stage_sizes=self.stage_sizes,
         widths=self.widths,
         num_classes=self.num_classes,
-        conv_padding=self.conv_padding,
     )
     super().__post_init__()
 
@@ -225,7 +221,7 @@ class ResNet(nn.Module):
     conv_kwargs = dict(use_bias=False, dtype=self.dtype, kernel_init=he_normal)
     if self.conv_general_dilated is not None:
       conv_kwargs["conv_general_dilated"] = self.conv_general_dilated
-    conv = padded_conv(functools.partial(nn.Conv, **conv_kwargs), self.conv_padding)
+    conv = padded_conv(functools.partial(nn.Conv, **conv_kwargs))
     norm = functools.partial(
         nn.BatchNorm,
         use_running_average=not train,
@@ -280,9 +276,7 @@ class ResNet(nn.Module):
     return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # float32 logits for bfloat16 compute
 
 
-def validate_architecture(
-    *, block, stem, shortcut, stride_placement, stage_sizes, widths, num_classes, conv_padding="symmetric"
-):
+def validate_architecture(*, block, stem, shortcut, stride_placement, stage_sizes, widths, num_classes):
   if block not in BLOCKS:
     raise ValueError(f"unknown block {block!r}: valid values are {sorted(BLOCKS)}")
   if stem not in FAMILIES:
@@ -291,11 +285,6 @@ def validate_architecture(
     raise ValueError(f"unknown shortcut option {shortcut!r}: valid values are {list(SHORTCUT_OPTIONS)}")
   if stride_placement not in STRIDE_PLACEMENTS:
     raise ValueError(f"unknown stride placement {stride_placement!r}: valid values are {list(STRIDE_PLACEMENTS)}")
-  if conv_padding not in CONV_PADDINGS:
-    raise ValueError(
-        f"unknown conv_padding {conv_padding!r}: valid values are {list(CONV_PADDINGS)} ('same' "
-        "only for checkpoints written before 2026-11-30)"
-    )
   if len(stage_sizes) != len(widths) or not stage_sizes or min(stage_sizes) < 1:
     raise ValueError(f"stage_sizes {list(stage_sizes)} must be positive and match widths {list(widths)}")
   if num_classes < 1:
@@ -375,28 +364,25 @@ def create_model(
   the training and benchmark steps pass resnet_jax.cpu's plan, other callers get XLA's defaults.
   """
   c = model_config
-  family = c.get("family", "cifar")
-  if family not in FAMILIES:
-    raise ValueError(f"unknown model.family {family!r}: valid values are {list(FAMILIES)}")
-  kwargs = dict(
-      residual=c.get("residual", True),
+  if c.family not in FAMILIES:
+    raise ValueError(f"unknown model.family {c.family!r}: valid values are {list(FAMILIES)}")
+  builder = cifar_net if c.family == "cifar" else imagenet_net
+  return builder(
+      c.depth,
+      residual=c.residual,
+      shortcut=c.shortcut,
       num_classes=c.num_classes,
-      stride_placement=c.get("stride_placement", "v1"),
-      conv_padding=c.get("conv_padding", "symmetric"),
-      zero_init_last_bn=c.get("zero_init_last_bn", False),
-      bn_momentum=c.get("bn_momentum", 0.9),
-      bn_epsilon=c.get("bn_epsilon", 1e-5),
-      scan=c.get("scan", False),
-      remat=c.get("remat", False),
+      stride_placement=c.stride_placement,
+      zero_init_last_bn=c.zero_init_last_bn,
+      bn_momentum=c.bn_momentum,
+      bn_epsilon=c.bn_epsilon,
+      scan=c.scan,
+      remat=c.remat,
       bn_axis_name=bn_axis_name,
       dtype=jnp.bfloat16 if half_precision else jnp.float32,
       conv_general_dilated=conv_general_dilated,
       block_output=block_output,
   )
-  if c.get("shortcut"):
-    kwargs["shortcut"] = c.shortcut
-  builder = cifar_net if family == "cifar" else imagenet_net
-  return builder(c.depth, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------

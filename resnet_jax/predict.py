@@ -7,8 +7,8 @@ Each image gets the workdir's single-crop evaluation preprocessing: for ImageNet
 config.eval_resize, the centre config.image_size crop and config.normalization (imagenet_images.single_view and
 normalize, exactly what `resnet_jax.evaluate --protocol=single` feeds the network); for CIFAR nets the image resized
 to config.image_size (CIFAR images already are) and the training split's normalisation, saved in the workdir by
-training (workdirs from before that read the training split once to compute it), so that no training data is
-needed. The config is the workdir's config.json unless --config is given.
+training, so that no training data is needed (resnet_jax.inference.preprocessor). The config is the workdir's
+config.json unless --config is given.
 `--json` prints one object per image: {"image": PATH, "top": [{"class": INT, "label": STR, "probability": FLOAT}]}.
 A folder stands for its image files (by extension: JPEG, PNG, BMP, GIF, TIFF, WebP, PPM), sorted by name. Paths
 that do not exist, and folders without such files, stop the command in one line before the checkpoint is loaded; a
@@ -28,24 +28,9 @@ from ml_collections import config_flags
 
 from resnet_jax import errors
 
-CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-IMAGENET_CLASSES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "imagenet_classes.tsv")
-
 # The files of a folder that predict classifies: photo formats Pillow decodes. Not Pillow's whole registry, which
 # also names formats it only identifies (HDF5, GRIB, MPEG), so that a folder's data files would count as images.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
-def class_labels(config) -> list[str]:
-  """A readable label per class: CIFAR-10 names, or 'wnid name' for the 1000 ImageNet classes."""
-  n = config.model.num_classes
-  if config.model.get("family", "cifar") == "imagenet" and n == 1000:
-    with open(IMAGENET_CLASSES_FILE) as f:
-      rows = [line.rstrip("\n").split("\t") for line in f][1:]
-    return [f"{wnid} {name}" for _, wnid, name in rows]
-  if config.get("dataset") == "cifar10" and n == 10:
-    return list(CIFAR10_LABELS)
-  return [f"class {i}" for i in range(n)]
 
 
 def read_image(path: str) -> np.ndarray:
@@ -87,55 +72,15 @@ def image_files(args) -> list[str]:
   return files
 
 
-def is_imagenet(config) -> bool:
-  return config.get("dataset") == "imagenet2012" or config.model.get("family") == "imagenet"
-
-
-def cifar_normalizer(config, workdir=None):
-  """The input_pipeline.Normalizer a CIFAR net was trained with.
-
-  The statistics saved in its workdir; a workdir written before they were saved (or no workdir) needs the
-  training split to compute them again.
-  """
-  from resnet_jax import device_input, input_pipeline, rundir
-
-  saved = rundir.RunDir(workdir).read_normalization() if workdir else None
-  if saved is not None:
-    return input_pipeline.Normalizer(saved["mean"], saved["std"])
-  # device_input reads config.data_file where the run had one, else tfds
-  return input_pipeline.normalizer(config, device_input.load_split(config, "train"))
-
-
-def preprocessor(config, workdir=None):
-  """image uint8 [H, W, 3] -> float32 [S, S, 3], the single-crop evaluation input of the workdir's network."""
-  if is_imagenet(config):
-    from resnet_jax import config_lib, imagenet_images
-
-    mode, size = config.get("normalization", "pixel_mean"), config.image_size
-    resize_to = config_lib.imagenet_setting(config, "eval_resize")
-    return lambda image: imagenet_images.normalize(
-        imagenet_images.single_view(image, resize_to=resize_to, crop=size), mode
-    ).numpy()
-  normalize, size = cifar_normalizer(config, workdir), config.image_size
-
-  def cifar(image):
-    if image.shape[:2] != (size, size):
-      from PIL import Image
-
-      image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-    return normalize(image[None])[0]
-
-  return cifar
-
-
-def predict(config, variables, paths, *, top: int = 5, workdir=None):
-  """Yields (path, top-k list or None, error or None) per path, in order (`workdir`: its saved input statistics)."""
+def predict(config, variables, paths, *, workdir, top: int = 5):
+  """Yields (path, top-k list or None, error or None) per path, in order (`workdir`: a CIFAR net's saved input
+  statistics; None for an ImageNet net)."""
   import jax
-  from resnet_jax import models
+  from resnet_jax import inference, models  # inference imports the training stack
 
-  model = models.create_model(config.model, half_precision=config.get("half_precision", False))
+  model = models.create_model(config.model, half_precision=config.half_precision)
   probabilities = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False), axis=-1))
-  prepare, labels = preprocessor(config, workdir), class_labels(config)
+  prepare, labels = inference.preprocessor(config, workdir), inference.class_labels(config)
   for path in paths:
     try:
       x = prepare(read_image(path))
@@ -150,10 +95,10 @@ def predict(config, variables, paths, *, top: int = 5, workdir=None):
 def predict_workdir(workdir: str, config, paths, *, top: int = 5):
   """predict() with the variables of the newest checkpoint of `workdir` (and its saved input statistics): what the
   command prints, one (path, top-k list or None, error or None) per path."""
-  from resnet_jax import inference  # imports the training stack
+  from resnet_jax import inference
 
   variables = inference.load_for_inference(workdir, config)
-  yield from predict(config, variables, paths, top=top, workdir=workdir)
+  yield from predict(config, variables, paths, workdir=workdir, top=top)
 
 
 _FLAGS: dict = {}
@@ -177,7 +122,7 @@ def main(argv):
   with cli.user_errors():
     config = _FLAGS["config"].value or config_lib.load_workdir_config(workdir)
     images = image_files(images)
-  cli.start(config, restart=__name__ == "__main__")
+  config = cli.start(config, restart=__name__ == "__main__")
   failed = 0
   with cli.user_errors():
     for path, top, error in predict_workdir(workdir, config, images, top=_FLAGS["top"].value):

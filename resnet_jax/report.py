@@ -10,7 +10,7 @@ order of DIR/sweep.json when there is one), or DIR itself when it is a run's dir
   (so one can see at which step a deeper net falls behind or pulls ahead), and the figures below;
 * figure6.png (CIFAR; figure4.png for ImageNet): error against iterations, training error thin and test error
   bold, plain nets and residual nets side by side on one error scale, as the paper's Figures 4 and 6;
-* figure7.png, when runs hold layer_responses.json (python -m resnet_jax.analyze): the std of each 3x3 conv
+* figure7.png, when runs hold layer_responses.json (python -m resnet_jax.layer_responses): the std of each 3x3 conv
   layer's response in network order (top) and sorted by magnitude (bottom), plain nets dashed.
 
 Errors are percentages. A run still in progress is reported up to its last logged step.
@@ -25,9 +25,10 @@ import math
 import os
 from typing import Sequence
 
+import ml_collections
 import numpy as np
 
-from resnet_jax import errors, rundir, storage
+from resnet_jax import config_lib, errors, rundir, storage
 
 # The paper's errors (docs/paper.md); ours are measured, these are only printed beside them.
 PAPER_CIFAR_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
@@ -44,7 +45,7 @@ PAPER_IMAGENET_TOP1_10CROP = {
     (True, 152, "B"): 21.43,
 }
 RESPONSES_FILE = "layer_responses.json"
-BATCH_STATS_RESPONSES_FILE = "layer_responses_batch_stats.json"  # analyze --batch_stats (a diagnostic)
+BATCH_STATS_RESPONSES_FILE = "layer_responses_batch_stats.json"  # layer_responses --batch_stats (a diagnostic)
 MAX_BUDGET_COLUMNS = 6
 
 
@@ -52,31 +53,31 @@ MAX_BUDGET_COLUMNS = 6
 class RunData:
   name: str
   path: str
-  config: dict
+  config: ml_collections.ConfigDict  # filled from its recipe (config_lib.fill), as a workdir's
   rows: list
   results: dict | None
   responses: dict | None
   responses_batch_stats: dict | None = None
 
   @property
-  def model(self) -> dict:
-    return self.config.get("model", {})
+  def model(self) -> ml_collections.ConfigDict:
+    return self.config.model
 
   @property
   def family(self) -> str:
-    return self.model.get("family", "cifar")
+    return self.model.family
 
   @property
   def depth(self) -> int:
-    return int(self.model.get("depth", 0))
+    return self.model.depth
 
   @property
   def residual(self) -> bool:
-    return bool(self.model.get("residual", True))
+    return self.model.residual
 
   @property
   def shortcut(self) -> str | None:
-    return self.model.get("shortcut") if self.residual else None
+    return self.model.shortcut if self.residual else None
 
   @property
   def label(self) -> str:
@@ -98,7 +99,7 @@ class RunData:
 
   @property
   def complete(self) -> bool:
-    return bool(self.results) and self.results.get("steps") == self.config.get("num_train_steps")
+    return bool(self.results) and self.results.get("steps") == self.config.num_train_steps
 
 
 def load_run(path: str) -> RunData | None:
@@ -112,7 +113,7 @@ def load_run(path: str) -> RunData | None:
   return RunData(
       run.path.name,
       run.name,
-      config,
+      config_lib.fill(config),
       rows,
       results,
       storage.read_json(run / RESPONSES_FILE),
@@ -149,7 +150,6 @@ def _save_figure(fig, path) -> None:
 def _count_params(model_json: str, image_size: int) -> int:
   import jax
   import jax.numpy as jnp
-  import ml_collections
   from resnet_jax import models
 
   model = models.create_model(ml_collections.ConfigDict(json.loads(model_json)))
@@ -159,7 +159,7 @@ def _count_params(model_json: str, image_size: int) -> int:
 
 def count_params(run: RunData) -> int | None:
   try:
-    return _count_params(json.dumps(run.model, sort_keys=True), int(run.config.get("image_size", 32)))
+    return _count_params(run.model.to_json(sort_keys=True), run.config.image_size)
   except (ValueError, KeyError, TypeError, AttributeError):
     return None
 
@@ -188,7 +188,7 @@ def final_eval(run: RunData):
 
 def evaluates_on_validation(run: RunData) -> bool:
   """Whether the run's eval split is held out of the training set (the paper's train[45000:]), not the test set."""
-  return str(run.config.get("eval_split", "test")).startswith("train")
+  return str(run.config.eval_split).startswith("train")
 
 
 def best_validation(run: RunData):
@@ -518,7 +518,7 @@ def build_report(sweep_dir: str, out_dir: str | None = None) -> dict:
         "",
         "Standard deviation of each 3x3 conv layer's response (after BN, before the ReLU and the addition) "
         "over the test images with the checkpoint's running BN statistics (inference mode), from "
-        "`python -m resnet_jax.analyze --workdir=RUN`"
+        "`python -m resnet_jax.layer_responses --workdir=RUN`"
         + (
             "; the last column normalises with each batch's own statistics instead (`--batch_stats`), "
             "which separates learned magnitudes from running statistics that lag behind the weights"

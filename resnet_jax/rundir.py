@@ -4,7 +4,8 @@
     WORKDIR/metrics.jsonl    one JSON object per logged step (train and eval scalars)
     WORKDIR/results.json     the final evaluation and the run's summary
     WORKDIR/normalization.npz  the input statistics the network was trained with (CIFAR's training-split mean
-                             image): what predict needs, so that it needs no training data
+                             image), written by training before its first step: the commands that run a CIFAR
+                             workdir (resnet_jax.inference) need no training data
     WORKDIR/checkpoints/N/   orbax checkpoints (resnet_jax.checkpoint)
     WORKDIR/events.out.tfevents.*  TensorBoard
     SWEEP_DIR/sweep.json     a sweep's runs, their overrides and commands; each run in SWEEP_DIR/NAME/
@@ -86,16 +87,22 @@ class RunDir:
     return results["config"] if results and "config" in results else self.read_config()
 
   # normalization.npz
-  def read_normalization(self) -> dict | None:
-    """{'mean', 'std'} float32 arrays, or None for a run written before they were saved (or an ImageNet run,
-    whose normalisation is constants of its config)."""
+  def read_normalization(self) -> dict:
+    """{'mean', 'std'} float32 arrays of a CIFAR run (an ImageNet run's normalisation is constants of its config).
+
+    errors.NotFoundError for a workdir without the file: one trained before training saved it.
+    """
     import io
 
     import numpy as np
 
     p = self.path / NORMALIZATION
     if not p.exists():
-      return None
+      raise errors.NotFoundError(
+          f"{p} does not exist: the input statistics of this CIFAR net, which training writes before its first "
+          'step. Train the run again, or write the file from its training split: python -c "from resnet_jax '
+          f"import inference; inference.save_normalization('{self.name}')\""
+      )
     with np.load(io.BytesIO(p.read_bytes())) as z:
       return {"mean": z["mean"], "std": z["std"]}
 

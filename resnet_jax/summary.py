@@ -66,13 +66,13 @@ def analyze(model: nn.Module, image_size: int) -> dict:
 
 
 def paper_figures(model_config) -> dict:
-  family, depth = model_config.get("family", "cifar"), model_config.depth
+  family, depth = model_config.family, model_config.depth
   out = {}
   if family == "cifar" and depth in PAPER_CIFAR_PARAMS_M:
     out["params_M"] = PAPER_CIFAR_PARAMS_M[depth]
   if family == "imagenet" and depth in PAPER_IMAGENET_MULT_ADDS_G:
     out["mult_adds_G"] = PAPER_IMAGENET_MULT_ADDS_G[depth]
-    if model_config.get("shortcut") == "B" and model_config.get("residual", True):
+    if model_config.shortcut == "B" and model_config.residual:
       out["params_torchvision"] = TORCHVISION_PARAMS[depth]
   return out
 
@@ -82,8 +82,8 @@ def summarize(config) -> dict:
   info = analyze(model, config.image_size)
   m = config.model
   return {
-      "model": f"{m.get('family', 'cifar')} {'resnet' if m.get('residual', True) else 'plain'}{m.depth}",
-      "shortcut": model.shortcut if m.get("residual", True) else None,
+      "model": f"{m.family} {'resnet' if m.residual else 'plain'}{m.depth}",
+      "shortcut": model.shortcut if m.residual else None,
       "stride_placement": model.stride_placement if model.block == "bottleneck" else None,
       "image_size": config.image_size,
       "num_classes": m.num_classes,

@@ -77,7 +77,7 @@ class RunSpec:
   """A validated run: the config it trains, where, and the command that trains it on its own."""
 
   name: str
-  config: ml_collections.ConfigDict  # as train_and_evaluate resolves it (config_lib.resolve)
+  config: ml_collections.ConfigDict  # resolved and checked (config_lib.resolve), as train_and_evaluate takes it
   workdir: str
   argv: list[str]  # arguments of `python -m resnet_jax.main`
   overrides: dict  # field -> value, the run's own and --set's (what differs from the base)
@@ -261,18 +261,11 @@ def _json(config) -> dict:
 
 
 def config_conflicts(stored: dict, wanted: dict) -> list[str]:
-  """Fields (other than bookkeeping) in which a run directory's config differs from the run's.
-
-  A field the stored config lacks is not a conflict: the run predates the field, whose default keeps the
-  behaviour the code had before it; except model.conv_padding, whose default changed when it was introduced.
-  """
-  a, b = config_lib.flatten(stored), config_lib.flatten(wanted)
-  if "model.depth" in a and "model.conv_padding" in b:
-    a.setdefault("model.conv_padding", config_lib.LEGACY_CONV_PADDING)
+  """The fields (other than bookkeeping) in which a run directory's config, filled from its recipe as a workdir's
+  is, differs from the run's (config_lib.differences)."""
   return [
-      f"{k}: directory has {a.get(k)!r}, this sweep {b.get(k)!r}"
-      for k in sorted(set(a) | set(b))
-      if k not in config_lib.BOOKKEEPING_FIELDS and k in a and a.get(k) != b.get(k)
+      f"{k}: directory has {a!r}, this sweep {b!r}"
+      for k, a, b in config_lib.differences(config_lib.fill(stored), wanted)
   ]
 
 
@@ -352,15 +345,14 @@ def _build_run(module, sweep_file: str, workdir: str, run: Run, set_items) -> tu
     return None, [
         f"the command line cannot express {mismatch} exactly; give these overrides values of the fields' own types"
     ]
-  # 4. The training code's own checks (on the config as training resolves it: epochs to steps, lr scaled to
-  # the batch), and the run directory (if any) must hold a run of this config.
-  resolved = config_lib.resolve(parsed)
+  # 4. The config as the command resolves it (epochs to steps, lr scaled to the batch) and the training code's
+  # checks, devices included; the run directory (if any) must hold a run of this config.
   try:
-    config_lib.validate(resolved)
+    resolved = config_lib.resolve(parsed, with_devices=True)
   except config_lib.ConfigError as e:
     return None, ["; ".join(e.problems)]
   stored = rundir.RunDir(run_dir).stored_config()
-  conflicts = config_conflicts(stored, _json(resolved)) if stored is not None else []
+  conflicts = config_conflicts(stored, resolved) if stored is not None else []
   if conflicts:
     return None, [
         f"{run_dir} holds a run of another config ({'; '.join(conflicts)}); use another --workdir "

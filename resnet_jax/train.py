@@ -57,7 +57,7 @@ class EvalMetrics(metrics.Collection):
 def make_schedule(config) -> optax.Schedule:
   """Optional warm-up (constant, as the paper's ResNet-110, or linear), then step decay or cosine decay."""
   lr, n, w = config.learning_rate, config.num_train_steps, int(config.warmup_steps)
-  if config.get("lr_schedule", "step") == "cosine":
+  if config.lr_schedule == "cosine":
     main = optax.cosine_decay_schedule(lr, max(1, n - w))
   else:
     scales = {}
@@ -67,7 +67,7 @@ def make_schedule(config) -> optax.Schedule:
     main = optax.piecewise_constant_schedule(lr, scales)
   if not w:
     return main
-  if config.get("warmup_mode", "constant") == "constant":
+  if config.warmup_mode == "constant":
     warm = optax.constant_schedule(config.warmup_learning_rate)
   else:
     warm = optax.linear_schedule(config.warmup_learning_rate, lr, w)
@@ -226,8 +226,9 @@ def _fmt_eta(seconds: float) -> str:
   return f"{seconds} s"
 
 
-def evaluate(compiled: compiled_steps.CompiledSteps, state, data: inputs.Data, progressed=lambda: None) -> dict:
-  """The eval split's loss, error and count; `progressed` is called at each batch (hang.ProgressWatch)."""
+def evaluate_split(compiled: compiled_steps.CompiledSteps, state, data: inputs.Data, progressed=lambda: None) -> dict:
+  """config.eval_split's loss, error and count, as training logs them; `progressed` is called at each batch
+  (hang.ProgressWatch)."""
   total = None
   for batch in data.eval_batches():
     m = compiled.eval_on_batch(state, batch)
@@ -245,12 +246,11 @@ def evaluate(compiled: compiled_steps.CompiledSteps, state, data: inputs.Data, p
 
 class TrainLog:
   """The training metrics between two log lines: merged on the devices, fetched once per line, checked for
-  non-finite steps (an error naming the step, or counted with skip_nonfinite), written and printed with img/s and
-  the time left."""
+  non-finite steps (returned to the loop, which stops, or counted with skip_nonfinite), written and printed with
+  img/s and the time left."""
 
-  def __init__(self, config, workdir: str, checkpointer, new_window):
-    self.config, self.workdir, self.checkpointer = config, workdir, checkpointer
-    self.new_window = new_window
+  def __init__(self, config, new_window):
+    self.config, self.new_window = config, new_window
     self.window, self.infos, self.last_finite, self.skipped = new_window(), [], {}, 0
     self.restart_clock()
 
@@ -263,23 +263,17 @@ class TrainLog:
     self.window = window
     self.infos.append(infos)
 
-  def flush(self, step: int) -> dict:
-    """The window's scalars, logged; raises errors.NonFiniteError for a non-finite step unless skip_nonfinite."""
+  def flush(self, step: int) -> tuple[dict, list]:
+    """(the window's scalars, logged; []), or ({}, [(step, loss), ...]) for its non-finite steps unless
+    skip_nonfinite skips them: the loop stops there, and last_finite stays the previous window's."""
     config = self.config
     infos = {k: np.concatenate([x[k] for x in jax.device_get(self.infos)]) for k in self.infos[0]}
     n = len(infos["loss"])
     first = step - n + 1
-    bad = [int(first + i) for i in np.flatnonzero(infos["nonfinite"])]
+    bad = [(int(first + i), infos["loss"][i]) for i in np.flatnonzero(infos["nonfinite"])]
     self.skipped += len(bad)
     if bad and not config.skip_nonfinite:
-      newest = self.checkpointer.all_steps()
-      raise errors.NonFiniteError(
-          f"non-finite loss or gradient at step {bad[0]} (loss {infos['loss'][bad[0] - first]}); the update "
-          f"was not applied. Last finite metrics: {self.last_finite or 'none yet'}. Newest good checkpoint: "
-          + (f"{self.workdir}/checkpoints/{newest[-1]}" if newest else "none")
-          + ". Lower the learning rate, or "
-          "set --config.skip_nonfinite=True to skip such updates."
-      )
+      return {}, bad
     elapsed = time.time() - self.t0
     computed = self.window.compute()
     scalars = {
@@ -305,7 +299,19 @@ class TrainLog:
         _fmt_eta(remaining),
     )
     self.window, self.infos = self.new_window(), []
-    return scalars
+    return scalars, []
+
+
+def _nonfinite_error(bad: list, last_finite: dict, checkpointer, workdir: str) -> errors.NonFiniteError:
+  """The error that stops training at the first of TrainLog.flush's non-finite (step, loss)."""
+  step, loss = bad[0]
+  newest = checkpointer.all_steps()
+  return errors.NonFiniteError(
+      f"non-finite loss or gradient at step {step} (loss {loss}); the update was not applied. Last finite metrics: "
+      f"{last_finite or 'none yet'}. Newest good checkpoint: "
+      + (f"{workdir}/checkpoints/{newest[-1]}" if newest else "none")
+      + ". Lower the learning rate, or set --config.skip_nonfinite=True to skip such updates."
+  )
 
 
 def _restore_or_init(compiled: compiled_steps.CompiledSteps, tx, config, checkpointer, workdir: str):
@@ -354,12 +360,12 @@ def call_lengths(start_step: int, num_train_steps: int, steps_per_call: int):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, deadline: float | None = None) -> dict:
   """Trains (resuming from workdir/checkpoints if present) and evaluates; returns results.json's content.
 
+  `config` is resolved (config_lib.resolve, as cli.start returns it); here it is checked against the devices too.
   `deadline` (a time.time(); `--stop_after`): stop at the first call boundary after it, as on SIGTERM. Each call
   appends its piece (steps, seconds, machine, how it ended) to WORKDIR/pieces.jsonl. A finished run (results.json
   of num_train_steps of this network) is not touched: its results are logged in one line and returned.
   """
   t_start = time.time()
-  config = config_lib.resolve(config)
   config_lib.validate(config)
   run = rundir.RunDir(workdir)
   workdir = run.name
@@ -386,7 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, deadl
   checkpointer = ckpt_lib.Checkpointer(run.checkpoints, max_to_keep=config.keep_checkpoints)
   state, start_step = _restore_or_init(compiled, tx, config, checkpointer, workdir)
   writer = _start_files(config, run, start_step, is_chief, getattr(data, "norm", None))
-  log = TrainLog(config, workdir, checkpointer, lambda: compiled.place_window(TrainMetrics.empty()))
+  log = TrainLog(config, lambda: compiled.place_window(TrainMetrics.empty()))
   saved = set(checkpointer.all_steps())
 
   def save(step, force=False):
@@ -430,9 +436,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, deadl
       log.add(window, infos)
       step = first + n
       is_last = step == config.num_train_steps
-      scalars = log.flush(step) if step % config.log_every_steps == 0 or is_last else {}
+      scalars = {}
+      if step % config.log_every_steps == 0 or is_last:
+        scalars, bad = log.flush(step)
+        if bad:
+          raise _nonfinite_error(bad, log.last_finite, checkpointer, workdir)
       if step % config.eval_every_steps == 0 or is_last:
-        eval_results = evaluate(compiled, state, data, watch.progressed)
+        eval_results = evaluate_split(compiled, state, data, watch.progressed)
         scalars.update(eval_results)
         logging.info(
             "step %d  eval error %.4f  loss %.4f  (%d examples)",
@@ -477,7 +487,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, deadl
 
   # Report.
   if not eval_results and start_step >= config.num_train_steps:  # rerun of a finished run: just report
-    eval_results = evaluate(compiled, state, data)
+    eval_results = evaluate_split(compiled, state, data)
   results = _results(
       config,
       run,
@@ -506,7 +516,7 @@ def _finished_results(config, run: rundir.RunDir) -> dict | None:
   results = run.read_results()
   if not results or results.get("final_eval_error") is None or results.get("steps", 0) < config.num_train_steps:
     return None
-  if ckpt_lib.model_differences(results.get("config", {}), ckpt_lib.meta_for(config)):
+  if ckpt_lib.model_differences(results["config"], ckpt_lib.meta_for(config)):
     return None
   return results
 

@@ -50,7 +50,7 @@ _LONGEST_FIRST = (
     "test_imagenet.py",
     "test_cluster.py",
     "test_models.py",
-    "test_device_input.py",
+    "test_cifar.py",
     "test_cli.py",
     "test_notebooks.py",
     "test_report.py",

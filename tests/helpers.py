@@ -155,6 +155,37 @@ def small_cifar_npz(path, *, n_train, n_test):
   return path
 
 
+class HostBatches:
+  """inputs.Data's interface for compiled_steps.CompiledSteps.train over given host batches (batch i at step i)."""
+
+  draw = None  # host batches, as tf.data's
+
+  def __init__(self, *batches):
+    self.batches = batches
+
+  def train_batch(self, step: int) -> dict:
+    return self.batches[step]
+
+
+def train_on_batch(steps, state, batch, rng):
+  """(state, step info) after one training step of `steps` (a CompiledSteps) on this process's share of a host
+  batch: the call the training loop makes for one step on tf.data's batches."""
+  import jax
+  from resnet_jax import train
+
+  window = steps.place_window(train.TrainMetrics.empty())
+  state, _, infos = steps.train(state, window, HostBatches(batch), 0, 1, rng)
+  return state, jax.tree.map(lambda x: x[0], infos)
+
+
+def lower_train_on_batch(steps, state, batch, rng):
+  """The jax Lowered of train_on_batch's call (`state` may be abstract: shapes and shardings)."""
+  from resnet_jax import train
+
+  window = steps.place_window(train.TrainMetrics.empty())
+  return steps.lower_train(state, window, HostBatches(batch), 0, 1, rng)
+
+
 def load_state(workdir, step):
   """The TrainState of a checkpoint, as host arrays."""
   import orbax.checkpoint as ocp
@@ -206,6 +237,24 @@ def random_torchvision(depth, seed=0, **kwargs):
         m.weight.uniform_(0.5, 1.5)
         m.bias.normal_(0, 0.1)
   return net.eval()
+
+
+def pad_as_flax_same(net):
+  """`net` (PyTorch) with each strided k x k convolution padded as flax's 'SAME' instead of k // 2 on each side: less
+  before than after (0 and 1 for a 3x3 of stride 2 on an even size), one pixel off the shortcut's sampling. For
+  checks that a comparison with ours is tight enough to see that."""
+  import torch
+
+  def pad(module, args):
+    (k, _), (s, _), n = module.kernel_size, module.stride, args[0].shape[-1]
+    total = max((-(-n // s) - 1) * s + k - n, 0)
+    return (torch.nn.functional.pad(args[0], (total // 2, total - total // 2) * 2),)
+
+  for m in net.modules():
+    if isinstance(m, torch.nn.Conv2d) and m.stride[0] > 1 and m.kernel_size[0] > 1:
+      m.padding = (0, 0)
+      m.register_forward_pre_hook(pad)
+  return net
 
 
 def numpy_state(net):

@@ -118,7 +118,7 @@ def write_manual_download(manual_dir) -> dict:
 
 def prepare_fake_imagenet(data_dir, *, num_shards: int = 3) -> dict:
   """Writes the manual download under <data_dir>/downloads/manual (tfds's default) and prepares it."""
-  from resnet_jax import imagenet_prepare
+  from resnet_jax.data import imagenet_prepare
 
   meta = write_manual_download(Path(data_dir) / "downloads" / "manual")
   builder = imagenet_prepare.prepare(data_dir, num_shards=num_shards)

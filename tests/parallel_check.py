@@ -25,6 +25,7 @@ DEPTH, BATCH = 8, 32
 
 def run(mode, bn_sync, n_devices, steps=3, dtype=np.float32):
   import jax.numpy as jnp
+  from helpers import train_on_batch
   from resnet_jax import config_lib, models, parallel, train
 
   config = config_lib.cifar(DEPTH)
@@ -50,7 +51,7 @@ def run(mode, bn_sync, n_devices, steps=3, dtype=np.float32):
         "image": rng.normal(size=(BATCH, 32, 32, 3)).astype(np.float32).astype(dtype),
         "label": rng.integers(0, 10, BATCH).astype(np.int32),
     }
-    state, _, info = s.train_on_batch(state, batch, jax.random.key(0))
+    state, info = train_on_batch(s, state, batch, jax.random.key(0))
     losses.append(float(info["loss"]))
   eval_batch = {
       "image": rng.normal(size=(64, 32, 32, 3)).astype(np.float32).astype(dtype),

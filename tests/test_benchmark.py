@@ -5,12 +5,13 @@ field, and that the PyTorch twin is the same network as ours. Figures live in be
 """
 
 import json
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from helpers import REPO, SHARED_DATA, run_cli
+from helpers import REPO, SHARED_DATA, lower_train_on_batch, pad_as_flax_same, run_cli
 from resnet_jax import config_lib, models, train
 from resnet_jax.cpu import xla_options
 
@@ -135,19 +136,23 @@ def test_input_rate_without_tensorflow_is_reported_not_fatal(monkeypatch):
   assert "needs TensorFlow" in r["input_note"] and "input_backend=device" in r["input_note"]
 
 
-def test_imagenet_preprocessing_rate_on_real_jpegs():
-  """--jpeg_dir: one JSON line per (augmentation, thread count), counting the decoded and augmented images."""
-  proc = run_cli(
-      "resnet_jax.benchmark",
-      f"--jpeg_dir={SHARED_DATA / 'imagenet-sample'}",
-      "--seconds=0.5",
-      "--threads=1,2",
-      "--augmentation=inception",
-      timeout=300,
+def test_imagenet_preprocessing_rate_on_real_jpegs(tmp_path):
+  """benchmarks/imagenet_preprocessing.py: one JSON line per (augmentation, thread count), counting the decoded and
+  augmented images; a folder that does not exist is one line and exit status 2."""
+  script = REPO / "benchmarks" / "imagenet_preprocessing.py"
+  run = lambda *args: subprocess.run(
+      [sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, timeout=300
   )
+  proc = run(
+      f"--jpeg_dir={SHARED_DATA / 'imagenet-sample'}", "--seconds=0.5", "--threads=1,2", "--augmentation=inception"
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
   assert [(r["augmentation"], r["threads"]) for r in rows] == [("inception", 1), ("inception", 2)]
   assert all(r["images"] >= 32 and r["img_per_s"] > 0 and r["files"] >= 300 for r in rows), rows
+  missing = run(f"--jpeg_dir={tmp_path / 'missing'}")
+  assert missing.returncode == 2 and "Traceback" not in missing.stderr
+  assert f"{tmp_path / 'missing'} is not a directory" in missing.stderr
 
 
 def test_gpu_results_table():
@@ -183,7 +188,7 @@ def _compiled_train_step(config):
       "image": np.zeros((config.batch_size, 32, 32, 3), np.float32),
       "label": np.zeros((config.batch_size,), np.int32),
   }
-  return steps.compile(steps.lower_train_on_batch(state, batch, jax.random.key(0))).as_text()
+  return steps.compile(lower_train_on_batch(steps, state, batch, jax.random.key(0))).as_text()
 
 
 def _convolutions(hlo: str):
@@ -266,9 +271,8 @@ def test_torch_twin_is_the_same_network():
     theirs = net.train()(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).detach().numpy()
     scale = np.abs(theirs).max()
     assert np.abs(np.asarray(ours) - theirs).max() <= 1e-4 * scale
-    cfg.model.conv_padding = "same"
-    shifted, _ = models.create_model(cfg.model).apply(variables, x, train=True, mutable=["batch_stats"])
-    assert np.abs(np.asarray(shifted) - theirs).max() > 1e-2 * scale
+    shifted = pad_as_flax_same(net)(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).detach().numpy()
+    assert np.abs(shifted - theirs).max() > 1e-2 * scale
 
 
 @pytest.mark.peer
@@ -280,7 +284,7 @@ def test_torch_peer_half_precision_checks_the_float32_function():
 
   config = config_lib.cifar(8)
   config.dataset, config.batch_size, config.half_precision = "fake", 8, True
-  r = torch_peer.compare(config, steps=1, windows=1, warmup=1)
+  r = torch_peer.compare(config_lib.resolve(config), steps=1, windows=1, warmup=1)
   assert r["torch_autocast_bf16"] and r["torch_device"] == "cpu" and r["torch_device_name"] is None
   assert r["check"]["params"] == RESNET8_PARAMS and r["check"]["max_abs_logit_diff"] < 1e-3
   assert r["jax_images_per_sec"] > 0 and r["torch_images_per_sec"] > 0
@@ -294,7 +298,7 @@ def test_torch_peer_times_torch_compile_beside_eager():
 
   config = config_lib.cifar(8)
   config.dataset, config.batch_size = "fake", 8
-  r = torch_peer.compare(config, steps=1, windows=2, warmup=1, torch_compile=True)
+  r = torch_peer.compare(config_lib.resolve(config), steps=1, windows=2, warmup=1, torch_compile=True)
   assert len(r["torch_compile_windows"]) == len(r["torch_windows"]) == len(r["jax_windows"]) == 2
   assert r["torch_compile_seconds"] > 0 and r["ratio_jax_over_torch_compile"] > 0
 
@@ -307,7 +311,7 @@ def test_steps_per_call_comparison_reports_kernel_time_and_faults():
   config = config_lib.cifar(8)
   config.dataset, config.batch_size, config.input_backend = "fake", 8, "device"
   config.fake_train_size, config.fake_eval_size = 64, 32
-  r = benchmark.compare_steps_per_call(config, [1, 2], steps=4, windows=2, warmup=1)
+  r = benchmark.compare_steps_per_call(config_lib.resolve(config), [1, 2], steps=4, windows=2, warmup=1)
   assert list(r["steps_per_call"]) == ["1", "2"]
   for x in r["steps_per_call"].values():
     assert len(x["train_window_images_per_sec"]) == 2 and x["train_images_per_sec"] > 0
@@ -325,7 +329,7 @@ def test_step_profile_puts_every_convolution_flop_in_its_part():
 
   config = config_lib.cifar(8)
   config.dataset, config.batch_size = "fake", 8
-  r = profile_step.breakdown(config, calls=2, warmup=1, peak_gflops=100.0)
+  r = profile_step.breakdown(config_lib.resolve(config), calls=2, warmup=1, peak_gflops=100.0)
   # ResNet-8 on 32x32: stem 3->16 and three stages of one block; (out H*W, kernel, in, out) per convolution.
   convs = [(32 * 32, 9, 3, 16), (32 * 32, 9, 16, 16), (32 * 32, 9, 16, 16)]
   convs += [(16 * 16, 9, 16, 32), (16 * 16, 9, 32, 32), (8 * 8, 9, 32, 64), (8 * 8, 9, 64, 64)]

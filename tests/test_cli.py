@@ -52,8 +52,7 @@ CASES = [
     ("resnet_jax.convert", ["to-pytorch", "x", "--workdir=W"], "usage: python -m resnet_jax.convert"),
     ("resnet_jax.benchmark", ["--config=configs/nope.py"], "configs/nope.py: no such config file"),
     ("resnet_jax.benchmark", [CIFAR, "--config.learning_rate=-1"], "learning_rate=-1"),
-    ("resnet_jax.benchmark", ["--jpeg_dir=MISSING_JPEGS"], "MISSING_JPEGS is not a directory"),
-    ("resnet_jax.imagenet_prepare", ["--data_dir=MISSING_DATA"], "ILSVRC2012_img_train.tar"),
+    ("resnet_jax.data.imagenet_prepare", ["--data_dir=MISSING_DATA"], "ILSVRC2012_img_train.tar"),
     ("resnet_jax.sweep", ["experiments/nope.py", "--workdir=W"], "experiments/nope.py"),
     (
         "resnet_jax.sweep",
@@ -62,11 +61,11 @@ CASES = [
     ),
     ("resnet_jax.sweep", ["experiments/depth.py"], "--workdir is required"),
     ("resnet_jax.report", ["MISSING_SWEEP"], "MISSING_SWEEP"),
-    ("resnet_jax.analyze", ["--workdir=MISSING_RUN"], "MISSING_RUN/config.json does not exist"),
+    ("resnet_jax.layer_responses", ["--workdir=MISSING_RUN"], "MISSING_RUN/config.json does not exist"),
 ]
 
 
-@pytest.mark.parametrize("module,args,needle", CASES, ids=[f"{m.split('.')[1]}:{' '.join(a)}" for m, a, _ in CASES])
+@pytest.mark.parametrize("module,args,needle", CASES, ids=[f"{m.split('.')[-1]}:{' '.join(a)}" for m, a, _ in CASES])
 def test_bad_input_is_one_line_and_exit_2(module, args, needle, tmp_path):
   args = [a.replace("=W", f"={tmp_path / 'W'}").replace("MISSING_", f"{tmp_path}/MISSING_") for a in args]
   proc = run_cli(module, *args, check=False, timeout=120, env={"GLIBC_TUNABLES": ""})  # a restart would be due

@@ -41,7 +41,7 @@ def test_config_docstring_says_what_we_measured(config):
 
 
 def test_docs_name_files_that_exist():
-  for name in ("docs/guide.md", "docs/paper.md", "docs/pods.md"):
+  for name in ("docs/guide.md", "docs/cpu.md", "docs/paper.md", "docs/pods.md"):
     text = (REPO / name).read_text()
     for path in re.findall(r"`([^`\s]+)`", text) + re.findall(r"\]\(([^)#\s]+)\)", text):
       for found in REPO_PATH.findall(path):

@@ -203,10 +203,10 @@ def test_output_folder_is_checked_before_the_checkpoint_loads(workdir, tmp_path,
 
 
 def test_missing_runtime_names_the_extra(workdir, tmp_path, monkeypatch):
-  from resnet_jax import export, input_pipeline
+  from resnet_jax import errors, export
 
   monkeypatch.setitem(sys.modules, "onnxruntime", None)
-  with pytest.raises(input_pipeline.MissingDependencyError, match=r"pip install 'resnet_jax\[export\]'"):
+  with pytest.raises(errors.MissingDependencyError, match=r"pip install 'resnet_jax\[export\]'"):
     export.export(str(workdir), str(tmp_path / "m.onnx"), "onnx")
 
 
@@ -246,7 +246,7 @@ def test_torchvision_resnet50_exports_with_torchvisions_probabilities(tmp_path):
   model_config, variables = convert.from_torchvision(numpy_state(net))
   config = config_lib.imagenet_torchvision(50)
   config.model = model_config
-  convert.write_workdir(config, variables, str(tmp_path / "tv50"))
+  convert.write_workdir(config_lib.resolve(config), variables, str(tmp_path / "tv50"))
   out = export.export(str(tmp_path / "tv50"), str(tmp_path / "tv50.stablehlo"), "stablehlo")
 
   crop = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])

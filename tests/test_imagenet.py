@@ -19,11 +19,11 @@ import pytest
 import tensorflow as tf
 
 from helpers import train_in_process
-from resnet_jax import config_lib, evaluate, models
-from resnet_jax import imagenet_eval_input as eval_input
-from resnet_jax import imagenet_images as images
-from resnet_jax import imagenet_prepare as prepared
-from resnet_jax import imagenet_train_input as train_input
+from resnet_jax import config_lib, errors, evaluate, models
+from resnet_jax.data import imagenet_eval as eval_input
+from resnet_jax.data import imagenet_images as images
+from resnet_jax.data import imagenet_prepare as prepared
+from resnet_jax.data import imagenet_train as train_input
 
 REPO = Path(__file__).parents[1]
 
@@ -58,7 +58,7 @@ def seed(i):
 
 
 def test_missing_download_names_files_and_directory(tmp_path, monkeypatch):
-  with pytest.raises(prepared.ImageNetNotFoundError) as e:
+  with pytest.raises(errors.ImageNetNotFoundError) as e:
     prepared.check_manual_download(tmp_path)
   msg = str(e.value)
   assert isinstance(e.value, FileNotFoundError)
@@ -67,18 +67,18 @@ def test_missing_download_names_files_and_directory(tmp_path, monkeypatch):
   # Only one tar present: still an error, naming the missing one.
   (tmp_path / "downloads" / "manual").mkdir(parents=True)
   (tmp_path / "downloads" / "manual" / "ILSVRC2012_img_train.tar").write_bytes(b"")
-  with pytest.raises(prepared.ImageNetNotFoundError, match=r"missing: ILSVRC2012_img_val.tar\)"):
+  with pytest.raises(errors.ImageNetNotFoundError, match=r"missing: ILSVRC2012_img_val.tar\)"):
     prepared.check_manual_download(tmp_path)
   # config.data_dir=None falls back to $TFDS_DATA_DIR, and the pipelines stop with the same error.
   env_dir = tmp_path / "from_env"
   monkeypatch.setenv("TFDS_DATA_DIR", str(env_dir))
   config = config_lib.imagenet(18)
   config.data_dir = None
-  with pytest.raises(prepared.ImageNetNotFoundError, match=str(env_dir / "downloads" / "manual")):
+  with pytest.raises(errors.ImageNetNotFoundError, match=str(env_dir / "downloads" / "manual")):
     train_input.train_dataset(config, local_batch_size=2)
-  with pytest.raises(prepared.ImageNetNotFoundError):
+  with pytest.raises(errors.ImageNetNotFoundError):
     eval_input.eval_dataset(config, protocol="single", local_batch_size=2)
-  with pytest.raises(prepared.ImageNetNotFoundError):
+  with pytest.raises(errors.ImageNetNotFoundError):
     evaluate.evaluate_protocol(models.imagenet_resnet18(), {}, config, "single")
 
 

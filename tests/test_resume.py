@@ -23,7 +23,7 @@ MAIN = "resnet_jax.main"
 
 
 def test_sigkill_and_resume_is_bit_identical(tmp_path):
-  """With the step-indexed tf.data input (input_backend='device' resumes exactly too: tests/test_device_input.py)."""
+  """With the step-indexed tf.data input (input_backend='device' resumes exactly too: tests/test_cifar.py)."""
   tfdata_run_args = lambda wd: [*small_run_args(wd), "--config.input_backend=tfdata"]
   ref = tmp_path / "ref"
   train_in_process(*tfdata_run_args(ref))
@@ -71,22 +71,23 @@ def test_rerun_of_finished_run_changes_nothing(tmp_path, monkeypatch):
   def no_evaluation(*args):
     raise AssertionError("a finished run was evaluated again")
 
-  from resnet_jax import sweep, train
+  from resnet_jax import config_lib, sweep, train
 
-  evaluate = train.evaluate
+  evaluate_split = train.evaluate_split
   monkeypatch.setattr(train, "init_host_state", no_initial_state)  # nor do predict, evaluate... (inference.py)
-  monkeypatch.setattr(train, "evaluate", no_evaluation)
+  monkeypatch.setattr(train, "evaluate_split", no_evaluation)
   log = train_in_process(*small_run_args(wd, steps=4)).stderr
   assert {name: (wd / name).read_text() for name in before} == before
   assert (
       f"{wd} is finished: error {100 * results['final_eval_error']:.2f}% on test (100 examples) after 4 steps, in "
       f"{wd}/results.json; nothing trained or evaluated (a larger --config.num_train_steps trains on)"
   ) in log
-  assert train.train_and_evaluate(sweep.config_from_argv(small_run_args(wd, steps=4)), str(wd)) == results
+  config = config_lib.resolve(sweep.config_from_argv(small_run_args(wd, steps=4)))
+  assert train.train_and_evaluate(config, str(wd)) == results
   from resnet_jax import inference
 
   assert set(inference.load_for_inference(str(wd))) == {"params", "batch_stats"}
-  monkeypatch.setattr(train, "evaluate", evaluate)
+  monkeypatch.setattr(train, "evaluate_split", evaluate_split)
   (wd / "results.json").unlink()
   train_in_process(*small_run_args(wd, steps=4))
   again = json.loads((wd / "results.json").read_text())

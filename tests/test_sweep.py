@@ -202,8 +202,9 @@ def test_run_directory_of_another_config_is_refused(tmp_path):
 
 
 def test_machine_settings_are_not_conflicts():
-  """A run directory written with other CPU settings, under today's names (cpu.*) or those before 2026-11-30
-  (cpu_convolutions, host_malloc, model.weight_grad_chunk), is the same run: it is reused, not refused."""
+  """A run directory written with other CPU settings, under today's names (cpu.*) or names the code no longer has
+  (cpu_convolutions, host_malloc, model.weight_grad_chunk), is the same run: it is reused, not refused. A field
+  the directory's config lacks has its recipe's value, which the code used before the field existed."""
   from resnet_jax import sweep
 
   stored = {
@@ -218,9 +219,8 @@ def test_machine_settings_are_not_conflicts():
   assert sweep.config_conflicts(stored, {**wanted, "learning_rate": 0.2}) == [
       "learning_rate: directory has 0.1, this sweep 0.2"
   ]
-  # A directory from before model.conv_padding was trained with flax's 'SAME': another network.
-  assert sweep.config_conflicts(stored, {**wanted, "model": {"depth": 20, "conv_padding": "symmetric"}}) == [
-      "model.conv_padding: directory has 'same', this sweep 'symmetric'"
+  assert sweep.config_conflicts(stored, {**wanted, "model": {"depth": 20, "zero_init_last_bn": True}}) == [
+      "model.zero_init_last_bn: directory has False, this sweep True"
   ]
 
 

@@ -20,7 +20,8 @@ from helpers import REPO, without_host_measures
 
 sys.path.insert(0, str(REPO / "experiments"))
 import torch_twin  # noqa: E402
-from resnet_jax import config_lib, input_pipeline, pieces, rundir, train  # noqa: E402
+from resnet_jax import config_lib, pieces, rundir, train  # noqa: E402
+from resnet_jax.data import cifar  # noqa: E402
 
 # 100 training images are 3 1/8 batches of 32: batch 3 ends epoch 0 and begins epoch 1. 200 test images in batches
 # of 64 end with a short batch of 8.
@@ -121,8 +122,8 @@ def test_initial_network_computes_our_initial_function(tfds_dir):
   A wrong copy moves them by far more than 1e-2 of their scale: the first kernel mirrored left to right does.
   """
   config = tiny_config(tfds_dir)
-  data = input_pipeline.load_split(config, "eval")
-  x = input_pipeline.normalizer(config, input_pipeline.load_split(config, "train"))(data.images[:32])
+  data = cifar.load_split(config, "eval")
+  x = cifar.normalizer(config, cifar.load_split(config, "train"))(data.images[:32])
   model = train.make_model(config)
   host = train.init_host_state(model, train.make_optimizer(config), config)
   variables = {"params": host.params, "batch_stats": host.batch_stats}
@@ -170,8 +171,8 @@ def test_batches_read_each_epoch_once_padded_after_normalisation_cropped_and_fli
   config = config_lib.cifar(20)
   config.batch_size = 32
   rng = np.random.default_rng(0)
-  data = input_pipeline.ArrayData(rng.integers(0, 256, (100, 32, 32, 3), np.uint8), np.arange(100, dtype=np.int32))
-  norm = input_pipeline.normalizer(config, data)
+  data = cifar.ArrayData(rng.integers(0, 256, (100, 32, 32, 3), np.uint8), np.arange(100, dtype=np.int32))
+  norm = cifar.normalizer(config, data)
   batches = torch_twin.TrainBatches(config, data, norm)
   order = np.concatenate([batches.indices(s) for s in range(25)])  # 800 examples: 8 epochs
   assert all(sorted(order[e * 100 : (e + 1) * 100]) == list(range(100)) for e in range(8))

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from resnet_jax import config_lib
-from resnet_jax import imagenet_images as images
-from resnet_jax import imagenet_prepare as prepared
+from resnet_jax.data import imagenet_images as images
+from resnet_jax.data import imagenet_prepare as prepared
 
 
 def _validate_train(config, local_batch_size, start_step, process_index, process_count):
@@ -24,10 +23,10 @@ def _validate_train(config, local_batch_size, start_step, process_index, process
         f"bad train_dataset arguments: local_batch_size={local_batch_size}, start_step={start_step}, "
         f"process_index={process_index}, process_count={process_count}"
     )
-  aug = config_lib.imagenet_setting(config, "augmentation")
+  aug = config.augmentation
   if aug not in images.AUGMENTATIONS:
     raise ValueError(f"unknown config.augmentation {aug!r}: valid values are {list(images.AUGMENTATIONS)}")
-  images.normalize(tf.zeros([1, 1, 3]), config.get("normalization", "pixel_mean"))  # validates the mode
+  images.normalize(tf.zeros([1, 1, 3]), config.normalization)  # validates the mode
 
 
 def train_records(
@@ -39,14 +38,14 @@ def train_records(
   """
   builder = builder or prepared.load_builder(config, process_count=process_count)
   filenames, skips, takes, n_local = prepared.file_instructions(
-      builder, config.get("train_split", "train"), process_index, process_count
+      builder, config.train_split, process_index, process_count
   )
   if n_local == 0:
     raise ValueError(f"process {process_index} of {process_count} has no training examples")
-  buffer = config_lib.imagenet_setting(config, "shuffle_buffer_size") or 16 * local_batch_size
+  buffer = config.shuffle_buffer_size or 16 * local_batch_size
   buffer = int(min(buffer, n_local))
   cycle = min(16, len(filenames))
-  base_seed = tf.constant([int(config.get("seed", 0)), process_index], tf.int64)
+  base_seed = tf.constant([int(config.seed), process_index], tf.int64)
   names = tf.constant(filenames)
 
   def epoch_records(epoch):
@@ -98,15 +97,15 @@ def train_dataset(
       builder=builder,
   )
   kwargs = dict(
-      augmentation=config_lib.imagenet_setting(config, "augmentation"),
-      image_size=int(config.get("image_size", 224)),
-      scale_range=tuple(config_lib.imagenet_setting(config, "scale_range")),
-      pca_std=float(config_lib.imagenet_setting(config, "pca_std")),
-      area_range=tuple(config_lib.imagenet_setting(config, "crop_area_range")),
-      aspect_range=tuple(config_lib.imagenet_setting(config, "crop_aspect_range")),
+      augmentation=config.augmentation,
+      image_size=int(config.image_size),
+      scale_range=tuple(config.scale_range),
+      pca_std=float(config.pca_std),
+      area_range=tuple(config.crop_area_range),
+      aspect_range=tuple(config.crop_aspect_range),
   )
-  mode = config.get("normalization", "pixel_mean")
-  seed = int(config.get("seed", 0))
+  mode = config.normalization
+  seed = int(config.seed)
 
   def preprocess(ex):
     image = images.train_image(ex["image"], tf.stack([tf.constant(seed, tf.int64), ex["position"]]), **kwargs)

@@ -5,12 +5,12 @@ Preparing the data (once, a few hours for the real 1.28M images):
 
     # put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in <data_dir>/downloads/manual/ (tfds's default
     # manual directory; or pass --manual_dir), then
-    python -m resnet_jax.imagenet_prepare --data_dir=$TFDS_DATA_DIR
+    python -m resnet_jax.data.imagenet_prepare --data_dir=$TFDS_DATA_DIR
 
-`data_dir` is `config.data_dir`, else $TFDS_DATA_DIR, else tfds's default (~/tensorflow_datasets). A single-process
-run prepares the data itself if the tars are there; a multi-process run asks for the command above instead (every
-process would otherwise write the same files). The training stream is resnet_jax.imagenet_train_input, the
-evaluation protocols resnet_jax.imagenet_eval_input.
+`data_dir` is `config.data_dir`, else $TFDS_DATA_DIR, else tfds's default (~/tensorflow_datasets): data's
+resolve_data_dir, as for CIFAR. A single-process run prepares the data itself if the tars are there; a multi-process
+run asks for the command above instead (every process would otherwise write the same files). The training stream is
+imagenet_train.py, the evaluation protocols imagenet_eval.py.
 """
 
 from __future__ import annotations
@@ -21,19 +21,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import flags
 
-from resnet_jax import config_lib, errors
+from resnet_jax import errors
+from resnet_jax.data import resolve_data_dir
 
 DATASET_NAME = "imagenet2012"
 MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
-
-
-class ImageNetNotFoundError(errors.NotFoundError):
-  """The prepared imagenet2012 data set and the manual download it is built from are both missing."""
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str:
-  """config.data_dir, else $TFDS_DATA_DIR, else tfds's default data dir."""
-  return os.fspath(data_dir or os.environ.get("TFDS_DATA_DIR") or tfds.core.constants.DATA_DIR)
 
 
 def default_manual_dir(data_dir=None) -> str:
@@ -46,12 +38,12 @@ def check_manual_download(data_dir=None, manual_dir=None) -> str:
   manual_dir = os.fspath(manual_dir or default_manual_dir(data_dir))
   missing = [f for f in MANUAL_FILES if not tf.io.gfile.exists(os.path.join(manual_dir, f))]
   if missing:
-    raise ImageNetNotFoundError(
+    raise errors.ImageNetNotFoundError(
         f"ImageNet 2012 is not prepared in {os.path.join(data_dir, DATASET_NAME)} and its manual download is "
         f"incomplete: expected {' and '.join(MANUAL_FILES)} in the manual directory {manual_dir} "
         f"(missing: {', '.join(missing)}). Download them from https://image-net.org/download-images "
         f"(registration required), put them there (or set config.manual_dir / --manual_dir), then prepare once "
-        f"with `python -m resnet_jax.imagenet_prepare --data_dir={data_dir}` (hours for the full data set). "
+        f"with `python -m resnet_jax.data.imagenet_prepare --data_dir={data_dir}` (hours for the full data set). "
         f"The data dir comes from config.data_dir, else $TFDS_DATA_DIR, else {tfds.core.constants.DATA_DIR}."
     )
   return manual_dir
@@ -75,7 +67,7 @@ def prepare(data_dir=None, manual_dir=None, *, num_shards: int | None = None) ->
 
 def load_builder(config, *, process_count: int = 1) -> tfds.core.DatasetBuilder:
   """The prepared builder; prepares it from the manual tars in a single-process run, else explains how to."""
-  builder = get_builder(config.get("data_dir"))
+  builder = get_builder(config.data_dir)
   if builder.is_prepared():
     if builder.info.file_format.value != "tfrecord":
       raise ValueError(
@@ -83,14 +75,14 @@ def load_builder(config, *, process_count: int = 1) -> tfds.core.DatasetBuilder:
           "tfrecord files (tfds's default): prepare it again without --file_format"
       )
     return builder
-  manual_dir = check_manual_download(config.get("data_dir"), config_lib.imagenet_setting(config, "manual_dir"))
+  manual_dir = check_manual_download(config.data_dir, config.manual_dir)
   if process_count > 1:
-    raise ImageNetNotFoundError(
+    raise errors.ImageNetNotFoundError(
         f"ImageNet 2012 is not prepared in {builder.data_dir}; prepare it once, before a multi-process run, with "
-        f"`python -m resnet_jax.imagenet_prepare --data_dir={resolve_data_dir(config.get('data_dir'))} "
+        f"`python -m resnet_jax.data.imagenet_prepare --data_dir={resolve_data_dir(config.data_dir)} "
         f"--manual_dir={manual_dir}`"
     )
-  return prepare(config.get("data_dir"), manual_dir)
+  return prepare(config.data_dir, manual_dir)
 
 
 def _split_info(builder, split):
@@ -171,7 +163,7 @@ def main(argv):
   from resnet_jax import cli
 
   if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {argv[1:]}; usage: python -m resnet_jax.imagenet_prepare --data_dir=DIR")
+    cli.fail(f"unexpected arguments: {argv[1:]}; usage: python -m resnet_jax.data.imagenet_prepare --data_dir=DIR")
   cli.start(restart=False)
   with cli.user_errors():
     builder = prepare(_FLAGS["data_dir"].value, _FLAGS["manual_dir"].value)

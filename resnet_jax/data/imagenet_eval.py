@@ -27,8 +27,8 @@ from __future__ import annotations
 import tensorflow as tf
 
 from resnet_jax import config_lib
-from resnet_jax import imagenet_images as images
-from resnet_jax import imagenet_prepare as prepared
+from resnet_jax.data import imagenet_images as images
+from resnet_jax.data import imagenet_prepare as prepared
 
 PROTOCOLS = config_lib.EVAL_PROTOCOLS
 VIEWS_PER_IMAGE = {"single": 1, "10crop": 10}  # multiscale: 2 per scale
@@ -40,10 +40,10 @@ def multiscale_batch_size(local_batch_size: int, image_size: int, hw: tuple[int,
 
 def multiscale_shapes(config, local_batch_size: int) -> list[tuple[int, int, int]]:
   """Every (h, w, batch size) the multiscale protocol can produce: at most one compilation each."""
-  aspects = tuple(config_lib.imagenet_setting(config, "multiscale_aspects"))
-  image_size = int(config.get("image_size", 224))
+  aspects = tuple(config.multiscale_aspects)
+  image_size = int(config.image_size)
   out = []
-  for size in config_lib.imagenet_setting(config, "multiscale_sizes"):
+  for size in config.multiscale_sizes:
     for key in range(2 * len(aspects)):
       idx, portrait = divmod(key, 2)
       if idx == 0 and portrait:
@@ -87,13 +87,13 @@ def eval_dataset(
         f"process_index={process_index}, process_count={process_count}"
     )
   builder = builder or prepared.load_builder(config, process_count=process_count)
-  split = config.get("eval_split", "validation")
+  split = config.eval_split
   filenames, skips, takes, n_local = prepared.file_instructions(builder, split, process_index, process_count)
-  image_size = int(config.get("image_size", 224))
-  resize_to = int(config_lib.imagenet_setting(config, "eval_resize"))
+  image_size = int(config.image_size)
+  resize_to = int(config.eval_resize)
   if resize_to < image_size:
     raise ValueError(f"eval_resize {resize_to} is smaller than image_size {image_size}")
-  mode = config.get("normalization", "pixel_mean")
+  mode = config.normalization
   images.normalize(tf.zeros([1, 1, 3]), mode)
   parse = prepared.record_parser(builder)
   ds = prepared.read_records(tf.constant(filenames, tf.string), skips, takes, cycle_length=1).enumerate()
@@ -131,11 +131,11 @@ def eval_dataset(
 
 
 def _multiscale(ds, config, local_batch_size, mode):
-  sizes = [int(s) for s in config_lib.imagenet_setting(config, "multiscale_sizes")]
-  aspects = tuple(float(a) for a in config_lib.imagenet_setting(config, "multiscale_aspects"))
+  sizes = [int(s) for s in config.multiscale_sizes]
+  aspects = tuple(float(a) for a in config.multiscale_aspects)
   if not aspects or abs(aspects[0] - 1.0) > 1e-6 or list(aspects) != sorted(aspects):
     raise ValueError(f"multiscale_aspects {aspects} must be increasing and start at 1.0")
-  image_size = int(config.get("image_size", 224))
+  image_size = int(config.image_size)
   n_keys = 2 * len(aspects)
   # Batch size per (scale, shape key); keys that cannot occur (portrait squares) get 1.
   table = []

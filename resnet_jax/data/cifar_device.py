@@ -1,9 +1,9 @@
 """input_backend='device': CIFAR held in accelerator memory, batches drawn and augmented inside a jitted function.
 
 On a GPU a CIFAR ResNet step takes milliseconds and a tf.data pipeline on a few host cores cannot keep up; the
-fastest CIFAR trainers keep the whole data set on the device. The training split is loaded once (from tfds, or
-from a plain .npz given by `config.data_file` so that TensorFlow is not needed), stored as uint8 and sharded
-over the mesh's data axis. Each step, every device draws its share of the batch from its own shard:
+fastest CIFAR trainers keep the whole data set on the device. The training split is loaded once (cifar.load_split:
+from tfds, or from a plain .npz given by `config.data_file` so that TensorFlow is not needed), stored as uint8 and
+sharded over the mesh's data axis. Each step, every device draws its share of the batch from its own shard:
 
 * order: a fresh permutation of the shard every epoch, keyed by (seed, device, epoch);
 * augmentation: 4-pixel zero padding after normalisation, a crop offset uniform over 0..8 in each direction
@@ -12,117 +12,26 @@ over the mesh's data axis. Each step, every device draws its share of the batch 
 
 Everything is a function of (seed, step), so resumed runs stay exact. The random numbers differ from the
 tfdata backend's (JAX's PRNG instead of TensorFlow's); the distributions are the same (tests check them).
-
-The .npz holds, for each of `train` and `test`, either `x_train` (uint8 [N, 32, 32, 3]) and `y_train` (the
-labels), or `train_jpeg` (the JPEG files' bytes, concatenated), `train_offsets` (N + 1: image i is
-`train_jpeg[off[i]:off[i + 1]]`) and `y_train`; row i is the i-th example in the order of tfds's keys (the
-official CIFAR order for the official files, as `keras.datasets.cifar10.load_data()` returns them). A split string
-selects the same examples, in the same order, from it as from tfds (`test[:1000]`, `train[45000:]`,
-`train[:90%]`): `tfds_order` sorts the rows as tfds's prepared files hold them before the slice is taken. The
-file's own order would give the first rows of whatever order it was written in: `test[:1000]` of a class-sorted
-test split is one class.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import io
 import logging
-import re
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from resnet_jax import input_pipeline, parallel, storage
+from resnet_jax import parallel
+from resnet_jax.data import cifar
 
-PAD = input_pipeline.PAD
-_SPLIT = re.compile(r"^(train|test)(?:\[(-?\d*%?):(-?\d*%?)\])?$")
-
-
-def _decode_jpegs(buf: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
-  from PIL import Image  # Pillow made the tfds copy's pixels from these JPEGs: it gives them exactly (tested)
-
-  return np.stack(
-      [np.asarray(Image.open(io.BytesIO(buf[offsets[i] : offsets[i + 1]].tobytes())).convert("RGB")) for i in rows]
-  )
+PAD = cifar.PAD
 
 
-@functools.lru_cache(maxsize=4)
-def _load_npz(path: str, which: str) -> tuple[dict, np.ndarray]:
-  """A split's arrays as the file stores them ({'x': images} or {'jpeg', 'offsets'}) and its labels: the rows a
-  split string selects are decoded afterwards, so that `test[:1000]` decodes 1,000 JPEGs, not 10,000."""
-  storage.check_supported(path)
-  if not storage.path(path).exists():
-    raise input_pipeline.DataNotFoundError(
-        f"data_file {path} does not exist; point --config.data_file at an .npz with x_{which}/y_{which} uint8 "
-        f"arrays or {which}_jpeg/{which}_offsets/y_{which} (JPEG bytes, their offsets and the labels)"
-    )
-  with storage.path(path).open("rb") as f, np.load(f) as z:
-    if f"x_{which}" in z:
-      stored = {"x": np.asarray(z[f"x_{which}"], np.uint8)}
-    elif f"{which}_jpeg" in z:
-      stored = {"jpeg": z[f"{which}_jpeg"], "offsets": z[f"{which}_offsets"]}
-    else:
-      raise input_pipeline.SplitError(f"{path} holds neither x_{which} nor {which}_jpeg (it has {sorted(z.files)})")
-    labels = np.asarray(z[f"y_{which}"], np.int32).reshape(-1)  # keras's labels are [N, 1]
-  return stored, labels
-
-
-def tfds_order(split: str, n: int) -> np.ndarray:
-  """Rows 0..n-1 of a split in the order of tfds's prepared files, computed without TensorFlow.
-
-  tfds's cifar10 and cifar100 builders key the i-th example of the official files by the integer i, and its writer
-  stores a split sorted by the md5 hash of the split's name followed by the key (tensorflow_datasets/core/hashing.py;
-  the name salts the hash so that two splits are shuffled differently). tfds reads them in that order and slices
-  that order, so a .npz in key order read in this order gives any split string tfds's examples.
-  tests/test_device_input.py compares it with the prepared files.
-  """
-  salted = hashlib.md5(split.encode())
-
-  def key(i: int) -> bytes:
-    h = salted.copy()
-    h.update(str(i).encode())
-    return h.digest()  # big-endian: bytes order is tfds's integer order
-
-  return np.array(sorted(range(n), key=key), dtype=np.int64)
-
-
-def _bound(value: str, n: int) -> int | None:
-  """A slice bound as tfds reads it: examples, or a percentage rounded to the closest example."""
-  if not value:
-    return None
-  return round(float(value[:-1]) * n / 100) if value.endswith("%") else int(value)
-
-
-def load_split(config, which: str) -> input_pipeline.ArrayData:
-  """The train or eval split, from config.data_file when given, else as input_pipeline loads it (tfds).
-
-  From a data_file, the split string selects what it selects in tfds (see tfds_order).
-  """
-  if not config.get("data_file") or config.dataset == "fake":
-    return input_pipeline.load_split(config, which)
-  split = config.train_split if which == "train" else config.eval_split
-  m = _SPLIT.match(split.replace(" ", ""))
-  if not m:
-    raise input_pipeline.SplitError(
-        f"split {split!r} is not supported with data_file: use train, test, or a slice "
-        "such as train[:45000] / train[45000:] / test[:10%]"
-    )
-  name, lo, hi = m.groups()
-  stored, labels = _load_npz(storage.name(config.data_file), name)
-  n = len(labels)
-  start, stop = _bound(lo, n), _bound(hi, n)
-  rows = tfds_order(name, n)[start:stop]
-  if any(b is not None and abs(b) > n for b in (start, stop)) or not len(rows):
-    raise input_pipeline.SplitError(
-        f"split {split!r} does not fit the {n} examples of {name!r} in {config.data_file}: it must select at least "
-        f"one of them and reach no further than {n}"
-    )
-  images = stored["x"][rows] if "x" in stored else _decode_jpegs(stored["jpeg"], stored["offsets"], rows)
-  return input_pipeline.ArrayData(images, labels[rows])
+def held_examples(n: int, device_count: int) -> int:
+  """How many of a split's n examples the devices hold: equal shards, the last n % device_count left out."""
+  return n - n % device_count
 
 
 class DeviceData:
@@ -130,12 +39,14 @@ class DeviceData:
 
   `batch(step)` draws one batch (a jitted call of its own); `draw(*source(first, n), step)` is the same pure
   function for use inside a larger jitted computation, such as `n` training steps in one call
-  (config.steps_per_call), with `source(first, n)` the device arrays that steps first..first+n-1 read.
+  (config.steps_per_call), with `source(first, n)` the device arrays that steps first..first+n-1 read. Each device
+  draws config.batch_size / mesh.size examples per batch; that the batch fits in the `held_examples` is inputs.Data's
+  check.
   """
 
-  def __init__(self, config, data: input_pipeline.ArrayData, norm: input_pipeline.Normalizer, mesh):
+  def __init__(self, config, data: cifar.ArrayData, norm: cifar.Normalizer, mesh):
     n_dev = mesh.size
-    n = len(data) - len(data) % n_dev
+    n = held_examples(len(data), n_dev)
     if n != len(data):
       logging.warning(
           "device input: dropping the last %d of %d training examples so that the %d devices hold equal shards",
@@ -150,8 +61,6 @@ class DeviceData:
     self.labels = jax.make_array_from_callback(local["label"].shape, sharding, lambda i: local["label"][i])
     self.n_local = n // n_dev
     self.local_batch = config.batch_size // n_dev
-    if self.local_batch > self.n_local:
-      raise ValueError(f"batch_size={config.batch_size} exceeds the {n} training examples")
     mean = jnp.asarray(norm.mean, jnp.float32)
     std = jnp.asarray(norm.std, jnp.float32)
     seed = int(config.seed)
@@ -197,7 +106,7 @@ class DeviceData:
 
 
 def pad_crop_flip(images, offsets, flips):
-  """The same operation as input_pipeline.pad_crop_flip, in JAX: zero pad by 4, crop at offsets, flip."""
+  """The same operation as cifar.pad_crop_flip, in JAX: zero pad by 4, crop at offsets, flip."""
   b, h, w, c = images.shape
   padded = jnp.pad(images, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)))
   crop = lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c))

@@ -1,13 +1,14 @@
 """Figure 7: the standard deviation of each 3x3 conv layer's response, for one trained run.
 
-    python -m resnet_jax.analyze --workdir=runs/degradation/plain56 [--config=configs/plain56.py] \\
+    python -m resnet_jax.layer_responses --workdir=runs/degradation/plain56 [--config=configs/plain56.py] \\
         [--num_examples=N]
 
 The response of a 3x3 conv layer is its batch-norm output, before the ReLU and (in a residual net) before the
 addition of the shortcut: what the blocks in resnet_jax/models.py sow into the 'intermediates' collection. The
 model is applied with `mutable=['intermediates']` (flax's capture; no copy of the model), in inference mode with
-the checkpoint's BN statistics, over the eval split (config.eval_split, the test set by default); every example
-counts once (the last batch is padded and masked).
+the checkpoint's BN statistics, over the eval split (config.eval_split, the test set by default), normalised with the
+training split's statistics saved in the workdir (resnet_jax.inference); every example counts once (the last batch
+is padded and masked).
 
 The value per layer is the standard deviation of all of the layer's responses over the examples (every image,
 position and channel together), as the paper's "std of layer responses". There is one value per 3x3 conv: two per
@@ -138,34 +139,34 @@ def response_stds(model, variables, batches, *, batch_stats: bool = False) -> tu
   return names, np.sqrt(m2 / n), examples
 
 
-def analyze_run(config, workdir: str, *, num_examples: int | None = None, batch_stats: bool = False) -> dict:
+def measure(config, workdir: str, *, num_examples: int | None = None, batch_stats: bool = False) -> dict:
   """Computes the response std of every 3x3 conv layer of the run's newest checkpoint; writes RESULTS_FILE
   (BATCH_STATS_FILE with batch_stats=True)."""
-  from resnet_jax import inference, input_pipeline, models, rundir, storage
+  from resnet_jax import inference, models, rundir, storage
+  from resnet_jax.data import cifar
 
   t0 = time.time()
   variables = inference.load_for_inference(workdir, config)
-  model = models.create_model(config.model, half_precision=config.get("half_precision", False))
-  train_data = input_pipeline.load_split(config, "train")
-  eval_data = input_pipeline.load_split(config, "eval")
-  norm = input_pipeline.normalizer(config, train_data)
+  model = models.create_model(config.model, half_precision=config.half_precision)
+  eval_data = cifar.load_split(config, "eval")  # CIFAR only: an ImageNet net's stops here
+  norm = inference.cifar_normalizer(workdir)
   if num_examples is not None and num_examples < len(eval_data):
-    eval_data = input_pipeline.ArrayData(eval_data.images[:num_examples], eval_data.labels[:num_examples])
+    eval_data = cifar.ArrayData(eval_data.images[:num_examples], eval_data.labels[:num_examples])
   batch_size = min(config.eval_batch_size, 500)
   if batch_stats:  # whole batches only: padding would enter the batch statistics
     keep = max(batch_size, len(eval_data) // batch_size * batch_size)
-    eval_data = input_pipeline.ArrayData(eval_data.images[:keep], eval_data.labels[:keep])
-  batches = input_pipeline.eval_batches(eval_data, norm, global_batch=batch_size)
+    eval_data = cifar.ArrayData(eval_data.images[:keep], eval_data.labels[:keep])
+  batches = cifar.eval_batches(eval_data, norm, global_batch=batch_size)
   names, stds, count = response_stds(model, variables, batches, batch_stats=batch_stats)
   run = rundir.RunDir(workdir)
   step = (run.read_results() or {}).get("steps")
   m = config.model
   out = {
       "workdir": run.name,
-      "model": f"{'resnet' if m.get('residual', True) else 'plain'}{m.depth}",
-      "family": m.get("family", "cifar"),
+      "model": f"{'resnet' if m.residual else 'plain'}{m.depth}",
+      "family": m.family,
       "depth": m.depth,
-      "residual": bool(m.get("residual", True)),
+      "residual": m.residual,
       "step": step,
       "split": config.eval_split,
       "bn_statistics": "batch" if batch_stats else "running",
@@ -220,9 +221,9 @@ def main(argv):
     cli.fail("--workdir is required: the training run to analyse, e.g. runs/degradation/plain56")
   with cli.user_errors():
     config = f["config"] if f["config"] is not None else config_lib.load_workdir_config(f["workdir"])
-  cli.start(config, restart=__name__ == "__main__")
+  config = cli.start(config, restart=__name__ == "__main__")
   with cli.user_errors():
-    out = analyze_run(config, f["workdir"], num_examples=f["num_examples"], batch_stats=f["batch_stats"])
+    out = measure(config, f["workdir"], num_examples=f["num_examples"], batch_stats=f["batch_stats"])
   print(
       f"{out['model']} (step {out['step']}): std of {len(out['std'])} 3x3 conv responses over "
       f"{out['num_examples']} examples of {out['split']!r}: mean {out['mean_std']:.3f}, "

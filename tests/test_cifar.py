@@ -1,4 +1,5 @@
-"""input_backend='device': same augmentation and normalisation as tf.data, exact resume, TF-free import path."""
+"""CIFAR (resnet_jax/data/cifar.py, cifar_device.py, and inputs.Data over them): splits from tfds and from the .npz,
+input_backend='device' with the same augmentation and normalisation as tf.data, exact resume, TF-free import path."""
 
 import os
 import re
@@ -20,7 +21,8 @@ from helpers import (
     without_host_measures,
     train_in_process,
 )
-from resnet_jax import config_lib, device_input, input_pipeline, parallel
+from resnet_jax import config_lib, errors, inputs, parallel
+from resnet_jax.data import cifar, cifar_device
 
 MAIN = "resnet_jax.main"
 NPZ = str(SHARED_DATA / "cifar10_jpeg_bytes.npz")
@@ -39,8 +41,8 @@ def test_crop_and_flip_identical_to_tfdata():
   rng = np.random.default_rng(0)
   offsets = rng.integers(0, 9, (16, 2)).astype(np.int32)
   flips = rng.random(16) < 0.5
-  ours = np.asarray(device_input.pad_crop_flip(jnp.asarray(x), jnp.asarray(offsets), jnp.asarray(flips)))
-  theirs = input_pipeline.pad_crop_flip(tf.constant(x), tf.constant(offsets), tf.constant(flips)).numpy()
+  ours = np.asarray(cifar_device.pad_crop_flip(jnp.asarray(x), jnp.asarray(offsets), jnp.asarray(flips)))
+  theirs = cifar.pad_crop_flip(tf.constant(x), tf.constant(offsets), tf.constant(flips)).numpy()
   np.testing.assert_array_equal(ours, theirs)
   # And it is the paper's crop: pixel (i, j) of the output is pixel (i + oy - 4, j + ox - 4) of the input.
   i = 3
@@ -52,8 +54,8 @@ def test_crop_and_flip_identical_to_tfdata():
 def test_augmentation_distributions_match():
   """Offsets uniform over 0..8 and flip rate 1/2 for both backends (18,000 draws each; 5-sigma bounds)."""
   n = 9000
-  dev_off, dev_flip = device_input.augmentation_params(jax.random.key(0), n)
-  tf_off, tf_flip = input_pipeline.augmentation_params(0, 7, n)
+  dev_off, dev_flip = cifar_device.augmentation_params(jax.random.key(0), n)
+  tf_off, tf_flip = cifar.augmentation_params(0, 7, n)
   for off, flip in ((np.asarray(dev_off), np.asarray(dev_flip)), (tf_off.numpy(), tf_flip.numpy())):
     counts = np.bincount(off.ravel(), minlength=9)
     assert len(counts) == 9 and counts.min() > 0
@@ -65,8 +67,8 @@ def test_augmentation_distributions_match():
 def test_mean_subtraction_identical():
   config = config_lib.cifar(20)
   config.dataset = "fake"
-  data = input_pipeline.load_split(config, "train")
-  norm = input_pipeline.normalizer(config, data)
+  data = cifar.load_split(config, "train")
+  norm = cifar.normalizer(config, data)
   ours = (jnp.asarray(data.images[:64]).astype(jnp.float32) / 255.0 - norm.mean) / norm.std
   np.testing.assert_allclose(np.asarray(ours), norm(data.images[:64]), rtol=0, atol=1e-6)
 
@@ -80,16 +82,17 @@ def test_tfdata_batches_are_normalised_bit_for_bit_as_numpy_does(normalization):
 
   config = config_lib.cifar(20)
   config.dataset, config.fake_train_size, config.batch_size, config.normalization = "fake", 96, 32, normalization
-  data = input_pipeline.load_split(config, "train")
-  norm = input_pipeline.normalizer(config, data)
+  data = cifar.load_split(config, "train")
+  norm = cifar.normalizer(config, data)
   every_value = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None, None, None], (256, 32, 32, 3))
   in_tfdata = next(iter(tf.data.Dataset.from_tensors(every_value).map(norm.tensorflow))).numpy()
   np.testing.assert_array_equal(in_tfdata.view(np.int32), norm(every_value).view(np.int32))
 
-  batch = next(input_pipeline.train_iterator(config, data, norm, start_step=5))
-  idx = input_pipeline.example_indices(config.seed, 5, 32, 96).numpy()
-  offsets, flips = input_pipeline.augmentation_params(config.seed, 5, 32)
-  expected = input_pipeline.pad_crop_flip(tf.constant(norm(data.images[idx])), offsets, flips).numpy()
+  stream = cifar.train_dataset(config, data, norm, start_step=5, process_index=0, local_batch=32)
+  batch = next(stream.as_numpy_iterator())
+  idx = cifar.example_indices(config.seed, 5, 32, 96).numpy()
+  offsets, flips = cifar.augmentation_params(config.seed, 5, 32)
+  expected = cifar.pad_crop_flip(tf.constant(norm(data.images[idx])), offsets, flips).numpy()
   np.testing.assert_array_equal(batch["image"].view(np.int32), expected.view(np.int32))
   np.testing.assert_array_equal(batch["label"], data.labels[idx])
 
@@ -102,7 +105,7 @@ def test_statistics_are_the_float64_ones_rounded_to_float32(normalization):
   config = config_lib.cifar(20)
   config.normalization = normalization
   images = np.random.default_rng(0).integers(0, 256, (300, 8, 8, 3), dtype=np.uint8)
-  norm = input_pipeline.normalizer(config, input_pipeline.ArrayData(images, np.zeros(300, np.int32)), chunk=64)
+  norm = cifar.normalizer(config, cifar.ArrayData(images, np.zeros(300, np.int32)), chunk=64)
   x = images.astype(np.float64) / 255.0
   if normalization == "pixel_mean":
     mean, std = x.mean(axis=0), np.ones(())
@@ -116,10 +119,10 @@ def test_statistics_are_the_float64_ones_rounded_to_float32(normalization):
 def test_device_batches_cover_each_epoch_once():
   config = config_lib.cifar(20)
   config.dataset, config.fake_train_size, config.batch_size = "fake", 96, 32
-  data = input_pipeline.load_split(config, "train")
+  data = cifar.load_split(config, "train")
   # Make labels the example index so that the batch says which examples it drew.
-  data = input_pipeline.ArrayData(data.images, np.arange(96, dtype=np.int32))
-  dd = device_input.DeviceData(config, data, input_pipeline.normalizer(config, data), parallel.make_mesh())
+  data = cifar.ArrayData(data.images, np.arange(96, dtype=np.int32))
+  dd = cifar_device.DeviceData(config, data, cifar.normalizer(config, data), parallel.make_mesh())
   seen = np.concatenate([np.asarray(dd.batch(s)["label"]) for s in range(3)])
   assert sorted(seen) == list(range(96))
   again = np.concatenate([np.asarray(dd.batch(s)["label"]) for s in range(3, 6)])
@@ -132,9 +135,9 @@ def test_device_batches_spanning_epochs_are_a_function_of_the_step():
   of requests (the per-epoch orders are cached, so a resumed or out-of-order request must not change them)."""
   config = config_lib.cifar(20)
   config.dataset, config.fake_train_size, config.batch_size = "fake", 96, 40
-  data = input_pipeline.load_split(config, "train")
-  data = input_pipeline.ArrayData(data.images, np.arange(96, dtype=np.int32))
-  make = lambda: device_input.DeviceData(config, data, input_pipeline.normalizer(config, data), parallel.make_mesh())
+  data = cifar.load_split(config, "train")
+  data = cifar.ArrayData(data.images, np.arange(96, dtype=np.int32))
+  make = lambda: cifar_device.DeviceData(config, data, cifar.normalizer(config, data), parallel.make_mesh())
   dd = make()
   labels = np.concatenate([np.asarray(dd.batch(s)["label"]) for s in range(12)])  # 480 = 5 epochs
   for e in range(5):
@@ -145,7 +148,7 @@ def test_device_batches_spanning_epochs_are_a_function_of_the_step():
 
 
 def test_tfds_order_is_the_order_of_the_prepared_files(tfds_dir):
-  """device_input.tfds_order (no TensorFlow) lists each split's official indices in the order of the ids in
+  """cifar.tfds_order (no TensorFlow) lists each split's official indices in the order of the ids in
   tfds's prepared cifar10 files."""
   import tensorflow_datasets as tfds
 
@@ -154,24 +157,23 @@ def test_tfds_order_is_the_order_of_the_prepared_files(tfds_dir):
     ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
     ids = np.concatenate(list(tfds.as_numpy(ds.map(lambda x: x["id"]).batch(10_000))))
     official = [int(i.decode().split("_")[1]) for i in ids]
-    np.testing.assert_array_equal(device_input.tfds_order(split, len(official)), official)
+    np.testing.assert_array_equal(cifar.tfds_order(split, len(official)), official)
 
 
 @pytest.mark.parametrize("split", ["test[:1000]", "train[45000:]", "test[-5%:]"])
 def test_a_split_string_selects_the_same_examples_on_every_input(tfds_dir, split):
-  """tf.data, device input from tfds and device input from the .npz (what inputs.Data loads for each): the same
+  """The split from tfds and from the .npz (cifar.load_split, what inputs.Data loads for either backend): the same
   examples in the same order, pixel for pixel. The .npz's test split is sorted by class; its first 1,000 rows
   were once test[:1000], all airplanes."""
   loaded = []
-  for backend, data_file in (("tfdata", None), ("device", None), ("device", NPZ)):
+  for data_file in (None, NPZ):
     config = config_lib.cifar(20)
-    config.input_backend, config.data_dir, config.data_file, config.eval_split = backend, tfds_dir, data_file, split
-    loaded.append((device_input if backend == "device" else input_pipeline).load_split(config, "eval"))
-  tfdata, *others = loaded
-  assert len(np.unique(tfdata.labels)) == 10
-  for data in others:
-    np.testing.assert_array_equal(data.labels, tfdata.labels)
-    np.testing.assert_array_equal(data.images, tfdata.images)
+    config.data_dir, config.data_file, config.eval_split = tfds_dir, data_file, split
+    loaded.append(cifar.load_split(config, "eval"))
+  from_tfds, from_npz = loaded
+  assert len(np.unique(from_tfds.labels)) == 10
+  np.testing.assert_array_equal(from_npz.labels, from_tfds.labels)
+  np.testing.assert_array_equal(from_npz.images, from_tfds.images)
 
 
 def test_npz_split_errors_name_the_limits():
@@ -179,8 +181,38 @@ def test_npz_split_errors_name_the_limits():
   config.input_backend, config.data_file = "device", NPZ
   for split in ("test[:20000]", "test[5:5]", "validation"):
     config.eval_split = split
-    with pytest.raises(input_pipeline.SplitError, match=f"split {re.escape(repr(split))}"):
-      device_input.load_split(config, "eval")
+    with pytest.raises(errors.SplitError, match=f"split {re.escape(repr(split))}"):
+      cifar.load_split(config, "eval")
+
+
+def test_one_data_dir_for_every_data_set(tmp_path, monkeypatch):
+  """config.data_dir (or the preparation command's flag), else $TFDS_DATA_DIR, else tfds's default: CIFAR and
+  ImageNet ask the same function; local paths come out absolute, URLs as given."""
+  import tensorflow_datasets as tfds
+  from resnet_jax.data import resolve_data_dir
+
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("TFDS_DATA_DIR", "from_env")
+  assert resolve_data_dir("given") == str(tmp_path / "given")
+  assert resolve_data_dir("gs://bucket/tfds") == "gs://bucket/tfds"
+  assert resolve_data_dir(None) == str(tmp_path / "from_env")
+  monkeypatch.delenv("TFDS_DATA_DIR")
+  assert resolve_data_dir(None) == os.path.abspath(os.path.expanduser(tfds.core.constants.DATA_DIR))
+
+
+@pytest.mark.parametrize("backend", ["tfdata", "device"])
+def test_data_splits_and_checks_the_batch_and_offers_the_draw(backend):
+  """inputs.Data: this process's share of the global batch for host batches, the draw for compiled calls only on
+  the devices, and one check of the batch against the training split that names the fix."""
+  config = config_lib.cifar(20)
+  config.dataset, config.fake_train_size, config.batch_size, config.input_backend = "fake", 96, 32, backend
+  data = inputs.Data(config, parallel.make_mesh())
+  assert data.process_batch == 32 and data.train_size == 96
+  assert data.train_batch(0)["label"].shape == (32,)
+  assert (data.draw is None) == (backend == "tfdata")
+  config.batch_size = 128
+  with pytest.raises(config_lib.ConfigError, match=r"batch_size=128 exceeds the 96 training examples .*smaller"):
+    inputs.Data(config, parallel.make_mesh())
 
 
 def test_notebooks_fallback_run_evaluates_on_every_class(tfds_dir, tmp_path):
@@ -188,7 +220,7 @@ def test_notebooks_fallback_run_evaluates_on_every_class(tfds_dir, tmp_path):
   log line counts tfds's classes of test[:1000], and the run evaluates those 1,000 examples."""
   config = config_lib.cifar(20)
   config.data_dir, config.eval_split = tfds_dir, "test[:1000]"
-  counts = np.bincount(input_pipeline.load_split(config, "eval").labels)
+  counts = np.bincount(cifar.load_split(config, "eval").labels)
   proc = run_cli(
       MAIN,
       "--config=cifar20",

@@ -1,4 +1,8 @@
-"""CIFAR-10 (and fake) input: tfds to numpy once, then a tf.data pipeline that is a pure function of the step.
+"""CIFAR-10/100 (and fake data) in host memory, and the tf.data training stream that is a pure function of the step.
+
+A split is read once into numpy arrays: from tfds (decoded once, then cached), or from a plain .npz given by
+`config.data_file` so that TensorFlow is not needed (see `load_split`). Both input backends train on these arrays:
+input_backend='tfdata' through `train_dataset` below, input_backend='device' from the devices (cifar_device.py).
 
 Training batches are a deterministic function of (seed, step): the example order of epoch e is a stateless
 permutation seeded by (seed, e), and the crop offsets and flips of global batch s are stateless random numbers
@@ -11,26 +15,36 @@ value is the mean image, as in the Torch reference code), a random 32x32 crop an
 
 Evaluation batches are padded to a whole number of global batches and carry a `mask` (1 real, 0 padding), so
 every example is counted exactly once whatever the batch size, device count or process count.
+
+The .npz holds, for each of `train` and `test`, either `x_train` (uint8 [N, 32, 32, 3]) and `y_train` (the
+labels), or `train_jpeg` (the JPEG files' bytes, concatenated), `train_offsets` (N + 1: image i is
+`train_jpeg[off[i]:off[i + 1]]`) and `y_train`; row i is the i-th example in the order of tfds's keys (the
+official CIFAR order for the official files, as `keras.datasets.cifar10.load_data()` returns them). A split string
+selects the same examples, in the same order, from it as from tfds (`test[:1000]`, `train[45000:]`,
+`train[:90%]`): `tfds_order` sorts the rows as tfds's prepared files hold them before the slice is taken. The
+file's own order would give the first rows of whatever order it was written in: `test[:1000]` of a class-sorted
+test split is one class.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import io
 import logging
 import os
+import re
 from typing import Iterator
 
 import numpy as np
 
-from resnet_jax import cpu, errors
+from resnet_jax import cpu, errors, storage
+from resnet_jax.data import resolve_data_dir
 
 CIFAR_DATASETS = ("cifar10", "cifar100")
 PAD = 4
-
-
-class MissingDependencyError(errors.UserError, RuntimeError):
-  """An optional dependency (TensorFlow, tfds) that this configuration needs is not installed."""
+_SPLIT = re.compile(r"^(train|test)(?:\[(-?\d*%?):(-?\d*%?)\])?$")
 
 
 def require_tensorflow(what: str):
@@ -39,28 +53,12 @@ def require_tensorflow(what: str):
     import tensorflow as tf  # noqa: F401
     import tensorflow_datasets as tfds  # noqa: F401
   except ImportError as e:
-    raise MissingDependencyError(
+    raise errors.MissingDependencyError(
         f"{what} needs TensorFlow and tensorflow-datasets ({e}). Install them (pip install tensorflow-cpu "
         f"tensorflow-datasets), or train without them: --config.input_backend=device with "
-        f"--config.data_file=FILE.npz (the data set's arrays; see resnet_jax/device_input.py), or "
+        f"--config.data_file=FILE.npz (the data set's arrays; see resnet_jax/data/cifar.py), or "
         f"--config.dataset=fake"
     ) from None
-
-
-class SplitError(errors.UserError, ValueError):
-  """A split string that the data set cannot provide (e.g. train[:90000] of a 50k split)."""
-
-
-class DataNotFoundError(errors.UserError, RuntimeError):
-  """The data set is not where the config says; the message says where we looked and how to get it."""
-
-
-def resolve_data_dir(config) -> str | None:
-  """config.data_dir, else TFDS_DATA_DIR: an absolute local path or a URL (gs://...), or None (tfds's default)."""
-  from resnet_jax import storage
-
-  data_dir = config.get("data_dir") or os.environ.get("TFDS_DATA_DIR")
-  return storage.name(data_dir) if data_dir else None
 
 
 def _local_copy(data_dir: str, name: str) -> str:
@@ -70,15 +68,12 @@ def _local_copy(data_dir: str, name: str) -> str:
   whole into memory anyway, so its prepared files (136 MiB) are fetched through epath instead. The copy is made
   once: a data set prepared again on the bucket needs its copy deleted (RESNET_JAX_CACHE/tfds/).
   """
-  import hashlib
   import shutil
   import tempfile
 
-  from resnet_jax import storage
-
   source = storage.path(data_dir) / name
   if not source.exists():
-    raise DataNotFoundError(
+    raise errors.DataNotFoundError(
         f"tfds data set {name!r} is not prepared in {data_dir}: {source} does not exist. Copy a prepared "
         f"{name}/<version>/ folder there, or point --config.data_dir at one"
     )
@@ -112,25 +107,22 @@ def _cache_dir() -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_tfds_split(name: str, split: str, data_dir: str | None) -> ArrayData:
+def _load_tfds_split(name: str, split: str, data_dir: str) -> ArrayData:
   """Decodes a split once (about 16 s for CIFAR-10 train on 2 cores) and caches the arrays as .npz.
 
   The cache key includes the prepared files' names, sizes and modification times, so a re-prepared data set is
   decoded again. Set RESNET_JAX_CACHE to move the cache, or to an empty string to disable it.
   """
-  import hashlib
   import glob
 
-  require_tensorflow(f"reading {name!r} with tfds")
   import tensorflow_datasets as tfds  # imported here: only the tfds path needs TensorFlow
-  from resnet_jax import storage
 
-  if data_dir and storage.is_url(data_dir):
+  if storage.is_url(data_dir):
     data_dir = _local_copy(data_dir, name)
 
   cache_root = _cache_dir()
   cache_file = None
-  if cache_root and data_dir:
+  if cache_root:
     files = sorted(glob.glob(os.path.join(data_dir, name, "*", "*")))
     key = repr([(name, split)] + [(f, os.path.getsize(f), os.path.getmtime(f)) for f in files])
     cache_file = os.path.join(cache_root, f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz")
@@ -149,12 +141,12 @@ def _load_tfds_split(name: str, split: str, data_dir: str | None) -> ArrayData:
   return data
 
 
-def _decode_tfds_split(tfds, name: str, split: str, data_dir: str | None) -> ArrayData:
-  where = data_dir or "~/tensorflow_datasets (tfds's default)"
+def _decode_tfds_split(tfds, name: str, split: str, data_dir: str) -> ArrayData:
+  where = data_dir
   try:
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
-      raise DataNotFoundError(
+      raise errors.DataNotFoundError(
           f"tfds data set {name!r} is not prepared in {where}. Point --config.data_dir (or the TFDS_DATA_DIR "
           f"environment variable) at a directory that holds {name}/<version>/, or download and prepare it once "
           f"with internet access: "
@@ -162,10 +154,10 @@ def _decode_tfds_split(tfds, name: str, split: str, data_dir: str | None) -> Arr
           f'.download_and_prepare()"'
       )
     ds = builder.as_dataset(split=split, batch_size=-1, as_supervised=True)
-  except DataNotFoundError:
+  except errors.DataNotFoundError:
     raise
   except ValueError as e:  # bad split strings, e.g. train[:90000] on a 50k split
-    raise SplitError(f"cannot read split {split!r} of {name!r} from {where}: {e}") from None
+    raise errors.SplitError(f"cannot read split {split!r} of {name!r} from {where}: {e}") from None
   images, labels = tfds.as_numpy(ds)
   return ArrayData(np.ascontiguousarray(images, dtype=np.uint8), np.asarray(labels, dtype=np.int32))
 
@@ -180,7 +172,8 @@ def _fake_split(config, split_kind: str) -> ArrayData:
 
 
 def load_split(config, which: str) -> ArrayData:
-  """Loads config.train_split ('train') or config.eval_split ('eval') into memory."""
+  """config.train_split ('train') or config.eval_split ('eval') in memory: from config.data_file when given (the
+  split string selecting what it selects in tfds, see tfds_order), else from tfds."""
   if config.dataset == "fake":
     return _fake_split(config, "train" if which == "train" else "eval")
   if config.dataset not in CIFAR_DATASETS:
@@ -189,7 +182,86 @@ def load_split(config, which: str) -> ArrayData:
         f"{list(CIFAR_DATASETS) + ['fake']}"
     )
   split = config.train_split if which == "train" else config.eval_split
-  return _load_tfds_split(config.dataset, split, resolve_data_dir(config))
+  if config.data_file:
+    return _npz_split(config.data_file, split)
+  require_tensorflow(f"reading {config.dataset!r} with tfds")
+  return _load_tfds_split(config.dataset, split, resolve_data_dir(config.data_dir))
+
+
+def _npz_split(data_file: str, split: str) -> ArrayData:
+  m = _SPLIT.match(split.replace(" ", ""))
+  if not m:
+    raise errors.SplitError(
+        f"split {split!r} is not supported with data_file: use train, test, or a slice "
+        "such as train[:45000] / train[45000:] / test[:10%]"
+    )
+  name, lo, hi = m.groups()
+  stored, labels = _load_npz(storage.name(data_file), name)
+  n = len(labels)
+  start, stop = _bound(lo, n), _bound(hi, n)
+  rows = tfds_order(name, n)[start:stop]
+  if any(b is not None and abs(b) > n for b in (start, stop)) or not len(rows):
+    raise errors.SplitError(
+        f"split {split!r} does not fit the {n} examples of {name!r} in {data_file}: it must select at least "
+        f"one of them and reach no further than {n}"
+    )
+  images = stored["x"][rows] if "x" in stored else _decode_jpegs(stored["jpeg"], stored["offsets"], rows)
+  return ArrayData(images, labels[rows])
+
+
+def _decode_jpegs(buf: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+  from PIL import Image  # Pillow made the tfds copy's pixels from these JPEGs: it gives them exactly (tested)
+
+  return np.stack(
+      [np.asarray(Image.open(io.BytesIO(buf[offsets[i] : offsets[i + 1]].tobytes())).convert("RGB")) for i in rows]
+  )
+
+
+@functools.lru_cache(maxsize=4)
+def _load_npz(path: str, which: str) -> tuple[dict, np.ndarray]:
+  """A split's arrays as the file stores them ({'x': images} or {'jpeg', 'offsets'}) and its labels: the rows a
+  split string selects are decoded afterwards, so that `test[:1000]` decodes 1,000 JPEGs, not 10,000."""
+  storage.check_supported(path)
+  if not storage.path(path).exists():
+    raise errors.DataNotFoundError(
+        f"data_file {path} does not exist; point --config.data_file at an .npz with x_{which}/y_{which} uint8 "
+        f"arrays or {which}_jpeg/{which}_offsets/y_{which} (JPEG bytes, their offsets and the labels)"
+    )
+  with storage.path(path).open("rb") as f, np.load(f) as z:
+    if f"x_{which}" in z:
+      stored = {"x": np.asarray(z[f"x_{which}"], np.uint8)}
+    elif f"{which}_jpeg" in z:
+      stored = {"jpeg": z[f"{which}_jpeg"], "offsets": z[f"{which}_offsets"]}
+    else:
+      raise errors.SplitError(f"{path} holds neither x_{which} nor {which}_jpeg (it has {sorted(z.files)})")
+    labels = np.asarray(z[f"y_{which}"], np.int32).reshape(-1)  # keras's labels are [N, 1]
+  return stored, labels
+
+
+def tfds_order(split: str, n: int) -> np.ndarray:
+  """Rows 0..n-1 of a split in the order of tfds's prepared files, computed without TensorFlow.
+
+  tfds's cifar10 and cifar100 builders key the i-th example of the official files by the integer i, and its writer
+  stores a split sorted by the md5 hash of the split's name followed by the key (tensorflow_datasets/core/hashing.py;
+  the name salts the hash so that two splits are shuffled differently). tfds reads them in that order and slices
+  that order, so a .npz in key order read in this order gives any split string tfds's examples.
+  tests/test_cifar.py compares it with the prepared files.
+  """
+  salted = hashlib.md5(split.encode())
+
+  def key(i: int) -> bytes:
+    h = salted.copy()
+    h.update(str(i).encode())
+    return h.digest()  # big-endian: bytes order is tfds's integer order
+
+  return np.array(sorted(range(n), key=key), dtype=np.int64)
+
+
+def _bound(value: str, n: int) -> int | None:
+  """A slice bound as tfds reads it: examples, or a percentage rounded to the closest example."""
+  if not value:
+    return None
+  return round(float(value[:-1]) * n / 100) if value.endswith("%") else int(value)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -291,16 +363,14 @@ def pad_crop_flip(images, offsets, flips):
   return tf.where(flips[:, None, None, None], tf.reverse(x, axis=[2]), x)
 
 
-def train_dataset(
-    config, data: ArrayData, norm: Normalizer, *, start_step: int, process_index: int, process_count: int
-):
-  """tf.data.Dataset of this process's slices of global batches start_step, start_step + 1, ..."""
+def train_dataset(config, data: ArrayData, norm: Normalizer, *, start_step: int, process_index: int, local_batch: int):
+  """tf.data.Dataset of this process's slices (`local_batch` examples from process_index * local_batch on) of
+  global batches start_step, start_step + 1, ... of config.batch_size examples."""
   require_tensorflow("input_backend='tfdata'")
   import tensorflow as tf
 
   tf.config.set_visible_devices([], "GPU")  # keep TensorFlow off the accelerators JAX uses
   global_batch = config.batch_size
-  local_batch = global_batch // process_count
   lo = process_index * local_batch
   n = len(data)
   # The split stays uint8 (captured by reference, not copied per batch) and each batch is normalised as it is
@@ -323,13 +393,6 @@ def train_dataset(
   options.threading.private_threadpool_size = max(2, cpu.usable_cpus())
   ds = ds.with_options(options)
   return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def train_iterator(config, data, norm, *, start_step, process_index=0, process_count=1) -> Iterator[dict]:
-  ds = train_dataset(
-      config, data, norm, start_step=start_step, process_index=process_index, process_count=process_count
-  )
-  return ds.as_numpy_iterator()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ so config.normalization='pixel_mean' subtracts the standard per-channel ImageNet
 103.94, the mean used by the original Caffe/VGG models) without dividing; 'channel' also divides by the
 per-channel std (58.40, 57.12, 57.38), as torchvision and flax do.
 
-Evaluation views (resnet_jax.imagenet_eval_input's protocols): `single_view`, `ten_crop_views`,
+Evaluation views (imagenet_eval.py's protocols): `single_view`, `ten_crop_views`,
 `multiscale_views`. Keyword defaults are the ImageNet recipe's (config_lib.imagenet).
 """
 
