@@ -3,10 +3,11 @@
     python benchmarks/imagenet_preprocessing.py --jpeg_dir=DIR [--threads=1,2] [--seconds=20] \\
         [--augmentation=paper,inception]
 
-JPEG decode of the crop window + augmentation + normalisation (resnet_jax.data.imagenet_images.train_image) on the
-JPEG files of DIR, without a config or a network, one JSON line per augmentation of `--augmentation` and thread
-count of `--threads`: how many images a core prepares per second for an ImageNet run, beside what the train step
-consumes (`python -m resnet_jax.benchmark --config=configs/imagenet_resnet50.py`).
+JPEG decode of the crop window + augmentation into the uint8 pixels and colour offset that go to the devices
+(resnet_jax.data.imagenet_images.train_example; the devices normalise) on the JPEG files of DIR, without a config
+or a network, one JSON line per augmentation of `--augmentation` and thread count of `--threads`: how many images
+a core prepares per second for an ImageNet run, beside what the train step consumes
+(`python -m resnet_jax.benchmark --config=configs/imagenet_resnet50.py`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def define_flags():
 def preprocessing_rate(
     images_dir, *, augmentation: str, threads: int = 1, image_size: int = 224, seconds: float = 20.0, warmup: int = 200
 ) -> dict:
-  """img/s of the training decode + augment + normalise on the JPEG files of `images_dir`, with `threads`
+  """img/s of the training decode + augment on the JPEG files of `images_dir`, with `threads`
   tf.data threads (one image per thread at a time; intra-op parallelism 1): a per-core figure for threads=1."""
   from resnet_jax import errors
 
@@ -47,9 +48,7 @@ def preprocessing_rate(
   kwargs = dict(augmentation=augmentation, image_size=image_size)
   ds = tf.data.Dataset.from_tensor_slices(blobs).repeat().enumerate()
   ds = ds.map(
-      lambda i, b: imagenet_images.normalize(
-          imagenet_images.train_image(b, tf.stack([tf.constant(0, tf.int64), i]), **kwargs), "pixel_mean"
-      ),
+      lambda i, b: imagenet_images.train_example(b, tf.stack([tf.constant(0, tf.int64), i]), **kwargs),
       num_parallel_calls=threads,
       deterministic=True,
   )

@@ -41,10 +41,14 @@ import statistics
 import time
 from typing import Any, Callable
 
+import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from resnet_jax import cpu, pieces
+from resnet_jax import cli, config_lib, cpu, errors, pieces
+
+# JAX and the modules built on it (train, inputs, parallel, compiled_steps) are imported inside the functions that
+# use them: --help and config errors answer without them.
 
 _FLAGS: dict = {}
 
@@ -128,15 +132,20 @@ def timed_windows(fn: Callable[[], Any], *, items_per_call: int, calls: int, win
 
 
 def random_batch(config, batch_size: int, seed: int, *, eval_mask: bool = False) -> dict:
-  """A host batch of pre-normalised random images and labels of the config's shape."""
-  import numpy as np
+  """A host batch of random images and labels of the config's shape, as its input hands them to the devices:
+  ImageNet's uint8 pixels (and a training image's colour offset), which the devices normalise
+  (inputs.device_preprocessing); CIFAR's normalised float32."""
+  from resnet_jax import inputs
 
   rng = np.random.default_rng(seed)
-  size = config.image_size
-  batch = {
-      "image": rng.standard_normal((batch_size, size, size, 3), dtype=np.float32),
-      "label": rng.integers(0, config.model.num_classes, (batch_size,), dtype=np.int32),
-  }
+  shape = (batch_size, config.image_size, config.image_size, 3)
+  batch = {"label": rng.integers(0, config.model.num_classes, (batch_size,), dtype=np.int32)}
+  if inputs.device_preprocessing(config) is None:
+    batch["image"] = rng.standard_normal(shape, dtype=np.float32)
+  else:
+    batch["image"] = rng.integers(0, 256, shape, dtype=np.uint8)
+    if not eval_mask:
+      batch["lighting"] = rng.standard_normal((batch_size, 3), dtype=np.float32)
   if eval_mask:
     batch["mask"] = np.ones((batch_size,), np.float32)
   return batch
@@ -159,9 +168,10 @@ class TrainBench:
 
   def __init__(self, config):
     import jax
-    from resnet_jax import config_lib, inputs, train
+    from resnet_jax import inputs, train
 
     config_lib.validate(config)  # with the devices, as training checks its config
+    inputs.check_batch(config)  # the host batches below stand in for inputs.Data, which would check it
     self.config = config
     self.tx = train.make_optimizer(config)
     schedule = train.make_schedule(config)
@@ -272,7 +282,7 @@ def input_pipeline_rate(config, *, steps: int, windows: int) -> dict:
   input_backend='tfdata': the tf.data pipeline (tfds CIFAR, fake data, or ImageNet when prepared);
   input_backend='device': the jitted draw-and-augment of data.cifar_device.DeviceData on this host's devices.
   """
-  from resnet_jax import errors, inputs, parallel
+  from resnet_jax import inputs, parallel
 
   t0 = time.perf_counter()
   try:
@@ -414,7 +424,6 @@ def compare_steps_per_call(config, values, *, steps: int, windows: int, warmup: 
   ratio to the first value's.
   """
   import jax
-  from resnet_jax import config_lib
 
   configs = {}
   for v in values:
@@ -513,8 +522,6 @@ def format_result(r: dict) -> str:
 
 
 def main(argv):
-  from resnet_jax import cli
-
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {argv[1:]}")
   f = {k: v.value for k, v in _FLAGS.items()}
@@ -544,7 +551,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from resnet_jax import cli
-
   define_flags()
   cli.run(main)

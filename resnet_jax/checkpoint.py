@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from resnet_jax import config_lib, errors, storage
 
@@ -31,8 +34,6 @@ class CheckpointSaveError(errors.UserError, OSError):
 
 
 def _free_space(directory: str) -> str:
-  import shutil
-
   if storage.is_url(directory):
     return "free space unknown (cloud storage)"
   path = directory
@@ -94,8 +95,6 @@ class Checkpointer:
     except Exception:  # noqa: BLE001
       kept = sorted(int(p.name) for p in self.path.iterdir() if p.name.isdigit())
     text = str(e)
-    import re
-
     m = re.search(r"/(\d+)\.orbax-checkpoint-tmp", text)
     step = int(m.group(1)) if m else step  # an async save's error surfaces during the next call
     reason = next(
@@ -238,8 +237,6 @@ def _agree_on(step: int) -> int:
   """Process 0's step, on every process (the one decision of which checkpoint to try)."""
   if jax.process_count() == 1:
     return step
-  from jax.experimental import multihost_utils
-
   return int(multihost_utils.broadcast_one_to_all(np.int32(step)))
 
 
@@ -247,8 +244,6 @@ def _first_problem(step: int, problem: str | None) -> str | None:
   """This process's problem reading a checkpoint, or the first other process's: one verdict for all."""
   if jax.process_count() == 1:
     return problem
-  from jax.experimental import multihost_utils
-
   failed = np.asarray(multihost_utils.process_allgather(np.int32(problem is not None)))
   if not failed.any():
     return None
@@ -257,8 +252,6 @@ def _first_problem(step: int, problem: str | None) -> str | None:
 
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
     multihost_utils.sync_global_devices(name)
 
 

@@ -22,16 +22,19 @@ import logging as logging_std
 import os
 import re
 import sys
+import traceback
 
 from absl import app, flags, logging
 
-from resnet_jax import errors
+from resnet_jax import cluster, config_lib, errors
+from resnet_jax.cpu import host_malloc
+
+# JAX is imported inside the functions that use it: every command imports this module, and --help and the
+# errors of a command line answer without it.
 
 
 def fail(message: str, code: int = errors.UserError.exit_code) -> None:
   """Prints `error: message` and exits with `code`; with several processes, the others stop too."""
-  from resnet_jax import cluster
-
   print(f"error: {message}", file=sys.stderr)
   cluster.fail(code, message)
   sys.exit(code)
@@ -112,8 +115,6 @@ def run(main) -> None:
   """absl's app.run(main) with parse_flags; with several processes, an error in any one stops them all."""
 
   def main_in_cluster(argv):
-    from resnet_jax import cluster
-
     try:
       main(argv)
     except SystemExit:  # an exit every process reaches (errors went through fail(), which stops the others)
@@ -124,8 +125,6 @@ def run(main) -> None:
         raise
       error = f"{type(e).__name__}: {errors.one_line(e, 500)}"
       cluster.wait_if_caused_by_another(error)  # if so, the watchdog ends this process with the line naming it
-      import traceback
-
       traceback.print_exc()
       fail(error, code=1)
     cluster.finish()
@@ -164,17 +163,12 @@ def start(config=None, *, restart: bool, join_cluster: bool = False):
   command defines cluster.define_flags()), after which only process 0 logs progress.
   """
   if config is not None:
-    from resnet_jax import config_lib
-    from resnet_jax.cpu import host_malloc
-
     with user_errors():
       config = config_lib.resolve(config)
     host_malloc.apply(config.cpu.host_malloc, restart=restart)
     use_compilation_cache(config.compilation_cache_dir)
   quiet_library_logs()
   if join_cluster:
-    from resnet_jax import cluster
-
     with user_errors():
       cluster.start()
     import jax
@@ -204,8 +198,6 @@ def user_errors():
     yield
   except errors.UserError as e:
     if isinstance(e, errors.Preempted):  # every process stopped at the same step: not a failure
-      from resnet_jax import cluster
-
       print(f"preempted: {e}", file=sys.stderr)
       cluster.finish()
       sys.exit(e.exit_code)

@@ -24,6 +24,7 @@ import concurrent.futures
 import logging
 import os
 import re
+import secrets
 import sys
 import threading
 import time
@@ -31,6 +32,9 @@ import time
 from absl import flags
 
 from resnet_jax import errors
+
+# Every command imports this module through `cli` before its flags are parsed: JAX, NumPy and the workdir's
+# modules are imported inside the functions that use them.
 
 DEFAULT_FAILURE_TIMEOUT = 60  # seconds without a heartbeat after which a process is taken for dead
 _KEY = "resnet_jax"
@@ -408,8 +412,6 @@ def check_shared(run) -> None:
 
   if jax.process_count() == 1:
     return
-  import secrets
-
   import numpy as np
   from jax.experimental import multihost_utils
 

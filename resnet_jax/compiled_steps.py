@@ -35,6 +35,10 @@ from resnet_jax import config_lib, parallel
 AUTO_STEPS_PER_CALL = {"cpu": 4}
 AUTO_STEPS_PER_CALL_ACCELERATORS = {"device": 100, "host": 1}
 
+# Host batches are read and copied to the devices this many calls ahead, while the devices run the current call,
+# so that neither the input's next batch nor its transfer waits for the step (flax's prefetch_to_device(size=2)).
+PREFETCH_CALLS = 2
+
 
 def resolve_steps_per_call(config, platform: str) -> int:
   """config.steps_per_call, with 0 (auto) settled for the platform.
@@ -256,6 +260,8 @@ class CompiledSteps:
     self._mode = _MODES[self.mode](config, mesh, model_factory, train_step, eval_step, plan.options)
     self.model = self._mode.model
     self.steps_per_call = resolve_steps_per_call(config, mesh.devices.flat[0].platform)
+    self._ahead = {}  # (data, first_step, n) -> its host batches already on the devices (PREFETCH_CALLS)
+    self._num_train_steps = config.num_train_steps  # the input streams end there: nothing is read past it
 
   # State placement.
   def to_device(self, host_state):
@@ -282,24 +288,39 @@ class CompiledSteps:
     Returns (state, `window` merged with their metrics, their step infos stacked along a leading axis of length
     n). All n steps run in one compiled call, the metrics merged on the devices in step order: on batches drawn on
     the devices (input_backend='device': `data.draw` and `data.source`), or on the n host batches (tf.data,
-    ImageNet) stacked.
+    ImageNet) stacked; those are read and placed PREFETCH_CALLS calls ahead, while this call runs.
     """
     call, args = self._train_call(state, window, data, first_step, n, rng)
-    if call is not self._mode.train:
-      return call(*args)
-    state, out = call(*args)  # one step on one host batch
-    m, info = self._mode.unstack(out)
-    return state, window.merge(m), jax.tree.map(lambda x: x[None], info)
+    if call is self._mode.train:  # one step on one host batch
+      state, out = call(*args)
+      m, info = self._mode.unstack(out)
+      out = state, window.merge(m), jax.tree.map(lambda x: x[None], info)
+    else:
+      out = call(*args)
+    if data.draw is None:
+      for k in range(1, PREFETCH_CALLS + 1):
+        ahead = (data, first_step + k * n, n)
+        if first_step + (k + 1) * n <= self._num_train_steps and ahead not in self._ahead:
+          self._ahead[ahead] = self._place_host_batches(*ahead)
+    return out
 
   def _train_call(self, state, window, data, first_step: int, n: int, rng):
     """The compiled function that `train` calls, and its arguments placed on the devices."""
     if data.draw is not None:
       call = self._mode.on_device_call(n, data.draw)
       return call, (state, window, data.source(first_step, n), jnp.asarray(first_step, jnp.int32), rng)
-    batches = [data.train_batch(first_step + i) for i in range(n)]
+    batches = self._ahead.pop((data, first_step, n), None)
+    if batches is None:  # the first call, or a jump (a resume, a last call of fewer steps): read from here on
+      self._ahead.clear()
+      batches = self._place_host_batches(data, first_step, n)
     if n == 1:
-      return self._mode.train, (state, self._mode.place_batch(batches[0]), rng)
-    return self._mode.train_many, (state, window, self._mode.place_batches(stack(batches)), rng)
+      return self._mode.train, (state, batches, rng)
+    return self._mode.train_many, (state, window, batches, rng)
+
+  def _place_host_batches(self, data, first_step: int, n: int):
+    """The host batches of steps first_step .. first_step + n - 1 on the devices: one, or n stacked."""
+    batches = [data.train_batch(first_step + i) for i in range(n)]
+    return self._mode.place_batch(batches[0]) if n == 1 else self._mode.place_batches(stack(batches))
 
   def eval_on_batch(self, state, local_batch):
     """The evaluation metrics of this process's share of a padded, masked batch."""

@@ -13,6 +13,10 @@ import ml_collections
 
 from resnet_jax import errors
 
+# Config files import this module, and so does everything that builds a model from a config: what the checks and
+# the workdir need (cpu, models, rundir; JAX, etils) is imported inside the functions that use it, so that neither
+# imports more (tests/test_cpu.py checks that building a model leaves resnet_jax.cpu unimported).
+
 # ImageNet evaluation protocols (resnet_jax.evaluate): 256/224 centre crop, 10-crop, fully-convolutional multi-scale.
 EVAL_PROTOCOLS = ("single", "10crop", "multiscale")
 
@@ -280,7 +284,7 @@ def _recipe_of(stored: dict) -> ml_collections.ConfigDict:
   if not isinstance(model, dict) or not isinstance(model.get("depth"), int):
     raise ValueError("it holds no model.depth: not a config of resnet_jax")
   depth, residual, shortcut = model["depth"], model.get("residual", True), model.get("shortcut")
-  if model.get("family", "cifar") == "cifar":  # configs from before model.family were CIFAR nets
+  if model.get("family", "cifar") == "cifar":  # a stored config without model.family is of a CIFAR net
     return cifar(depth, residual, shortcut or "A")
   if stored.get("normalization") == "torchvision":
     return imagenet_torchvision(depth)
@@ -289,11 +293,11 @@ def _recipe_of(stored: dict) -> ml_collections.ConfigDict:
 
 def fill(stored: dict) -> ml_collections.ConfigDict:
   """A stored config (a workdir's config.json, results.json's, a checkpoint's record) with every field it lacks
-  taken from its resolved recipe (_recipe_of): the value the code used before the field existed.
+  taken from its resolved recipe (_recipe_of): the value with which a run whose record lacks the field trained.
 
-  Stored configs are resolved (training and convert write them so), hence the resolved recipe: an old ImageNet
-  config without lr_reference_batch_size holds an absolute learning rate. Fields of the stored config that no
-  recipe has (settings renamed since) are kept; `differences` and the code pass them by.
+  Stored configs are resolved (training and convert write them so), hence the resolved recipe: an ImageNet config
+  without lr_reference_batch_size holds an absolute learning rate. Fields of the stored config that no recipe has
+  (settings this code does not read) are kept; `differences` and the code pass them by.
   """
 
   def overlay(base: dict, top: dict) -> dict:
@@ -328,8 +332,8 @@ def differences(stored, wanted) -> list[tuple[str, object, object]]:
   """(field, stored value, wanted value) of each field in which a stored config (`fill`ed) and the wanted one
   differ, other than BOOKKEEPING_FIELDS: what a resumed checkpoint or a reused run directory must agree on.
 
-  Only fields that both hold count: one that only the stored config has is a setting the code no longer has (an
-  older name), one that only the wanted has belongs to another recipe's family (whose network differs anyway).
+  Only fields that both hold count: one that only the stored config has is a setting this code does not read, one
+  that only the wanted has belongs to another recipe's family (whose network differs anyway).
   """
   a, b = (flatten(json.loads(ml_collections.ConfigDict(c).to_json_best_effort())) for c in (stored, wanted))
   return [(k, a[k], b[k]) for k in sorted(set(a) & set(b)) if k not in BOOKKEEPING_FIELDS and a[k] != b[k]]
@@ -343,10 +347,11 @@ def lr_boundaries(config) -> list[int]:
 def validate(config, *, with_devices: bool = True) -> None:
   """Checks every field a run needs before any compilation or data loading; lists every problem found.
 
-  `with_devices=False` leaves out what needs JAX's backend (batch sizes against the device count, whether the
-  CPU plan can be honoured): the entry points check the rest first, before they may restart for huge pages.
+  `with_devices=False` leaves out what needs JAX's backend (whether the CPU plan can be honoured): the entry points
+  check the rest first, before they may restart for huge pages. The batch against the processes and devices is
+  inputs.Data's to check (inputs.check_batch), before it loads anything.
   """
-  from resnet_jax import cpu, models, parallel  # what the checks ask; config files import this module without them
+  from resnet_jax import cpu, models
 
   problems = []
 
@@ -417,14 +422,11 @@ def validate(config, *, with_devices: bool = True) -> None:
     check(config.warmup_learning_rate > 0, f"warmup_learning_rate={config.warmup_learning_rate}: must be > 0")
   cpu_problems = cpu.check(config)
   problems.extend(cpu_problems)
-  if with_devices:
-    if isinstance(config.batch_size, int) and config.batch_size > 0:  # eval batches are padded instead
-      problems.extend(parallel.check_batch(config.batch_size, "batch_size"))
-    if not cpu_problems:
-      try:
-        cpu.plan(config)
-      except ValueError as e:
-        problems.append(str(e))
+  if with_devices and not cpu_problems:
+    try:
+      cpu.plan(config)
+    except ValueError as e:
+      problems.append(str(e))
   if config.parallelism == "pmap" and config.input_backend == "device":
     problems.append("input_backend='device' supports parallelism='jit' only; set --config.parallelism=jit")
   k = config.steps_per_call

@@ -24,8 +24,14 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
+from safetensors.numpy import load_file, save_file
 
-from resnet_jax import config_lib, errors, models
+from resnet_jax import cli, config_lib, errors, models, parallel, rundir
+
+# PyTorch is optional (only .pth files need it) and imported where it is read; the training stack (train,
+# checkpoint, inference: orbax, optax) is imported by the functions that write or read a workdir, so that the
+# command's usage errors answer without it.
 
 # Blocks per stage of torchvision's resnet18 ... resnet152.
 DEPTHS = {
@@ -278,8 +284,6 @@ def load_state_dict(path: str) -> dict:
     raise ConversionError(f"{path}: no such file")
   try:
     if path.endswith(".safetensors"):
-      from safetensors.numpy import load_file
-
       return load_file(path)
     if path.endswith((".pth", ".pt", ".bin")):
       torch = _needs_torch(path)
@@ -299,8 +303,6 @@ def load_state_dict(path: str) -> dict:
 
 def save_state_dict(state_dict: dict, path: str) -> None:
   if path.endswith(".safetensors"):
-    from safetensors.numpy import save_file
-
     save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path)
   elif path.endswith((".pth", ".pt")):
     torch = _needs_torch(path)
@@ -313,7 +315,7 @@ def write_workdir(config, variables, workdir: str) -> str:
   """Writes `variables` as the step-0 checkpoint of a run of `config` (resolved: config_lib.resolve) in workdir
   (plus config.json)."""
   from resnet_jax import checkpoint as ckpt_lib
-  from resnet_jax import parallel, rundir, train
+  from resnet_jax import train
 
   run = rundir.RunDir(workdir)
   if run.has_checkpoints() and any(run.checkpoints.iterdir()):
@@ -356,16 +358,12 @@ _FLAGS: dict = {}
 
 def define_flags():
   """The command's flags (defined only when run as a program: importing this module defines none)."""
-  from absl import flags
-
   _FLAGS["workdir"] = flags.DEFINE_string(
       "workdir", None, "The run directory to write (from-torchvision) or read (to-torchvision)."
   )
 
 
 def main(argv):
-  from resnet_jax import cli
-
   args, workdir = argv[1:], _FLAGS["workdir"].value
   if len(args) != 2 or args[0] not in ("from-torchvision", "to-torchvision") or not workdir:
     cli.fail(f"expected a command, a file and --workdir\n{USAGE}")
@@ -389,7 +387,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from resnet_jax import cli
-
   define_flags()
   cli.run(main)

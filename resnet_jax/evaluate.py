@@ -19,6 +19,7 @@ number of compilations each protocol needs (1, 1, and at most 25 with the defaul
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 
@@ -37,12 +38,15 @@ class EvaluateError(errors.UserError, ValueError):
 # answers a missing workdir or a bad flag at once.
 
 
-def _forward_fn(model, compiler_options=None):
+def _forward_fn(model, compiler_options=None, normalize=None):
   import jax
   import jax.numpy as jnp
 
   def forward(variables, images):
-    """Summed softmax over each element's views: images [b, (V,) H, W, 3] -> [b, classes] float32."""
+    """Summed softmax over each element's views: images [b, (V,) H, W, 3] -> [b, classes] float32; `normalize`
+    (ImageNet's uint8 views) turns them into the network's input first, on the devices."""
+    if normalize is not None:
+      images = normalize(images)
     if images.ndim == 4:
       images = images[:, None]
     b, v = images.shape[:2]
@@ -98,7 +102,7 @@ def evaluate_protocol(
   """
   import jax
   from resnet_jax import cpu, parallel
-  from resnet_jax.data import imagenet_eval, imagenet_prepare
+  from resnet_jax.data import imagenet_eval, imagenet_images, imagenet_prepare
 
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -120,9 +124,11 @@ def evaluate_protocol(
 
   cache = {} if eval_fn_cache is None else eval_fn_cache
   cached = cache.get("forward")
-  if cached is None or cached[0] is not model:
-    cached = cache["forward"] = (model, _forward_fn(model, cpu.plan(config).options))
-  forward = cached[1]
+  if cached is None or cached[0] is not model or cached[1] != config.normalization:
+    normalize = functools.partial(imagenet_images.normalize, mode=config.normalization)
+    forward = _forward_fn(model, cpu.plan(config).options, normalize)
+    cached = cache["forward"] = (model, config.normalization, forward)
+  forward = cached[2]
   variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
 
   num_classes = None

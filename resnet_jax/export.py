@@ -31,15 +31,24 @@ The same in Python: `resnet_jax.export.export(workdir, out, "onnx")`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import io
+import json
+import logging
 import os
 import shutil
 import tempfile
 
 import numpy as np
 from absl import flags
+from absl import logging as absl_logging
 
-from resnet_jax import cli, errors
+from resnet_jax import cli, config_lib, errors, storage
+
+# JAX, the workdir's network (resnet_jax.inference imports the training stack) and each format's converter
+# (TensorFlow, jax2onnx, onnx, onnxruntime: optional, the `export` extra) are imported inside the functions that
+# use them: a mistyped path or format is answered without them, and a format's libraries are needed only for it.
 
 FORMATS = ("stablehlo", "savedmodel", "onnx")
 # What to install for each format (the `export` extra of setup.cfg installs them all).
@@ -66,13 +75,10 @@ def input_normalization(config, workdir) -> tuple[float, np.ndarray, np.ndarray]
   if inference.is_imagenet(config):
     from resnet_jax.data import imagenet_images
 
-    mode = config.normalization
-    if mode == "torchvision":
-      return 255.0, np.float32(imagenet_images.TORCHVISION_MEAN_RGB), np.float32(imagenet_images.TORCHVISION_STD_RGB)
-    if mode not in imagenet_images.NORMALIZATIONS:
-      raise ExportError(f"unknown normalization {mode!r}: valid values are {list(imagenet_images.NORMALIZATIONS)}")
-    std = imagenet_images.IMAGENET_STD_RGB if mode == "channel" else (1.0, 1.0, 1.0)
-    return 1.0, np.float32(imagenet_images.IMAGENET_MEAN_RGB), np.float32(std)
+    try:
+      return imagenet_images.normalization_constants(config.normalization)
+    except ValueError as e:
+      raise ExportError(str(e)) from None
   normalize = inference.cifar_normalizer(workdir)
   return 255.0, np.asarray(normalize.mean, np.float32), np.asarray(normalize.std, np.float32)
 
@@ -134,15 +140,9 @@ def to_savedmodel(serve, config, variables, folder: str, *, output_name: str) ->
 
 
 def to_onnx(serve, config, *, output_name: str) -> bytes:
-  import contextlib
-  import io
-  import json
-  import logging
-
   import jax2onnx
   import onnx
   import onnxruntime
-  from absl import logging as absl_logging
 
   from resnet_jax import inference
 
@@ -210,8 +210,6 @@ def check_output(out, *, overwrite: bool):
   Checked before the checkpoint loads and the network converts (seconds to minutes), so that a mistyped path
   costs nothing. A local OUT's folder must exist (a cloud URL has no folders to make).
   """
-  from resnet_jax import storage
-
   path = storage.path(out)
   if path.exists() and not overwrite:
     raise ExportError(f"{path} already exists: give another path, or --overwrite to replace it")
@@ -227,7 +225,7 @@ def check_output(out, *, overwrite: bool):
 
 def export(workdir, out, fmt: str, *, logits: bool = False, overwrite: bool = False, config=None):
   """Writes the workdir's newest checkpoint to `out` as `fmt` (see the module docstring); returns out's path."""
-  from resnet_jax import config_lib, inference, storage
+  from resnet_jax import inference
 
   if fmt not in FORMATS:
     raise ExportError(f"unknown format {fmt!r}: valid formats are {', '.join(FORMATS)}")
@@ -272,8 +270,6 @@ def define_flags():
 
 
 def main(argv):
-  from resnet_jax import config_lib
-
   workdir, fmt = _FLAGS["workdir"].value, _FLAGS["format"].value
   if fmt is None:  # not absl's "flag --format must have a value": the user needs the formats
     cli.fail(

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 
-from resnet_jax import storage
+from resnet_jax import cluster, storage
 
 HANG_EXIT_CODE = 4
 
@@ -49,8 +49,6 @@ class ProgressWatch(threading.Thread):
         self._end()
 
   def _end(self) -> None:
-    from resnet_jax import cluster
-
     with tempfile.TemporaryFile("w+") as f:
       faulthandler.dump_traceback(file=f, all_threads=True)
       f.seek(0)

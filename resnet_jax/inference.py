@@ -99,9 +99,11 @@ def preprocessor(config, workdir):
     from resnet_jax.data import imagenet_images
 
     mode, size, resize_to = config.normalization, config.image_size, config.eval_resize
-    return lambda image: imagenet_images.normalize(
-        imagenet_images.single_view(image, resize_to=resize_to, crop=size), mode
-    ).numpy()
+    return lambda image: np.asarray(
+        imagenet_images.normalize(
+            imagenet_images.to_uint8(imagenet_images.single_view(image, resize_to=resize_to, crop=size)), mode
+        )
+    )
   normalize, size = cifar_normalizer(workdir), config.image_size
 
   def cifar(image):

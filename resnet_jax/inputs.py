@@ -6,15 +6,37 @@ data.cifar), CIFAR held on the devices (input_backend='device', data.cifar_devic
 (dataset='imagenet2012', data.imagenet_train and data.imagenet_eval). The training loop and the benchmark read their
 batches through this one interface. It alone computes this process's share of the global batch, once it has
 checked that the batch splits evenly over the processes and devices and fits in the training split; the backends
-take the share it gives them.
+take the share it gives them. What the devices do to a batch before the network sees it is
+`device_preprocessing(config)`.
 """
 
+import functools
 import logging
 
 import jax
 
 from resnet_jax import config_lib, parallel
 from resnet_jax.data import cifar, cifar_device
+
+
+def device_preprocessing(config):
+  """batch -> batch, traced at the start of every compiled train and eval step, or None when the host sends what
+  the network takes: ImageNet's uint8 pixels are normalised there (data.imagenet_images.normalize_batch), CIFAR's
+  arrive normalised (their statistics are the run's, computed on the host once)."""
+  if config.dataset != "imagenet2012":
+    return None
+  from resnet_jax.data import imagenet_images  # TensorFlow: imported only for ImageNet runs
+
+  return functools.partial(imagenet_images.normalize_batch, mode=config.normalization)
+
+
+def check_batch(config) -> None:
+  """The batch contract that Data keeps, checked before it loads anything: the global batch splits evenly over the
+  processes and devices (config_lib.ConfigError with sizes that do otherwise). What compiles a train step without
+  a Data (the benchmark's host batches) or plans runs (a sweep) asks here too."""
+  problems = parallel.check_batch(config.batch_size)
+  if problems:
+    raise config_lib.ConfigError(problems)
 
 
 class Data:
@@ -32,9 +54,7 @@ class Data:
     self._pi, self._pc = jax.process_index(), jax.process_count()
     self._stream, self._next_step, self._device = None, None, None
     self.draw = None
-    problems = parallel.check_batch(config.batch_size)
-    if problems:
-      raise config_lib.ConfigError(problems)
+    check_batch(config)
     self.process_batch = config.batch_size // self._pc
     if config.dataset == "imagenet2012":
       # tfds; imported only for ImageNet runs

@@ -33,6 +33,14 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from resnet_jax import cli, config_lib, models, rundir, storage
+from resnet_jax.data import cifar
+
+# The training stack (resnet_jax.inference: orbax, optax) is imported where the checkpoint is read, so that the
+# command's usage errors answer without it.
 
 RESULTS_FILE = "layer_responses.json"
 BATCH_STATS_FILE = "layer_responses_batch_stats.json"  # --batch_stats: a diagnostic, not Figure 7
@@ -142,8 +150,7 @@ def response_stds(model, variables, batches, *, batch_stats: bool = False) -> tu
 def measure(config, workdir: str, *, num_examples: int | None = None, batch_stats: bool = False) -> dict:
   """Computes the response std of every 3x3 conv layer of the run's newest checkpoint; writes RESULTS_FILE
   (BATCH_STATS_FILE with batch_stats=True)."""
-  from resnet_jax import inference, models, rundir, storage
-  from resnet_jax.data import cifar
+  from resnet_jax import inference
 
   t0 = time.time()
   variables = inference.load_for_inference(workdir, config)
@@ -191,9 +198,6 @@ _FLAGS: dict = {}
 
 def define_flags():
   """The command's flags (defined only when run as a program: importing this module defines none)."""
-  from absl import flags
-  from ml_collections import config_flags
-
   _FLAGS["config"] = config_flags.DEFINE_config_file(
       "config", None, "Config that trained the run (default: RUN/config.json).", lock_config=True
   )
@@ -212,8 +216,6 @@ def define_flags():
 
 
 def main(argv):
-  from resnet_jax import cli, config_lib
-
   f = {name: holder.value for name, holder in _FLAGS.items()}
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {argv[1:]}")
@@ -233,7 +235,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from resnet_jax import cli
-
   define_flags()
   cli.run(main)

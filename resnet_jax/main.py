@@ -16,13 +16,13 @@ in importable, tested modules.
 from absl import flags
 from ml_collections import config_flags
 
+from resnet_jax import cli, cluster, config_lib, pieces
+
 _FLAGS: dict = {}
 
 
 def define_flags():
   """The command's flags (defined only when run as a program: importing this module defines none)."""
-  from resnet_jax import cli, cluster, pieces
-
   _FLAGS["config"] = config_flags.DEFINE_config_file(
       "config",
       None,
@@ -44,12 +44,10 @@ def run(config, workdir: str, *, restart: bool = False, stop_after: str | None =
   its cluster), then training on the config it returns, a user error ending as one line and its exit status
   (cli.fail's SystemExit). `restart`: the process may restart itself once for huge pages (only when it runs as the
   program). `stop_after`: a duration ('2h30m') after which training stops as on SIGTERM."""
-  from resnet_jax import cli, pieces
-
   with cli.user_errors():
     deadline = pieces.deadline(stop_after)
   config = cli.start(config, restart=restart, join_cluster=True)
-  from resnet_jax import train  # after the start: keeps --help and config errors fast
+  from resnet_jax import train  # JAX after cli.start (which may restart the process): --help and errors stay fast
 
   with cli.user_errors():
     train.train_and_evaluate(config, workdir, deadline=deadline)
@@ -58,16 +56,12 @@ def run(config, workdir: str, *, restart: bool = False, stop_after: str | None =
 def print_config(config) -> None:
   """The config as training will hold it (config_lib.resolve: epochs as steps, the learning rate scaled to the
   batch), checked first: what config.json of the run would say."""
-  from resnet_jax import cli, config_lib
-
   with cli.user_errors():
     config = config_lib.resolve(config)
   print(config.to_json_best_effort(indent=2))
 
 
 def main(argv):
-  from resnet_jax import cli
-
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {argv[1:]}")
   if _FLAGS["print_config"].value:
@@ -84,7 +78,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from resnet_jax import cli
-
   define_flags()
   cli.run(main)

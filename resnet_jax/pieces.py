@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 
-from resnet_jax import errors, storage
+from resnet_jax import cpu, errors, storage
 
 PIECES = "pieces.jsonl"
 
@@ -98,8 +98,6 @@ def cpu_model() -> str:
 
 def machine(**frameworks: str) -> dict:
   """Where a piece ran: host, CPU model, the CPUs this process may use, Python and the given framework versions."""
-  from resnet_jax import cpu
-
   return {
       "host": socket.gethostname(),
       "cpu": cpu_model(),

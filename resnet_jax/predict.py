@@ -25,8 +25,12 @@ import sys
 import numpy as np
 from absl import flags
 from ml_collections import config_flags
+from PIL import Image, UnidentifiedImageError
 
-from resnet_jax import errors
+from resnet_jax import cli, config_lib, errors
+
+# JAX and the workdir's network (resnet_jax.inference, which imports the training stack) are imported inside the
+# functions that classify: a mistyped path or flag is answered without them.
 
 # The files of a folder that predict classifies: photo formats Pillow decodes. Not Pillow's whole registry, which
 # also names formats it only identifies (HDF5, GRIB, MPEG), so that a folder's data files would count as images.
@@ -35,8 +39,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 def read_image(path: str) -> np.ndarray:
   """uint8 [H, W, 3] RGB; OSError/ValueError with the reason for a missing, unreadable or truncated file."""
-  from PIL import Image, UnidentifiedImageError
-
   try:
     with Image.open(path) as im:
       return np.asarray(im.convert("RGB"))
@@ -76,7 +78,7 @@ def predict(config, variables, paths, *, workdir, top: int = 5):
   """Yields (path, top-k list or None, error or None) per path, in order (`workdir`: a CIFAR net's saved input
   statistics; None for an ImageNet net)."""
   import jax
-  from resnet_jax import inference, models  # inference imports the training stack
+  from resnet_jax import inference, models
 
   model = models.create_model(config.model, half_precision=config.half_precision)
   probabilities = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False), axis=-1))
@@ -113,8 +115,6 @@ def define_flags():
 
 
 def main(argv):
-  from resnet_jax import cli, config_lib
-
   images = argv[1:]
   if not images:
     cli.fail("give one or more image files or folders: python -m resnet_jax.predict --workdir=DIR IMAGE|FOLDER ...")
@@ -138,7 +138,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from resnet_jax import cli
-
   define_flags()
   cli.run(main)

@@ -13,6 +13,9 @@ import time
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
+
+from resnet_jax import cluster
 
 INTERRUPTED = 130  # the shell's status for a program ended by Ctrl-C
 
@@ -43,8 +46,6 @@ class StopRequest:
 
   def _handle(self, signum, frame):
     if self.signum is not None and signum == signal.SIGINT:
-      from resnet_jax import cluster
-
       message = "second interrupt: stopped at once; the newest checkpoint is intact, rerun the command to resume"
       print(f"error: {message}", file=sys.stderr, flush=True)
       cluster.fail(INTERRUPTED, message)  # with several processes the others stop too, and this one exits
@@ -67,8 +68,6 @@ class StopRequest:
   def _signalled(self, first: int, step: int) -> bool:
     if self._multi:
       try:
-        from jax.experimental import multihost_utils
-
         # JAX's sync point is the largest step any process reported plus one, and it is reached only on an exact
         # match: every step a call trained is reported, so that a call of several steps cannot skip over it.
         return any(multihost_utils.reached_preemption_sync_point(s) for s in range(first + 1, step + 1))
@@ -83,8 +82,6 @@ class StopRequest:
     if self._multi:
       if step % self.agree_every:
         return False
-      from jax.experimental import multihost_utils
-
       passed = bool(multihost_utils.broadcast_one_to_all(np.int32(passed)))
     self.deadline_passed = passed
     return passed

@@ -20,15 +20,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
 import math
 import os
+import shlex
 from typing import Sequence
 
 import ml_collections
 import numpy as np
+from absl import flags
 
-from resnet_jax import config_lib, errors, rundir, storage
+from resnet_jax import cli, cluster, config_lib, errors, rundir, storage
+
+# JAX (to count a network's parameters) and matplotlib (the figures) are imported inside the functions that use
+# them: --help and the command's errors answer without them.
 
 # The paper's errors (docs/paper.md); ours are measured, these are only printed beside them.
 PAPER_CIFAR_TEST_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
@@ -139,8 +145,6 @@ def discover(sweep_dir: str) -> list[RunData]:
 
 def _save_figure(fig, path) -> None:
   """PNG through epath (the output folder may be a bucket)."""
-  import io
-
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=90)
   storage.path(path).write_bytes(buf.getvalue())
@@ -410,8 +414,6 @@ def plot_responses(runs: Sequence[RunData], path: str) -> str:
 
 def sweep_commands(sweep_dir: str, runs: Sequence[RunData]) -> list[str]:
   """The sweep commands that reproduce these runs (one per distinct set of --set values), from sweep.json."""
-  import shlex
-
   manifest = rundir.read_manifest(sweep_dir)
   if not manifest:
     return []
@@ -542,17 +544,11 @@ _FLAGS: dict = {}
 
 def define_flags():
   """The command's flags (defined only when run as a program: importing this module defines none)."""
-  from absl import flags
-
   _FLAGS["out"] = flags.DEFINE_string("out", None, "Output directory (default: SWEEP_DIR/report).")
-  from resnet_jax import cluster
-
   cluster.define_flags()
 
 
 def main(argv):
-  from resnet_jax import cli
-
   if len(argv) != 2:
     cli.fail("usage: python -m resnet_jax.report SWEEP_DIR [--out=SWEEP_DIR/report]")
   cli.start(restart=False, join_cluster=True)
@@ -568,7 +564,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from resnet_jax import cli
-
   define_flags()
   cli.run(main)

@@ -16,10 +16,13 @@ written whole (cloud objects cannot be appended to), so that a reader never sees
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
 import threading
+
+import numpy as np
 
 from resnet_jax import errors, storage
 
@@ -90,12 +93,8 @@ class RunDir:
   def read_normalization(self) -> dict:
     """{'mean', 'std'} float32 arrays of a CIFAR run (an ImageNet run's normalisation is constants of its config).
 
-    errors.NotFoundError for a workdir without the file: one trained before training saved it.
+    errors.NotFoundError for a workdir without the file.
     """
-    import io
-
-    import numpy as np
-
     p = self.path / NORMALIZATION
     if not p.exists():
       raise errors.NotFoundError(
@@ -107,10 +106,6 @@ class RunDir:
       return {"mean": z["mean"], "std": z["std"]}
 
   def write_normalization(self, mean, std) -> None:
-    import io
-
-    import numpy as np
-
     buf = io.BytesIO()
     np.savez(buf, mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32))
     storage.write_bytes_atomic(self.path / NORMALIZATION, buf.getvalue())

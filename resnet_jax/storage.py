@@ -13,6 +13,7 @@ tensorstore (orbax's array store) through TENSORSTORE_GCS_HTTP_URL.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -74,8 +75,6 @@ def check_supported(p) -> None:
   """
   if not os.fspath(p).startswith("gs://"):
     return
-  import importlib.util
-
   use_tf = os.environ.get("EPATH_USE_TF", "").lower() not in ("false", "no", "f", "0")
   if (use_tf and importlib.util.find_spec("tensorflow")) or importlib.util.find_spec("gcsfs"):
     return

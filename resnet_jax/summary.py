@@ -13,14 +13,13 @@ import json
 import math
 from collections import OrderedDict
 
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from absl import flags
 from ml_collections import config_flags
 
-from resnet_jax import models
+from resnet_jax import cli, models
 
 # The paper's figures (docs/paper.md); ours are computed, these are only shown beside them.
 PAPER_CIFAR_PARAMS_M = {20: 0.27, 32: 0.46, 44: 0.66, 56: 0.85, 110: 1.7, 1202: 19.4}
@@ -128,8 +127,6 @@ def define_flags():
 
 
 def main(argv):
-  from resnet_jax import cli
-
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {argv[1:]}")
   config = cli.start(_FLAGS["config"].value, restart=False)
@@ -139,7 +136,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from resnet_jax import cli
-
   define_flags()
   cli.run(main)

@@ -53,7 +53,10 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from resnet_jax import config_lib, errors, rundir
+from resnet_jax import cli, cluster, config_lib, errors, pieces, rundir
+
+# Sweep files are config files that import this module: JAX and the training stack are imported inside the
+# functions that check and run the runs.
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -346,9 +349,13 @@ def _build_run(module, sweep_file: str, workdir: str, run: Run, set_items) -> tu
         f"the command line cannot express {mismatch} exactly; give these overrides values of the fields' own types"
     ]
   # 4. The config as the command resolves it (epochs to steps, lr scaled to the batch) and the training code's
-  # checks, devices included; the run directory (if any) must hold a run of this config.
+  # checks, devices included (the batch as inputs.Data will check it); the run directory (if any) must hold a run
+  # of this config.
+  from resnet_jax import inputs
+
   try:
     resolved = config_lib.resolve(parsed, with_devices=True)
+    inputs.check_batch(resolved)
   except config_lib.ConfigError as e:
     return None, ["; ".join(e.problems)]
   stored = rundir.RunDir(run_dir).stored_config()
@@ -456,15 +463,11 @@ def define_flags():
       [],
       "FIELD=VALUE override for every run (repeatable), e.g. num_train_steps=2000; parsed as --config.FIELD=VALUE.",
   )
-  from resnet_jax import cluster, pieces
-
   _FLAGS["stop_after"] = flags.DEFINE_string("stop_after", None, pieces.STOP_AFTER_HELP)
   cluster.define_flags()
 
 
 def main(argv):
-  from resnet_jax import cli
-
   if len(argv) != 2:
     cli.fail(
         "usage: python -m resnet_jax.sweep NAME|FILE --workdir=DIR "
@@ -473,8 +476,6 @@ def main(argv):
   f = {name: holder.value for name, holder in _FLAGS.items()}
   if not f["workdir"]:
     cli.fail("--workdir is required: the sweep's runs go to WORKDIR/NAME")
-  from resnet_jax import pieces
-
   with cli.user_errors():
     deadline = pieces.deadline(f["stop_after"])
   cli.start(restart=False, join_cluster=True)
@@ -506,7 +507,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from resnet_jax import cli
-
   define_flags()
   cli.run(main)

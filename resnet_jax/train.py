@@ -185,14 +185,22 @@ def compile_steps(config, tx, schedule, *, mesh=None, model_factory=None) -> com
   """
   mesh = mesh if mesh is not None else parallel.make_mesh()
   plan = cpu.plan(config, platform=mesh.devices.flat[0].platform, device_count=mesh.size)
+  preprocess = inputs.device_preprocessing(config)
   return compiled_steps.CompiledSteps(
       config,
       mesh=mesh,
       plan=plan,
       model_factory=model_factory or functools.partial(make_model, config, plan=plan),
-      train_step=functools.partial(train_step, tx=tx, schedule=schedule),
-      eval_step=eval_step,
+      train_step=_on_preprocessed(functools.partial(train_step, tx=tx, schedule=schedule), preprocess),
+      eval_step=_on_preprocessed(eval_step, preprocess),
   )
+
+
+def _on_preprocessed(step, preprocess):
+  """`step` applied to the batch as the devices preprocess it (inputs.device_preprocessing; None: as it came)."""
+  if preprocess is None:
+    return step
+  return lambda state, batch, *args, **kwargs: step(state, preprocess(batch), *args, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------

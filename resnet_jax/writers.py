@@ -18,6 +18,8 @@ import time
 
 from resnet_jax import rundir
 
+# clu (TensorFlow) and the tensorboard package (optional here) are imported inside the writers that use them.
+
 
 class _JsonlMixin:
 

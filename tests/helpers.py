@@ -156,7 +156,8 @@ def small_cifar_npz(path, *, n_train, n_test):
 
 
 class HostBatches:
-  """inputs.Data's interface for compiled_steps.CompiledSteps.train over given host batches (batch i at step i)."""
+  """inputs.Data's interface for compiled_steps.CompiledSteps.train over given host batches (batch i at step i;
+  the steps past the last, which CompiledSteps reads ahead, wrap around)."""
 
   draw = None  # host batches, as tf.data's
 
@@ -164,7 +165,7 @@ class HostBatches:
     self.batches = batches
 
   def train_batch(self, step: int) -> dict:
-    return self.batches[step]
+    return self.batches[step % len(self.batches)]
 
 
 def train_on_batch(steps, state, batch, rng):

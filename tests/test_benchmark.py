@@ -155,6 +155,22 @@ def test_imagenet_preprocessing_rate_on_real_jpegs(tmp_path):
   assert f"{tmp_path / 'missing'} is not a directory" in missing.stderr
 
 
+def test_bucket_logging_trains_into_a_local_and_an_emulated_bucket_workdir():
+  """benchmarks/bucket_logging.py: a JSON line for the local and the gs:// workdir (on its own fake-gcs-server), with
+  every step logged and read back from where the run wrote it."""
+  proc = subprocess.run(
+      [sys.executable, REPO / "benchmarks" / "bucket_logging.py", "--steps=6"],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+  assert [r["workdir"] for r in rows] == ["local", "gs"], rows
+  assert all(r["logged_steps"] == 6 and r["median_img_per_s"] > 0 and r["wall_s"] > 0 for r in rows), rows
+
+
 def test_gpu_results_table():
   """benchmarks/summarize_gpu_results.py on the recorded H100 run: every row, the peer ratio, the device."""
   sys.path.insert(0, str(REPO / "benchmarks"))

@@ -258,9 +258,9 @@ def test_recipe_batch_sizes_fit_16_devices(tmp_path):
 @pytest.mark.parametrize("devices", [16, 32])
 def test_recipe_configs_validate_on_pod_device_counts(devices):
   code = (
-      "from resnet_jax import config_lib; from configs import cifar20, imagenet_resnet50\n"
+      "from resnet_jax import config_lib, inputs; from configs import cifar20, imagenet_resnet50\n"
       "for c in (cifar20.get_config(), imagenet_resnet50.get_config()):\n"
-      "  config_lib.validate(config_lib.resolve(c))\n"
+      "  inputs.check_batch(config_lib.resolve(c, with_devices=True))\n"
       "import jax; print(jax.device_count())"
   )
   proc = subprocess.run(

@@ -5,6 +5,7 @@ The session fixture writes ILSVRC2012_img_train.tar / ILSVRC2012_img_val.tar in 
 """
 
 import collections
+import functools
 import json
 import os
 import subprocess
@@ -110,7 +111,7 @@ def test_grayscale_and_cmyk_jpegs_decode_to_rgb(fake):
     mode = fake["train_files"][ex["file_name"].decode()]["mode"]
     modes.add(mode)
     assert images.decode(tf.constant(ex["image"])).shape[-1] == 3
-    assert images.train_image(tf.constant(ex["image"]), seed(0)).shape == (224, 224, 3)
+    assert images.train_view(tf.constant(ex["image"]), seed(0)).shape == (224, 224, 3)
   assert {"L", "CMYK", "RGB"} <= modes
 
 
@@ -126,18 +127,58 @@ def test_train_batches_shapes_dtypes_ranges(fake, augmentation):
   lo, hi = -max(images.IMAGENET_MEAN_RGB), 255 - min(images.IMAGENET_MEAN_RGB)
   pca_margin = 40.0 if augmentation == "paper" else 1e-3  # 0.1-std colour noise: a few grey levels
   for b in batches:
-    assert set(b) == {"image", "label"}
-    assert b["image"].shape == (5, 224, 224, 3) and b["image"].dtype == np.float32
+    assert set(b) == {"image", "lighting", "label"}
+    assert b["image"].shape == (5, 224, 224, 3) and b["image"].dtype == np.uint8  # normalised by the devices
+    assert b["lighting"].shape == (5, 3) and b["lighting"].dtype == np.float32
+    assert (np.abs(b["lighting"]).max() > 0) == (augmentation == "paper")  # PCA colour noise: 'paper' only
     assert b["label"].shape == (5,) and b["label"].dtype == np.int32
     assert set(b["label"].tolist()) <= label_ids
-    assert np.isfinite(b["image"]).all()
-    assert lo - pca_margin <= b["image"].min() and b["image"].max() <= hi + pca_margin
-    assert b["image"].std() > 10  # real image content, not a constant
+    image = np.asarray(images.normalize_batch(b, "pixel_mean")["image"])
+    assert image.dtype == np.float32 and np.isfinite(image).all()
+    assert lo - pca_margin <= image.min() and image.max() <= hi + pca_margin
+    assert image.std() > 10  # real image content, not a constant
     # per-channel mean subtraction: channel means of natural images land near zero
-    assert np.abs(b["image"].mean()) < 60
+    assert np.abs(image.mean()) < 60
   channel = make_config(fake, augmentation=augmentation, normalization="channel")
   b = next(train_input.train_dataset(channel, local_batch_size=5).as_numpy_iterator())
-  assert -2.2 - pca_margin / 57 <= b["image"].min() and b["image"].max() <= 2.7 + pca_margin / 57
+  image = np.asarray(images.normalize_batch(b, "channel")["image"])
+  assert -2.2 - pca_margin / 57 <= image.min() and image.max() <= 2.7 + pca_margin / 57
+
+
+@pytest.mark.parametrize("mode", ["pixel_mean", "channel", "torchvision"])
+def test_the_devices_normalise_as_the_host_did_bit_for_bit(fake, mode):
+  """The host sends uint8 pixels and each image's colour offset; normalising on the devices (jitted, as inside the
+  train step) gives what the host's TensorFlow arithmetic gave for the same pixels, and those pixels are the
+  resampled ones up to rounding (half a grey level).
+
+  Bit for bit where no division is involved ('pixel_mean', the paper's). XLA compiles a division as a product with
+  the divisor's reciprocal (on the CPU, measured), which differs from a rounded quotient by at most 1.5 units in
+  the last place; a subtraction after a division ('torchvision') keeps that error absolute, so each of the two
+  divisions adds at most 2 epsilons of the largest term before the last division, over the smallest std."""
+  config = make_config(fake, augmentation="paper", normalization=mode)
+  records = list(train_input.train_records(config, local_batch_size=4).take(4).as_numpy_iterator())
+  batch = next(train_input.train_dataset(config, local_batch_size=4).as_numpy_iterator())
+  on_devices = np.asarray(jax.jit(functools.partial(images.normalize_batch, mode=mode))(batch)["image"])
+  for i, ex in enumerate(records):
+    example_seed = tf.constant([config.seed, ex["position"]], tf.int64)
+    view = images.train_view(tf.constant(ex["image"]), example_seed).numpy()
+    pixels = batch["image"][i]
+    assert np.abs(pixels.astype(np.float32) - view).max() <= 0.5 + 1e-4  # rounded, nothing else
+    # What the host computed before it sent uint8: TensorFlow's float32 ops, in the same order.
+    x = tf.cast(pixels, tf.float32) + batch["lighting"][i]
+    if mode == "torchvision":
+      host = (x / 255.0 - tf.constant(images.TORCHVISION_MEAN_RGB)) / tf.constant(images.TORCHVISION_STD_RGB)
+    else:
+      host = x - tf.constant(images.IMAGENET_MEAN_RGB)
+      if mode == "channel":
+        host = host / tf.constant(images.IMAGENET_STD_RGB)
+    if mode == "pixel_mean":
+      np.testing.assert_array_equal(on_devices[i], host.numpy())
+    else:
+      divisor, mean, std = images.normalization_constants(mode)
+      largest = (255.0 + np.abs(batch["lighting"][i]).max()) / divisor + mean.max()
+      bound = 2 * (2 * np.finfo(np.float32).eps * largest / std.min())
+      np.testing.assert_allclose(on_devices[i], host.numpy(), rtol=0, atol=bound)
 
 
 def test_train_stream_is_deterministic_and_resumes_exactly(fake):
@@ -196,11 +237,11 @@ def test_paper_scale_augmentation_shorter_side_range():
     assert abs(crop * min(hw) / h - s) <= 0.01 * s + 1  # the window is a 224 crop of the image at scale s
     scales.append(s)
   assert min(scales) < 270 and max(scales) > 465 and len(set(scales)) > 100
-  # Through train_image on pixels that encode their coordinates: the 224 output rows span the window's height.
+  # Through train_view on pixels that encode their coordinates: the 224 output rows span the window's height.
   image = coordinate_image(*hw)
   implied = []
   for i in range(40):
-    out = images.train_image(image, seed(i), augmentation="paper", pca_std=0.0).numpy()
+    out = images.train_view(image, seed(i), augmentation="paper").numpy()
     rows = out[:, 0, 0]
     assert np.all(np.diff(rows) > 0)  # rows stay in order (no vertical flip)
     implied.append(223 * min(hw) / (rows[-1] - rows[0]))  # shorter side of the resized image

@@ -25,6 +25,11 @@ import dataclasses
 import os
 from typing import Any, Callable
 
+from resnet_jax.cpu import host_malloc
+
+# The config's checks (config_lib imports this package) and the entry points' malloc set-up run before JAX starts:
+# JAX and the modules built on it (kernels, onednn, xla_options) are imported inside the functions that use them.
+
 CONVOLUTIONS = ("auto", "onednn", "eigen", "xla_default")
 HOST_MALLOC = ("auto", "huge_pages", "system")
 CPU_WEIGHT_GRAD_CHUNK = 8  # weight_grad_chunk=-1 (automatic) on CPU with XLA's convolutions
@@ -40,23 +45,21 @@ def usable_cpus() -> int:
 
 def check(config) -> list[str]:
   """Problems with config.cpu (for the config validation), without starting JAX's backend."""
-  c = config.get("cpu") or {}
+  c = config.cpu
   problems = []
-  if c.get("convolutions", "auto") not in CONVOLUTIONS:
-    problems.append(f"cpu.convolutions={c.get('convolutions')!r}: valid values are {list(CONVOLUTIONS)}")
-  chunk = c.get("weight_grad_chunk", -1)
+  if c.convolutions not in CONVOLUTIONS:
+    problems.append(f"cpu.convolutions={c.convolutions!r}: valid values are {list(CONVOLUTIONS)}")
+  chunk = c.weight_grad_chunk
   if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < -1:
     problems.append(
         f"cpu.weight_grad_chunk={chunk!r}: use -1 (automatic: {CPU_WEIGHT_GRAD_CHUNK} on CPU with XLA's "
         "convolutions, off elsewhere), 0 (off) or a positive number of examples"
     )
-  if c.get("materialize_blocks") not in (None, True, False):
+  if c.materialize_blocks not in (None, True, False):
+    problems.append(f"cpu.materialize_blocks={c.materialize_blocks!r}: use None (automatic: on for CPU), True or False")
+  if c.host_malloc not in HOST_MALLOC:
     problems.append(
-        f"cpu.materialize_blocks={c.get('materialize_blocks')!r}: use None (automatic: on for CPU), True or False"
-    )
-  if c.get("host_malloc", "auto") not in HOST_MALLOC:
-    problems.append(
-        f"cpu.host_malloc={c.get('host_malloc')!r}: valid values are {list(HOST_MALLOC)} ('auto': "
+        f"cpu.host_malloc={c.host_malloc!r}: valid values are {list(HOST_MALLOC)} ('auto': "
         "transparent huge pages for malloc when JAX runs on the CPU alone)"
     )
   return problems
@@ -83,12 +86,10 @@ class Plan:
 
   def model_kwargs(self) -> dict[str, Callable | None]:
     """The convolution function and block-output hook to build the model with (models.create_model)."""
-    from resnet_jax.cpu import kernels
+    from resnet_jax.cpu import kernels, onednn
 
     conv = None
     if self.convolutions == "onednn":
-      from resnet_jax.cpu import onednn
-
       conv = onednn.conv_general_dilated
     elif self.weight_grad_chunk > 0:
       conv = kernels.conv_with_chunked_weight_grad(self.weight_grad_chunk)
@@ -96,8 +97,6 @@ class Plan:
 
   def describe(self) -> dict[str, Any]:
     """For benchmark --json and the start-up log line."""
-    from resnet_jax.cpu import host_malloc
-
     return {
         "platform": self.platform,
         "convolutions": self.convolutions,
@@ -122,21 +121,20 @@ def plan(config, *, platform: str | None = None, device_count: int | None = None
   problems = check(config)
   if problems:
     raise ValueError("; ".join(problems))
-  c = config.get("cpu") or {}
+  c = config.cpu
   platform = platform or jax.default_backend()
   if platform != "cpu":
-    chunk = max(0, c.get("weight_grad_chunk", -1))
-    return Plan(platform, "native", chunk, bool(c.get("materialize_blocks")))
+    return Plan(platform, "native", max(0, c.weight_grad_chunk), bool(c.materialize_blocks))
   device_count = jax.device_count() if device_count is None else device_count
-  choice = c.get("convolutions", "auto")
+  choice = c.convolutions
   use_onednn = onednn.resolve(
-      choice, platform=platform, device_count=device_count, half_precision=config.get("half_precision", False)
+      choice, platform=platform, device_count=device_count, half_precision=config.half_precision
   )
   convolutions = "onednn" if use_onednn else ("xla_default" if choice == "xla_default" else "eigen")
-  chunk = c.get("weight_grad_chunk", -1)
+  chunk = c.weight_grad_chunk
   if chunk == -1:
     chunk = 0 if use_onednn else CPU_WEIGHT_GRAD_CHUNK
-  materialize = c.get("materialize_blocks")
+  materialize = c.materialize_blocks
   options = xla_options.compiler_options(convolutions)
   return Plan(
       platform,

@@ -58,7 +58,7 @@ def materialize(x, anchor):
   A block-output hook (models.ResNet's `block_output(y, anchor)`; `anchor` is a replicated parameter). XLA's CPU
   fusion duplicates cheap elementwise producers into every consumer. A residual stage's block outputs are a chain
   of them (relu(bn(conv) + previous output)), so each fusion that reads a block output (the next block, the
-  transposes of the weight gradients) recomputed the outputs of all earlier blocks of the stage from their
+  transposes of the weight gradients) would recompute the outputs of all earlier blocks of the stage from their
   convolutions: O(depth^2) work. XLA does not duplicate a division by a scalar it cannot see at compile time into
   such consumers (`jax.lax.optimization_barrier` cannot help: XLA removes it before fusion). The scalar is made
   from a parameter, so it is replicated on every device and needs no communication. Dividing by 1.0 is exact.

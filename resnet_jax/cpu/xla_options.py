@@ -12,7 +12,7 @@ option, for any convolution left to XLA.
 `lower().compile()` with them.
 
 The parameter initialiser (train.init_host_state) runs once and in milliseconds, but XLA compiles every
-parameter's random draw as a loop of its own, and LLVM's full optimisation of those loops took longer than
+parameter's random draw as a loop of its own, and LLVM's full optimisation of those loops takes longer than
 compiling the train step itself. Optimisation level 1 compiles it several times faster (benchmarks/RESULTS.md) and
 gives the same bits (tests/test_cpu.py checks it); level 0 does not give the same bits.
 """

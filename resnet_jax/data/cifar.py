@@ -30,17 +30,24 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import hashlib
 import io
 import logging
 import os
 import re
+import shutil
+import tempfile
 from typing import Iterator
 
 import numpy as np
+from PIL import Image
 
 from resnet_jax import cpu, errors, storage
 from resnet_jax.data import resolve_data_dir
+
+# TensorFlow and tfds are imported inside the functions that use them: a run from a .npz (config.data_file) with
+# input_backend='device' needs neither installed.
 
 CIFAR_DATASETS = ("cifar10", "cifar100")
 PAD = 4
@@ -68,9 +75,6 @@ def _local_copy(data_dir: str, name: str) -> str:
   whole into memory anyway, so its prepared files (136 MiB) are fetched through epath instead. The copy is made
   once: a data set prepared again on the bucket needs its copy deleted (RESNET_JAX_CACHE/tfds/).
   """
-  import shutil
-  import tempfile
-
   source = storage.path(data_dir) / name
   if not source.exists():
     raise errors.DataNotFoundError(
@@ -113,9 +117,7 @@ def _load_tfds_split(name: str, split: str, data_dir: str) -> ArrayData:
   The cache key includes the prepared files' names, sizes and modification times, so a re-prepared data set is
   decoded again. Set RESNET_JAX_CACHE to move the cache, or to an empty string to disable it.
   """
-  import glob
-
-  import tensorflow_datasets as tfds  # imported here: only the tfds path needs TensorFlow
+  import tensorflow_datasets as tfds
 
   if storage.is_url(data_dir):
     data_dir = _local_copy(data_dir, name)
@@ -210,8 +212,8 @@ def _npz_split(data_file: str, split: str) -> ArrayData:
 
 
 def _decode_jpegs(buf: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
-  from PIL import Image  # Pillow made the tfds copy's pixels from these JPEGs: it gives them exactly (tested)
-
+  """The JPEGs of `rows`, decoded by Pillow: it made the tfds copy's pixels from these files, so it gives them
+  exactly (tested)."""
   return np.stack(
       [np.asarray(Image.open(io.BytesIO(buf[offsets[i] : offsets[i + 1]].tobytes())).convert("RGB")) for i in rows]
   )
@@ -289,7 +291,7 @@ def normalizer(config, train: ArrayData, chunk: int = 1024) -> Normalizer:
   """The training split's statistics, computed once per process.
 
   From exact integer sums of the uint8 pixels and of their squares, `chunk` images at a time: a float64 copy of
-  the whole split would be 1.1 GB for CIFAR-10's 45,000-50,000 images and took seconds to fill.
+  the whole split would be 1.1 GB for CIFAR-10's 45,000-50,000 images and take seconds to fill.
   """
   if config.normalization not in ("pixel_mean", "channel"):
     raise ValueError(f"unknown normalization {config.normalization!r}: valid values are ['pixel_mean', 'channel']")
@@ -374,8 +376,8 @@ def train_dataset(config, data: ArrayData, norm: Normalizer, *, start_step: int,
   lo = process_index * local_batch
   n = len(data)
   # The split stays uint8 (captured by reference, not copied per batch) and each batch is normalised as it is
-  # drawn: normalising the whole split at start-up made a float32 copy four times its size (and numpy's
-  # temporaries beside it), memory that every run had to fault in before its first step.
+  # drawn: normalising the whole split at start-up would make a float32 copy four times its size (and numpy's
+  # temporaries beside it), memory that every run would fault in before its first step.
   images = tf.constant(data.images)
   labels = tf.constant(data.labels)
   seed = int(config.seed)

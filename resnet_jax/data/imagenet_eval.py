@@ -75,9 +75,9 @@ def eval_dataset(
 ) -> tf.data.Dataset:
   """Batches of this process's shard of config.eval_split under `protocol` (see the module docstring).
 
-  Fields: image float32 normalised ('single' [b, S, S, 3], '10crop' [b, 10, S, S, 3], 'multiscale'
-  [b, 2, h, w, 3] with per-batch h, w), label int32 [b], index int32 [b] (image number in this process's shard,
-  -1 for padding), mask int32 [b] (1 real, 0 padding).
+  Fields: image uint8, normalised by the devices (imagenet_images.normalize; 'single' [b, S, S, 3], '10crop'
+  [b, 10, S, S, 3], 'multiscale' [b, 2, h, w, 3] with per-batch h, w), label int32 [b], index int32 [b] (image
+  number in this process's shard, -1 for padding), mask int32 [b] (1 real, 0 padding).
   """
   if protocol not in PROTOCOLS:
     raise ValueError(f"unknown eval protocol {protocol!r}: valid values are {list(PROTOCOLS)}")
@@ -93,8 +93,7 @@ def eval_dataset(
   resize_to = int(config.eval_resize)
   if resize_to < image_size:
     raise ValueError(f"eval_resize {resize_to} is smaller than image_size {image_size}")
-  mode = config.normalization
-  images.normalize(tf.zeros([1, 1, 3]), mode)
+  images.normalization_constants(config.normalization)  # validates the mode
   parse = prepared.record_parser(builder)
   ds = prepared.read_records(tf.constant(filenames, tf.string), skips, takes, cycle_length=1).enumerate()
 
@@ -108,7 +107,7 @@ def eval_dataset(
 
     def preprocess(image, label, index):
       return {
-          "image": images.normalize(views(image, resize_to=resize_to, crop=image_size), mode),
+          "image": images.to_uint8(views(image, resize_to=resize_to, crop=image_size)),
           "label": label,
           "index": index,
           "mask": tf.constant(1, tf.int32),
@@ -126,11 +125,11 @@ def eval_dataset(
       ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(n_pad))
     ds = ds.batch(local_batch_size, drop_remainder=True)
   else:
-    ds = _multiscale(ds, config, local_batch_size, mode)
+    ds = _multiscale(ds, config, local_batch_size)
   return ds.prefetch(tf.data.AUTOTUNE).with_options(prepared.dataset_options(threads))
 
 
-def _multiscale(ds, config, local_batch_size, mode):
+def _multiscale(ds, config, local_batch_size):
   sizes = [int(s) for s in config.multiscale_sizes]
   aspects = tuple(float(a) for a in config.multiscale_aspects)
   if not aspects or abs(aspects[0] - 1.0) > 1e-6 or list(aspects) != sorted(aspects):
@@ -155,7 +154,7 @@ def _multiscale(ds, config, local_batch_size, mode):
       views, key = images.multiscale_views(image, size, aspects=aspects)
       out.append(
           {
-              "image": images.normalize(views, mode),
+              "image": images.to_uint8(views),
               "label": label,
               "index": index,
               "mask": tf.constant(1, tf.int32),

@@ -1,8 +1,8 @@
-"""ImageNet preprocessing of one image, as TensorFlow ops: decoding, the training augmentations, the evaluation
-views, normalisation. `image` is either an encoded JPEG (tf.string scalar) or a decoded [H, W, C] tensor (uint8 or
-float), so that every function can be unit tested on synthetic pixels.
+"""ImageNet preprocessing of one image, as TensorFlow ops on the host: decoding, the training augmentations, the
+evaluation views; and the normalisation, on the devices. `image` is either an encoded JPEG (tf.string scalar) or a
+decoded [H, W, C] tensor (uint8 or float), so that every function can be unit tested on synthetic pixels.
 
-Training (`train_image`), config.augmentation:
+Training (`train_example`), config.augmentation:
   'paper'      section 3.4 of He et al.: shorter side resized to a uniform random integer in config.scale_range
                ([256, 480]), random image_size (224) crop, random horizontal flip, AlexNet PCA colour noise with
                std config.pca_std (0.1), mean subtraction.
@@ -20,12 +20,20 @@ per-channel std (58.40, 57.12, 57.38), as torchvision and flax do.
 
 Evaluation views (imagenet_eval.py's protocols): `single_view`, `ten_crop_views`,
 `multiscale_views`. Keyword defaults are the ImageNet recipe's (config_lib.imagenet).
+
+What leaves the host: the resampled pixels rounded to uint8 (a quarter of float32's bytes to copy to the devices,
+and no float arithmetic per pixel on the host's CPUs), with a training image's PCA colour offset beside them as
+three floats. The devices add the offset and normalise (`normalize`, traced into the compiled step:
+inputs.device_preprocessing), the same arithmetic in the same order as on the host, so the network's input
+differs from unrounded pixels' by the rounding alone (at most half a grey level).
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+import jax.numpy as jnp
+import numpy as np
 import tensorflow as tf
 
 from resnet_jax import config_lib
@@ -134,41 +142,65 @@ def random_flip(image, seed):
   return tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
 
 
-def pca_lighting(image, seed, std: float):
-  """AlexNet colour augmentation: adds eigvec @ (alpha * eigval), alpha ~ N(0, std), on the 0..255 scale."""
+def pca_offset(seed, std: float):
+  """AlexNet colour augmentation: the RGB offset eigvec @ (alpha * eigval), alpha ~ N(0, std), on the 0..255 scale,
+  that every pixel of the image gets (zeros for std <= 0)."""
   if std <= 0:
-    return image
+    return tf.zeros([3], tf.float32)
   alpha = tf.random.stateless_normal([3], seed, stddev=std)
-  rgb = tf.linalg.matvec(tf.constant(PCA_EIGVEC), alpha * tf.constant(PCA_EIGVAL)) * 255.0
-  return image + rgb
+  return tf.linalg.matvec(tf.constant(PCA_EIGVEC), alpha * tf.constant(PCA_EIGVAL)) * 255.0
 
 
-def normalize(image, mode: str):
-  """Mean subtraction ('pixel_mean', see the module docstring), per-channel standardisation ('channel'), or
-  torchvision's (pixels / 255 - mean) / std ('torchvision', what its pretrained weights expect)."""
+def to_uint8(image):
+  """Resampled pixels rounded to the nearest grey level, as the devices receive them (a quarter of float32's bytes;
+  torchvision's and big_vision's pipelines hand over uint8 too)."""
+  return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+def normalization_constants(mode: str) -> tuple[float, np.ndarray, np.ndarray]:
+  """(divisor, mean, std) of config.normalization, applied as (pixels / divisor - mean) / std: mean subtraction
+  ('pixel_mean', see the module docstring), per-channel standardisation ('channel'), or torchvision's (pixels / 255
+  - mean) / std ('torchvision', what its pretrained weights expect)."""
   if mode not in NORMALIZATIONS:
     raise ValueError(f"unknown normalization {mode!r}: valid values are {list(NORMALIZATIONS)}")
   if mode == "torchvision":
-    return (tf.cast(image, tf.float32) / 255.0 - tf.constant(TORCHVISION_MEAN_RGB)) / tf.constant(TORCHVISION_STD_RGB)
-  image = tf.cast(image, tf.float32) - tf.constant(IMAGENET_MEAN_RGB)
-  if mode == "channel":
-    image = image / tf.constant(IMAGENET_STD_RGB)
-  return image
+    return 255.0, np.float32(TORCHVISION_MEAN_RGB), np.float32(TORCHVISION_STD_RGB)
+  std = IMAGENET_STD_RGB if mode == "channel" else (1.0, 1.0, 1.0)
+  return 1.0, np.float32(IMAGENET_MEAN_RGB), np.float32(std)
 
 
-def train_image(
+def normalize(images, mode: str, lighting=None):
+  """uint8 pixels [..., H, W, 3] -> float32 network input, on the devices (jax.numpy; traced into the compiled step).
+
+  `lighting` [b, 3] (training batches): each image's PCA colour offset (pca_offset), added to its pixels first.
+  """
+  divisor, mean, std = normalization_constants(mode)
+  x = jnp.asarray(images).astype(jnp.float32)
+  if lighting is not None:
+    x = x + jnp.reshape(lighting, lighting.shape[:1] + (1,) * (x.ndim - 2) + (3,))
+  return (x / divisor - mean) / std
+
+
+def normalize_batch(batch: dict, mode: str) -> dict:
+  """A batch of the ImageNet input (uint8 images, and each training image's `lighting`) as the network takes it."""
+  out = {k: v for k, v in batch.items() if k != "lighting"}
+  out["image"] = normalize(batch["image"], mode, batch.get("lighting"))
+  return out
+
+
+def train_view(
     image,
     seed,
     *,
     augmentation: str = _RECIPE.augmentation,
     image_size: int = _RECIPE.image_size,
     scale_range=_RECIPE.scale_range,
-    pca_std: float = _RECIPE.pca_std,
     area_range=_RECIPE.crop_area_range,
     aspect_range=_RECIPE.crop_aspect_range,
 ):
-  """One augmented training image, float32 [image_size, image_size, 3] on the 0..255 scale (not normalised)."""
-  s_crop, s_flip, s_colour = seeds(seed, 3)
+  """One augmented training image before its colour offset: the crop resized to [image_size, image_size, 3] and
+  randomly flipped, float32 on the 0..255 scale."""
+  s_crop, s_flip, _ = seeds(seed, 3)
   hw = image_hw(image)
   if augmentation == "paper":
     window, _ = paper_crop_window(hw, s_crop, crop_size=image_size, scale_range=scale_range)
@@ -177,10 +209,14 @@ def train_image(
   else:
     raise ValueError(f"unknown augmentation {augmentation!r}: valid values are {list(AUGMENTATIONS)}")
   out = resize(decode_and_crop(image, window), [image_size, image_size])
-  out = random_flip(out, s_flip)
-  if augmentation == "paper":
-    out = pca_lighting(out, s_colour, pca_std)
-  return tf.ensure_shape(out, [image_size, image_size, 3])
+  return tf.ensure_shape(random_flip(out, s_flip), [image_size, image_size, 3])
+
+
+def train_example(image, seed, *, augmentation: str = _RECIPE.augmentation, pca_std: float = _RECIPE.pca_std, **view):
+  """dict(image uint8 [S, S, 3], lighting float32 [3]): train_view's pixels, and the colour offset ('paper') that
+  the devices add before normalising (normalize)."""
+  lighting = pca_offset(seeds(seed, 3)[2], pca_std if augmentation == "paper" else 0.0)
+  return {"image": to_uint8(train_view(image, seed, augmentation=augmentation, **view)), "lighting": lighting}
 
 
 def resize_shorter_side(image, size: int):

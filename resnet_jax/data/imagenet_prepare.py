@@ -21,7 +21,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import flags
 
-from resnet_jax import errors
+from resnet_jax import cli, errors
 from resnet_jax.data import resolve_data_dir
 
 DATASET_NAME = "imagenet2012"
@@ -160,8 +160,6 @@ def define_flags():
 
 
 def main(argv):
-  from resnet_jax import cli
-
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {argv[1:]}; usage: python -m resnet_jax.data.imagenet_prepare --data_dir=DIR")
   cli.start(restart=False)
@@ -171,7 +169,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from resnet_jax import cli
-
   define_flags()
   cli.run(main)

@@ -26,7 +26,7 @@ def _validate_train(config, local_batch_size, start_step, process_index, process
   aug = config.augmentation
   if aug not in images.AUGMENTATIONS:
     raise ValueError(f"unknown config.augmentation {aug!r}: valid values are {list(images.AUGMENTATIONS)}")
-  images.normalize(tf.zeros([1, 1, 3]), config.normalization)  # validates the mode
+  images.normalization_constants(config.normalization)  # validates the mode
 
 
 def train_records(
@@ -83,7 +83,8 @@ def train_dataset(
     builder=None,
     threads: int | None = None,
 ) -> tf.data.Dataset:
-  """Infinite, batched, prefetched training batches dict(image float32 [b, S, S, 3] normalised, label int32 [b]).
+  """Infinite, batched, prefetched training batches dict(image uint8 [b, S, S, 3], lighting float32 [b, 3], label
+  int32 [b]); the devices normalise them (imagenet_images.normalize_batch).
 
   Batch k of the returned stream is global training step start_step + k (see the module docstring).
   """
@@ -104,12 +105,11 @@ def train_dataset(
       area_range=tuple(config.crop_area_range),
       aspect_range=tuple(config.crop_aspect_range),
   )
-  mode = config.normalization
   seed = int(config.seed)
 
   def preprocess(ex):
-    image = images.train_image(ex["image"], tf.stack([tf.constant(seed, tf.int64), ex["position"]]), **kwargs)
-    return {"image": images.normalize(image, mode), "label": ex["label"]}
+    example = images.train_example(ex["image"], tf.stack([tf.constant(seed, tf.int64), ex["position"]]), **kwargs)
+    return {**example, "label": ex["label"]}
 
   ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(local_batch_size, drop_remainder=True)
