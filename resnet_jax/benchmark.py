@@ -10,7 +10,7 @@ Measures, on the devices JAX sees:
   input_backend='tfdata' batches are random, pre-normalised arrays of the config's shape held in host memory, so
   this excludes the input pipeline; with input_backend='device' they are drawn on the devices; each call is
   `CompiledSteps.train` of config.steps_per_call steps, as the training loop runs them;
-* eval img/s, the same way, with the eval step on `eval_batch_size` batches;
+* eval img/s, the same way, with the eval step on the batches evaluation uses (parallel.eval_batch);
 * input-pipeline img/s alone: the training input of inputs.Data, exactly as the training loop reads it, without
   the model: the tf.data pipeline (real tfds data when config.dataset names one that is present, with its
   augmentation; random images with the same augmentation when dataset='fake'), or with input_backend='device'
@@ -238,15 +238,19 @@ class TrainBench:
     }
 
   def eval_rate(self, *, steps: int, windows: int) -> dict:
-    batch = random_batch(self.config, self.config.eval_batch_size, seed=7, eval_mask=True)
-    t0 = time.perf_counter()
     import jax
+
+    from resnet_jax import parallel
+
+    eval_batch = parallel.eval_batch(self.config)
+    batch = random_batch(self.config, eval_batch, seed=7, eval_mask=True)
+    t0 = time.perf_counter()
 
     jax.block_until_ready(self.compiled_steps.eval_on_batch(self.state, batch))  # compiles
     compile_s = time.perf_counter() - t0
     t = timed_windows(
         lambda: self.compiled_steps.eval_on_batch(self.state, batch),
-        items_per_call=self.config.eval_batch_size,
+        items_per_call=eval_batch,
         calls=steps,
         windows=windows,
     )
@@ -343,7 +347,7 @@ def peak_device_memory_bytes() -> int | None:
 def describe(config) -> dict:
   """The config's network and run settings, and the platform plan (resnet_jax.cpu) it runs with."""
   import jax
-  from resnet_jax import compiled_steps
+  from resnet_jax import compiled_steps, parallel
 
   m = config.model
   return {
@@ -354,7 +358,7 @@ def describe(config) -> dict:
       "scan": m.scan,
       "remat": m.remat,
       "batch_size": config.batch_size,
-      "eval_batch_size": config.eval_batch_size,
+      "eval_batch_size": parallel.eval_batch(config),
       "image_size": config.image_size,
       "half_precision": config.half_precision,
       "parallelism": config.parallelism,

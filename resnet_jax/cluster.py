@@ -204,13 +204,13 @@ class _Watchdog(threading.Thread):
 
   instance: _Watchdog | None = None
 
-  def __init__(self, timeout: float):
+  def __init__(self, timeout: float, me: int, n: int):
     super().__init__(name="resnet_jax-watchdog", daemon=True)
-    import jax
-
-    self.me, self.n, self.timeout = jax.process_index(), jax.process_count(), timeout
+    self.me, self.n, self.timeout = me, n, timeout
     self.watched = (self.me + 1) % self.n
     self.period = min(1.0, timeout / 10)
+    self.beat = 0  # this process's heartbeat
+    self.watched_beat, self.watched_since = None, time.monotonic()  # the watched one's, and since when it stands
     self._calls = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="resnet_jax-store")
     self.stopped = threading.Event()
     self.ending = threading.Event()  # set once it has found a failed or vanished process and ends this one
@@ -225,7 +225,9 @@ class _Watchdog(threading.Thread):
           failure_timeout,
       )
       return
-    cls.instance = cls(failure_timeout)
+    import jax
+
+    cls.instance = cls(failure_timeout, jax.process_index(), jax.process_count())
     cls.instance.start()
 
   def store(self, method: str, *args):
@@ -260,41 +262,44 @@ class _Watchdog(threading.Thread):
     return sorted(out)
 
   def run(self):
-    beat, last, changed = 0, None, time.monotonic()  # the watched process's counter, and when it last changed
     while not self.stopped.wait(self.period):
-      try:
-        beat += 1
-        self.store("key_value_set", f"{_KEY}/beat/{self.me}", str(beat), True)
-        failed = self.failures()
-        watched = self.try_get(f"{_KEY}/beat/{self.watched}")
-      except Exception as e:  # noqa: BLE001 - the service is gone (it runs in process 0) or does not answer
-        if self.stopped.is_set():
-          return
-        print(
-            f"error: process {self.me} lost contact with process 0, which runs the job's coordination service "
-            f"(it was killed, its host failed, or it did not answer within {self.timeout:.0f} s: "
-            f"{type(e).__name__}); stopping this process too",
-            file=sys.stderr,
-        )
-        _exit(1)
+      self.check()
+
+  def check(self) -> None:
+    """One period: publishes this heartbeat, reads the failures and the watched heartbeat, and acts on them."""
+    try:
+      self.beat += 1
+      self.store("key_value_set", f"{_KEY}/beat/{self.me}", str(self.beat), True)
+      failed = self.failures()
+      watched = self.try_get(f"{_KEY}/beat/{self.watched}")
+    except Exception as e:  # noqa: BLE001 - the service is gone (it runs in process 0) or does not answer
       if self.stopped.is_set():
         return
-      now = time.monotonic()
-      if watched != last:
-        last, changed = watched, now
-      if failed:
-        self.ending.set()
-        proc, code, message = failed[0]
-        print(f"error: process {proc} failed: {message}; stopping process {self.me} too", file=sys.stderr)
-        self.leave(code or 1)
-      if now - changed > self.timeout and not self._finished(self.watched):
-        self.ending.set()
-        print(f"error: {_vanished(self.watched)}; stopping process {self.me} too", file=sys.stderr)
-        try:  # said for the watched process, so that every other process stops too
-          self.store("key_value_set", f"{_KEY}/failed/{self.watched}", f"1\t{_vanished(self.watched)}", True)
-        except Exception:  # noqa: BLE001 - the service is gone: the others notice that themselves
-          pass
-        self.leave(1)
+      print(
+          f"error: process {self.me} lost contact with process 0, which runs the job's coordination service "
+          f"(it was killed, its host failed, or it did not answer within {self.timeout:.0f} s: "
+          f"{type(e).__name__}); stopping this process too",
+          file=sys.stderr,
+      )
+      _exit(1)
+    if self.stopped.is_set():
+      return
+    now = time.monotonic()
+    if watched != self.watched_beat:
+      self.watched_beat, self.watched_since = watched, now
+    if failed:
+      self.ending.set()
+      proc, code, message = failed[0]
+      print(f"error: process {proc} failed: {message}; stopping process {self.me} too", file=sys.stderr)
+      self.leave(code or 1)
+    if now - self.watched_since > self.timeout and not self._finished(self.watched):
+      self.ending.set()
+      print(f"error: {_vanished(self.watched)}; stopping process {self.me} too", file=sys.stderr)
+      try:  # said for the watched process, so that every other process stops too
+        self.store("key_value_set", f"{_KEY}/failed/{self.watched}", f"1\t{_vanished(self.watched)}", True)
+      except Exception:  # noqa: BLE001 - the service is gone: the others notice that themselves
+        pass
+      self.leave(1)
 
   def _finished(self, process: int) -> bool:
     """Whether `process` said it ended normally (its heartbeat then stops)."""

@@ -80,7 +80,7 @@ def base_training_config() -> ml_collections.ConfigDict:
   c.fake_eval_size = 300
   # Optimisation (SGD with momentum; weight decay added to the gradient, as L2 in the loss).
   c.batch_size = 128  # global batch, over all devices and hosts
-  c.eval_batch_size = 1000
+  c.eval_batch_size = 1000  # global; each device evaluates at least its training share (parallel.eval_batch)
   c.num_train_steps = 64_000
   c.learning_rate = 0.1
   # Where lr is multiplied by lr_decay_factor: fractions of num_train_steps (values < 1) or iterations (>= 1).

@@ -107,8 +107,8 @@ def evaluate_protocol(
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   local_batch = -(-int(config.eval_batch_size) // process_count)  # padded and masked, as every eval batch
-  if process_count == jax.process_count():  # ... to a multiple of the devices, which split it evenly
-    local_batch = parallel.padded_eval_batch(config.eval_batch_size) // process_count
+  if process_count == jax.process_count():  # ... sized for the devices, which split it evenly
+    local_batch = parallel.eval_batch(config, training_size=protocol == "single") // process_count
   builder = builder or imagenet_prepare.load_builder(config, process_count=process_count)
   n_local = imagenet_prepare.split_size(
       builder, config.eval_split, process_index=process_index, process_count=process_count
@@ -197,7 +197,7 @@ def evaluate_cifar(model, variables, config, workdir: str) -> dict:
   batches = cifar.eval_batches(
       data,
       norm,
-      global_batch=parallel.padded_eval_batch(config.eval_batch_size),
+      global_batch=parallel.eval_batch(config),
       process_index=jax.process_index(),
       process_count=jax.process_count(),
   )

@@ -131,7 +131,7 @@ class Data:
           protocol="single",
           process_index=self._pi,
           process_count=self._pc,
-          local_batch_size=parallel.padded_eval_batch(self.config.eval_batch_size) // self._pc,
+          local_batch_size=parallel.eval_batch(self.config) // self._pc,
       )
       for batch in ds.as_numpy_iterator():
         yield {k: batch[k] for k in ("image", "label", "mask")}
@@ -139,7 +139,7 @@ class Data:
     yield from cifar.eval_batches(
         self.eval,
         self.norm,
-        global_batch=parallel.padded_eval_batch(self.config.eval_batch_size),
+        global_batch=parallel.eval_batch(self.config),
         process_index=self._pi,
         process_count=self._pc,
     )

@@ -36,14 +36,21 @@ def check_batch(batch_size: int, field: str = "batch_size") -> list[str]:
   return problems
 
 
-def padded_eval_batch(eval_batch_size: int) -> int:
-  """eval_batch_size rounded up to a multiple of the device count.
+def eval_batch(config, *, training_size: bool = True) -> int:
+  """The global evaluation batch: each device's share of eval_batch_size, or of the training batch where that is
+  larger and the views are the training size, times the device count.
 
-  Evaluation pads its batches and masks the padding (every example counts once), so a recipe's eval_batch_size
-  runs unchanged on any number of devices: 1000 on 16 devices gives batches of 1008.
+  Evaluation pads its batches and masks the padding (every example counts once), so this batch decides how many
+  calls an evaluation takes, never its result. A recipe's eval_batch_size thus runs unchanged on any number of
+  devices (1000 on 16 devices gives batches of 1008), and on a large slice no device evaluates fewer images per
+  call than it trains on per step, which fit its memory with the gradients besides: ImageNet's 250 would
+  otherwise give each of 1,024 chips one image per call, 200 calls for the 50,000 validation images.
+  `training_size=False` for views that need more memory than training's (10 crops, or larger images, per image):
+  eval_batch_size alone sizes those.
   """
   n = jax.device_count()
-  return -(-int(eval_batch_size) // n) * n
+  share = -(-int(config.eval_batch_size) // n)
+  return max(share, int(config.batch_size) // n if training_size else 0) * n
 
 
 def make_mesh(devices=None) -> Mesh:

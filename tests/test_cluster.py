@@ -203,6 +203,73 @@ def test_ctrl_c_on_one_process_stops_the_job_as_sigterm(tmp_path):
   assert len(steps) == 1 and "Traceback" not in errs[0] + errs[1], (steps, errs)
 
 
+class _CoordinationStore:
+  """The coordination service's key-value store as the watchdog uses it, counting the calls and values it serves."""
+
+  def __init__(self):
+    self.values, self.calls, self.served = {}, 0, 0
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    self.calls += 1
+    self.values[key] = value
+
+  def key_value_try_get(self, key):
+    self.calls += 1
+    if key not in self.values:
+      raise RuntimeError(f"NOT_FOUND: {key}")
+    self.served += 1
+    return self.values[key]
+
+  def key_value_dir_get(self, prefix):
+    self.calls += 1
+    found = [(k, v) for k, v in self.values.items() if k.startswith(prefix)]
+    self.served += len(found)
+    return found
+
+
+class _Left(Exception):
+  """cluster._exit, which ends the process, as an exception."""
+
+
+def test_the_watchdog_load_per_process_does_not_grow_with_the_process_count(monkeypatch, capsys):
+  """Each process reads the failures and one neighbour's heartbeat per period: with 64 processes the store serves
+  each no more than with 4 (reading every heartbeat served 64 values per process and period), every process is
+  watched by one other, and one that stops beating is found by its watcher and then named by everyone."""
+
+  def _exit(code):
+    raise _Left(code)
+
+  monkeypatch.setattr(cluster, "_exit", _exit)
+  per_process_round = {}
+  for n in (4, 64):
+    store = _CoordinationStore()
+    monkeypatch.setattr(cluster, "_client", lambda: store)
+    dogs = [cluster._Watchdog(timeout=60, me=i, n=n) for i in range(n)]
+    for dog in dogs:  # a first round, in which some neighbours have not beaten yet
+      dog.check()
+    store.calls = store.served = 0
+    for _ in range(3):
+      for dog in dogs:
+        dog.check()
+    per_process_round[n] = (store.calls / (3 * n), store.served / (3 * n))
+    assert sorted(dog.watched for dog in dogs) == list(range(n))
+  assert per_process_round[4] == per_process_round[64] == (3, 1)
+
+  # Process 7 stops beating: process 6 watches it and publishes that it vanished once the timeout has passed.
+  dogs[6].check()
+  dogs[6].watched_since -= 61
+  with pytest.raises(_Left):
+    dogs[6].check()
+  with pytest.raises(_Left):
+    dogs[40].check()
+  assert capsys.readouterr().err.splitlines() == [
+      f"error: {cluster._vanished(7)}; stopping process 6 too",
+      f"error: process 7 failed: {cluster._vanished(7)}; stopping process 40 too",
+  ]
+  for dog in dogs:
+    dog._calls.shutdown()
+
+
 @pytest.mark.slow
 def test_a_process_stuck_in_a_collective_ends_the_job_with_its_stacks(tmp_path):
   """Process 1 frozen (SIGSTOP: alive, silent): process 0 waits in a collective that never completes; before the

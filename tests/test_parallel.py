@@ -109,6 +109,27 @@ def test_batch_not_divisible_by_devices(tmp_path):
   assert "e.g. 32 or 40" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "devices, batch_size, eval_batch_size, training_size, expected",
+    [
+        (1, 128, 1000, True, 1000),  # CIFAR's recipe on one device: as written
+        (16, 128, 1000, True, 1008),  # padded to a multiple of the devices
+        (1, 256, 250, True, 256),  # ImageNet's on one device: the training batch
+        (1024, 65536, 250, True, 65536),  # on a large slice: 64 images per chip, not 1
+        (1024, 65536, 250, False, 1024),  # 10 crops or larger views: eval_batch_size alone (padded)
+    ],
+)
+def test_each_device_evaluates_at_least_its_training_share(
+    monkeypatch, devices, batch_size, eval_batch_size, training_size, expected
+):
+  from resnet_jax import config_lib, parallel
+
+  monkeypatch.setattr(parallel.jax, "device_count", lambda: devices)
+  config = config_lib.cifar(20)
+  config.batch_size, config.eval_batch_size = batch_size, eval_batch_size
+  assert parallel.eval_batch(config, training_size=training_size) == expected
+
+
 def _two_process_run(workdir, args, port):
   import subprocess, sys
 
