@@ -44,14 +44,18 @@ def error_cell(pack: Path) -> str:
 
 
 def machines(records: list[dict]) -> list[str]:
-  seen = []
+  """Each machine the pieces ran on, once, with the thread counts the twin's pieces used there."""
+  threads = {}  # machine -> its pieces' thread counts, in order
   for r in records:
     m = r["machine"]
     name = f"{m['cpu']}, {m['cpus']} CPUs" + (f", {m['devices']}" if "cpu" not in m.get("devices", "cpu") else "")
-    name += f", {m['threads']} thread{'s' if m['threads'] > 1 else ''}" if "threads" in m else ""
-    if name not in seen:
-      seen.append(name)
-  return seen
+    counts = threads.setdefault(name, [])
+    if "threads" in m and m["threads"] not in counts:
+      counts.append(m["threads"])
+  return [
+      name + (f", {' or '.join(map(str, counts))} thread{'s' if counts != [1] else ''}" if counts else "")
+      for name, counts in threads.items()
+  ]
 
 
 def hours(seconds: float) -> str:

@@ -119,3 +119,5 @@ def test_results_table_cells(tmp_path):
   assert row[5] == "AMD EPYC (family 26, model 2), 2 CPUs; AMD EPYC (family 26, model 2), 2 CPUs"
   assert row[6] == "3 h 00 min; 1 h 30 min |"
   assert results_table.error_cell(tmp_path / "nothing") == "not measured"
+  twin_pieces = [{"machine": {**machine, "threads": t}} for t in (1, 2, 2)]
+  assert results_table.machines(twin_pieces) == ["AMD EPYC (family 26, model 2), 2 CPUs, 1 or 2 threads"]
