@@ -18,6 +18,7 @@ Errors are percentages. A run still in progress is reported up to its last logge
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import io
@@ -268,14 +269,14 @@ def budget_tables(runs: Sequence[RunData]) -> str:
     return ""
   head = "| run | " + " | ".join(f"{s:,}" for s in steps) + " |\n|" + "---|" * (len(steps) + 1)
   train_lines, test_lines = [head], [head]
-  for r in runs:
+  for r, label in zip(runs, _labels(runs)):
     prev, tr = 0, []
     for s in steps:
       tr.append(train_error_up_to(r, s, prev))
       prev = s
     ev = {row["step"]: row["eval_error"] for row in r.eval_rows}
-    train_lines.append(f"| {r.label} | " + " | ".join(_pct(v) for v in tr) + " |")
-    test_lines.append(f"| {r.label} | " + " | ".join(_pct(ev.get(s)) for s in steps) + " |")
+    train_lines.append(f"| {label} | " + " | ".join(_pct(v) for v in tr) + " |")
+    test_lines.append(f"| {label} | " + " | ".join(_pct(ev.get(s)) for s in steps) + " |")
   return (
       "Training error (%), mean of the logged windows since the previous column, by iteration:\n\n"
       + "\n".join(train_lines)
@@ -312,13 +313,19 @@ def depth_comparisons(runs: Sequence[RunData]) -> list[str]:
 # Figures.
 
 
-def _colors(depths):
+def _colors(runs) -> dict:
+  """{id(run): colour}: one colour per depth, shared by the plain and the residual net of that depth as in the
+  paper's figures; runs of one depth and kind (seeds, a twin) each get their own."""
   import matplotlib
 
   cmap = matplotlib.colormaps["viridis"]
-  depths = sorted(set(depths))
-  n = max(len(depths) - 1, 1)
-  return {d: cmap(0.85 * i / n) for i, d in enumerate(depths)}
+  keys, seen = [], collections.Counter()
+  for r in runs:
+    keys.append((r.depth, seen[r.depth, r.residual]))
+    seen[r.depth, r.residual] += 1
+  order = sorted(set(keys))
+  n = max(len(order) - 1, 1)
+  return {id(r): cmap(0.85 * order.index(k) / n) for r, k in zip(runs, keys)}
 
 
 def _labels(runs):
@@ -335,12 +342,12 @@ def plot_curves(runs: Sequence[RunData], path: str, title: str) -> str:
 
   groups = [("plain", [r for r in runs if not r.residual]), ("residual", [r for r in runs if r.residual])]
   groups = [(g, rs) for g, rs in groups if rs]
-  colors = _colors(r.depth for r in runs)
+  colors = _colors(runs)
   fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), sharey=True, squeeze=False)
   all_vals = []
   for ax, (group, rs) in zip(axes[0], groups):
     for r, label in zip(rs, _labels(rs)):
-      c = colors[r.depth]
+      c = colors[id(r)]
       tr = r.train_rows
       if tr:
         ax.plot([x["step"] for x in tr], [100 * x["train_error"] for x in tr], color=c, lw=0.8, alpha=0.9)
@@ -379,10 +386,10 @@ def plot_responses(runs: Sequence[RunData], path: str) -> str:
   import matplotlib.pyplot as plt
 
   runs = [r for r in runs if r.responses]
-  colors = _colors(r.depth for r in runs)
+  colors = _colors(runs)
   fig, axes = plt.subplots(2, 1, figsize=(7, 6))
   for r, label in zip(runs, _labels(runs)):
-    style = dict(color=colors[r.depth], ls="-" if r.residual else "--", lw=1.4, marker=".", ms=3)
+    style = dict(color=colors[id(r)], ls="-" if r.residual else "--", lw=1.4, marker=".", ms=3)
     std = r.responses["std"]
     axes[0].plot(range(1, len(std) + 1), std, label=label, **style)
     axes[1].plot(range(1, len(std) + 1), r.responses["std_sorted"], label=label, **style)

@@ -163,6 +163,20 @@ def test_budget_means_and_paper_numbers():
   assert report.paper_error(imagenet) == 24.52
 
 
+def test_a_depth_shares_its_colour_across_kinds_and_runs_of_one_kind_do_not():
+  """Figure 6 colours plain-20 and ResNet-20 alike, as the paper; a run and its twin (or seeds) apart."""
+  from resnet_jax import config_lib, report
+
+  def run(name, depth, residual):
+    return report.RunData(name, name, config_lib.fill(_config(depth, residual, 100)), [], None, None)
+
+  plain20, res20, res20_twin, res56 = run("p", 20, False), run("r", 20, True), run("t", 20, True), run("d", 56, True)
+  colors = report._colors([plain20, res20, res20_twin, res56])
+  assert colors[id(plain20)] == colors[id(res20)]
+  assert len({colors[id(r)] for r in (res20, res20_twin, res56)}) == 3
+  assert report._labels([res20, res20_twin]) == ["r", "t"]
+
+
 def test_report_cli_and_missing_dir(sweep_dir, tmp_path):
   proc = run_cli("resnet_jax.report", str(sweep_dir))
   assert (sweep_dir / "report" / "report.md").exists() and "figure6.png" in proc.stdout
